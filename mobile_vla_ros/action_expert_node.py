@@ -1,0 +1,200 @@
+"""action_expert_node: latest VL features + latest sensor window -> 8-step action chunk at `action_hz`,
+and (with `execute_chunks`) the chunks executed step by step as velocity commands on `cmd_vel`.
+
+Subscriptions only translate messages and feed the ROS-free ActionExpertCore; the tick asks the
+core for a chunk or a stop reason. While stopped no chunk is published and `cmd_vel` is zero for
+`zero_cmd_hold` seconds, then silent.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import Twist, TwistStamped
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+from trajectory_msgs.msg import JointTrajectory
+
+from .core.action_pipeline import ActionExpertCore
+from .core.backends import BackendUnavailable, create_backend
+from .core.chunk_executor import ChunkExecutor
+from .core.model_spec import ModelSpec, ModelSpecError, check_params
+from .core.params import ACTION_NODE_PARAMS
+from .core.scheduling import period_from_hz
+from .core.sensor_window import PushResult
+from .core.stats import RateMeter
+from .paths import default_model_dir, resolve_dir
+from .ros.conversions import (
+    SENSOR_MESSAGES,
+    ConversionError,
+    action_to_twist,
+    chunk_to_trajectory,
+    image_to_features,
+    stamp_to_sec,
+    stamped,
+)
+from .ros.node_support import (
+    LATCHED_QOS,
+    RELIABLE_QOS,
+    SENSOR_QOS,
+    StartupError,
+    declare_from_specs,
+    diagnostics,
+    install_live_parameters,
+    run_node,
+)
+
+
+class ActionExpertNode(Node):
+    def __init__(self) -> None:
+        super().__init__("action_expert_node")
+        self.params = declare_from_specs(self, ACTION_NODE_PARAMS)
+        p = self.params
+        model_dir = resolve_dir(p["model_dir"], default_model_dir())
+        spec = ModelSpec.load(model_dir)
+        problems = check_params(spec, p)
+        if problems:
+            raise StartupError(f"{model_dir}/model.yaml does not match the node parameters: " + "; ".join(problems))
+        start = time.monotonic()
+        backend = create_backend(p["backend"], model_dir, spec, p["engine_cache_dir"] or None,
+                                 log=self.get_logger().info)
+        self.get_logger().info(f"model {model_dir} on {backend.name} ready in {time.monotonic() - start:.2f} s")
+        self.core = ActionExpertCore(spec, backend, p["max_feature_age"], p["max_sensor_gap"])
+        self.chunk_executor = ChunkExecutor(spec.action_dim, p["action_limits"], p["max_action_step"])
+        self.spec = spec
+
+        self.chunk_rate = RateMeter()
+        self.sensor_rate = RateMeter()
+        self.counts = {"sensor_rejected": 0, "features_rejected": 0, "instructions_rejected": 0}
+        self._stopped_since = time.monotonic()
+
+        self.chunk_pub = self.create_publisher(JointTrajectory, "action_chunk", RELIABLE_QOS)
+        twist_type = TwistStamped if p["twist_stamped"] else Twist
+        self.cmd_pub = self.create_publisher(twist_type, "cmd_vel", 10) if p["execute_chunks"] else None
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        msg_type, self._to_sample = SENSOR_MESSAGES[p["sensor_type"]]
+        self.create_subscription(msg_type, "sensor", self._on_sensor, SENSOR_QOS)
+        self.create_subscription(Image, "vl_features", self._on_features, LATCHED_QOS)
+        self.create_subscription(String, "instruction", self._on_instruction, LATCHED_QOS)
+        self._action_timer = self.create_timer(period_from_hz(p["action_hz"]), self._on_action_tick)
+        self._execute_timer = (self.create_timer(period_from_hz(p["execute_hz"]), self._on_execute_tick)
+                               if self.cmd_pub is not None else None)
+        self.create_timer(1.0, self._publish_diagnostics)
+        install_live_parameters(self, ACTION_NODE_PARAMS, self.params, self._check_live, self._apply_live)
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    # -- parameters -----------------------------------------------------------------------------
+    def _check_live(self, values: dict) -> str | None:
+        problems = check_params(self.spec, values)
+        return "; ".join(problems) if problems else None
+
+    def _apply_live(self, changes: dict) -> None:
+        core, p = self.core, self.params
+        core.max_feature_age = p["max_feature_age"]
+        core.max_sensor_gap = p["max_sensor_gap"]
+        self.chunk_executor.set_limits(p["action_limits"], p["max_action_step"])
+        if "action_hz" in changes:
+            self.destroy_timer(self._action_timer)
+            self._action_timer = self.create_timer(period_from_hz(p["action_hz"]), self._on_action_tick)
+        if "execute_hz" in changes and self._execute_timer is not None:
+            self.destroy_timer(self._execute_timer)
+            self._execute_timer = self.create_timer(period_from_hz(p["execute_hz"]), self._on_execute_tick)
+        self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def _on_sensor(self, msg) -> None:
+        result = self.core.on_sensor(stamp_to_sec(msg.header.stamp), self._to_sample(msg))
+        if result is PushResult.ACCEPTED:
+            self.sensor_rate.tick()
+        else:
+            self.counts["sensor_rejected"] += 1
+            self.get_logger().warning(f"sensor sample dropped: {result.value}", throttle_duration_sec=5.0)
+
+    def _on_features(self, msg: Image) -> None:
+        try:
+            reason = self.core.on_features(image_to_features(msg), stamp_to_sec(msg.header.stamp))
+        except ConversionError as exc:
+            reason = str(exc)
+            self.counts["features_rejected"] += 1
+        if reason is not None:
+            self.get_logger().warning(f"features dropped: {reason}", throttle_duration_sec=5.0)
+
+    def _on_instruction(self, msg: String) -> None:
+        if self.core.on_instruction(msg.data.strip(), self._now()):
+            self.get_logger().info(f"instruction: {msg.data.strip()!r}")
+
+    # -- ticks ----------------------------------------------------------------------------------
+    def _on_action_tick(self) -> None:
+        was_stopped = self.core.safety.stopped
+        previous = self.core.safety.reason
+        result = self.core.tick(self._now())
+        if result.reason is not previous:
+            if result.chunk is None:
+                self.get_logger().warning(f"safe stop: {self.core.safety.describe()}")
+            else:
+                self.get_logger().info("running: inputs fresh, publishing chunks")
+        if result.chunk is None:
+            if not was_stopped:
+                self._stopped_since = time.monotonic()
+            self.chunk_executor.reset_to_zero()
+            return
+        self.chunk_pub.publish(chunk_to_trajectory(result.chunk, self.spec.action_names))
+        self.chunk_rate.tick()
+        self.chunk_executor.set_chunk(result.chunk)
+
+    def _on_execute_tick(self) -> None:
+        if self.core.safety.stopped:
+            if time.monotonic() - self._stopped_since <= self.params["zero_cmd_hold"]:
+                self._publish_command(np.zeros(self.spec.action_dim, dtype=np.float32))
+            return
+        self._publish_command(self.chunk_executor.command(self._now()))
+
+    def _publish_command(self, values: np.ndarray) -> None:
+        twist = action_to_twist(values, self.params["twist_mapping"])
+        if self.params["twist_stamped"]:
+            self.cmd_pub.publish(stamped(twist, self.get_clock().now().to_msg(), "base_link"))
+        else:
+            self.cmd_pub.publish(twist)
+
+    def publish_zero(self) -> None:
+        """Final zero command (shutdown): the robot must not keep the last velocity."""
+        if self.cmd_pub is not None:
+            self._publish_command(np.zeros(self.spec.action_dim, dtype=np.float32))
+
+    def _publish_diagnostics(self) -> None:
+        core, safety = self.core, self.core.safety
+        level = DiagnosticStatus.OK if not safety.stopped else DiagnosticStatus.WARN
+        if safety.reason.name in ("INFERENCE_ERROR", "NON_FINITE_OUTPUT"):
+            level = DiagnosticStatus.ERROR
+        age = core.features.age(self._now())
+        values = {
+            "backend": core.backend.name, "action_hz": self.params["action_hz"],
+            "chunk_rate_hz": self.chunk_rate.rate(), "sensor_rate_hz": self.sensor_rate.rate(),
+            "feature_age_s": float("nan") if age is None else age,
+            "inference_latency_p50_ms": core.latency.percentile_ms(50),
+            "inference_latency_p99_ms": core.latency.percentile_ms(99),
+            "chunks_published": self.chunk_rate.total, "safe_stop_reason": safety.describe(),
+            "safe_stop_events": safety.stop_events, "inference_errors": core.inference_errors,
+            **self.counts, "features_rejected": self.counts["features_rejected"] + core.rejected_features,
+            "clamped_values": self.chunk_executor.clamped_values,
+        }
+        self.diag_pub.publish(diagnostics(self, level, safety.describe(), values))
+
+
+def main(args=None) -> int:
+    return run_node(ActionExpertNode, args, on_shutdown=_on_shutdown,
+                    startup_errors=(ModelSpecError, BackendUnavailable))
+
+
+def _on_shutdown(node: Node) -> None:
+    if isinstance(node, ActionExpertNode):
+        node.publish_zero()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

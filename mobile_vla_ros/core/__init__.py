@@ -1,0 +1,1 @@
+"""ROS-free core: feature cache, sensor window, scheduling, chunk execution, safety, backends."""

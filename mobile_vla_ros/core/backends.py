@@ -1,0 +1,138 @@
+"""Inference backends of the action expert behind one interface: run(features, window) -> actions.
+
+Backends: TensorRT (robot; see tensorrt_backend), ONNX Runtime (CPU, or CUDA when available),
+PyTorch. `auto` picks TensorRT > ONNX Runtime > PyTorch by what is importable and present.
+Every backend checks its graph against model.yaml when it is created.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .model_spec import (
+    INPUT_FEATURES,
+    INPUT_SENSOR,
+    ONNX_FILE,
+    OUTPUT_ACTIONS,
+    TORCH_FILE,
+    ModelSpec,
+    ModelSpecError,
+    check_onnx_io,
+)
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here (library missing, no GPU, no model file)."""
+
+
+class InferenceBackend(Protocol):
+    name: str
+
+    def run(self, vl_features: np.ndarray, sensor_window: np.ndarray) -> np.ndarray:
+        """[B, F] float32, [B, W, C] float32 -> [B, K, D] float32."""
+        ...
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+class OnnxRuntimeBackend:
+    def __init__(self, model_dir: Path, spec: ModelSpec, use_cuda: bool = True, threads: int = 1) -> None:
+        if not _installed("onnxruntime"):
+            raise BackendUnavailable("onnxruntime is not installed (pip install onnxruntime or onnxruntime-gpu)")
+        import onnxruntime as ort
+
+        path = Path(model_dir) / ONNX_FILE
+        if not path.is_file():
+            raise BackendUnavailable(f"{path}: missing")
+        options = ort.SessionOptions()
+        # One thread: the graph is tiny, and on a 2-core robot computer the 650 Hz sensor callback
+        # and the VLM need the other core more than the action expert needs a second one.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:
+            raise ModelSpecError(f"{path}: ONNX Runtime cannot load it ({exc})") from exc
+        problems = check_onnx_io(spec,
+                                 {i.name: list(i.shape) for i in self._session.get_inputs()},
+                                 {o.name: list(o.shape) for o in self._session.get_outputs()})
+        if problems:
+            raise ModelSpecError(f"{path} does not match model.yaml: " + "; ".join(problems))
+        self.name = "onnxruntime-" + ("cuda" if providers[0].startswith("CUDA") else "cpu")
+
+    def run(self, vl_features: np.ndarray, sensor_window: np.ndarray) -> np.ndarray:
+        return self._session.run([OUTPUT_ACTIONS], {INPUT_FEATURES: vl_features, INPUT_SENSOR: sensor_window})[0]
+
+
+class TorchBackend:
+    def __init__(self, model_dir: Path, spec: ModelSpec, device: str | None = None) -> None:
+        if not _installed("torch"):
+            raise BackendUnavailable("torch is not installed")
+        import torch
+
+        from ..models.action_expert import load_checkpoint
+
+        path = Path(model_dir) / TORCH_FILE
+        if not path.is_file():
+            raise BackendUnavailable(f"{path}: missing (the torch backend needs the checkpoint)")
+        self._torch = torch
+        self._device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model, _ = load_checkpoint(path)
+        c = model.config
+        got = {"feature_dim": c.feature_dim, "sensor_window": c.sensor_window,
+               "sensor_channels": c.sensor_channels, "chunk_size": c.chunk_size, "action_dim": c.action_dim}
+        want = {"feature_dim": spec.feature_dim, "sensor_window": spec.sensor_window,
+                "sensor_channels": spec.sensor_channels, "chunk_size": spec.chunk_size,
+                "action_dim": spec.action_dim}
+        problems = [f"{k}: expected {want[k]} (model.yaml), got {got[k]}" for k in want if want[k] != got[k]]
+        if problems:
+            raise ModelSpecError(f"{path} does not match model.yaml: " + "; ".join(problems))
+        self._model = model.to(self._device).eval()
+        self.name = f"torch-{self._device}"
+
+    def run(self, vl_features: np.ndarray, sensor_window: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            out = self._model(torch.from_numpy(vl_features).to(self._device),
+                              torch.from_numpy(sensor_window).to(self._device))
+        return out.float().cpu().numpy()
+
+
+def tensorrt_usable() -> bool:
+    return _installed("tensorrt") and (_installed("cuda") or _installed("pycuda"))
+
+
+def create_backend(kind: str, model_dir: str | Path, spec: ModelSpec,
+                   engine_cache_dir: str | Path | None = None, log=None) -> InferenceBackend:
+    """Create the backend `kind` (auto|tensorrt|onnxruntime|torch) for the model in `model_dir`."""
+    model_dir = Path(model_dir)
+    if kind == "tensorrt":
+        from .tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(model_dir, spec, engine_cache_dir, log=log)
+    if kind == "onnxruntime":
+        return OnnxRuntimeBackend(model_dir, spec)
+    if kind == "torch":
+        return TorchBackend(model_dir, spec)
+    if kind != "auto":
+        raise ValueError(f"backend: {kind!r} is not one of auto, tensorrt, onnxruntime, torch")
+    tried = []
+    for candidate in ("tensorrt", "onnxruntime", "torch"):
+        if candidate == "tensorrt" and not tensorrt_usable():
+            tried.append("tensorrt: not installed")
+            continue
+        try:
+            return create_backend(candidate, model_dir, spec, engine_cache_dir, log)
+        except BackendUnavailable as exc:
+            tried.append(f"{candidate}: {exc}")
+    raise BackendUnavailable("no backend can run this model: " + "; ".join(tried))

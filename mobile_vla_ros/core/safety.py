@@ -1,0 +1,40 @@
+"""Why the robot is stopped: one reason at a time, with change detection for one log line per change."""
+
+from __future__ import annotations
+
+import enum
+
+
+class StopReason(enum.Enum):
+    NONE = "running"
+    NO_INSTRUCTION = "no instruction yet"
+    NO_FEATURES = "no VL features yet"
+    INSTRUCTION_CHANGED = "instruction changed, no features for it yet"
+    FEATURES_STALE = "VL features older than max_feature_age"
+    WINDOW_INCOMPLETE = "sensor window incomplete"
+    SENSOR_GAP = "sensor gap longer than max_sensor_gap"
+    INFERENCE_ERROR = "inference error"
+    NON_FINITE_OUTPUT = "non-finite model output"
+
+
+class SafetyState:
+    """Tracks the current stop reason; `update` returns True when it changed."""
+
+    def __init__(self) -> None:
+        self.reason = StopReason.NO_INSTRUCTION
+        self.detail = ""
+        self.stop_events = 0
+
+    @property
+    def stopped(self) -> bool:
+        return self.reason is not StopReason.NONE
+
+    def update(self, reason: StopReason, detail: str = "") -> bool:
+        changed = reason is not self.reason
+        if changed and reason is not StopReason.NONE:
+            self.stop_events += 1
+        self.reason, self.detail = reason, detail
+        return changed
+
+    def describe(self) -> str:
+        return self.reason.value + (f" ({self.detail})" if self.detail else "")

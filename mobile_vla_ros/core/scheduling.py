@@ -1,0 +1,73 @@
+"""Background execution of slow work (the VLM forward) that never queues more than one job.
+
+A VLM forward can take longer than the VLM period; queueing ticks would only grow latency and
+memory, so a tick that finds the previous forward still running is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+
+def period_from_hz(hz: float) -> float:
+    if hz <= 0:
+        raise ValueError(f"rate must be > 0 Hz, got {hz}")
+    return 1.0 / hz
+
+
+class SingleFlightWorker:
+    """Runs at most one job at a time in a plain worker thread (not an rclpy callback).
+
+    `try_submit` returns False (and counts a skip) while a job is pending or running.
+    `on_done(result, error)` is called in the worker thread when the job finishes.
+    """
+
+    def __init__(self, name: str = "worker") -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._lock = threading.Lock()
+        self._busy = False
+        self.submitted = 0
+        self.skipped_busy = 0
+        self.failed = 0
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    def skip_if_busy(self) -> bool:
+        """True (and one skip counted) while a job is pending or running."""
+        with self._lock:
+            if self._busy:
+                self.skipped_busy += 1
+            return self._busy
+
+    def try_submit(self, job: Callable[[], Any], on_done: Callable[[Any, BaseException | None], None]) -> bool:
+        with self._lock:
+            if self._busy:
+                self.skipped_busy += 1
+                return False
+            self._busy = True
+            self.submitted += 1
+
+        def run() -> None:
+            result, error = None, None
+            try:
+                result = job()
+            except Exception as exc:  # reported to on_done; the worker stays usable
+                error = exc
+                self.failed += 1
+            try:
+                on_done(result, error)
+            finally:
+                with self._lock:
+                    self._busy = False
+
+        future: Future = self._pool.submit(run)
+        del future
+        return True
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=True)

@@ -1,0 +1,1 @@
+"""rclpy glue: message conversion, parameter declaration, diagnostics."""

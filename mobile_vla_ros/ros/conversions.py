@@ -1,0 +1,138 @@
+"""Every ROS message <-> numpy conversion of the package (nodes and tools import from here).
+
+Images: rgb8, bgr8, rgba8, bgra8 and mono8 (row padding allowed); anything else is rejected with
+a reason, never guessed. Features travel as a 32FC1 image: height = tokens, width = dim.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from builtin_interfaces.msg import Duration, Time
+from geometry_msgs.msg import Twist, TwistStamped, WrenchStamped
+from sensor_msgs.msg import Image, Imu
+from std_msgs.msg import Header
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from ..core.chunk_executor import ActionChunk
+
+CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+FEATURE_ENCODING = "32FC1"
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+try:  # cv_bridge where ROS provides it (robot); the numpy path below is equivalent for these encodings
+    from cv_bridge import CvBridge
+
+    _CV_BRIDGE: CvBridge | None = CvBridge()
+except ImportError:
+    _CV_BRIDGE = None
+
+
+class ConversionError(ValueError):
+    """A message that cannot be converted; the message says why."""
+
+
+def stamp_to_sec(stamp: Time) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def sec_to_stamp(seconds: float) -> Time:
+    sec = int(np.floor(seconds))
+    return Time(sec=sec, nanosec=min(int(round((seconds - sec) * 1e9)), 999_999_999))
+
+
+def sec_to_duration(seconds: float) -> Duration:
+    sec = int(np.floor(seconds))
+    return Duration(sec=sec, nanosec=min(int(round((seconds - sec) * 1e9)), 999_999_999))
+
+
+def image_to_rgb(msg: Image) -> np.ndarray:
+    """sensor_msgs/Image -> RGB uint8 [H, W, 3] (a copy)."""
+    channels = CHANNELS.get(msg.encoding)
+    if channels is None:
+        raise ConversionError(f"unsupported encoding {msg.encoding!r} (supported: {', '.join(CHANNELS)})")
+    h, w, step = msg.height, msg.width, msg.step
+    if h == 0 or w == 0 or h * w > MAX_IMAGE_PIXELS:
+        raise ConversionError(f"image size {w}x{h} outside 1..{MAX_IMAGE_PIXELS} pixels")
+    if step < w * channels:
+        raise ConversionError(f"step {step} < width {w} x {channels} bytes")
+    if len(msg.data) != step * h:
+        raise ConversionError(f"data has {len(msg.data)} bytes, expected step {step} x height {h} = {step * h}")
+    if _CV_BRIDGE is not None:  # validated above; cv_bridge does the colour conversion when present
+        return np.ascontiguousarray(_CV_BRIDGE.imgmsg_to_cv2(msg, desired_encoding="rgb8"))
+    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(h, step)
+    pixels = rows[:, : w * channels].reshape(h, w, channels)
+    if msg.encoding == "mono8":
+        return np.repeat(pixels, 3, axis=2)
+    if msg.encoding.startswith("bgr"):
+        return np.ascontiguousarray(pixels[:, :, 2::-1])
+    return np.ascontiguousarray(pixels[:, :, :3])
+
+
+def rgb_to_image(rgb: np.ndarray, stamp: Time, frame_id: str) -> Image:
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    h, w = rgb.shape[:2]
+    return Image(header=Header(stamp=stamp, frame_id=frame_id), height=h, width=w, encoding="rgb8",
+                 is_bigendian=0, step=w * 3, data=rgb.tobytes())
+
+
+def features_to_image(features: np.ndarray, stamp: Time, frame_id: str) -> Image:
+    """float32 [tokens, dim] -> 32FC1 image, little-endian."""
+    arr = np.ascontiguousarray(features, dtype="<f4")
+    if arr.ndim != 2:
+        raise ConversionError(f"features must be [tokens, dim], got shape {list(arr.shape)}")
+    return Image(header=Header(stamp=stamp, frame_id=frame_id), height=arr.shape[0], width=arr.shape[1],
+                 encoding=FEATURE_ENCODING, is_bigendian=0, step=arr.shape[1] * 4, data=arr.tobytes())
+
+
+def image_to_features(msg: Image) -> np.ndarray:
+    """32FC1 image -> float32 [tokens, dim] (native byte order)."""
+    if msg.encoding != FEATURE_ENCODING:
+        raise ConversionError(f"vl_features encoding expected {FEATURE_ENCODING}, got {msg.encoding!r}")
+    h, w = msg.height, msg.width
+    if msg.step != w * 4 or len(msg.data) != h * w * 4 or h == 0 or w == 0:
+        raise ConversionError(f"vl_features {h}x{w}: step {msg.step} / {len(msg.data)} bytes do not match "
+                              f"{w * 4} / {h * w * 4}")
+    order = ">" if msg.is_bigendian else "<"
+    return np.frombuffer(msg.data, dtype=f"{order}f4").reshape(h, w).astype(np.float32)
+
+
+def imu_to_sample(msg: Imu) -> tuple[float, ...]:
+    """Channel order of sensor_window.SENSOR_CHANNELS['imu']."""
+    g, a = msg.angular_velocity, msg.linear_acceleration
+    return (g.x, g.y, g.z, a.x, a.y, a.z)
+
+
+def wrench_to_sample(msg: WrenchStamped) -> tuple[float, ...]:
+    f, t = msg.wrench.force, msg.wrench.torque
+    return (f.x, f.y, f.z, t.x, t.y, t.z)
+
+
+SENSOR_MESSAGES = {"imu": (Imu, imu_to_sample), "wrench": (WrenchStamped, wrench_to_sample)}
+
+
+def chunk_to_trajectory(chunk: ActionChunk, joint_names: list[str], frame_id: str = "") -> JointTrajectory:
+    msg = JointTrajectory(header=Header(stamp=sec_to_stamp(chunk.stamp), frame_id=frame_id),
+                          joint_names=list(joint_names))
+    msg.points = [JointTrajectoryPoint(positions=[float(v) for v in row],
+                                       time_from_start=sec_to_duration((k + 1) * chunk.dt))
+                  for k, row in enumerate(chunk.actions)]
+    return msg
+
+
+def trajectory_to_actions(msg: JointTrajectory) -> np.ndarray:
+    return np.array([p.positions for p in msg.points], dtype=np.float32)
+
+
+def action_to_twist(values: np.ndarray, mapping: list[str]) -> Twist:
+    """Map action dims to Twist fields, e.g. mapping ['linear.x', 'angular.z']; '' = unused."""
+    twist = Twist()
+    for value, field in zip(values, mapping):
+        if field:
+            group, axis = field.split(".")
+            setattr(getattr(twist, group), axis, float(value))
+    return twist
+
+
+def stamped(twist: Twist, stamp: Time, frame_id: str) -> TwistStamped:
+    return TwistStamped(header=Header(stamp=stamp, frame_id=frame_id), twist=twist)

@@ -1,0 +1,108 @@
+"""mobile-vla-bringup: start vlm_node and action_expert_node (and optionally a robot stand-in) with the
+same YAML as `ros2 launch mobile_vla_ros robot.launch.py`, for machines without `ros2 launch`.
+
+Each node is a separate process (as launch would start it); Ctrl-C / SIGTERM stops them all,
+action_expert_node last so its final zero cmd_vel goes out while the rest is still up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..paths import share_dir
+
+NODES = ("vlm_node", "action_expert_node")
+
+
+def node_command(module: str, params_files: list[Path], namespace: str, log_level: str,
+                 extra_ros_args: list[str] = ()) -> list[str]:
+    cmd = [sys.executable, "-m", f"mobile_vla_ros.{module}", "--ros-args"]
+    for f in params_files:
+        cmd += ["--params-file", str(f)]
+    if namespace:
+        cmd += ["-r", f"__ns:={namespace if namespace.startswith('/') else '/' + namespace}"]
+    cmd += ["--log-level", log_level, *extra_ros_args]
+    return cmd
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mobile-vla-bringup", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params-file", type=Path, action="append", default=None,
+                    help="ROS 2 parameter YAML (repeatable; later files override). "
+                         "Default: config/robot.yaml of the package")
+    ap.add_argument("--namespace", default="", help="namespace of both nodes")
+    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error", "fatal"])
+    ap.add_argument("--sim", action="store_true", help="also start the MuJoCo simulated robot")
+    ap.add_argument("--synthetic", action="store_true",
+                    help="also start synthetic_sources (camera, 650 Hz IMU, instruction) instead of a robot")
+    ap.add_argument("--instruction", default="go to the red cylinder", help="instruction for --synthetic")
+    ap.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = run until Ctrl-C)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    params_files = args.params_file or [share_dir() / "config" / "robot.yaml"]
+    for f in params_files:
+        if not f.is_file():
+            print(f"mobile-vla-bringup: error: --params-file {f}: no such file", file=sys.stderr)
+            return 2
+    if args.sim:
+        print("mobile-vla-bringup: error: --sim needs the MuJoCo simulated robot, which is not part of this "
+              "release yet; use --synthetic for a robot stand-in", file=sys.stderr)
+        return 2
+    commands = {name: node_command(name, params_files, args.namespace, args.log_level) for name in NODES}
+    if args.synthetic:
+        commands["synthetic_sources"] = node_command(
+            "tools.synthetic_sources", [], args.namespace, args.log_level,
+            ["-p", f"instruction:={args.instruction}"])
+    procs: dict[str, subprocess.Popen] = {}
+    stop = {"requested": False}
+
+    def request_stop(*_):
+        stop["requested"] = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    for name, cmd in commands.items():
+        procs[name] = subprocess.Popen(cmd, env=env)
+    deadline = time.monotonic() + args.duration if args.duration > 0 else float("inf")
+    code = 0
+    try:
+        while not stop["requested"] and time.monotonic() < deadline:
+            failed = {n: p.returncode for n, p in procs.items() if p.poll() is not None}
+            if failed:
+                for name, rc in failed.items():
+                    print(f"mobile-vla-bringup: {name} exited with code {rc}", file=sys.stderr)
+                code = next(iter(failed.values())) or 1
+                break
+            time.sleep(0.2)
+    finally:
+        shutdown(procs)
+    return code
+
+
+def shutdown(procs: dict[str, subprocess.Popen], timeout: float = 10.0) -> None:
+    """SIGINT everything but the action node first, then the action node (it sends the final zero)."""
+    order = sorted(procs, key=lambda n: n == "action_expert_node")
+    for name in order:
+        proc = procs[name]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""synthetic_sources: a stand-in robot for tests, benchmarks and demos without hardware or a simulator.
+
+Publishes a camera (`camera/image_raw`, rgb8, moving colour pattern), a 650 Hz IMU or wrench
+stream on `sensor`, and the `instruction` (latched). `camera_enabled` / `sensor_enabled` can be
+switched live to simulate a dead input. The sensor stream runs in its own thread with
+absolute-time pacing, so its rate does not depend on the executor.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import numpy as np
+from geometry_msgs.msg import WrenchStamped
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.node import Node
+from sensor_msgs.msg import Image, Imu
+from std_msgs.msg import Header, String
+
+from ..ros.conversions import rgb_to_image
+from ..ros.node_support import LATCHED_QOS, SENSOR_QOS, run_node
+
+
+class SyntheticSources(Node):
+    def __init__(self) -> None:
+        super().__init__("synthetic_sources")
+        self.declare_parameter("camera_hz", 15.0)
+        self.declare_parameter("sensor_hz", 650.0)
+        self.declare_parameter("sensor_type", "imu")
+        self.declare_parameter("image_size", 224)
+        self.declare_parameter("image_topic", "camera/image_raw")
+        self.declare_parameter("instruction", "go to the red cylinder")
+        self.declare_parameter("camera_enabled", True)
+        self.declare_parameter("sensor_enabled", True)
+        self.sensor_hz = float(self.get_parameter("sensor_hz").value)
+        size = int(self.get_parameter("image_size").value)
+        self.camera_enabled = bool(self.get_parameter("camera_enabled").value)
+        self.sensor_enabled = bool(self.get_parameter("sensor_enabled").value)
+        yy, xx = np.mgrid[0:size, 0:size]
+        self._grid = (xx.astype(np.float32) / size, yy.astype(np.float32) / size)
+        self.image_pub = self.create_publisher(Image, str(self.get_parameter("image_topic").value), SENSOR_QOS)
+        self.instruction_pub = self.create_publisher(String, "instruction", LATCHED_QOS)
+        self.sensor_type = str(self.get_parameter("sensor_type").value)
+        sensor_msg = Imu if self.sensor_type == "imu" else WrenchStamped
+        self.sensor_pub = self.create_publisher(sensor_msg, "sensor", SENSOR_QOS)
+        self.instruction_pub.publish(String(data=str(self.get_parameter("instruction").value)))
+        self.create_timer(1.0 / float(self.get_parameter("camera_hz").value), self._publish_image)
+        self.add_on_set_parameters_callback(self._on_set)
+        self.sensor_sent = 0
+        self._running = True
+        self._thread = threading.Thread(target=self._sensor_loop, name="sensor", daemon=True)
+        self._thread.start()
+
+    def _on_set(self, params) -> SetParametersResult:
+        for p in params:
+            if p.name == "camera_enabled":
+                self.camera_enabled = bool(p.value)
+            elif p.name == "sensor_enabled":
+                self.sensor_enabled = bool(p.value)
+            elif p.name == "instruction":
+                self.instruction_pub.publish(String(data=str(p.value)))
+        return SetParametersResult(successful=True)
+
+    def _publish_image(self) -> None:
+        if not self.camera_enabled:
+            return
+        t = time.monotonic()
+        x, y = self._grid
+        rgb = np.stack([(np.sin(6 * x + t) + 1) * 127, (np.cos(4 * y - t) + 1) * 127,
+                        np.full_like(x, (math.sin(t) + 1) * 127)], axis=-1).astype(np.uint8)
+        self.image_pub.publish(rgb_to_image(rgb, self.get_clock().now().to_msg(), "camera_link"))
+
+    def _sensor_loop(self) -> None:
+        period = 1.0 / self.sensor_hz
+        next_time = time.monotonic()
+        while self._running:
+            next_time += period
+            delay = next_time - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -0.1:  # fell far behind (machine stalled): resynchronise instead of bursting
+                next_time = time.monotonic()
+            if self.sensor_enabled:
+                self.sensor_pub.publish(self._sensor_message())
+                self.sensor_sent += 1
+
+    def _sensor_message(self):
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id="imu_link")
+        t = time.monotonic()
+        if self.sensor_type == "imu":
+            msg = Imu(header=header)
+            msg.angular_velocity.z = 0.1 * math.sin(t)
+            msg.linear_acceleration.x = 0.05 * math.cos(3 * t)
+            msg.linear_acceleration.z = 9.81
+            return msg
+        msg = WrenchStamped(header=header)
+        msg.wrench.force.z = -20.0 + math.sin(t)
+        return msg
+
+    def destroy_node(self) -> None:
+        self._running = False
+        self._thread.join(timeout=1.0)
+        super().destroy_node()
+
+
+def main(args=None) -> int:
+    return run_node(SyntheticSources, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Vision-language feature extractors (transformers), loaded from local directories only."""

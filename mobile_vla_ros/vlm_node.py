@@ -1,0 +1,187 @@
+"""vlm_node: camera images + instruction -> vision-language features on `vl_features`.
+
+Callbacks only store the newest image per camera; a timer at `vlm_hz` hands one forward at a
+time to a worker thread (a tick that finds it busy is skipped and counted), and the worker
+publishes the features as soon as they are ready, stamped with the newest source image.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+
+from .core.params import VLM_NODE_PARAMS
+from .core.scheduling import SingleFlightWorker, period_from_hz
+from .core.stats import LatencyStats, RateMeter
+from .paths import default_model_dir, resolve_dir
+from .ros.conversions import ConversionError, features_to_image, image_to_rgb, sec_to_stamp, stamp_to_sec
+from .ros.node_support import (
+    LATCHED_QOS,
+    SENSOR_QOS,
+    declare_from_specs,
+    diagnostics,
+    install_live_parameters,
+    run_node,
+)
+from .vlm.base import ExtractorConfig, VlmLoadError, create_extractor
+
+
+@dataclass(frozen=True)
+class CameraFrame:
+    rgb: np.ndarray
+    stamp: float
+    frame_id: str
+
+
+class VlmNode(Node):
+    def __init__(self) -> None:
+        super().__init__("vlm_node")
+        self.params = declare_from_specs(self, VLM_NODE_PARAMS)
+        p = self.params
+        model_path = resolve_dir(p["model_path"], default_model_dir() / "vlm")
+        start = time.monotonic()
+        self.extractor = create_extractor(ExtractorConfig(
+            backend=p["vlm_backend"], model_path=str(model_path), clip_model_path=p["clip_model_path"],
+            device=p["device"], dtype=p["dtype"], pooling=p["feature_pooling"]))
+        self.get_logger().info(f"{p['vlm_backend']} loaded from {model_path} on {p['device']}/{p['dtype']} "
+                               f"in {time.monotonic() - start:.1f} s, feature dim {self.extractor.feature_dim}")
+
+        self._lock = threading.Lock()  # guards _frames and the instruction between executor and worker
+        self._frames: dict[str, CameraFrame] = {}
+        self._instruction: str | None = None
+        self._instruction_since = float("-inf")
+        self._instruction_epoch = 0
+        self.worker = SingleFlightWorker("vlm_forward")
+        self.forward_latency = LatencyStats()
+        self.feature_rate = RateMeter()
+        self.counts = {"images_rejected": 0, "instructions_rejected": 0, "skipped_no_input": 0,
+                       "forward_errors": 0, "discarded_old_instruction": 0}
+        self._last_status = "waiting for instruction and images"
+
+        self.features_pub = self.create_publisher(Image, "vl_features", LATCHED_QOS)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        for topic in p["image_topics"]:
+            self.create_subscription(Image, topic, lambda msg, t=topic: self._on_image(t, msg), SENSOR_QOS)
+        self.create_subscription(String, "instruction", self._on_instruction, LATCHED_QOS)
+        self._tick_timer = self.create_timer(period_from_hz(p["vlm_hz"]), self._on_tick)
+        self.create_timer(1.0, self._publish_diagnostics)
+        install_live_parameters(self, VLM_NODE_PARAMS, self.params, lambda _: None, self._apply_live)
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _apply_live(self, changes: dict) -> None:
+        if "vlm_hz" in changes:
+            self.destroy_timer(self._tick_timer)
+            self._tick_timer = self.create_timer(period_from_hz(changes["vlm_hz"]), self._on_tick)
+            self.get_logger().info(f"vlm_hz -> {changes['vlm_hz']}")
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def _on_image(self, topic: str, msg: Image) -> None:
+        try:
+            rgb = image_to_rgb(msg)
+        except ConversionError as exc:
+            self.counts["images_rejected"] += 1
+            self.get_logger().warning(f"{topic}: image dropped: {exc}", throttle_duration_sec=5.0)
+            return
+        frame = CameraFrame(rgb, stamp_to_sec(msg.header.stamp), msg.header.frame_id)
+        with self._lock:
+            self._frames[topic] = frame
+
+    def _on_instruction(self, msg: String) -> None:
+        text = msg.data.strip()
+        limit = self.params["max_instruction_length"]
+        if not text or len(text) > limit:
+            self.counts["instructions_rejected"] += 1
+            self.get_logger().warning(f"instruction dropped: {len(text)} characters (allowed 1..{limit})",
+                                   throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            if text == self._instruction:
+                return
+            self._instruction = text
+            self._instruction_since = self._now()
+            self._instruction_epoch += 1
+        self.get_logger().info(f"instruction: {text!r}")
+
+    # -- forward --------------------------------------------------------------------------------
+    def _select_frames(self, now: float) -> tuple[list[CameraFrame], str]:
+        """Frames usable now: fresh, and captured after the current instruction arrived."""
+        max_age = self.params["max_image_age"]
+        with self._lock:
+            if self._instruction is None:
+                return [], "no instruction yet"
+            if not self._frames:
+                return [], "no images yet"
+            frames = [f for f in self._frames.values()
+                      if now - f.stamp <= max_age and f.stamp >= self._instruction_since]
+        return frames, "" if frames else f"no image newer than max_image_age ({max_age} s) and the instruction"
+
+    def _on_tick(self) -> None:
+        if self.worker.skip_if_busy():
+            return
+        frames, why = self._select_frames(self._now())
+        if not frames:
+            self.counts["skipped_no_input"] += 1
+            self._last_status = why
+            return
+        with self._lock:
+            instruction, epoch = self._instruction, self._instruction_epoch
+        newest = max(frames, key=lambda f: f.stamp)
+        simulated = self.params["simulated_latency"]
+
+        def forward() -> np.ndarray:
+            start = time.monotonic()
+            features = self.extractor.extract([f.rgb for f in frames], instruction)
+            if simulated > 0:
+                time.sleep(max(0.0, simulated - (time.monotonic() - start)))
+            self.forward_latency.add(time.monotonic() - start)
+            return features
+
+        def done(features: np.ndarray | None, error: BaseException | None) -> None:
+            if error is not None:
+                self.counts["forward_errors"] += 1
+                self.get_logger().error(f"VLM forward failed: {error!r}", throttle_duration_sec=5.0)
+                return
+            if epoch != self._instruction_epoch:
+                self.counts["discarded_old_instruction"] += 1
+                return
+            self.features_pub.publish(features_to_image(features, sec_to_stamp(newest.stamp), newest.frame_id))
+            self.feature_rate.tick()
+            self._last_status = "running"
+
+        self.worker.try_submit(forward, done)
+
+    def _publish_diagnostics(self) -> None:
+        running = self._last_status == "running" and self.feature_rate.rate() > 0
+        level = DiagnosticStatus.OK if running else DiagnosticStatus.WARN
+        if self.counts["forward_errors"] and not running:
+            level = DiagnosticStatus.ERROR
+        values = {
+            "vlm_backend": self.params["vlm_backend"], "device": self.params["device"],
+            "vlm_hz": self.params["vlm_hz"], "feature_rate_hz": self.feature_rate.rate(),
+            "forward_latency_p50_ms": self.forward_latency.percentile_ms(50),
+            "forward_latency_p99_ms": self.forward_latency.percentile_ms(99),
+            "forwards": self.worker.submitted, "features_published": self.feature_rate.total,
+            **self.counts, "skipped_busy": self.worker.skipped_busy,
+        }
+        self.diag_pub.publish(diagnostics(self, level, self._last_status, values))
+
+    def destroy_node(self) -> None:
+        self.worker.shutdown(wait=True)
+        super().destroy_node()
+
+
+def main(args=None) -> int:
+    return run_node(VlmNode, args, startup_errors=(VlmLoadError,))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""Test-session setup: an isolated DDS domain on loopback, and the ROS fixtures."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+# Every process of this test session (probe and node processes) talks on one private domain, on
+# loopback only: parallel CI runs and other ROS systems on the machine cannot interfere.
+os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("RCUTILS_COLORIZED_OUTPUT", "0")
+
+
+@pytest.fixture(scope="session")
+def rclpy_session():
+    import rclpy
+
+    rclpy.init()
+    yield
+    rclpy.shutdown()
+
+
+_probes = iter(range(1_000_000))
+
+
+@pytest.fixture
+def probe(rclpy_session):
+    from ros_harness import Probe
+
+    p = Probe(f"test_probe_{os.getpid()}_{next(_probes)}")
+    yield p
+    p.destroy()
+
+
+@pytest.fixture
+def processes():
+    """Start NodeProcess objects through this list; all are stopped when the test ends, pass or fail."""
+    started = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory) -> Path:
+    from mobile_vla_ros.vlm.tiny import build_tiny_kosmos2
+
+    return build_tiny_kosmos2(tmp_path_factory.mktemp("tiny_kosmos2"), seed=1)

@@ -1,0 +1,116 @@
+"""The running system: 15 Hz camera + 650 Hz IMU + instruction in; vl_features at vlm_hz and
+action_chunk at action_hz out, with the contract's shapes and stamps; rates changeable live."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from geometry_msgs.msg import Twist
+from ros_harness import NodeProcess, diag_values, wait_for
+from sensor_msgs.msg import Image
+from trajectory_msgs.msg import JointTrajectory
+
+from mobile_vla_ros.ros.conversions import image_to_features, stamp_to_sec, trajectory_to_actions
+
+VLM_CPU = {"device": "cpu", "dtype": "fp32"}
+
+
+def start_system(processes, vlm_params=None, action_params=None, sources_params=None):
+    processes.append(NodeProcess("tools.synthetic_sources", sources_params or {}))
+    processes.append(NodeProcess("vlm_node", {**VLM_CPU, **(vlm_params or {})}))
+    processes.append(NodeProcess("action_expert_node", action_params or {}))
+
+
+def within(value: float, target: float, tolerance: float = 0.2) -> bool:
+    return abs(value - target) <= tolerance * target
+
+
+@pytest.mark.timeout(120)
+def test_features_and_chunks_at_their_rates_with_contract_shapes(probe, processes):
+    features = probe.record(Image, "vl_features")
+    chunks = probe.record(JointTrajectory, "action_chunk", 10)
+    images = probe.record_sensor(Image, "camera/image_raw")
+    twists = probe.record(Twist, "cmd_vel", 10)
+    start_system(processes, {"vlm_hz": 3.0})
+    wait_for(lambda: chunks.count() >= 5, 60, "first action chunks")
+    t0 = time.monotonic()
+    time.sleep(6.0)
+    t1 = time.monotonic()
+
+    vlm_rate, chunk_rate = features.rate(t0, t1), chunks.rate(t0, t1)
+    assert within(vlm_rate, 3.0), f"vl_features at {vlm_rate:.2f} Hz, expected 3.0 ±20 %"
+    assert within(chunk_rate, 10.0), f"action_chunk at {chunk_rate:.2f} Hz, expected 10 ±20 %"
+
+    image_stamps = {stamp_to_sec(m.header.stamp) for _, m in images.since(0.0)}
+    for _, msg in features.since(t0):
+        assert msg.encoding == "32FC1" and msg.height == 1 and msg.width == 64
+        assert stamp_to_sec(msg.header.stamp) in image_stamps, "feature stamp is not a source image stamp"
+        assert msg.header.frame_id == "camera_link"
+        assert np.all(np.isfinite(image_to_features(msg)))
+
+    window = chunks.since(t0)
+    stamps = [stamp_to_sec(m.header.stamp) for _, m in window]
+    assert all(b > a for a, b in zip(stamps, stamps[1:])), "chunk stamps must increase"
+    for _, msg in window:
+        actions = trajectory_to_actions(msg)
+        assert actions.shape == (8, 2) and np.all(np.isfinite(actions))
+        assert list(msg.joint_names) == ["linear_x", "angular_z"]
+        steps = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
+        assert np.allclose(steps, 0.0125 * np.arange(1, 9), atol=1e-6)
+    assert len(twists.since(t0)) > 100, "executing chunks must publish cmd_vel"
+    assert all(p.alive() for p in processes)
+
+
+@pytest.mark.timeout(150)
+def test_rates_change_live_and_bad_values_are_rejected(probe, processes):
+    features = probe.record(Image, "vl_features")
+    chunks = probe.record(JointTrajectory, "action_chunk", 10)
+    start_system(processes, {"vlm_hz": 3.0})
+    wait_for(lambda: chunks.count() >= 5 and features.count() >= 2, 60, "system running")
+
+    assert probe.set_param("vlm_node", "vlm_hz", 1.0).successful
+    assert probe.set_param("action_expert_node", "action_hz", 5.0).successful
+    time.sleep(1.5)  # let the new periods settle
+    t0 = time.monotonic()
+    time.sleep(6.0)
+    t1 = time.monotonic()
+    assert within(features.rate(t0, t1), 1.0), f"vl_features at {features.rate(t0, t1):.2f} Hz after vlm_hz=1"
+    assert within(chunks.rate(t0, t1), 5.0), f"action_chunk at {chunks.rate(t0, t1):.2f} Hz after action_hz=5"
+
+    result = probe.set_param("action_expert_node", "action_hz", 500.0)
+    assert not result.successful and "range" in result.reason, result.reason
+    result = probe.set_param("vlm_node", "vlm_hz", 0.0)
+    assert not result.successful and "range" in result.reason
+    result = probe.set_param("action_expert_node", "sensor_window", 10)
+    assert not result.successful and "read-only" in result.reason
+    result = probe.set_param("action_expert_node", "action_limits", [0.5])
+    assert not result.successful and "expected 2 values" in result.reason
+    assert probe.get_param("action_expert_node", "action_hz") == 5.0
+
+
+@pytest.mark.timeout(120)
+def test_slow_vlm_skips_ticks_instead_of_queueing(probe, processes):
+    features = probe.record(Image, "vl_features")
+    diags = probe.diagnostics()
+    # vlm_hz 5 but every forward takes 0.8 s: features must come at the forward rate (1.25 Hz).
+    start_system(processes, {"vlm_hz": 5.0, "simulated_latency": 0.8})
+    vlm = processes[1]
+    wait_for(lambda: features.count() >= 2, 60, "first features")
+    rss_start = vlm.rss_kb()
+    t0 = time.monotonic()
+    answer_times = []
+    for _ in range(8):  # the node keeps answering parameter requests while a forward runs
+        start = time.monotonic()
+        assert probe.get_param("vlm_node", "vlm_hz") == 5.0
+        answer_times.append(time.monotonic() - start)
+        time.sleep(0.8)
+    t1 = time.monotonic()
+    rate = features.rate(t0, t1)
+    assert within(rate, 1.25), f"features at {rate:.2f} Hz; the forward rate is 1.25 Hz"
+    assert max(answer_times) < 1.0, f"parameter service blocked for {max(answer_times):.2f} s"
+    wait_for(lambda: int(diag_values(diags, "vlm_node").get("skipped_busy", "0")) >= 10, 10,
+             "skipped ticks in diagnostics")
+    growth = vlm.rss_kb() - rss_start
+    assert growth < 20_000, f"vlm_node RSS grew {growth} kB in {t1 - t0:.0f} s while skipping ticks"
