@@ -7,6 +7,7 @@ memory, so a tick that finds the previous forward still running is skipped and c
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -69,5 +70,15 @@ class SingleFlightWorker:
         del future
         return True
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no job is pending or running; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._busy:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
     def shutdown(self, wait: bool = True) -> None:
+        """Stop the thread; a job not yet started is cancelled."""
         self._pool.shutdown(wait=wait, cancel_futures=True)

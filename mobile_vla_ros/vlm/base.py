@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -52,6 +53,16 @@ def check_model_dir(path: str | Path, what: str = "model_path") -> Path:
     if missing:
         raise VlmLoadError(f"{what}: {path} is incomplete, missing: {', '.join(missing)}")
     return path
+
+
+def check_model_type(path: Path, expected: str, what: str = "model_path") -> None:
+    """transformers only warns when config.json is another architecture; we refuse."""
+    try:
+        got = json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError) as exc:
+        raise VlmLoadError(f"{what}: {path / 'config.json'} is not readable JSON ({exc})") from exc
+    if got != expected:
+        raise VlmLoadError(f"{what}: expected a {expected} checkpoint (config.json model_type), got {got!r}")
 
 
 def torch_dtype(name: str, device: str):

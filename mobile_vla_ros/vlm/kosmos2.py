@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import ExtractorConfig, VlmLoadError, check_model_dir, dtype_kwarg, torch_dtype
+from .base import ExtractorConfig, VlmLoadError, check_model_dir, check_model_type, dtype_kwarg, torch_dtype
 
 POOLINGS = ("last_token", "mean_text", "mean_image")
 
@@ -27,6 +27,7 @@ class Kosmos2Extractor:
         if config.pooling not in POOLINGS:
             raise VlmLoadError(f"feature_pooling: {config.pooling!r} is not one of {', '.join(POOLINGS)}")
         path = check_model_dir(config.model_path)
+        check_model_type(path, "kosmos-2")
         dtype = torch_dtype(config.dtype, config.device)
         try:
             self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)

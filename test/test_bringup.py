@@ -1,0 +1,52 @@
+"""mobile-vla-bringup starts both nodes from the shipped YAML (plus overrides), in a namespace, and
+stops them cleanly; bad arguments give a clear error and a non-zero exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from ros_harness import REPO, wait_for
+from trajectory_msgs.msg import JointTrajectory
+
+BRINGUP = [sys.executable, "-m", "mobile_vla_ros.tools.bringup"]
+
+
+@pytest.mark.timeout(120)
+def test_bringup_runs_nodes_in_namespace_with_yaml(probe):
+    chunks = probe.record(JointTrajectory, "/robot1/action_chunk", 10)
+    proc = subprocess.Popen([*BRINGUP, "--params-file", "config/robot.yaml", "--params-file",
+                             "config/desktop.yaml", "--synthetic", "--namespace", "robot1", "--duration", "25"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: chunks.count() >= 10, 60, "chunks on /robot1/action_chunk")
+        assert probe.get_param("robot1/action_expert_node", "max_feature_age") == 2.0  # from robot.yaml
+        assert probe.get_param("robot1/vlm_node", "device") == "cpu"  # desktop.yaml overrides robot.yaml
+        proc.send_signal(2)  # Ctrl-C stops every node
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    time.sleep(0.5)
+    assert "exited with code" not in out
+
+
+def test_bringup_rejects_missing_params_file():
+    result = subprocess.run([*BRINGUP, "--params-file", "no/such.yaml"], cwd=REPO, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 2
+    assert "--params-file no/such.yaml: no such file" in result.stderr
+
+
+def test_bringup_reports_a_node_that_fails_to_start(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("/**/action_expert_node:\n  ros__parameters:\n    chunk_size: 4\n")
+    result = subprocess.run([*BRINGUP, "--params-file", "config/robot.yaml", "--params-file", "config/desktop.yaml",
+                             "--params-file", str(bad), "--duration", "60"], cwd=REPO, capture_output=True,
+                            text=True, timeout=90)
+    assert result.returncode == 2, result.stderr
+    assert "chunk_size: expected 8 (model.yaml), got 4" in result.stderr
+    assert "action_expert_node exited with code 2" in result.stderr

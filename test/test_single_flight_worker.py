@@ -1,0 +1,41 @@
+"""The VLM worker never queues: a submit while a job runs is skipped and counted."""
+
+import threading
+
+from mobile_vla_ros.core.scheduling import SingleFlightWorker, period_from_hz
+
+
+def test_submissions_while_busy_are_skipped_not_queued():
+    worker = SingleFlightWorker()
+    release = threading.Event()
+    results = []
+    assert worker.try_submit(lambda: (release.wait(5), "first")[1], lambda r, e: results.append(r))
+    for _ in range(5):
+        assert not worker.try_submit(lambda: "queued?", lambda r, e: results.append(r))
+    assert worker.skip_if_busy()
+    release.set()
+    assert worker.wait_idle(5)
+    assert results == ["first"]
+    assert worker.skipped_busy == 6 and worker.submitted == 1
+    assert worker.try_submit(lambda: "second", lambda r, e: results.append(r))
+    assert worker.wait_idle(5)
+    worker.shutdown()
+    assert results == ["first", "second"]
+
+
+def test_a_failing_job_is_reported_and_the_worker_stays_usable():
+    worker = SingleFlightWorker()
+    errors = []
+    worker.try_submit(lambda: 1 / 0, lambda r, e: errors.append(e))
+    worker.shutdown()
+    assert isinstance(errors[0], ZeroDivisionError) and worker.failed == 1
+
+
+def test_period_from_hz_rejects_non_positive_rates():
+    assert period_from_hz(4.0) == 0.25
+    try:
+        period_from_hz(0.0)
+    except ValueError as exc:
+        assert "> 0 Hz" in str(exc)
+    else:
+        raise AssertionError("0 Hz accepted")

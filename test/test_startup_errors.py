@@ -1,0 +1,65 @@
+"""Configuration that cannot work stops a node at start-up with exit code 2 and a message naming
+expected vs got (or the missing file, or the valid choices)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from ros_harness import NodeProcess
+
+from mobile_vla_ros.paths import default_model_dir
+
+
+def fails_with(node: NodeProcess, *fragments: str) -> None:
+    code = node.wait(timeout=60)
+    out = node.output()
+    assert code == 2, f"exit code {code}, output:\n{out}"
+    for fragment in fragments:
+        assert fragment in out, f"{fragment!r} not in output:\n{out}"
+    assert "Traceback" not in out
+
+
+@pytest.mark.timeout(90)
+def test_action_node_refuses_parameters_that_contradict_model_yaml(processes):
+    node = NodeProcess("action_expert_node", {"sensor_window": 64, "action_names": ["vx", "wz"]})
+    processes.append(node)
+    fails_with(node, "sensor_window: expected 65 (model.yaml), got 64",
+               "action_names: expected ['linear_x', 'angular_z'] (model.yaml), got ['vx', 'wz']")
+
+
+@pytest.mark.timeout(90)
+def test_action_node_refuses_missing_model_and_wrong_graph(processes, tmp_path):
+    missing = NodeProcess("action_expert_node", {"model_dir": str(tmp_path / "nowhere")})
+    processes.append(missing)
+    fails_with(missing, "model.yaml: missing")
+
+    # model.yaml claims a 32-dim feature while the graph takes 64: the ONNX check names both.
+    bad = tmp_path / "bad_model"
+    shutil.copytree(default_model_dir(), bad, ignore=shutil.ignore_patterns("vlm"))
+    text = (bad / "model.yaml").read_text().replace("feature_dim: 64", "feature_dim: 32")
+    (bad / "model.yaml").write_text(text)
+    wrong = NodeProcess("action_expert_node", {"model_dir": str(bad), "backend": "onnxruntime"})
+    processes.append(wrong)
+    fails_with(wrong, "input 'vl_features': expected shape [B, 32], got [B, 64]")
+
+
+@pytest.mark.timeout(90)
+def test_vlm_node_names_missing_files_and_valid_backends(processes, tmp_path):
+    incomplete = tmp_path / "vlm"
+    incomplete.mkdir()
+    (incomplete / "config.json").write_text("{}")
+    node = NodeProcess("vlm_node", {"device": "cpu", "dtype": "fp32", "model_path": str(incomplete)})
+    processes.append(node)
+    fails_with(node, "preprocessor_config.json", "model weights", "tokenizer")
+
+    unknown = NodeProcess("vlm_node", {"device": "cpu", "dtype": "fp32", "vlm_backend": "llava"})
+    processes.append(unknown)
+    fails_with(unknown, "'llava' is not one of kosmos2, kosmos2_clip, qwen2_5_vl")
+
+
+@pytest.mark.timeout(60)
+def test_out_of_range_yaml_value_stops_start_up(processes):
+    node = NodeProcess("action_expert_node", {"action_hz": 500.0})
+    processes.append(node)
+    fails_with(node, "action_hz")

@@ -1,0 +1,66 @@
+"""Stale features or a sensor gap stop the robot (no new chunk, zero cmd_vel, then silence) and the
+system recovers by itself when the input comes back."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from geometry_msgs.msg import Twist
+from ros_harness import NodeProcess, diag_values, wait_for
+from trajectory_msgs.msg import JointTrajectory
+
+MAX_FEATURE_AGE = 1.0
+MAX_SENSOR_GAP = 0.05
+ZERO_HOLD = 0.5
+ACTION_PERIOD = 0.1
+DELIVERY_MARGIN = 0.3  # DDS delivery and scheduling on a loaded 2-core machine
+
+
+def is_zero(t: Twist) -> bool:
+    return t.linear.x == 0.0 and t.angular.z == 0.0
+
+
+def check_stop_and_recovery(probe, chunks, twists, diags, switch: str, bound: float, reason: str) -> None:
+    wait_for(lambda: chunks.count() >= 5, 60, "chunks before the fault")
+    assert probe.set_param("synthetic_sources", switch, False).successful
+    t_off = time.monotonic()
+    time.sleep(bound + DELIVERY_MARGIN + ZERO_HOLD + 1.0)
+
+    late = [t for t, _ in chunks.since(t_off + bound + DELIVERY_MARGIN)]
+    last = max(t for t, _ in chunks.since(0.0))
+    assert not late, f"chunks kept coming {last - t_off:.2f} s after {switch}=false (bound {bound:.2f} s)"
+    stop_time = last  # the first zero command follows the last chunk
+    zeros = [(t, m) for t, m in twists.since(stop_time + ACTION_PERIOD + DELIVERY_MARGIN)]
+    assert zeros, "no zero cmd_vel after the stop"
+    assert all(is_zero(m) for _, m in zeros), "non-zero cmd_vel while stopped"
+    silent_after = stop_time + ACTION_PERIOD + ZERO_HOLD + DELIVERY_MARGIN
+    assert not [t for t, _ in twists.since(silent_after + 0.2)], "cmd_vel must go silent after zero_cmd_hold"
+    wait_for(lambda: reason in diag_values(diags, "action_expert_node").get("safe_stop_reason", ""), 3,
+             f"diagnostics reason {reason!r}")
+
+    assert probe.set_param("synthetic_sources", switch, True).successful
+    t_on = time.monotonic()
+    wait_for(lambda: len(chunks.since(t_on)) >= 5, 15, f"chunks to resume after {switch}=true")
+    wait_for(lambda: diag_values(diags, "action_expert_node").get("safe_stop_reason") == "running", 3,
+             "diagnostics back to running")
+
+
+@pytest.mark.timeout(180)
+def test_stale_features_and_sensor_gap_stop_then_recover(probe, processes):
+    chunks = probe.record(JointTrajectory, "action_chunk", 10)
+    twists = probe.record(Twist, "cmd_vel", 10)
+    diags = probe.diagnostics()
+    processes.append(NodeProcess("tools.synthetic_sources", {}))
+    processes.append(NodeProcess("vlm_node", {"device": "cpu", "dtype": "fp32", "vlm_hz": 3.0,
+                                              "max_image_age": 0.3}))
+    processes.append(NodeProcess("action_expert_node", {"max_feature_age": MAX_FEATURE_AGE,
+                                                        "max_sensor_gap": MAX_SENSOR_GAP,
+                                                        "zero_cmd_hold": ZERO_HOLD}))
+    # Camera off: the VLM has no fresh image, features age past max_feature_age.
+    check_stop_and_recovery(probe, chunks, twists, diags, "camera_enabled",
+                            MAX_FEATURE_AGE + ACTION_PERIOD, "older than max_feature_age")
+    # Sensor off: the window has a gap.
+    check_stop_and_recovery(probe, chunks, twists, diags, "sensor_enabled",
+                            MAX_SENSOR_GAP + ACTION_PERIOD, "sensor gap")
+    assert all(p.alive() for p in processes)

@@ -1,0 +1,69 @@
+"""Kosmos-2 extractor through the real from_pretrained path on a tiny model the test builds."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from mobile_vla_ros.vlm.base import ExtractorConfig, VlmLoadError, create_extractor
+
+RNG = np.random.default_rng(0)
+IMAGE_A = RNG.integers(0, 255, (224, 224, 3), dtype=np.uint8)
+IMAGE_B = RNG.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def extractors(tiny_vlm_dir):
+    return {pooling: create_extractor(ExtractorConfig(model_path=str(tiny_vlm_dir), pooling=pooling))
+            for pooling in ("last_token", "mean_text", "mean_image")}
+
+
+def test_features_shape_finite_and_deterministic(extractors):
+    for extractor in extractors.values():
+        a = extractor.extract([IMAGE_A], "go to the red cylinder")
+        assert a.shape == (1, 64) and a.dtype == np.float32 and np.all(np.isfinite(a))
+        assert np.array_equal(a, extractor.extract([IMAGE_A], "go to the red cylinder"))
+
+
+def test_features_depend_on_instruction_and_image(extractors):
+    text = extractors["last_token"]
+    a = text.extract([IMAGE_A], "go to the red cylinder")
+    assert np.abs(a - text.extract([IMAGE_A], "turn left")).max() > 1e-3
+    assert np.abs(a - text.extract([IMAGE_B], "go to the red cylinder")).max() > 1e-3
+    image_only = extractors["mean_image"]  # pooling over image tokens ignores the instruction
+    assert np.array_equal(image_only.extract([IMAGE_A], "go"), image_only.extract([IMAGE_A], "stop"))
+
+
+def test_multi_view_is_one_batch_averaged_per_view(extractors):
+    ex = extractors["last_token"]
+    both = ex.extract([IMAGE_A, IMAGE_B], "go to the red cylinder")
+    mean = (ex.extract([IMAGE_A], "go to the red cylinder") + ex.extract([IMAGE_B], "go to the red cylinder")) / 2
+    assert both.shape == (1, 64) and np.allclose(both, mean, atol=1e-5)
+
+
+def test_incomplete_or_wrong_model_directories_are_named(tiny_vlm_dir, tmp_path):
+    with pytest.raises(VlmLoadError, match="does not exist"):
+        create_extractor(ExtractorConfig(model_path=str(tmp_path / "none")))
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_vlm_dir, partial)
+    (partial / "model.safetensors").unlink()
+    with pytest.raises(VlmLoadError, match="missing: model weights"):
+        create_extractor(ExtractorConfig(model_path=str(partial)))
+    # A config of another architecture is refused instead of silently building random weights.
+    other = tmp_path / "other"
+    shutil.copytree(tiny_vlm_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    config["model_type"] = "clip"
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(VlmLoadError, match=r"expected a kosmos-2 checkpoint .*, got 'clip'"):
+        create_extractor(ExtractorConfig(model_path=str(other)))
+
+
+def test_bad_backend_pooling_and_dtype_are_refused(tiny_vlm_dir):
+    with pytest.raises(VlmLoadError, match="'llava' is not one of kosmos2, kosmos2_clip, qwen2_5_vl"):
+        create_extractor(ExtractorConfig(backend="llava", model_path=str(tiny_vlm_dir)))
+    with pytest.raises(VlmLoadError, match="feature_pooling"):
+        create_extractor(ExtractorConfig(model_path=str(tiny_vlm_dir), pooling="max"))
+    with pytest.raises(VlmLoadError, match="fp16 needs device cuda"):
+        create_extractor(ExtractorConfig(model_path=str(tiny_vlm_dir), dtype="fp16"))
