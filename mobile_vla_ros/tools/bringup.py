@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         commands["synthetic_sources"] = node_command(
             "tools.synthetic_sources", [], args.namespace, args.log_level,
             ["-p", f"instruction:={args.instruction}"])
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if args.synthetic:  # everything runs on this machine: keep DDS discovery on loopback
+        env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    monitor = DiagnosticsMonitor(args.namespace) if args.duration > 0 else None
     procs: dict[str, subprocess.Popen] = {}
     stop = {"requested": False}
 
@@ -71,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     for name, cmd in commands.items():
         procs[name] = subprocess.Popen(cmd, env=env)
     deadline = time.monotonic() + args.duration if args.duration > 0 else float("inf")
@@ -86,8 +90,64 @@ def main(argv: list[str] | None = None) -> int:
                 break
             time.sleep(0.2)
     finally:
+        report = monitor.summary() if monitor is not None else ""
         shutdown(procs)
+        if monitor is not None:
+            monitor.close()
+    if report:
+        print(report)
     return code
+
+
+class DiagnosticsMonitor:
+    """Listens to /diagnostics in this process and keeps the newest status of each node."""
+
+    KEYS = {
+        "vlm_node": ("feature_rate_hz", "vlm_hz", "forward_latency_p50_ms", "forward_latency_p99_ms",
+                     "skipped_busy", "images_rejected"),
+        "action_expert_node": ("chunk_rate_hz", "action_hz", "sensor_rate_hz", "feature_age_s",
+                               "inference_latency_p50_ms", "inference_latency_p99_ms", "backend",
+                               "safe_stop_events", "safe_stop_reason"),
+    }
+
+    def __init__(self, namespace: str) -> None:
+        import threading
+
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+
+        self._rclpy = rclpy
+        self._context = rclpy.Context()
+        rclpy.init(context=self._context)
+        self._node = rclpy.create_node("bringup_monitor", context=self._context)
+        self._latest: dict[str, dict[str, str]] = {}
+        self._node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self._executor = SingleThreadedExecutor(context=self._context)
+        self._executor.add_node(self._node)
+        self._thread = threading.Thread(target=self._executor.spin, daemon=True)
+        self._thread.start()
+
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            if status.hardware_id in self.KEYS:
+                self._latest[status.hardware_id] = {kv.key: kv.value for kv in status.values}
+
+    def summary(self) -> str:
+        lines = ["", "mobile-vla-bringup summary (last diagnostics of each node)"]
+        for node, keys in self.KEYS.items():
+            values = self._latest.get(node)
+            if values is None:
+                lines.append(f"  {node}: no diagnostics received")
+                continue
+            lines.append(f"  {node}:")
+            lines += [f"    {key:<26} {values.get(key, '-')}" for key in keys]
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        self._executor.shutdown()
+        self._node.destroy_node()
+        self._rclpy.shutdown(context=self._context)
 
 
 def shutdown(procs: dict[str, subprocess.Popen], timeout: float = 10.0) -> None:
