@@ -154,7 +154,8 @@ class Probe:
         return Parameter.from_parameter_msg(ParameterMsg(name=name, value=response.values[0])).value
 
     def destroy(self) -> None:
-        self.executor.shutdown()
+        self.executor.shutdown(timeout_sec=2.0)
+        self._thread.join(timeout=2.0)
         self.node.destroy_node()
 
 

@@ -99,16 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
+    "vlm_node": ("feature_rate_hz", "vlm_hz", "forward_latency_p50_ms", "forward_latency_p99_ms",
+                 "skipped_busy", "images_rejected"),
+    "action_expert_node": ("chunk_rate_hz", "action_hz", "sensor_rate_hz", "feature_age_s",
+                           "inference_latency_p50_ms", "inference_latency_p99_ms", "backend",
+                           "safe_stop_events", "safe_stop_reason"),
+}
+
+
 class DiagnosticsMonitor:
     """Listens to /diagnostics in this process and keeps the newest status of each node."""
-
-    KEYS = {
-        "vlm_node": ("feature_rate_hz", "vlm_hz", "forward_latency_p50_ms", "forward_latency_p99_ms",
-                     "skipped_busy", "images_rejected"),
-        "action_expert_node": ("chunk_rate_hz", "action_hz", "sensor_rate_hz", "feature_age_s",
-                               "inference_latency_p50_ms", "inference_latency_p99_ms", "backend",
-                               "safe_stop_events", "safe_stop_reason"),
-    }
 
     def __init__(self, namespace: str) -> None:
         import threading
@@ -116,10 +117,12 @@ class DiagnosticsMonitor:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
+        from rclpy.signals import SignalHandlerOptions
 
         self._rclpy = rclpy
         self._context = rclpy.Context()
-        rclpy.init(context=self._context)
+        # No rclpy signal handlers: Ctrl-C must reach bring-up's own handler, which stops the nodes.
+        rclpy.init(context=self._context, signal_handler_options=SignalHandlerOptions.NO)
         self._node = rclpy.create_node("bringup_monitor", context=self._context)
         self._latest: dict[str, dict[str, str]] = {}
         self._node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
@@ -130,12 +133,12 @@ class DiagnosticsMonitor:
 
     def _on_diagnostics(self, msg) -> None:
         for status in msg.status:
-            if status.hardware_id in self.KEYS:
+            if status.hardware_id in SUMMARY_KEYS:
                 self._latest[status.hardware_id] = {kv.key: kv.value for kv in status.values}
 
     def summary(self) -> str:
         lines = ["", "mobile-vla-bringup summary (last diagnostics of each node)"]
-        for node, keys in self.KEYS.items():
+        for node, keys in SUMMARY_KEYS.items():
             values = self._latest.get(node)
             if values is None:
                 lines.append(f"  {node}: no diagnostics received")
@@ -145,9 +148,11 @@ class DiagnosticsMonitor:
         return "\n".join(lines)
 
     def close(self) -> None:
-        self._executor.shutdown()
+        self._executor.shutdown(timeout_sec=2.0)
+        self._thread.join(timeout=2.0)
         self._node.destroy_node()
-        self._rclpy.shutdown(context=self._context)
+        if self._context.ok():
+            self._rclpy.shutdown(context=self._context)
 
 
 def shutdown(procs: dict[str, subprocess.Popen], timeout: float = 10.0) -> None:
