@@ -50,6 +50,8 @@ setup(
             f"synthetic_sources = {PACKAGE}.tools.synthetic_sources:main",
             f"mobile-vla-bringup = {PACKAGE}.tools.bringup:main",
             f"mobile-vla-export = {PACKAGE}.tools.export:main",
+            f"mobile-vla-build-engine = {PACKAGE}.tools.build_engine:main",
+            f"mobile-vla-bench = {PACKAGE}.tools.bench:main",
         ],
     },
 )

@@ -19,6 +19,21 @@ SENSOR_CHANNELS: dict[str, tuple[str, ...]] = {
 }
 
 
+def imu_sample(msg) -> tuple[float, ...]:
+    """sensor_msgs/Imu (rclpy or rosbags message) -> one sample in SENSOR_CHANNELS['imu'] order."""
+    g, a = msg.angular_velocity, msg.linear_acceleration
+    return (g.x, g.y, g.z, a.x, a.y, a.z)
+
+
+def wrench_sample(msg) -> tuple[float, ...]:
+    """geometry_msgs/WrenchStamped -> one sample in SENSOR_CHANNELS['wrench'] order."""
+    f, t = msg.wrench.force, msg.wrench.torque
+    return (f.x, f.y, f.z, t.x, t.y, t.z)
+
+
+SAMPLE_FROM_MESSAGE = {"imu": imu_sample, "wrench": wrench_sample}
+
+
 class PushResult(enum.Enum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate_stamp"

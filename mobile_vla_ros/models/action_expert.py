@@ -24,16 +24,45 @@ class ActionExpertConfig:
     chunk_size: int = 8
     action_dim: int = 2
     hidden_dim: int = 128
+    head: str = "conv_mlp"  # "conv_mlp" (default) | "recurrent" (the seeds' LSTM 2048->4096 + MLP shape)
+    recurrent_hidden: int = 4096
+    recurrent_steps: int = 8  # the sensor window is encoded into this many tokens for the LSTM
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> ActionExpertConfig:
-        arch = {k: v for k, v in spec.architecture.items() if k in {"hidden_dim"}}
+        known = {"hidden_dim", "head", "recurrent_hidden", "recurrent_steps"}
+        arch = {k: v for k, v in spec.architecture.items() if k in known}
         return cls(feature_dim=spec.feature_dim, sensor_channels=spec.sensor_channels,
                    sensor_window=spec.sensor_window, chunk_size=spec.chunk_size,
                    action_dim=spec.action_dim, **arch)
 
 
-class ActionExpert(nn.Module):
+class _Normalized(nn.Module):
+    """Raw-unit forward around `forward_normalized`; the statistics are buffers, so they are exported."""
+
+    def _register_normalization(self, channels: int, actions: int) -> None:
+        self.register_buffer("sensor_mean", torch.zeros(channels))
+        self.register_buffer("sensor_std", torch.ones(channels))
+        self.register_buffer("action_mean", torch.zeros(actions))
+        self.register_buffer("action_std", torch.ones(actions))
+
+    def set_normalization(self, norm: Normalization) -> None:
+        for name in ("sensor_mean", "sensor_std", "action_mean", "action_std"):
+            getattr(self, name).copy_(torch.tensor(getattr(norm, name), dtype=torch.float32))
+
+    def normalization(self) -> Normalization:
+        return Normalization(**{n: getattr(self, n).tolist()
+                                for n in ("sensor_mean", "sensor_std", "action_mean", "action_std")})
+
+    def forward_normalized(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, vl_features: torch.Tensor, sensor_window: torch.Tensor) -> torch.Tensor:
+        sensor_norm = (sensor_window - self.sensor_mean) / self.sensor_std
+        return self.forward_normalized(vl_features, sensor_norm) * self.action_std + self.action_mean
+
+
+class ActionExpert(_Normalized):
     """VL-feature projection + 1-D conv sensor encoder + MLP fusion head emitting K×D actions."""
 
     def __init__(self, config: ActionExpertConfig) -> None:
@@ -47,18 +76,7 @@ class ActionExpert(nn.Module):
         )
         self.sensor_proj = nn.Linear(h, h)
         self.head = nn.Sequential(nn.Linear(2 * h, h), nn.GELU(), nn.Linear(h, c.chunk_size * c.action_dim))
-        self.register_buffer("sensor_mean", torch.zeros(c.sensor_channels))
-        self.register_buffer("sensor_std", torch.ones(c.sensor_channels))
-        self.register_buffer("action_mean", torch.zeros(c.action_dim))
-        self.register_buffer("action_std", torch.ones(c.action_dim))
-
-    def set_normalization(self, norm: Normalization) -> None:
-        for name in ("sensor_mean", "sensor_std", "action_mean", "action_std"):
-            getattr(self, name).copy_(torch.tensor(getattr(norm, name), dtype=torch.float32))
-
-    def normalization(self) -> Normalization:
-        return Normalization(**{n: getattr(self, n).tolist()
-                                for n in ("sensor_mean", "sensor_std", "action_mean", "action_std")})
+        self._register_normalization(c.sensor_channels, c.action_dim)
 
     def forward_normalized(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor) -> torch.Tensor:
         """Normalised sensor window [B, W, C] -> normalised actions [B, K, D] (used in training)."""
@@ -68,18 +86,45 @@ class ActionExpert(nn.Module):
         out = self.head(torch.cat([f, s], dim=1))
         return out.view(-1, self.config.chunk_size, self.config.action_dim)
 
-    def forward(self, vl_features: torch.Tensor, sensor_window: torch.Tensor) -> torch.Tensor:
-        sensor_norm = (sensor_window - self.sensor_mean) / self.sensor_std
-        return self.forward_normalized(vl_features, sensor_norm) * self.action_std + self.action_mean
+
+class RecurrentActionExpert(_Normalized):
+    """The seeds' head shape: an LSTM feature_dim (2048) -> recurrent_hidden (4096) over tokens that
+    fuse the VL features with `recurrent_steps` segments of the sensor window, then an MLP to K×D.
+    Kept to load checkpoints of that shape and as the reference row of the inference benchmark."""
+
+    def __init__(self, config: ActionExpertConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.segment = c.sensor_window // c.recurrent_steps  # samples per token (the oldest remainder is unused)
+        self.sensor_tokens = nn.Conv1d(c.sensor_channels, c.feature_dim, kernel_size=self.segment,
+                                       stride=self.segment)
+        self.lstm = nn.LSTM(c.feature_dim, c.recurrent_hidden, batch_first=True)
+        self.head = nn.Sequential(nn.Linear(c.recurrent_hidden, 1024), nn.GELU(),
+                                  nn.Linear(1024, c.chunk_size * c.action_dim))
+        self._register_normalization(c.sensor_channels, c.action_dim)
+
+    def forward_normalized(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor) -> torch.Tensor:
+        newest = sensor_norm[:, -self.segment * self.config.recurrent_steps :]
+        tokens = self.sensor_tokens(newest.transpose(1, 2)).transpose(1, 2) + vl_features.unsqueeze(1)
+        out, _ = self.lstm(tokens)
+        return self.head(out[:, -1]).view(-1, self.config.chunk_size, self.config.action_dim)
 
 
-def save_checkpoint(model: ActionExpert, path: Path, extra: dict[str, Any] | None = None) -> None:
+def build_action_expert(config: ActionExpertConfig) -> nn.Module:
+    heads = {"conv_mlp": ActionExpert, "recurrent": RecurrentActionExpert}
+    if config.head not in heads:
+        raise ValueError(f"head: expected one of {', '.join(heads)}, got {config.head!r}")
+    return heads[config.head](config)
+
+
+def save_checkpoint(model: nn.Module, path: Path, extra: dict[str, Any] | None = None) -> None:
     torch.save({"config": asdict(model.config), "state_dict": model.state_dict(), **(extra or {})}, path)
 
 
-def load_checkpoint(path: Path, map_location: str = "cpu") -> tuple[ActionExpert, dict[str, Any]]:
+def load_checkpoint(path: Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     payload = torch.load(path, map_location=map_location, weights_only=True)
-    model = ActionExpert(ActionExpertConfig(**payload["config"]))
+    model = build_action_expert(ActionExpertConfig(**payload["config"]))
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, payload

@@ -14,6 +14,7 @@ from std_msgs.msg import Header
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..core.chunk_executor import ActionChunk
+from ..core.sensor_window import imu_sample, wrench_sample
 
 CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 FEATURE_ENCODING = "32FC1"
@@ -97,18 +98,7 @@ def image_to_features(msg: Image) -> np.ndarray:
     return np.frombuffer(msg.data, dtype=f"{order}f4").reshape(h, w).astype(np.float32)
 
 
-def imu_to_sample(msg: Imu) -> tuple[float, ...]:
-    """Channel order of sensor_window.SENSOR_CHANNELS['imu']."""
-    g, a = msg.angular_velocity, msg.linear_acceleration
-    return (g.x, g.y, g.z, a.x, a.y, a.z)
-
-
-def wrench_to_sample(msg: WrenchStamped) -> tuple[float, ...]:
-    f, t = msg.wrench.force, msg.wrench.torque
-    return (f.x, f.y, f.z, t.x, t.y, t.z)
-
-
-SENSOR_MESSAGES = {"imu": (Imu, imu_to_sample), "wrench": (WrenchStamped, wrench_to_sample)}
+SENSOR_MESSAGES = {"imu": (Imu, imu_sample), "wrench": (WrenchStamped, wrench_sample)}
 
 
 def chunk_to_trajectory(chunk: ActionChunk, joint_names: list[str], frame_id: str = "") -> JointTrajectory:

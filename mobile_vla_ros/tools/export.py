@@ -97,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     shape.add_argument("--action-names", default="linear_x,angular_z")
     shape.add_argument("--action-dt", type=float, default=0.0125)
     shape.add_argument("--hidden-dim", type=int, default=128)
+    shape.add_argument("--head", choices=["conv_mlp", "recurrent"], default="conv_mlp",
+                       help="recurrent = the seeds' LSTM 2048->4096 + MLP shape")
     shape.add_argument("--vlm-backend", default="kosmos2")
     shape.add_argument("--vlm-pooling", default="last_token")
     return ap
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import torch
 
-    from ..models.action_expert import ActionExpert, ActionExpertConfig, load_checkpoint
+    from ..models.action_expert import ActionExpertConfig, build_action_expert, load_checkpoint
 
     try:
         if args.checkpoint is not None:
@@ -126,10 +128,10 @@ def main(argv: list[str] | None = None) -> int:
                 normalization=Normalization([0.0] * channels, [1.0] * channels, [0.0] * len(names),
                                             [1.0] * len(names)),
                 vlm_backend=args.vlm_backend, vlm_pooling=args.vlm_pooling,
-                architecture={"hidden_dim": args.hidden_dim},
+                architecture={"hidden_dim": args.hidden_dim, "head": args.head},
                 notes=f"untrained: random initialisation with seed {args.seed}")
             torch.manual_seed(args.seed)
-            model = ActionExpert(ActionExpertConfig.from_spec(spec)).eval()
+            model = build_action_expert(ActionExpertConfig.from_spec(spec)).eval()
         error = write_model_dir(model, spec, args.out)
     except (ModelSpecError, OSError) as exc:
         print(f"mobile-vla-export: error: {exc}", file=sys.stderr)

@@ -1,0 +1,214 @@
+"""mobile-vla-bench: reproducible latency benchmarks; prints a table and writes JSON.
+
+  mobile-vla-bench inference   action expert: backend x precision x batch, p50/p99 latency, for the
+                               default head and the seeds' recurrent head (reference row)
+
+Latency is numpy in -> numpy out, as the node calls a backend: GPU rows include the host<->device
+copies. Weights are random (seeded); latency does not depend on their values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..core.model_spec import ModelSpec, Normalization
+
+
+def measure(fn: Callable[[], object], iters: int, warmup: int, max_seconds: float) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    deadline = time.monotonic() + max_seconds
+    while len(times) < iters and (len(times) < 20 or time.monotonic() < deadline):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    ms = np.asarray(times) * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean()), "iters": len(ms)}
+
+
+def bench_spec(feature_dim: int, head: str) -> ModelSpec:
+    return ModelSpec(name=f"bench_{head}", feature_dim=feature_dim, sensor_type="imu", sensor_window=65,
+                     sensor_hz=650.0, chunk_size=8, action_names=["linear_x", "angular_z"], action_dt=0.0125,
+                     normalization=Normalization([0.0] * 6, [1.0] * 6, [0.0] * 2, [1.0] * 2),
+                     architecture={"head": head, "hidden_dim": 128})
+
+
+class TorchCudaRunner:
+    """PyTorch on the GPU: eager, or the whole forward captured once as a CUDA graph and replayed."""
+
+    def __init__(self, model, batch: int, spec: ModelSpec, dtype, cuda_graph: bool) -> None:
+        import torch
+
+        self.torch = torch
+        self.model = model.to("cuda", dtype).eval()
+        self.dtype = dtype
+        self.static_f = torch.zeros(batch, spec.feature_dim, device="cuda", dtype=dtype)
+        self.static_w = torch.zeros(batch, spec.sensor_window, spec.sensor_channels, device="cuda", dtype=dtype)
+        self.graph = None
+        if cuda_graph:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream), torch.inference_mode():
+                for _ in range(3):
+                    self.model(self.static_f, self.static_w)
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph), torch.inference_mode():
+                self.static_out = self.model(self.static_f, self.static_w)
+
+    def run(self, f: np.ndarray, w: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            self.static_f.copy_(torch.from_numpy(f), non_blocking=True)
+            self.static_w.copy_(torch.from_numpy(w), non_blocking=True)
+            if self.graph is not None:
+                self.graph.replay()
+                out = self.static_out
+            else:
+                out = self.model(self.static_f, self.static_w)
+            return out.float().cpu().numpy()
+
+
+def make_runners(model, spec: ModelSpec, model_dir: Path) -> list[tuple[str, str, Callable[[int], Callable]]]:
+    """(backend, precision, batch -> run function) for every backend usable on this machine."""
+    import torch
+
+    from ..core.backends import OnnxRuntimeBackend, TorchBackend, tensorrt_usable
+
+    runners: list[tuple[str, str, Callable[[int], Callable]]] = [
+        ("onnxruntime-cpu", "fp32", lambda b: OnnxRuntimeBackend(model_dir, spec, use_cuda=False).run),
+        ("torch-cpu", "fp32", lambda b: TorchBackend(model_dir, spec, device="cpu").run),
+    ]
+    if torch.cuda.is_available():
+        runners += [
+            ("torch-cuda", "fp32", lambda b: TorchCudaRunner(model, b, spec, torch.float32, False).run),
+            ("torch-cuda", "fp16", lambda b: TorchCudaRunner(model, b, spec, torch.float16, False).run),
+            ("torch-cuda+graph", "fp16", lambda b: TorchCudaRunner(model, b, spec, torch.float16, True).run),
+        ]
+    if tensorrt_usable():
+        from ..core.tensorrt_backend import TensorRTBackend
+
+        runners.append(("tensorrt", "fp16", lambda b: TensorRTBackend(model_dir, spec, model_dir).run))
+    return runners
+
+
+def inference_rows(heads: list[str], batches: list[int], feature_dim: int, iters: int,
+                   max_seconds: float, log=print) -> list[dict]:
+    import torch
+
+    from ..models.action_expert import ActionExpertConfig, build_action_expert
+    from .export import write_model_dir
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for head in heads:
+        spec = bench_spec(feature_dim, head)
+        torch.manual_seed(0)
+        model = build_action_expert(ActionExpertConfig.from_spec(spec)).eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = Path(tmp)
+            error = write_model_dir(model, spec, model_dir)
+            log(f"{head}: exported, max |PyTorch - ONNX Runtime| = {error:.1e}")
+            runners = make_runners(model, spec, model_dir)
+            for batch in batches:
+                f = rng.standard_normal((batch, feature_dim)).astype(np.float32)
+                w = rng.standard_normal((batch, spec.sensor_window, spec.sensor_channels)).astype(np.float32)
+                reference = None
+                for backend, precision, make in runners:
+                    run = make(batch)
+                    out = run(f, w)
+                    if reference is None:
+                        reference = out
+                    timing = measure(lambda run=run, f=f, w=w: run(f, w), iters, warmup=20, max_seconds=max_seconds)
+                    row = {"head": head, "backend": backend, "precision": precision, "batch": batch, **timing,
+                           # action_std is 1 here, so raw differences are in normalised action units
+                           "max_abs_diff_vs_first_row": float(np.max(np.abs(out - reference)))}
+                    rows.append(row)
+                    log(f"  {head:<9} {backend:<17} {precision:<5} b={batch:<2} p50 {timing['p50_ms']:8.3f} ms  "
+                        f"p99 {timing['p99_ms']:8.3f} ms  |diff| {row['max_abs_diff_vs_first_row']:.1e}")
+            del model_dir
+    return rows
+
+
+def environment() -> dict:
+    import onnxruntime
+    import torch
+
+    env = {"python": platform.python_version(), "machine": platform.machine(), "processor": _cpu_name(),
+           "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+           "cpu_threads": torch.get_num_threads(), "tensorrt": "not installed"}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import tensorrt
+
+        env["tensorrt"] = tensorrt.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def format_table(rows: list[dict]) -> str:
+    header = "| head | backend | precision | batch | p50 ms | p99 ms | max abs diff vs ORT-CPU |"
+    lines = [header, "|" + "---|" * 7]
+    for r in rows:
+        lines.append(f"| {r['head']} | {r['backend']} | {r['precision']} | {r['batch']} | {r['p50_ms']:.3f} | "
+                     f"{r['p99_ms']:.3f} | {r['max_abs_diff_vs_first_row']:.1e} |")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mobile-vla-bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    inf = sub.add_parser("inference", help="action-expert latency per backend/precision/batch")
+    inf.add_argument("--heads", default="conv_mlp,recurrent")
+    inf.add_argument("--batches", default="1,8")
+    inf.add_argument("--feature-dim", type=int, default=2048, help="2048 = Kosmos-2 hidden size")
+    inf.add_argument("--iters", type=int, default=2000)
+    inf.add_argument("--max-seconds", type=float, default=10.0, help="time budget per row")
+    inf.add_argument("--out", type=Path, default=Path("bench_results/inference.json"))
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        heads = [h for h in args.heads.split(",") if h]
+        batches = [int(b) for b in args.batches.split(",") if b]
+    except ValueError as exc:
+        print(f"mobile-vla-bench: error: {exc}", file=sys.stderr)
+        return 2
+    env = environment()
+    print(f"environment: {env}")
+    rows = inference_rows(heads, batches, args.feature_dim, args.iters, args.max_seconds)
+    print(format_table(rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"benchmark": "inference", "environment": env, "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

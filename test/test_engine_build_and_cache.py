@@ -1,0 +1,77 @@
+"""TensorRT engine cache keys and sidecars (pure Python), the builder CLI without TensorRT, and
+INT8 calibration data read from a real rosbag2 bag."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mobile_vla_ros.core.engine_cache import EngineKey, find_engine, write_sidecar
+from mobile_vla_ros.core.model_spec import INPUT_FEATURES, INPUT_SENSOR, ModelSpec
+from mobile_vla_ros.paths import default_model_dir
+from mobile_vla_ros.tools.build_engine import calibration_from_bag
+
+KEY = EngineKey("ab" * 32, "Orin (nvgpu)", "8.7", "10.3.0", "fp16")
+
+
+def test_key_names_gpu_capability_version_precision_and_graph(tmp_path):
+    assert KEY.stem == "action_expert_abababababababab_orin-nvgpu_sm87_trt10.3.0_fp16"
+    assert KEY.engine_path(tmp_path).name.endswith(".engine")
+    with pytest.raises(ValueError, match="precision: expected one of fp32, fp16, int8"):
+        EngineKey("ab", "gpu", "8.7", "10", "bf8")
+
+
+def test_find_engine_checks_the_sidecar(tmp_path):
+    assert find_engine(KEY, tmp_path)[0] is None and "not built yet" in find_engine(KEY, tmp_path)[1][0]
+    KEY.engine_path(tmp_path).write_bytes(b"plan")
+    assert "unknown origin" in find_engine(KEY, tmp_path)[1][0]
+    write_sidecar(KEY, tmp_path, build_seconds=12.3)
+    assert find_engine(KEY, tmp_path) == (KEY.engine_path(tmp_path), [])
+    record = json.loads(KEY.sidecar_path(tmp_path).read_text())
+    record["tensorrt_version"] = "10.0.1"  # same file name, built by another TensorRT
+    KEY.sidecar_path(tmp_path).write_text(json.dumps(record))
+    path, problems = find_engine(KEY, tmp_path)
+    assert path is None and problems == ["tensorrt_version: expected '10.3.0', got '10.0.1'"]
+
+
+def test_build_engine_cli_without_tensorrt_is_a_clear_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.build_engine", "--model-dir",
+                             str(default_model_dir()), "--engine-cache-dir", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "TensorRT is not installed" in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.build_engine", "--model-dir",
+                             str(tmp_path), "--int8"], capture_output=True, text=True)
+    assert result.returncode == 1 and "model.yaml: missing" in result.stderr
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_int8_calibration_windows_come_from_a_bag(tmp_path, storage):
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    Imu, Image = store.types["sensor_msgs/msg/Imu"], store.types["sensor_msgs/msg/Image"]
+    Header, Time = store.types["std_msgs/msg/Header"], store.types["builtin_interfaces/msg/Time"]
+    Vector3, Quaternion = store.types["geometry_msgs/msg/Vector3"], store.types["geometry_msgs/msg/Quaternion"]
+    cov = np.zeros(9)
+    bag = tmp_path / f"bag_{storage}"
+    plugin = StoragePlugin.SQLITE3 if storage == "sqlite3" else StoragePlugin.MCAP
+    with Writer(bag, version=8, storage_plugin=plugin) as writer:
+        imu_conn = writer.add_connection("/sensor", Imu.__msgtype__, typestore=store)
+        feat_conn = writer.add_connection("/vl_features", Image.__msgtype__, typestore=store)
+        feats = np.full((1, 64), 0.25, dtype="<f4")
+        image = Image(Header(Time(0, 0), "cam"), 1, 64, "32FC1", 0, 256, np.frombuffer(feats.tobytes(), np.uint8))
+        writer.write(feat_conn, 1, store.serialize_cdr(image, Image.__msgtype__))
+        for i in range(200):
+            t = 1_000_000 + i * 1_538_461
+            msg = Imu(Header(Time(0, t), "imu"), Quaternion(0, 0, 0, 1), cov, Vector3(0, 0, 0.1 * i), cov,
+                      Vector3(0, 0, 9.81), cov)
+            writer.write(imu_conn, t, store.serialize_cdr(msg, Imu.__msgtype__))
+    data = calibration_from_bag(bag, ModelSpec.load(default_model_dir()), "/sensor", "/vl_features")
+    assert data[INPUT_SENSOR].shape == (3, 65, 6)  # 200 samples -> 3 full windows
+    assert np.allclose(data[INPUT_SENSOR][1, :, 2], 0.1 * np.arange(65, 130), atol=1e-5)
+    assert np.allclose(data[INPUT_SENSOR][:, :, 5], 9.81)
+    assert data[INPUT_FEATURES].shape == (3, 64) and np.allclose(data[INPUT_FEATURES], 0.25)
