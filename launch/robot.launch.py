@@ -10,9 +10,10 @@ use_sim:=true also starts the simulated robot (sim_node) and sets use_sim_time o
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch_ros.actions import Node
+
+from launch import LaunchDescription
 
 
 def _nodes(context):
