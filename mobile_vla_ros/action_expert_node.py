@@ -26,6 +26,7 @@ from .core.params import ACTION_NODE_PARAMS
 from .core.scheduling import period_from_hz
 from .core.sensor_window import PushResult
 from .core.stats import RateMeter
+from .core.validation import check_instruction
 from .paths import default_model_dir, resolve_dir
 from .ros.conversions import (
     SENSOR_MESSAGES,
@@ -108,7 +109,7 @@ class ActionExpertNode(Node):
 
     # -- inputs ---------------------------------------------------------------------------------
     def _on_sensor(self, msg) -> None:
-        result = self.core.on_sensor(stamp_to_sec(msg.header.stamp), self._to_sample(msg))
+        result = self.core.on_sensor(stamp_to_sec(msg.header.stamp), self._to_sample(msg), self._now())
         if result is PushResult.ACCEPTED:
             self.sensor_rate.tick()
         else:
@@ -117,7 +118,7 @@ class ActionExpertNode(Node):
 
     def _on_features(self, msg: Image) -> None:
         try:
-            reason = self.core.on_features(image_to_features(msg), stamp_to_sec(msg.header.stamp))
+            reason = self.core.on_features(image_to_features(msg), stamp_to_sec(msg.header.stamp), self._now())
         except ConversionError as exc:
             reason = str(exc)
             self.counts["features_rejected"] += 1
@@ -125,8 +126,14 @@ class ActionExpertNode(Node):
             self.get_logger().warning(f"features dropped: {reason}", throttle_duration_sec=5.0)
 
     def _on_instruction(self, msg: String) -> None:
-        if self.core.on_instruction(msg.data.strip(), self._now()):
-            self.get_logger().info(f"instruction: {msg.data.strip()!r}")
+        text = msg.data.strip()
+        reason = check_instruction(text, self.params["max_instruction_length"])
+        if reason is not None:
+            self.counts["instructions_rejected"] += 1
+            self.get_logger().warning(f"instruction dropped: {reason}", throttle_duration_sec=5.0)
+            return
+        if self.core.on_instruction(text, self._now()):
+            self.get_logger().info(f"instruction: {text!r}")
 
     # -- ticks ----------------------------------------------------------------------------------
     def _on_action_tick(self) -> None:
@@ -181,6 +188,7 @@ class ActionExpertNode(Node):
             "chunks_published": self.chunk_rate.total, "safe_stop_reason": safety.describe(),
             "safe_stop_events": safety.stop_events, "inference_errors": core.inference_errors,
             **self.counts, "features_rejected": self.counts["features_rejected"] + core.rejected_features,
+            **{f"sensor_{r.value}": n for r, n in core.sensor.counts.items() if r is not PushResult.ACCEPTED},
             "clamped_values": self.chunk_executor.clamped_values,
         }
         self.diag_pub.publish(diagnostics(self, level, safety.describe(), values))

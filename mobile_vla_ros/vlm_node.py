@@ -20,6 +20,7 @@ from std_msgs.msg import String
 from .core.params import VLM_NODE_PARAMS
 from .core.scheduling import SingleFlightWorker, period_from_hz
 from .core.stats import LatencyStats, RateMeter
+from .core.validation import check_instruction, check_stamp
 from .paths import default_model_dir, resolve_dir
 from .ros.conversions import ConversionError, features_to_image, image_to_rgb, sec_to_stamp, stamp_to_sec
 from .ros.node_support import (
@@ -85,23 +86,26 @@ class VlmNode(Node):
 
     # -- inputs ---------------------------------------------------------------------------------
     def _on_image(self, topic: str, msg: Image) -> None:
+        stamp = stamp_to_sec(msg.header.stamp)
         try:
+            reason = check_stamp(stamp, self._now())
+            if reason is not None:
+                raise ConversionError(reason)
             rgb = image_to_rgb(msg)
         except ConversionError as exc:
             self.counts["images_rejected"] += 1
             self.get_logger().warning(f"{topic}: image dropped: {exc}", throttle_duration_sec=5.0)
             return
-        frame = CameraFrame(rgb, stamp_to_sec(msg.header.stamp), msg.header.frame_id)
+        frame = CameraFrame(rgb, stamp, msg.header.frame_id)
         with self._lock:
             self._frames[topic] = frame
 
     def _on_instruction(self, msg: String) -> None:
         text = msg.data.strip()
-        limit = self.params["max_instruction_length"]
-        if not text or len(text) > limit:
+        reason = check_instruction(text, self.params["max_instruction_length"])
+        if reason is not None:
             self.counts["instructions_rejected"] += 1
-            self.get_logger().warning(f"instruction dropped: {len(text)} characters (allowed 1..{limit})",
-                                   throttle_duration_sec=5.0)
+            self.get_logger().warning(f"instruction dropped: {reason}", throttle_duration_sec=5.0)
             return
         with self._lock:
             if text == self._instruction:

@@ -16,8 +16,9 @@ from .chunk_executor import ActionChunk
 from .feature_cache import FeatureCache
 from .model_spec import ModelSpec
 from .safety import SafetyState, StopReason
-from .sensor_window import PushResult, SensorWindow, WindowStatus
+from .sensor_window import SENSOR_LIMITS, PushResult, SensorWindow, WindowStatus
 from .stats import LatencyStats
+from .validation import check_stamp
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class ActionExpertCore:
         self.max_sensor_gap = max_sensor_gap
         self.features = FeatureCache()
         # Twice the window, so a window is still complete while the newest samples arrive.
-        self.sensor = SensorWindow(spec.sensor_channels, 2 * spec.sensor_window)
+        self.sensor = SensorWindow(spec.sensor_channels, 2 * spec.sensor_window, SENSOR_LIMITS[spec.sensor_type])
         self.safety = SafetyState()
         self.latency = LatencyStats()
         self.rejected_features = 0
@@ -47,8 +48,12 @@ class ActionExpertCore:
     def on_instruction(self, instruction: str, now: float) -> bool:
         return self.features.set_instruction(instruction, now)
 
-    def on_features(self, features: np.ndarray, source_stamp: float) -> str | None:
-        """Store features; returns a reason when they are rejected (shape/dtype, old instruction)."""
+    def on_features(self, features: np.ndarray, source_stamp: float, now: float) -> str | None:
+        """Store features; returns a reason when they are rejected (stamp, shape/dtype, old instruction)."""
+        bad_stamp = check_stamp(source_stamp, now)
+        if bad_stamp is not None:
+            self.rejected_features += 1
+            return f"vl_features: {bad_stamp}"
         want = (self.spec.feature_tokens, self.spec.feature_dim)
         if features.dtype != np.float32 or features.shape != want:
             self.rejected_features += 1
@@ -61,7 +66,12 @@ class ActionExpertCore:
             return "vl_features: computed before the current instruction arrived"
         return None
 
-    def on_sensor(self, stamp: float, values) -> PushResult:
+    def on_sensor(self, stamp: float, values, now: float) -> PushResult:
+        bad_stamp = check_stamp(stamp, now)
+        if bad_stamp is not None:
+            result = PushResult(bad_stamp)
+            self.sensor.counts[result] += 1
+            return result
         return self.sensor.push(stamp, values)
 
     # -- tick -----------------------------------------------------------------------------------

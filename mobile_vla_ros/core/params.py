@@ -102,8 +102,8 @@ VLM_NODE_PARAMS: tuple[ParamSpec, ...] = (
               "(one batched forward, per-view features averaged)."),
     ParamSpec("max_image_age", DOUBLE, 0.5, "Images older than this (s, ROS time) are not used.",
               0.01, 60.0, live=True),
-    ParamSpec("max_instruction_length", INTEGER, 512, "Longer instructions are rejected (characters).",
-              1, 65536),
+    MAX_INSTRUCTION_LENGTH := ParamSpec("max_instruction_length", INTEGER, 512,
+                                        "Longer instructions are rejected (characters).", 1, 65536),
     ParamSpec("simulated_latency", DOUBLE, 0.0, "Extra seconds added to every forward, to emulate a "
               "slower VLM in benchmarks and tests. 0 on a robot.", 0.0, 30.0, live=True),
 )
@@ -139,6 +139,7 @@ ACTION_NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("twist_mapping", STRING_ARRAY, ["linear.x", "angular.z"], "Twist field of each action "
               "dimension ('' = not sent).", choices=TWIST_FIELDS),
     ParamSpec("twist_stamped", BOOL, False, "Publish geometry_msgs/TwistStamped instead of Twist."),
+    MAX_INSTRUCTION_LENGTH,
     ParamSpec("zero_cmd_hold", DOUBLE, 1.0, "While stopped, zero cmd_vel is published this long (s), "
               "then nothing.", 0.0, 60.0, live=True),
 )

@@ -33,6 +33,13 @@ def wrench_sample(msg) -> tuple[float, ...]:
 
 SAMPLE_FROM_MESSAGE = {"imu": imu_sample, "wrench": wrench_sample}
 
+# Largest plausible |value| per channel; beyond it a sample is a sensor or transport fault, not motion.
+# IMU: 35 rad/s (2000 deg/s, the usual gyro range) and 160 m/s^2 (16 g); wrench: 10 kN, 1 kNm.
+SENSOR_LIMITS: dict[str, tuple[float, ...]] = {
+    "imu": (35.0,) * 3 + (160.0,) * 3,
+    "wrench": (1e4,) * 3 + (1e3,) * 3,
+}
+
 
 class PushResult(enum.Enum):
     ACCEPTED = "accepted"
@@ -40,6 +47,9 @@ class PushResult(enum.Enum):
     OUT_OF_ORDER = "out_of_order"
     NON_FINITE = "non_finite"
     WRONG_SIZE = "wrong_size"
+    OUT_OF_RANGE = "out_of_range"
+    ZERO_STAMP = "zero_stamp"
+    FUTURE_STAMP = "future_stamp"
 
 
 class WindowStatus(enum.Enum):
@@ -64,10 +74,11 @@ class Window:
 class SensorWindow:
     """Keeps the newest `capacity` samples; rejects duplicate, out-of-order and non-finite ones."""
 
-    def __init__(self, channels: int, capacity: int) -> None:
+    def __init__(self, channels: int, capacity: int, limits=None) -> None:
         if channels < 1 or capacity < 1:
             raise ValueError(f"channels and capacity must be >= 1, got {channels} and {capacity}")
         self.channels = channels
+        self._limits = None if limits is None else np.asarray(limits, dtype=np.float64)
         self.capacity = capacity
         self._stamps = np.zeros(capacity, dtype=np.float64)
         self._values = np.zeros((capacity, channels), dtype=np.float32)
@@ -99,6 +110,8 @@ class SensorWindow:
             return PushResult.WRONG_SIZE
         if not np.isfinite(stamp) or not np.all(np.isfinite(values)):
             return PushResult.NON_FINITE
+        if self._limits is not None and np.any(np.abs(values) > self._limits):
+            return PushResult.OUT_OF_RANGE
         if stamp == self._newest:
             return PushResult.DUPLICATE
         if stamp < self._newest:

@@ -44,8 +44,11 @@ def gpu_identity(cudart) -> tuple[str, str]:
 
 
 def engine_key(model_dir: Path, precision: str, cudart, trt) -> EngineKey:
+    onnx_path = Path(model_dir) / ONNX_FILE
+    if not onnx_path.is_file():
+        raise ModelSpecError(f"{onnx_path}: missing (TensorRT engines are built from it and keyed by its hash)")
     name, capability = gpu_identity(cudart)
-    return EngineKey(file_sha256(Path(model_dir) / ONNX_FILE), name, capability, trt.__version__, precision)
+    return EngineKey(file_sha256(onnx_path), name, capability, trt.__version__, precision)
 
 
 class TensorRTBackend:
