@@ -1,0 +1,150 @@
+"""Faults with real processes: SIGTERM sends a final zero cmd_vel, a killed VLM node stops the robot and
+a restarted one resumes it, and a flood of malformed messages is dropped and counted while valid
+traffic keeps producing chunks at 10 Hz."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import numpy as np
+import pytest
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Twist
+from ros_harness import NodeProcess, diag_values, wait_for
+from sensor_msgs.msg import Image, Imu
+from std_msgs.msg import Header, String
+from trajectory_msgs.msg import JointTrajectory
+
+from mobile_vla_ros.ros.conversions import sec_to_stamp
+from mobile_vla_ros.ros.node_support import LATCHED_QOS, SENSOR_QOS
+
+VLM = {"device": "cpu", "dtype": "fp32", "vlm_hz": 3.0}
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_publishes_a_final_zero_command(probe, processes):
+    chunks = probe.record(JointTrajectory, "action_chunk", 10)
+    twists = probe.record(Twist, "cmd_vel", 10)
+    processes.append(NodeProcess("tools.synthetic_sources", {}))
+    processes.append(NodeProcess("vlm_node", VLM))
+    action = NodeProcess("action_expert_node", {"max_action_step": [10.0, 10.0]})
+    processes.append(action)
+    wait_for(lambda: chunks.count() >= 10, 60, "chunks")
+    moving = [m for _, m in twists.since(0.0) if m.linear.x != 0.0 or m.angular.z != 0.0]
+    assert moving, "the robot must be commanded to move before the test means anything"
+    t_term = time.monotonic()
+    assert action.stop(signal.SIGTERM) == 0
+    time.sleep(0.5)
+    after = twists.since(t_term)
+    assert after, "no cmd_vel after SIGTERM"
+    last = after[-1][1]
+    assert last.linear.x == 0.0 and last.angular.z == 0.0, "the last command before exit must be zero"
+
+
+@pytest.mark.timeout(180)
+def test_killed_vlm_node_stops_the_robot_and_a_restart_resumes(probe, processes):
+    chunks = probe.record(JointTrajectory, "action_chunk", 10)
+    twists = probe.record(Twist, "cmd_vel", 10)
+    processes.append(NodeProcess("tools.synthetic_sources", {}))
+    vlm = NodeProcess("vlm_node", VLM)
+    processes.append(vlm)
+    processes.append(NodeProcess("action_expert_node", {"max_feature_age": 1.0}))
+    wait_for(lambda: chunks.count() >= 10, 60, "chunks")
+    vlm.stop(signal.SIGKILL)
+    t_kill = time.monotonic()
+    time.sleep(2.5)
+    last_chunk = max(t for t, _ in chunks.since(0.0))
+    # features are at most 1/vlm_hz old at the kill: stop within max_feature_age + one action period
+    assert last_chunk - t_kill <= 1.0 + 0.1 + 0.3, f"chunks for {last_chunk - t_kill:.2f} s after the kill"
+    zeros = twists.since(last_chunk + 0.2)
+    assert zeros and all(m.linear.x == 0.0 and m.angular.z == 0.0 for _, m in zeros)
+
+    processes.append(NodeProcess("vlm_node", VLM))  # restart: no manual step on the action node
+    t_restart = time.monotonic()
+    wait_for(lambda: len(chunks.since(t_restart)) >= 10, 60, "chunks after the VLM restart")
+
+
+def _stamp_at(probe, offset: float = 0.0) -> Time:
+    return sec_to_stamp(probe.node.get_clock().now().nanoseconds * 1e-9 + offset)
+
+
+def _malformed_images(probe):
+    ok = {"height": 8, "width": 8, "step": 24, "data": bytes(192), "encoding": "rgb8"}
+    variants = [
+        {"encoding": "yuv422"}, {"encoding": "16UC1"}, {"data": bytes(10)}, {"step": 3},
+        {"height": 100_000, "width": 100_000}, {"stamp": Time()}, {"stamp": _stamp_at(probe, 60.0)},
+    ]
+    for v in variants:
+        msg = Image(header=Header(stamp=v.pop("stamp", _stamp_at(probe)), frame_id="camera_link"), **{**ok, **v})
+        yield msg
+
+
+def _malformed_imu(probe):
+    for kind in ("nan", "inf", "huge", "zero_stamp", "future", "old"):
+        msg = Imu(header=Header(stamp=_stamp_at(probe, {"future": 60.0, "old": -30.0}.get(kind, 0.0))))
+        msg.linear_acceleration.z = {"nan": float("nan"), "inf": float("inf"), "huge": 1e9}.get(kind, 9.81)
+        if kind == "zero_stamp":
+            msg.header.stamp = Time()
+        yield msg
+
+
+def _malformed_features(probe):
+    good = np.zeros((1, 64), "<f4")
+    nan = np.full((1, 64), np.nan, "<f4")
+    variants = [("32FC1", 1, 32, good[:, :32].tobytes(), 1), ("32FC1", 1, 64, good.tobytes()[:100], 1),
+                ("mono8", 1, 64, good.tobytes(), 1), ("32FC1", 1, 64, nan.tobytes(), 1),
+                ("32FC1", 1, 64, good.tobytes(), 0)]
+    for encoding, h, w, data, stamped in variants:
+        stamp = _stamp_at(probe) if stamped else Time()
+        yield Image(header=Header(stamp=stamp), encoding=encoding, height=h, width=w, step=w * 4, data=data)
+
+
+@pytest.mark.timeout(240)
+def test_malformed_message_flood_is_dropped_and_counted_while_chunks_keep_flowing(probe, processes):
+    chunks = probe.record(JointTrajectory, "action_chunk", 10)
+    diags = probe.diagnostics()
+    processes.append(NodeProcess("tools.synthetic_sources", {}))
+    processes.append(NodeProcess("vlm_node", VLM))
+    processes.append(NodeProcess("action_expert_node", {}))
+    wait_for(lambda: chunks.count() >= 10, 60, "chunks before the flood")
+    pubs = {"image": probe.node.create_publisher(Image, "camera/image_raw", SENSOR_QOS),
+            "sensor": probe.node.create_publisher(Imu, "sensor", SENSOR_QOS),
+            "features": probe.node.create_publisher(Image, "vl_features", LATCHED_QOS),
+            "instruction": probe.node.create_publisher(String, "instruction", LATCHED_QOS)}
+    sent = dict.fromkeys(pubs, 0)
+    t0 = time.monotonic()
+    total = 0
+    i = 0
+    while total < 10_000:
+        # One message per topic per round, so depth-1 (latched) subscriptions are not overwritten in a burst.
+        for topic, variants in (("image", _malformed_images), ("sensor", _malformed_imu),
+                                ("features", _malformed_features)):
+            messages = list(variants(probe))
+            pubs[topic].publish(messages[i % len(messages)])
+            sent[topic] += 1
+            total += 1
+        if i % 50 == 0 and sent["instruction"] < 20:  # 1 MB and whitespace-only instructions
+            pubs["instruction"].publish(String(data="x" * 1_000_000 if sent["instruction"] % 2 else "   "))
+            sent["instruction"] += 1
+            total += 1
+        i += 1
+        time.sleep(0.002)  # ~1000 malformed messages/s across the topics: far above any real fault rate
+    t1 = time.monotonic()
+    time.sleep(2.0)  # diagnostics are published at 1 Hz
+
+    assert all(p.alive() for p in processes), "a node died under the flood"
+    rate = chunks.rate(t0, t1)
+    assert abs(rate - 10.0) <= 2.0, f"chunks at {rate:.1f} Hz during the flood"
+    action = diag_values(diags, "action_expert_node")
+    vlm = diag_values(diags, "vlm_node")
+    sensor_rejected = int(action["sensor_rejected"])
+    features_rejected = int(action["features_rejected"])
+    images_rejected = int(vlm["images_rejected"])
+    # Best-effort / depth-1 topics may lose part of a burst in transport; every message that arrived
+    # must be rejected and counted, and no valid message may be counted as rejected.
+    for name, counted, n in (("sensor", sensor_rejected, sent["sensor"]), ("images", images_rejected, sent["image"]),
+                             ("features", features_rejected, sent["features"])):
+        assert 0.8 * n <= counted <= n, f"{name}: {counted} rejections counted for {n} malformed messages"
+    assert int(action["instructions_rejected"]) + int(vlm["instructions_rejected"]) >= 2
+    assert action["safe_stop_reason"] == "running"
