@@ -26,7 +26,6 @@ from .core.params import ACTION_NODE_PARAMS
 from .core.scheduling import period_from_hz
 from .core.sensor_window import PushResult
 from .core.stats import RateMeter
-from .core.validation import check_instruction
 from .paths import default_model_dir, resolve_dir
 from .ros.conversions import (
     SENSOR_MESSAGES,
@@ -46,6 +45,7 @@ from .ros.node_support import (
     diagnostics,
     install_live_parameters,
     run_node,
+    valid_instruction,
 )
 
 
@@ -126,13 +126,8 @@ class ActionExpertNode(Node):
             self.get_logger().warning(f"features dropped: {reason}", throttle_duration_sec=5.0)
 
     def _on_instruction(self, msg: String) -> None:
-        text = msg.data.strip()
-        reason = check_instruction(text, self.params["max_instruction_length"])
-        if reason is not None:
-            self.counts["instructions_rejected"] += 1
-            self.get_logger().warning(f"instruction dropped: {reason}", throttle_duration_sec=5.0)
-            return
-        if self.core.on_instruction(text, self._now()):
+        text = valid_instruction(self, msg, self.params["max_instruction_length"], self.counts)
+        if text is not None and self.core.on_instruction(text, self._now()):
             self.get_logger().info(f"instruction: {text!r}")
 
     # -- ticks ----------------------------------------------------------------------------------

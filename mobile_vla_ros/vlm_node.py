@@ -20,7 +20,7 @@ from std_msgs.msg import String
 from .core.params import VLM_NODE_PARAMS
 from .core.scheduling import SingleFlightWorker, period_from_hz
 from .core.stats import LatencyStats, RateMeter
-from .core.validation import check_instruction, check_stamp
+from .core.validation import check_stamp
 from .paths import default_model_dir, resolve_dir
 from .ros.conversions import ConversionError, features_to_image, image_to_rgb, sec_to_stamp, stamp_to_sec
 from .ros.node_support import (
@@ -30,6 +30,7 @@ from .ros.node_support import (
     diagnostics,
     install_live_parameters,
     run_node,
+    valid_instruction,
 )
 from .vlm.base import ExtractorConfig, VlmLoadError, create_extractor
 
@@ -101,11 +102,8 @@ class VlmNode(Node):
             self._frames[topic] = frame
 
     def _on_instruction(self, msg: String) -> None:
-        text = msg.data.strip()
-        reason = check_instruction(text, self.params["max_instruction_length"])
-        if reason is not None:
-            self.counts["instructions_rejected"] += 1
-            self.get_logger().warning(f"instruction dropped: {reason}", throttle_duration_sec=5.0)
+        text = valid_instruction(self, msg, self.params["max_instruction_length"], self.counts)
+        if text is None:
             return
         with self._lock:
             if text == self._instruction:

@@ -7,11 +7,12 @@ import sys
 
 import numpy as np
 import pytest
+from bag_fixtures import write_imu_bag
 
 from mobile_vla_ros.core.engine_cache import EngineKey, find_engine, write_sidecar
-from mobile_vla_ros.core.model_spec import INPUT_FEATURES, INPUT_SENSOR, ModelSpec
+from mobile_vla_ros.core.model_spec import INPUT_FEATURES, INPUT_SENSOR, ModelSpec, ModelSpecError
 from mobile_vla_ros.paths import default_model_dir
-from mobile_vla_ros.tools.build_engine import calibration_from_bag
+from mobile_vla_ros.tools.recorded_inputs import recorded_inputs
 
 KEY = EngineKey("ab" * 32, "Orin (nvgpu)", "8.7", "10.3.0", "fp16")
 
@@ -49,29 +50,23 @@ def test_build_engine_cli_without_tensorrt_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
 def test_int8_calibration_windows_come_from_a_bag(tmp_path, storage):
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from rosbags.typesys import Stores, get_typestore
-
-    store = get_typestore(Stores.ROS2_HUMBLE)
-    Imu, Image = store.types["sensor_msgs/msg/Imu"], store.types["sensor_msgs/msg/Image"]
-    Header, Time = store.types["std_msgs/msg/Header"], store.types["builtin_interfaces/msg/Time"]
-    Vector3, Quaternion = store.types["geometry_msgs/msg/Vector3"], store.types["geometry_msgs/msg/Quaternion"]
-    cov = np.zeros(9)
-    bag = tmp_path / f"bag_{storage}"
-    plugin = StoragePlugin.SQLITE3 if storage == "sqlite3" else StoragePlugin.MCAP
-    with Writer(bag, version=8, storage_plugin=plugin) as writer:
-        imu_conn = writer.add_connection("/sensor", Imu.__msgtype__, typestore=store)
-        feat_conn = writer.add_connection("/vl_features", Image.__msgtype__, typestore=store)
-        feats = np.full((1, 64), 0.25, dtype="<f4")
-        image = Image(Header(Time(0, 0), "cam"), 1, 64, "32FC1", 0, 256, np.frombuffer(feats.tobytes(), np.uint8))
-        writer.write(feat_conn, 1, store.serialize_cdr(image, Image.__msgtype__))
-        for i in range(200):
-            t = 1_000_000 + i * 1_538_461
-            msg = Imu(Header(Time(0, t), "imu"), Quaternion(0, 0, 0, 1), cov, Vector3(0, 0, 0.1 * i), cov,
-                      Vector3(0, 0, 9.81), cov)
-            writer.write(imu_conn, t, store.serialize_cdr(msg, Imu.__msgtype__))
-    data = calibration_from_bag(bag, ModelSpec.load(default_model_dir()), "/sensor", "/vl_features")
+    bag = write_imu_bag(tmp_path / f"bag_{storage}", storage, samples=200, feature_value=0.25)
+    data = recorded_inputs(bag, ModelSpec.load(default_model_dir()), "/sensor", "/vl_features")
     assert data[INPUT_SENSOR].shape == (3, 65, 6)  # 200 samples -> 3 full windows
     assert np.allclose(data[INPUT_SENSOR][1, :, 2], 0.1 * np.arange(65, 130), atol=1e-5)
     assert np.allclose(data[INPUT_SENSOR][:, :, 5], 9.81)
     assert data[INPUT_FEATURES].shape == (3, 64) and np.allclose(data[INPUT_FEATURES], 0.25)
+
+
+def test_missing_topic_in_bag_is_named(tmp_path):
+    bag = write_imu_bag(tmp_path / "bag", "sqlite3", samples=10, feature_value=0.0)
+    with pytest.raises(ModelSpecError, match=r"no topic /imu \(topics: \['/sensor', '/vl_features'\]\)"):
+        recorded_inputs(bag, ModelSpec.load(default_model_dir()), "/imu", "/vl_features")
+
+
+def test_export_verifies_on_recorded_inputs_too(tmp_path):
+    bag = write_imu_bag(tmp_path / "bag", "mcap", samples=650, feature_value=0.5)
+    result = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.export", "--random-init", "--out",
+                             str(tmp_path / "m"), "--verify-bag", str(bag)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "over 100 random inputs + 10 recorded ones" in result.stdout

@@ -18,6 +18,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from rclpy.signals import SignalHandlerOptions
 
 from ..core import params as P
+from ..core.validation import check_instruction
 
 SENSOR_QOS = qos_profile_sensor_data
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -89,6 +90,17 @@ def install_live_parameters(node: Node, specs: tuple[P.ParamSpec, ...], current:
         return SetParametersResult(successful=True)
 
     node.add_on_set_parameters_callback(on_set)
+
+
+def valid_instruction(node: Node, msg, max_length: int, counts: dict[str, int]) -> str | None:
+    """The stripped instruction text, or None after counting and logging (throttled) why it was dropped."""
+    text = msg.data.strip()
+    reason = check_instruction(text, max_length)
+    if reason is None:
+        return text
+    counts["instructions_rejected"] += 1
+    node.get_logger().warning(f"instruction dropped: {reason}", throttle_duration_sec=5.0)
+    return None
 
 
 def diagnostics(node: Node, level: bytes, message: str, values: dict[str, Any]) -> DiagnosticArray:

@@ -20,6 +20,7 @@ import numpy as np
 from ..core.backends import BackendUnavailable
 from ..core.engine_cache import DEFAULT_CACHE, PRECISIONS, write_sidecar
 from ..core.model_spec import INPUT_FEATURES, INPUT_SENSOR, ONNX_FILE, ModelSpec, ModelSpecError
+from .recorded_inputs import recorded_inputs
 
 WORKSPACE_BYTES = 512 << 20  # the action expert needs little; Orin NX shares 16 GB with the VLM
 
@@ -134,41 +135,6 @@ def _make_calibrator(trt, cudart, data: dict[str, np.ndarray], cache_file: Path)
     return Calibrator()
 
 
-def calibration_from_bag(bag: Path, spec: ModelSpec, sensor_topic: str, features_topic: str,
-                         limit: int = 500) -> dict[str, np.ndarray]:
-    """Sensor windows (every `sensor_window` samples) and the latest recorded VL features at each."""
-    from rosbags.highlevel import AnyReader
-
-    from ..core.sensor_window import SAMPLE_FROM_MESSAGE, PushResult, SensorWindow
-
-    window = SensorWindow(spec.sensor_channels, spec.sensor_window)
-    features = None
-    sensors, feats = [], []
-    accepted = 0
-    with AnyReader([Path(bag)]) as reader:
-        connections = [c for c in reader.connections if c.topic in (sensor_topic, features_topic)]
-        if not any(c.topic == sensor_topic for c in connections):
-            topics = sorted(c.topic for c in reader.connections)
-            raise ModelSpecError(f"{bag}: no topic {sensor_topic} (topics: {topics})")
-        for connection, stamp, raw in reader.messages(connections=connections):
-            msg = reader.deserialize(raw, connection.msgtype)
-            if connection.topic == features_topic:
-                features = np.frombuffer(bytes(msg.data), dtype="<f4").reshape(msg.height, msg.width)[-1]
-                continue
-            if window.push(stamp * 1e-9, SAMPLE_FROM_MESSAGE[spec.sensor_type](msg)) is not PushResult.ACCEPTED:
-                continue
-            accepted += 1
-            if accepted % spec.sensor_window:
-                continue  # one calibration sample per full, non-overlapping window
-            sensors.append(window.window(spec.sensor_window, stamp * 1e-9, float("inf")).values.copy())
-            feats.append(features if features is not None else np.zeros(spec.feature_dim, np.float32))
-            if len(sensors) >= limit:
-                break
-    if not sensors:
-        raise ModelSpecError(f"{bag}: fewer than {spec.sensor_window} samples on {sensor_topic}")
-    return {INPUT_SENSOR: np.stack(sensors).astype(np.float32), INPUT_FEATURES: np.stack(feats).astype(np.float32)}
-
-
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mobile-vla-build-engine", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -196,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         if precision == "int8":
             if args.calib_bag is None:
                 raise ValueError("--int8 needs --calib-bag")
-            calibration = calibration_from_bag(args.calib_bag, spec, args.sensor_topic, args.features_topic)
+            calibration = recorded_inputs(args.calib_bag, spec, args.sensor_topic, args.features_topic)
         path, seconds = build_engine(args.model_dir, spec, args.engine_cache_dir, precision, args.max_batch,
                                      calibration)
     except (BackendUnavailable, ModelSpecError, ValueError, OSError) as exc:

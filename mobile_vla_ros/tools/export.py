@@ -44,8 +44,10 @@ def export_onnx(model, spec: ModelSpec, path: Path, opset: int = 17) -> None:
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
-def verify_onnx(model, model_dir: Path, spec: ModelSpec, samples: int = 100, seed: int = 0) -> float:
-    """Max |PyTorch - ONNX Runtime| over `samples` random inputs at the model's input scale."""
+def verify_onnx(model, model_dir: Path, spec: ModelSpec, samples: int = 100, seed: int = 0,
+                recorded: dict[str, np.ndarray] | None = None) -> float:
+    """Max |PyTorch - ONNX Runtime| over `samples` random inputs at the model's input scale, and over
+    every recorded input when given."""
     import torch
 
     from ..core.backends import OnnxRuntimeBackend
@@ -54,18 +56,25 @@ def verify_onnx(model, model_dir: Path, spec: ModelSpec, samples: int = 100, see
     rng = np.random.default_rng(seed)
     mean = np.asarray(spec.normalization.sensor_mean, dtype=np.float32)
     std = np.asarray(spec.normalization.sensor_std, dtype=np.float32)
-    worst = 0.0
+    batches = []
     for _ in range(samples):
         batch = int(rng.integers(1, 5))
         f = rng.standard_normal((batch, spec.feature_dim)).astype(np.float32)
         w = (mean + std * rng.standard_normal((batch, spec.sensor_window, spec.sensor_channels))).astype(np.float32)
+        batches.append((f, w))
+    if recorded is not None:
+        batches += [(recorded[INPUT_FEATURES][i : i + 1], recorded[INPUT_SENSOR][i : i + 1])
+                    for i in range(len(recorded[INPUT_SENSOR]))]
+    worst = 0.0
+    for f, w in batches:
         with torch.no_grad():
             ref = model(torch.from_numpy(f), torch.from_numpy(w)).numpy()
         worst = max(worst, float(np.max(np.abs(backend.run(f, w) - ref))))
     return worst
 
 
-def write_model_dir(model, spec: ModelSpec, out: Path, extra: dict | None = None) -> float:
+def write_model_dir(model, spec: ModelSpec, out: Path, extra: dict | None = None,
+                    recorded: dict[str, np.ndarray] | None = None) -> float:
     """Write checkpoint, ONNX and model.yaml into `out`; return the verified max abs error."""
     from ..models.action_expert import save_checkpoint
 
@@ -74,7 +83,7 @@ def write_model_dir(model, spec: ModelSpec, out: Path, extra: dict | None = None
     save_checkpoint(model, out / TORCH_FILE, {"spec": spec.to_yaml_dict(), **(extra or {})})
     export_onnx(model, spec, out / ONNX_FILE)
     spec.save(out)
-    error = verify_onnx(model, out, spec)
+    error = verify_onnx(model, out, spec, recorded=recorded)
     if error > MAX_FP32_ERROR:
         raise ModelSpecError(f"ONNX differs from PyTorch by {error:.2e} (> {MAX_FP32_ERROR:.0e} allowed in FP32)")
     return error
@@ -88,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--random-init", action="store_true", help="seeded untrained model of the shape below")
     ap.add_argument("--out", type=Path, required=True, help="model directory to write")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--verify-bag", type=Path, help="also verify on the inputs recorded in this rosbag2 bag")
+    ap.add_argument("--sensor-topic", default="/sensor", help="with --verify-bag")
+    ap.add_argument("--features-topic", default="/vl_features", help="with --verify-bag")
     shape = ap.add_argument_group("shape (with --random-init)")
     shape.add_argument("--feature-dim", type=int, default=64)
     shape.add_argument("--sensor-type", choices=sorted(SENSOR_CHANNELS), default="imu")
@@ -132,12 +144,18 @@ def main(argv: list[str] | None = None) -> int:
                 notes=f"untrained: random initialisation with seed {args.seed}")
             torch.manual_seed(args.seed)
             model = build_action_expert(ActionExpertConfig.from_spec(spec)).eval()
-        error = write_model_dir(model, spec, args.out)
+        recorded = None
+        if args.verify_bag is not None:
+            from .recorded_inputs import recorded_inputs
+
+            recorded = recorded_inputs(args.verify_bag, spec, args.sensor_topic, args.features_topic)
+        error = write_model_dir(model, spec, args.out, recorded=recorded)
     except (ModelSpecError, OSError) as exc:
         print(f"mobile-vla-export: error: {exc}", file=sys.stderr)
         return 1
+    inputs = "100 random inputs" + (f" + {len(recorded[INPUT_SENSOR])} recorded ones" if recorded else "")
     print(f"wrote {args.out}/{{{ONNX_FILE},{TORCH_FILE},model.yaml}}; "
-          f"max |PyTorch - ONNX Runtime| over 100 inputs = {error:.2e} (limit {MAX_FP32_ERROR:.0e})")
+          f"max |PyTorch - ONNX Runtime| over {inputs} = {error:.2e} (limit {MAX_FP32_ERROR:.0e})")
     return 0
 
 
