@@ -33,6 +33,7 @@ setup(
     install_requires=["numpy", "pyyaml", "setuptools"],
     extras_require={
         "inference": ["onnxruntime>=1.16", "onnx>=1.14"],
+        "bags": ["rosbags>=0.9"],
         "torch": ["torch>=2.1"],
         "vlm": ["torch>=2.1", "transformers>=4.49", "pillow", "safetensors"],
         "test": ["pytest>=7", "ruff"],

@@ -60,7 +60,10 @@ class VlmNode(Node):
         self._instruction: str | None = None
         self._instruction_since = float("-inf")
         self._instruction_epoch = 0
-        self.worker = SingleFlightWorker("vlm_forward")
+        # A guard condition wakes the executor from the worker thread, so a catch-up tick after a
+        # forward that outlasted the VLM period runs in the executor like every other tick.
+        self._retick = self.create_guard_condition(self._on_tick)
+        self.worker = SingleFlightWorker("vlm_forward", on_idle_after_skip=self._retick.trigger)
         self.forward_latency = LatencyStats()
         self.feature_rate = RateMeter()
         self.counts = {"images_rejected": 0, "instructions_rejected": 0, "skipped_no_input": 0,

@@ -1,6 +1,7 @@
 """The VLM worker never queues: a submit while a job runs is skipped and counted."""
 
 import threading
+import time
 
 from mobile_vla_ros.core.scheduling import SingleFlightWorker, period_from_hz
 
@@ -21,6 +22,24 @@ def test_submissions_while_busy_are_skipped_not_queued():
     assert worker.wait_idle(5)
     worker.shutdown()
     assert results == ["first", "second"]
+
+
+def test_skipped_ticks_ask_for_a_catch_up_once_the_job_ends():
+    calls = []
+    worker = SingleFlightWorker(on_idle_after_skip=lambda: calls.append("retick"))
+    release = threading.Event()
+    worker.try_submit(lambda: release.wait(5), lambda r, e: None)
+    assert worker.skip_if_busy() and worker.skip_if_busy()
+    release.set()
+    assert worker.wait_idle(5)
+    deadline = time.monotonic() + 5  # the callback runs right after the job is marked idle
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert calls == ["retick"]  # once, however many ticks were skipped
+    worker.try_submit(lambda: None, lambda r, e: None)  # no skip during this job: no catch-up
+    assert worker.wait_idle(5)
+    worker.shutdown()
+    assert calls == ["retick"]
 
 
 def test_a_failing_job_is_reported_and_the_worker_stays_usable():

@@ -23,13 +23,18 @@ class SingleFlightWorker:
     """Runs at most one job at a time in a plain worker thread (not an rclpy callback).
 
     `try_submit` returns False (and counts a skip) while a job is pending or running.
-    `on_done(result, error)` is called in the worker thread when the job finishes.
+    `on_done(result, error)` is called in the worker thread when the job finishes. When ticks were
+    skipped during a job, `on_idle_after_skip` is called once it finishes, so the caller can start
+    the next job at once: a source slower than its rate then runs back to back instead of idling
+    until the next tick (the feature rate equals the forward rate).
     """
 
-    def __init__(self, name: str = "worker") -> None:
+    def __init__(self, name: str = "worker", on_idle_after_skip: Callable[[], None] | None = None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._lock = threading.Lock()
         self._busy = False
+        self._skipped_during_job = False
+        self._on_idle_after_skip = on_idle_after_skip
         self.submitted = 0
         self.skipped_busy = 0
         self.failed = 0
@@ -43,12 +48,14 @@ class SingleFlightWorker:
         with self._lock:
             if self._busy:
                 self.skipped_busy += 1
+                self._skipped_during_job = True
             return self._busy
 
     def try_submit(self, job: Callable[[], Any], on_done: Callable[[Any, BaseException | None], None]) -> bool:
         with self._lock:
             if self._busy:
                 self.skipped_busy += 1
+                self._skipped_during_job = True
                 return False
             self._busy = True
             self.submitted += 1
@@ -65,6 +72,9 @@ class SingleFlightWorker:
             finally:
                 with self._lock:
                     self._busy = False
+                    retry, self._skipped_during_job = self._skipped_during_job, False
+                if retry and self._on_idle_after_skip is not None:
+                    self._on_idle_after_skip()
 
         future: Future = self._pool.submit(run)
         del future
