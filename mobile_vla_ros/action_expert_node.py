@@ -69,7 +69,7 @@ class ActionExpertNode(Node):
 
         self.chunk_rate = RateMeter()
         self.sensor_rate = RateMeter()
-        self.counts = {"sensor_rejected": 0, "features_rejected": 0, "instructions_rejected": 0}
+        self.counts = {"sensor_rejected": 0, "instructions_rejected": 0}
         self._stopped_since = time.monotonic()
 
         self.chunk_pub = self.create_publisher(JointTrajectory, "action_chunk", RELIABLE_QOS)
@@ -121,7 +121,7 @@ class ActionExpertNode(Node):
             reason = self.core.on_features(image_to_features(msg), stamp_to_sec(msg.header.stamp), self._now())
         except ConversionError as exc:
             reason = str(exc)
-            self.counts["features_rejected"] += 1
+            self.core.rejected_features += 1
         if reason is not None:
             self.get_logger().warning(f"features dropped: {reason}", throttle_duration_sec=5.0)
 
@@ -182,7 +182,7 @@ class ActionExpertNode(Node):
             "inference_latency_p99_ms": core.latency.percentile_ms(99),
             "chunks_published": self.chunk_rate.total, "safe_stop_reason": safety.describe(),
             "safe_stop_events": safety.stop_events, "inference_errors": core.inference_errors,
-            **self.counts, "features_rejected": self.counts["features_rejected"] + core.rejected_features,
+            **self.counts, "features_rejected": core.rejected_features,
             **{f"sensor_{r.value}": n for r, n in core.sensor.counts.items() if r is not PushResult.ACCEPTED},
             "clamped_values": self.chunk_executor.clamped_values,
         }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 
@@ -76,8 +76,7 @@ class SingleFlightWorker:
                 if retry and self._on_idle_after_skip is not None:
                     self._on_idle_after_skip()
 
-        future: Future = self._pool.submit(run)
-        del future
+        self._pool.submit(run)
         return True
 
     def wait_idle(self, timeout: float) -> bool:

@@ -148,7 +148,6 @@ def inference_rows(heads: list[str], batches: list[int], feature_dim: int, iters
                     rows.append(row)
                     log(f"  {head:<9} {backend:<17} {precision:<5} b={batch:<2} p50 {timing['p50_ms']:8.3f} ms  "
                         f"p99 {timing['p99_ms']:8.3f} ms  |diff| {row['max_abs_diff_vs_first_row']:.1e}")
-            del model_dir
     return rows
 
 
