@@ -23,6 +23,7 @@ from .core.backends import BackendUnavailable, create_backend
 from .core.chunk_executor import ChunkExecutor
 from .core.model_spec import ModelSpec, ModelSpecError, check_params
 from .core.params import ACTION_NODE_PARAMS
+from .core.safety import StopReason
 from .core.scheduling import period_from_hz
 from .core.sensor_window import PushResult
 from .core.stats import RateMeter
@@ -132,7 +133,6 @@ class ActionExpertNode(Node):
 
     # -- ticks ----------------------------------------------------------------------------------
     def _on_action_tick(self) -> None:
-        was_stopped = self.core.safety.stopped
         previous = self.core.safety.reason
         result = self.core.tick(self._now())
         if result.reason is not previous:
@@ -141,7 +141,7 @@ class ActionExpertNode(Node):
             else:
                 self.get_logger().info("running: inputs fresh, publishing chunks")
         if result.chunk is None:
-            if not was_stopped:
+            if previous is StopReason.NONE:
                 self._stopped_since = time.monotonic()
             self.chunk_executor.reset_to_zero()
             return
@@ -171,7 +171,7 @@ class ActionExpertNode(Node):
     def _publish_diagnostics(self) -> None:
         core, safety = self.core, self.core.safety
         level = DiagnosticStatus.OK if not safety.stopped else DiagnosticStatus.WARN
-        if safety.reason.name in ("INFERENCE_ERROR", "NON_FINITE_OUTPUT"):
+        if safety.reason in (StopReason.INFERENCE_ERROR, StopReason.NON_FINITE_OUTPUT):
             level = DiagnosticStatus.ERROR
         age = core.features.age(self._now())
         values = {

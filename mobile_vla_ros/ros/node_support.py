@@ -16,6 +16,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
+from std_msgs.msg import Header
 
 from ..core import params as P
 from ..core.validation import check_instruction
@@ -110,9 +111,7 @@ def diagnostics(node: Node, level: bytes, message: str, values: dict[str, Any]) 
     return DiagnosticArray(header=_header(node), status=[status])
 
 
-def _header(node: Node):
-    from std_msgs.msg import Header
-
+def _header(node: Node) -> Header:
     return Header(stamp=node.get_clock().now().to_msg())
 
 
