@@ -12,8 +12,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 from ..paths import share_dir
 
@@ -29,6 +32,57 @@ def node_command(module: str, params_files: list[Path], namespace: str, log_leve
         cmd += ["-r", f"__ns:={namespace if namespace.startswith('/') else '/' + namespace}"]
     cmd += ["--log-level", log_level, *extra_ros_args]
     return cmd
+
+
+class NodeProcess:
+    """One node as a child process: `python -m mobile_vla_ros.<module> --ros-args ...`, its parameters
+    from `params` (written to a YAML file) and/or `params_files`, its output in a log file.
+    `stop` always ends it: SIGINT first (the node shuts down cleanly), kill after `timeout`."""
+
+    def __init__(self, module: str, params: dict | None = None, node_name: str | None = None,
+                 extra_args: list[str] = (), params_files: list[Path] = (), namespace: str = "",
+                 log_level: str = "info", log_dir: Path | None = None) -> None:
+        self.module = module
+        self.node_name = node_name or module.split(".")[-1]
+        files = list(params_files)
+        if params:
+            fd, path = tempfile.mkstemp(suffix=".yaml", prefix=f"{self.node_name}_", dir=log_dir)
+            with os.fdopen(fd, "w") as fh:
+                yaml.safe_dump({f"/**/{self.node_name}": {"ros__parameters": params}}, fh)
+            files.append(Path(path))
+        cmd = node_command(module, files, namespace, log_level, list(extra_args))
+        self.log = tempfile.NamedTemporaryFile(prefix=f"{self.node_name}_", suffix=".log", delete=False, dir=log_dir)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.synthetic:  # everything runs on this machine: keep DDS discovery on loopback
         env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
         os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    monitor = DiagnosticsMonitor(args.namespace) if args.duration > 0 else None
+    monitor = DiagnosticsMonitor() if args.duration > 0 else None
     procs: dict[str, subprocess.Popen] = {}
     stop = {"requested": False}
 
@@ -111,36 +165,18 @@ SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
 class DiagnosticsMonitor:
     """Listens to /diagnostics in this process and keeps the newest status of each node."""
 
-    def __init__(self, namespace: str) -> None:
-        import threading
+    def __init__(self) -> None:
+        from .ros_observer import Observer
 
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.signals import SignalHandlerOptions
-
-        self._rclpy = rclpy
-        self._context = rclpy.Context()
-        # No rclpy signal handlers: Ctrl-C must reach bring-up's own handler, which stops the nodes.
-        rclpy.init(context=self._context, signal_handler_options=SignalHandlerOptions.NO)
-        self._node = rclpy.create_node("bringup_monitor", context=self._context)
-        self._latest: dict[str, dict[str, str]] = {}
-        self._node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
-        self._executor = SingleThreadedExecutor(context=self._context)
-        self._executor.add_node(self._node)
-        self._thread = threading.Thread(target=self._executor.spin, daemon=True)
-        self._thread.start()
-
-    def _on_diagnostics(self, msg) -> None:
-        for status in msg.status:
-            if status.hardware_id in SUMMARY_KEYS:
-                self._latest[status.hardware_id] = {kv.key: kv.value for kv in status.values}
+        # A private context without rclpy signal handlers: Ctrl-C must reach bring-up's own handler.
+        self._observer = Observer("bringup_monitor", own_context=True)
+        self._observer.diagnostics()
 
     def summary(self) -> str:
         lines = ["", "mobile-vla-bringup summary (last diagnostics of each node)"]
         for node, keys in SUMMARY_KEYS.items():
-            values = self._latest.get(node)
-            if values is None:
+            values = self._observer.latest_diagnostics(node)
+            if not values:
                 lines.append(f"  {node}: no diagnostics received")
                 continue
             lines.append(f"  {node}:")
@@ -148,11 +184,7 @@ class DiagnosticsMonitor:
         return "\n".join(lines)
 
     def close(self) -> None:
-        self._executor.shutdown(timeout_sec=2.0)
-        self._thread.join(timeout=2.0)
-        self._node.destroy_node()
-        if self._context.ok():
-            self._rclpy.shutdown(context=self._context)
+        self._observer.destroy()
 
 
 def shutdown(procs: dict[str, subprocess.Popen], timeout: float = 10.0) -> None:

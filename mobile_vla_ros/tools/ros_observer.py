@@ -1,0 +1,188 @@
+"""Watching a running system from outside its nodes: an rclpy node in the calling process that
+records what arrives on topics (monotonic arrival time + message), reads /diagnostics and calls
+parameter services, plus CPU/RSS sampling of node processes from /proc.
+
+Used by bring-up (summary), the loop and soak benchmarks, and the system tests, so all of them
+measure the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.srv import GetParameters, SetParameters
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from rclpy.signals import SignalHandlerOptions
+
+from ..ros.node_support import LATCHED_QOS, SENSOR_QOS
+
+
+class Recorder:
+    """Arrival times (monotonic) and messages of one topic; `transform` keeps only what is needed."""
+
+    def __init__(self, transform: Callable[[object], object] | None = None) -> None:
+        self.lock = threading.Lock()
+        self.items: list[tuple[float, object]] = []
+        self._transform = transform
+
+    def __call__(self, msg) -> None:
+        now = time.monotonic()
+        item = msg if self._transform is None else self._transform(msg)
+        with self.lock:
+            self.items.append((now, item))
+
+    def since(self, t0: float) -> list[tuple[float, object]]:
+        with self.lock:
+            return [(t, m) for t, m in self.items if t >= t0]
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.items)
+
+    def rate(self, t0: float, t1: float) -> float:
+        """Messages per second between t0 and t1 from the spacing of arrivals."""
+        times = [t for t, _ in self.since(t0) if t <= t1]
+        if len(times) < 2:
+            return 0.0
+        return (len(times) - 1) / (times[-1] - times[0])
+
+
+def diagnostics_of(msg: DiagnosticArray) -> dict[str, dict[str, str]]:
+    """hardware_id -> key/values (plus `_message`, `_level`) of one /diagnostics message."""
+    return {s.hardware_id: {kv.key: kv.value for kv in s.values} | {"_message": s.message, "_level": s.level}
+            for s in msg.status}
+
+
+class Observer:
+    """An rclpy node spun by a SingleThreadedExecutor in a background thread.
+
+    With `own_context` it gets a private rclpy context without rclpy's signal handlers, so it can
+    live inside a command-line tool whose Ctrl-C handling stops other processes first.
+    """
+
+    def __init__(self, name: str, own_context: bool = False) -> None:
+        self._context = None
+        if own_context:
+            self._context = rclpy.Context()
+            rclpy.init(context=self._context, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node(name, context=self._context)
+        self.executor = SingleThreadedExecutor(context=self._context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+        self.recorders: dict[str, Recorder] = {}
+        self._diagnostics: dict[str, dict[str, str]] = {}
+        self._diag_lock = threading.Lock()
+
+    def record(self, msg_type, topic: str, qos=LATCHED_QOS, transform=None) -> Recorder:
+        rec = Recorder(transform)
+        self.node.create_subscription(msg_type, topic, rec, qos)
+        self.recorders[topic] = rec
+        return rec
+
+    def record_sensor(self, msg_type, topic: str, transform=None) -> Recorder:
+        return self.record(msg_type, topic, SENSOR_QOS, transform)
+
+    def diagnostics(self) -> Recorder:
+        """Every /diagnostics message; `latest_diagnostics` has the newest status per node."""
+        return self.record(DiagnosticArray, "/diagnostics", 10, self._keep_latest)
+
+    def _keep_latest(self, msg: DiagnosticArray) -> DiagnosticArray:
+        with self._diag_lock:
+            self._diagnostics.update(diagnostics_of(msg))
+        return msg
+
+    def latest_diagnostics(self, node_name: str) -> dict[str, str]:
+        with self._diag_lock:
+            return dict(self._diagnostics.get(node_name, {}))
+
+    def _call(self, srv_type, service: str, request, timeout: float):
+        service = service if service.startswith("/") else "/" + service
+        client = self.node.create_client(srv_type, service)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout):
+                raise TimeoutError(f"{service} not available")
+            future = client.call_async(request)
+            deadline = time.monotonic() + timeout
+            while not future.done():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{service} did not answer in {timeout} s")
+                time.sleep(0.01)
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def set_param(self, node: str, name: str, value, timeout: float = 5.0):
+        """Returns the SetParametersResult (successful, reason)."""
+        msg: ParameterMsg = Parameter(name, value=value).to_parameter_msg()
+        return self._call(SetParameters, f"{node}/set_parameters",
+                          SetParameters.Request(parameters=[msg]), timeout).results[0]
+
+    def get_param(self, node: str, name: str, timeout: float = 5.0):
+        response = self._call(GetParameters, f"{node}/get_parameters", GetParameters.Request(names=[name]),
+                              timeout)
+        return Parameter.from_parameter_msg(ParameterMsg(name=name, value=response.values[0])).value
+
+    def ros_now(self) -> float:
+        return self.node.get_clock().now().nanoseconds * 1e-9
+
+    def destroy(self) -> None:
+        """Stop spinning before destroying: a node destroyed under a spinning executor aborts at exit."""
+        self.executor.shutdown(timeout_sec=2.0)
+        self._thread.join(timeout=2.0)
+        self.node.destroy_node()
+        if self._context is not None and self._context.ok():
+            rclpy.shutdown(context=self._context)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, poll: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(poll)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class ProcessSampler:
+    """CPU % (of one core) and RSS of processes, from /proc; `sample()` appends one point per process."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = dict(pids)
+        self.samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in pids}  # (t, cpu%, rss MB)
+        self._last: dict[str, tuple[float, float]] = {}
+
+    @staticmethod
+    def read(pid: int) -> tuple[float, float] | None:
+        """(CPU seconds used so far, RSS in MB), None when the process is gone."""
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return None
+        cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime + stime
+        rss_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        return cpu, rss_kb / 1024.0
+
+    def sample(self) -> None:
+        now = time.monotonic()
+        for name, pid in self.pids.items():
+            reading = self.read(pid)
+            if reading is None:
+                continue
+            cpu, rss = reading
+            if name in self._last:
+                t0, cpu0 = self._last[name]
+                self.samples[name].append((now, 100.0 * (cpu - cpu0) / max(now - t0, 1e-6), rss))
+            self._last[name] = (now, cpu)
