@@ -50,21 +50,26 @@ from .ros.node_support import (
 )
 
 
+def load_action_core(p: dict, log) -> ActionExpertCore:
+    """model.yaml checked against the parameters, the backend created, the core ready to tick."""
+    model_dir = resolve_dir(p["model_dir"], default_model_dir())
+    spec = ModelSpec.load(model_dir)
+    problems = check_params(spec, p)
+    if problems:
+        raise StartupError(f"{model_dir}/model.yaml does not match the node parameters: " + "; ".join(problems))
+    start = time.monotonic()
+    backend = create_backend(p["backend"], model_dir, spec, p["engine_cache_dir"] or None, log=log)
+    log(f"model {model_dir} on {backend.name} ready in {time.monotonic() - start:.2f} s")
+    return ActionExpertCore(spec, backend, p["max_feature_age"], p["max_sensor_gap"])
+
+
 class ActionExpertNode(Node):
     def __init__(self) -> None:
         super().__init__("action_expert_node")
         self.params = declare_from_specs(self, ACTION_NODE_PARAMS)
         p = self.params
-        model_dir = resolve_dir(p["model_dir"], default_model_dir())
-        spec = ModelSpec.load(model_dir)
-        problems = check_params(spec, p)
-        if problems:
-            raise StartupError(f"{model_dir}/model.yaml does not match the node parameters: " + "; ".join(problems))
-        start = time.monotonic()
-        backend = create_backend(p["backend"], model_dir, spec, p["engine_cache_dir"] or None,
-                                 log=self.get_logger().info)
-        self.get_logger().info(f"model {model_dir} on {backend.name} ready in {time.monotonic() - start:.2f} s")
-        self.core = ActionExpertCore(spec, backend, p["max_feature_age"], p["max_sensor_gap"])
+        self.core = load_action_core(p, self.get_logger().info)
+        spec = self.core.spec
         self.chunk_executor = ChunkExecutor(spec.action_dim, p["action_limits"], p["max_action_step"])
         self.spec = spec
 
@@ -177,6 +182,7 @@ class ActionExpertNode(Node):
         values = {
             "backend": core.backend.name, "action_hz": self.params["action_hz"],
             "chunk_rate_hz": self.chunk_rate.rate(), "sensor_rate_hz": self.sensor_rate.rate(),
+            "sensor_accepted": self.sensor_rate.total,
             "feature_age_s": float("nan") if age is None else age,
             "inference_latency_p50_ms": core.latency.percentile_ms(50),
             "inference_latency_p99_ms": core.latency.percentile_ms(99),

@@ -17,7 +17,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from .core.params import VLM_NODE_PARAMS
+from .core.params import VLM_NODE_PARAMS, ParamSpec
 from .core.scheduling import SingleFlightWorker, period_from_hz
 from .core.stats import LatencyStats, RateMeter
 from .core.validation import check_stamp
@@ -43,9 +43,9 @@ class CameraFrame:
 
 
 class VlmNode(Node):
-    def __init__(self) -> None:
-        super().__init__("vlm_node")
-        self.params = declare_from_specs(self, VLM_NODE_PARAMS)
+    def __init__(self, node_name: str = "vlm_node", param_specs: tuple[ParamSpec, ...] = VLM_NODE_PARAMS) -> None:
+        super().__init__(node_name)
+        self.params = declare_from_specs(self, param_specs)
         p = self.params
         model_path = resolve_dir(p["model_path"], default_model_dir() / "vlm")
         start = time.monotonic()
@@ -77,10 +77,13 @@ class VlmNode(Node):
         self.create_subscription(String, "instruction", self._on_instruction, LATCHED_QOS)
         self._tick_timer = self.create_timer(period_from_hz(p["vlm_hz"]), self._on_tick)
         self.create_timer(1.0, self._publish_diagnostics)
-        install_live_parameters(self, VLM_NODE_PARAMS, self.params, lambda _: None, self._apply_live)
+        install_live_parameters(self, param_specs, self.params, self._check_live, self._apply_live)
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
+
+    def _check_live(self, values: dict) -> str | None:
+        return None
 
     def _apply_live(self, changes: dict) -> None:
         if "vlm_hz" in changes:
@@ -158,18 +161,25 @@ class VlmNode(Node):
             if epoch != self._instruction_epoch:
                 self.counts["discarded_old_instruction"] += 1
                 return
-            self.features_pub.publish(features_to_image(features, sec_to_stamp(newest.stamp), newest.frame_id))
-            self.feature_rate.tick()
+            self._on_features_ready(features, newest)
             self._last_status = "running"
 
         self.worker.try_submit(forward, done)
+
+    def _on_features_ready(self, features: np.ndarray, newest: CameraFrame) -> None:
+        """Called in the worker thread with the features of a finished forward."""
+        self.features_pub.publish(features_to_image(features, sec_to_stamp(newest.stamp), newest.frame_id))
+        self.feature_rate.tick()
 
     def _publish_diagnostics(self) -> None:
         running = self._last_status == "running" and self.feature_rate.rate() > 0
         level = DiagnosticStatus.OK if running else DiagnosticStatus.WARN
         if self.counts["forward_errors"] and not running:
             level = DiagnosticStatus.ERROR
-        values = {
+        self.diag_pub.publish(diagnostics(self, level, self._last_status, self._diagnostic_values()))
+
+    def _diagnostic_values(self) -> dict:
+        return {
             "vlm_backend": self.params["vlm_backend"], "device": self.params["device"],
             "vlm_hz": self.params["vlm_hz"], "feature_rate_hz": self.feature_rate.rate(),
             "forward_latency_p50_ms": self.forward_latency.percentile_ms(50),
@@ -177,7 +187,6 @@ class VlmNode(Node):
             "forwards": self.worker.submitted, "features_published": self.feature_rate.total,
             **self.counts, "skipped_busy": self.worker.skipped_busy,
         }
-        self.diag_pub.publish(diagnostics(self, level, self._last_status, values))
 
     def destroy_node(self) -> None:
         self.worker.shutdown(wait=True)

@@ -1,13 +1,16 @@
 """Stale features or a sensor gap stop the robot (no new chunk, zero cmd_vel, then silence) and the
-system recovers by itself when the input comes back."""
+system recovers by itself when the input comes back; a model that outputs NaN never moves it."""
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 from geometry_msgs.msg import Twist
 from ros_harness import NodeProcess, diag_values, wait_for
+from sensor_msgs.msg import Image
 from trajectory_msgs.msg import JointTrajectory
 
 MAX_FEATURE_AGE = 1.0
@@ -64,3 +67,51 @@ def test_stale_features_and_sensor_gap_stop_then_recover(probe, processes):
     check_stop_and_recovery(probe, chunks, twists, diags, "sensor_enabled",
                             MAX_SENSOR_GAP + ACTION_PERIOD, "sensor gap")
     assert all(p.alive() for p in processes)
+
+
+def nan_emitting_model(src: Path, dst: Path) -> Path:
+    """A copy of the shipped model whose ONNX graph multiplies the actions by NaN: a real model that
+    runs through ONNX Runtime and produces non-finite output on every input."""
+    import onnx
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("vlm"))
+    path = dst / "action_expert.onnx"
+    model = onnx.load(path)
+    graph = model.graph
+    output = graph.output[0].name
+    for node in graph.node:
+        node.output[:] = ["actions_finite" if o == output else o for o in node.output]
+    graph.initializer.append(onnx.helper.make_tensor("nan_scale", onnx.TensorProto.FLOAT, [], [float("nan")]))
+    graph.node.append(onnx.helper.make_node("Mul", ["actions_finite", "nan_scale"], [output]))
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return dst
+
+
+@pytest.mark.timeout(120)
+def test_model_emitting_nan_publishes_no_chunk_commands_zero_and_reports_error(probe, processes, tmp_path):
+    from mobile_vla_ros.paths import default_model_dir
+
+    model_dir = nan_emitting_model(default_model_dir(), tmp_path / "nan_model")
+    chunks = probe.record(JointTrajectory, "action_chunk", 10)
+    twists = probe.record(Twist, "cmd_vel", 10)
+    features = probe.record(Image, "vl_features")
+    diags = probe.diagnostics()
+    processes.append(NodeProcess("tools.synthetic_sources", {}))
+    processes.append(NodeProcess("vlm_node", {"device": "cpu", "dtype": "fp32", "vlm_hz": 3.0}))
+    action = NodeProcess("action_expert_node", {"model_dir": str(model_dir), "backend": "onnxruntime",
+                                                "zero_cmd_hold": ZERO_HOLD})
+    processes.append(action)
+
+    wait_for(lambda: features.count() >= 2, 60, "VL features")
+    wait_for(lambda: "non-finite" in diag_values(diags, "action_expert_node").get("safe_stop_reason", ""), 10,
+             "the non-finite stop reason in diagnostics")
+    time.sleep(2.0)  # many ticks with fresh inputs, every one of them producing NaN
+
+    values = diag_values(diags, "action_expert_node")
+    assert values["_level"] == "2", f"expected ERROR level, got {values['_level']} ({values['_message']})"
+    assert chunks.count() == 0, "a chunk was published from non-finite model output"
+    commands = [m for _, m in twists.since(0.0)]
+    assert commands and all(is_zero(m) for m in commands), "cmd_vel must be zero while the output is non-finite"
+    assert action.alive()
+    assert "safe stop: non-finite model output" in action.output()

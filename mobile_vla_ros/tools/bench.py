@@ -2,6 +2,11 @@
 
   mobile-vla-bench inference   action expert: backend x precision x batch, p50/p99 latency, for the
                                default head and the seeds' recurrent head (reference row)
+  mobile-vla-bench loop        the real nodes closed over synthetic sources: async vs the synchronous
+                               baseline, per VLM latency (period, end-to-end latency, feature age,
+                               sensor loss, CPU and RSS per node), measured from outside the nodes
+  mobile-vla-bench soak        the async pipeline for --minutes: RSS over time, deadline misses,
+                               safe stops, crashes (--cpu-burners N adds competing processes)
 
 Latency is numpy in -> numpy out, as the node calls a backend: GPU rows include the host<->device
 copies. Weights are random (seeded); latency does not depend on their values.
@@ -199,11 +204,29 @@ def _parser() -> argparse.ArgumentParser:
     inf.add_argument("--iters", type=int, default=2000)
     inf.add_argument("--max-seconds", type=float, default=10.0, help="time budget per row")
     inf.add_argument("--out", type=Path, default=Path("bench_results/inference.json"))
+    loop = sub.add_parser("loop", help="async vs synchronous control loop, real nodes over DDS")
+    modes = loop.add_mutually_exclusive_group()
+    modes.add_argument("--sync", action="store_true", help="only the synchronous baseline")
+    modes.add_argument("--async-only", action="store_true", help="only the asynchronous nodes")
+    loop.add_argument("--vlm-latency", default="0.3,1.5", help="seconds per VLM forward, comma-separated")
+    loop.add_argument("--sensor-hz", type=float, default=650.0)
+    loop.add_argument("--headroom-sensor-hz", type=float, default=2000.0,
+                      help="one more async run at this sensor rate (0: skip)")
+    loop.add_argument("--action-hz", type=float, default=10.0)
+    loop.add_argument("--seconds", type=float, default=30.0, help="measured seconds per run")
+    loop.add_argument("--out", type=Path, default=Path("bench_results/loop.json"))
+    soak = sub.add_parser("soak", help="long run of the async pipeline: RSS, deadline misses, stops, crashes")
+    soak.add_argument("--minutes", type=float, default=10.0)
+    soak.add_argument("--cpu-burners", type=int, default=0, help="processes spinning on the CPU meanwhile")
+    soak.add_argument("--sensor-hz", type=float, default=650.0)
+    soak.add_argument("--out", type=Path, default=Path("bench_results/soak.json"))
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.what in ("loop", "soak"):
+        return system_bench(args)
     try:
         heads = [h for h in args.heads.split(",") if h]
         batches = [int(b) for b in args.batches.split(",") if b]
@@ -214,10 +237,52 @@ def main(argv: list[str] | None = None) -> int:
     print(f"environment: {env}")
     rows = inference_rows(heads, batches, args.feature_dim, args.iters, args.max_seconds)
     print(format_table(rows))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"benchmark": "inference", "environment": env, "rows": rows}, indent=2))
-    print(f"wrote {args.out}")
+    _write(args.out, {"benchmark": "inference", "environment": env, "rows": rows})
     return 0
+
+
+def system_bench(args) -> int:
+    import os
+
+    from . import bench_loop as B
+
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # every node runs on this machine
+    env = environment()
+    print(f"environment: {env}")
+    if args.what == "soak":
+        result = B.run_soak(args.minutes, args.cpu_burners, args.sensor_hz)
+        print(B.soak_table(result))
+        _write(args.out, {"benchmark": "soak", "environment": env, "result": result})
+        return 0
+    try:
+        latencies = [float(v) for v in args.vlm_latency.split(",") if v]
+    except ValueError as exc:
+        print(f"mobile-vla-bench: error: --vlm-latency: {exc}", file=sys.stderr)
+        return 2
+    modes = [B.SYNC] if args.sync else [B.ASYNC] if args.async_only else [B.ASYNC, B.SYNC]
+    configs = [B.LoopConfig(mode, latency, args.sensor_hz, args.action_hz, args.seconds)
+               for latency in latencies for mode in modes]
+    if args.headroom_sensor_hz > 0 and B.ASYNC in modes:
+        configs.append(B.LoopConfig(B.ASYNC, latencies[0], args.headroom_sensor_hz, args.action_hz, args.seconds))
+    rows = []
+    for i, cfg in enumerate(configs, 1):
+        label = f"[{i}/{len(configs)}] {cfg.mode} VLM {cfg.vlm_latency} s, sensor {cfg.sensor_hz:.0f} Hz"
+        rows.append(B.run_loop(cfg, progress=lambda f, label=label: _progress(label, f)))
+        print()
+    print(B.loop_table(rows))
+    _write(args.out, {"benchmark": "loop", "environment": env, "rows": rows})
+    return 0
+
+
+def _progress(label: str, fraction: float) -> None:
+    filled = int(30 * fraction)
+    print(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {100 * fraction:3.0f}%", end="", flush=True)
+
+
+def _write(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

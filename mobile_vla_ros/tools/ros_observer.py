@@ -56,9 +56,10 @@ class Recorder:
 
 
 def diagnostics_of(msg: DiagnosticArray) -> dict[str, dict[str, str]]:
-    """hardware_id -> key/values (plus `_message`, `_level`) of one /diagnostics message."""
-    return {s.hardware_id: {kv.key: kv.value for kv in s.values} | {"_message": s.message, "_level": s.level}
-            for s in msg.status}
+    """hardware_id -> key/values of one /diagnostics message, plus `_message` and `_level` (a string:
+    "0" OK, "1" WARN, "2" ERROR, "3" STALE) so that every value is a string."""
+    return {s.hardware_id: {kv.key: kv.value for kv in s.values}
+            | {"_message": s.message, "_level": str(int.from_bytes(s.level, "little"))} for s in msg.status}
 
 
 class Observer:

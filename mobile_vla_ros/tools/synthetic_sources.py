@@ -1,9 +1,9 @@
 """synthetic_sources: a stand-in robot for tests, benchmarks and demos without hardware or a simulator.
 
 Publishes a camera (`camera/image_raw`, rgb8, moving colour pattern), a 650 Hz IMU or wrench
-stream on `sensor`, and the `instruction` (latched). `camera_enabled` / `sensor_enabled` can be
-switched live to simulate a dead input. The sensor stream runs in its own thread with
-absolute-time pacing, so its rate does not depend on the executor.
+stream on `sensor`, the `instruction` (latched), and counts of what it sent on /diagnostics.
+`camera_enabled` / `sensor_enabled` can be switched live to simulate a dead input. The sensor stream
+runs in its own thread with absolute-time pacing, so its rate does not depend on the executor.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import threading
 import time
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import WrenchStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
@@ -20,7 +21,7 @@ from sensor_msgs.msg import Image, Imu
 from std_msgs.msg import Header, String
 
 from ..ros.conversions import rgb_to_image
-from ..ros.node_support import LATCHED_QOS, SENSOR_QOS, run_node
+from ..ros.node_support import LATCHED_QOS, SENSOR_QOS, diagnostics, run_node
 
 
 class SyntheticSources(Node):
@@ -49,6 +50,10 @@ class SyntheticSources(Node):
         self.create_timer(1.0 / float(self.get_parameter("camera_hz").value), self._publish_image)
         self.add_on_set_parameters_callback(self._on_set)
         self.sensor_sent = 0
+        self.images_sent = 0
+        # Counts of what was sent, so benchmarks can compare with what the nodes received.
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(1.0, self._publish_diagnostics)
         self._running = True
         self._thread = threading.Thread(target=self._sensor_loop, name="sensor", daemon=True)
         self._thread.start()
@@ -71,6 +76,12 @@ class SyntheticSources(Node):
         rgb = np.stack([(np.sin(6 * x + t) + 1) * 127, (np.cos(4 * y - t) + 1) * 127,
                         np.full_like(x, (math.sin(t) + 1) * 127)], axis=-1).astype(np.uint8)
         self.image_pub.publish(rgb_to_image(rgb, self.get_clock().now().to_msg(), "camera_link"))
+        self.images_sent += 1
+
+    def _publish_diagnostics(self) -> None:
+        values = {"sensor_hz": self.sensor_hz, "sensor_sent": self.sensor_sent, "images_sent": self.images_sent,
+                  "sensor_enabled": self.sensor_enabled, "camera_enabled": self.camera_enabled}
+        self.diag_pub.publish(diagnostics(self, DiagnosticStatus.OK, "publishing", values))
 
     def _sensor_loop(self) -> None:
         period = 1.0 / self.sensor_hz

@@ -1,0 +1,341 @@
+"""Closed-loop system benchmarks: the real nodes as separate processes over real DDS, fed by
+`synthetic_sources`, measured from outside the nodes by an Observer (topic arrivals, /diagnostics)
+and a ProcessSampler (/proc).
+
+  loop   async (vlm_node + action_expert_node) vs the synchronous baseline (sync_baseline_node)
+  soak   the async pipeline for minutes: RSS over time, deadline misses, safe stops, crashes
+
+The VLM is the shipped tiny Kosmos-2 plus `simulated_latency`: the forward runs for real and then
+sleeps until the requested latency has passed, so "VLM latency 1.5 s" is a 1.5 s forward that does
+not burn CPU for 1.5 s (a real VLM runs on the GPU, not on the cores the nodes share).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..paths import share_dir
+from ..ros.conversions import stamp_to_sec
+from .bringup import NodeProcess
+from .ros_observer import Observer, ProcessSampler, wait_for
+
+ASYNC, SYNC = "async", "sync"
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    mode: str = ASYNC
+    vlm_latency: float = 0.3
+    sensor_hz: float = 650.0
+    action_hz: float = 10.0
+    seconds: float = 30.0
+    warmup: float = 5.0
+    cpu_burners: int = 0
+
+
+def config_files() -> list[Path]:
+    """The YAML the main job uses: robot defaults + the overrides for a computer without a GPU."""
+    return [share_dir() / "config" / "robot.yaml", share_dir() / "config" / "desktop.yaml"]
+
+
+def yaml_params(files: list[Path], node: str) -> dict:
+    """Parameters of `node` from ROS 2 parameter files (`/**/node` or `node` keys), later files win."""
+    merged: dict = {}
+    for f in files:
+        data = yaml.safe_load(f.read_text()) or {}
+        for key, section in data.items():
+            if key.rsplit("/", 1)[-1] == node:
+                merged.update(section.get("ros__parameters", {}))
+    return merged
+
+
+def _max_feature_age(cfg: LoopConfig) -> float:
+    # Features are reused for up to one VLM period after a forward of `vlm_latency`: the gate must let
+    # that through, or the benchmark would measure safe stops instead of the loop.
+    return max(2.0, 2.0 * cfg.vlm_latency + 1.0)
+
+
+def start_nodes(cfg: LoopConfig, log_dir: Path | None = None) -> dict[str, NodeProcess]:
+    files = config_files()
+    common = {"simulated_latency": cfg.vlm_latency, "max_feature_age": _max_feature_age(cfg)}
+    procs: dict[str, NodeProcess] = {}
+    if cfg.mode == ASYNC:
+        procs["vlm_node"] = NodeProcess("vlm_node", {"simulated_latency": cfg.vlm_latency,
+                                                     "vlm_hz": min(10.0, 1.0 / cfg.vlm_latency)},
+                                        params_files=files, log_dir=log_dir)
+        procs["action_expert_node"] = NodeProcess(
+            "action_expert_node", {"action_hz": cfg.action_hz, "max_feature_age": common["max_feature_age"]},
+            params_files=files, log_dir=log_dir)
+    else:
+        params = yaml_params(files, "vlm_node") | yaml_params(files, "action_expert_node") | common
+        params["vlm_hz"] = 10.0  # the next forward starts as soon as the previous chunk is out
+        params.pop("action_hz", None)
+        for key in ("execute_chunks", "execute_hz", "twist_stamped", "twist_mapping", "action_limits",
+                    "max_action_step", "zero_cmd_hold"):
+            params.pop(key, None)
+        procs["sync_baseline_node"] = NodeProcess("tools.sync_baseline", params, node_name="sync_baseline_node",
+                                                  log_dir=log_dir)
+    procs["synthetic_sources"] = NodeProcess("tools.synthetic_sources", {"sensor_hz": cfg.sensor_hz},
+                                             log_dir=log_dir)
+    return procs
+
+
+def _policy_node(cfg: LoopConfig) -> str:
+    return "action_expert_node" if cfg.mode == ASYNC else "sync_baseline_node"
+
+
+class LoopObserver(Observer):
+    """Chunk arrivals (monotonic time, ROS time, stamp of the newest sensor sample used, steps) and
+    feature stamps, recorded at arrival; the statistics are computed afterwards."""
+
+    def __init__(self) -> None:
+        from sensor_msgs.msg import Image
+        from trajectory_msgs.msg import JointTrajectory
+
+        super().__init__("bench_loop_observer", own_context=True)
+        self.chunks = self.record(JointTrajectory, "action_chunk", 10, self._chunk_item)
+        self.features = self.record(Image, "vl_features", transform=lambda m: stamp_to_sec(m.header.stamp))
+        self.diagnostics()
+
+    def _chunk_item(self, msg) -> tuple[float, float, int]:
+        return self.ros_now(), stamp_to_sec(msg.header.stamp), len(msg.points)
+
+
+def _percentiles(values, qs=(50, 99)) -> dict[str, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return {f"p{q}": math.nan for q in qs} | {"max": math.nan}
+    return {f"p{q}": float(np.percentile(arr, q)) for q in qs} | {"max": float(arr.max())}
+
+
+def chunk_statistics(chunks: list[tuple[float, tuple[float, float, int]]],
+                     features: list[tuple[float, float]], action_hz: float) -> dict:
+    """Periods, period error vs 1/action_hz, end-to-end latency and feature age from arrivals."""
+    if len(chunks) < 2:
+        return {"chunks": len(chunks)}
+    arrivals = np.array([t for t, _ in chunks])
+    periods = np.diff(arrivals)
+    span = arrivals[-1] - arrivals[0]
+    e2e = [ros_arrival - sensor_stamp for _, (ros_arrival, sensor_stamp, _) in chunks]
+    ages, i, latest = [], 0, None
+    for t, (_, sensor_stamp, _) in chunks:  # newest features that had arrived with the chunk
+        while i < len(features) and features[i][0] <= t:
+            latest = features[i][1]
+            i += 1
+        if latest is not None:
+            ages.append(sensor_stamp - latest)
+    steps = chunks[-1][1][2]
+    return {
+        "chunks": len(chunks), "chunks_per_s": (len(chunks) - 1) / span,
+        "actions_per_s": (len(chunks) - 1) * steps / span,
+        "period_ms": {k: v * 1e3 for k, v in _percentiles(periods).items()},
+        "period_error_ms": {k: v * 1e3 for k, v in _percentiles(np.abs(periods - 1.0 / action_hz)).items()},
+        "deadline_misses": int(np.sum(periods > 1.5 / action_hz)),
+        "end_to_end_ms": {k: v * 1e3 for k, v in _percentiles(e2e).items()},
+        "feature_age_s": _percentiles(ages, (50,)),
+    }
+
+
+def _burn() -> None:
+    while True:
+        pass
+
+
+def _sensor_counts(observer: Observer, policy: str) -> tuple[int, int]:
+    sent = observer.latest_diagnostics("synthetic_sources").get("sensor_sent", "0")
+    values = observer.latest_diagnostics(policy)
+    received = int(values.get("sensor_accepted", "0")) + int(values.get("sensor_rejected", "0"))
+    return int(sent), received
+
+
+def _set_sensor(observer: Observer, enabled: bool) -> None:
+    result = observer.set_param("/synthetic_sources", "sensor_enabled", enabled)
+    if not result.successful:
+        raise RuntimeError(f"synthetic_sources refused sensor_enabled={enabled}: {result.reason}")
+
+
+def _quiet_counts(observer: Observer, policy: str) -> tuple[int, int]:
+    """Sensor sent/received with the sensor paused: both counters stable, read after a diagnostics cycle."""
+    _set_sensor(observer, False)
+    time.sleep(2.5)
+    counts = _sensor_counts(observer, policy)
+    _set_sensor(observer, True)
+    return counts
+
+
+def run_loop(cfg: LoopConfig, log=print, sample_every: float = 1.0, progress=None) -> dict:
+    """One run: start, warm up, measure `cfg.seconds`, stop; everything measured from outside."""
+    procs = start_nodes(cfg)
+    policy = _policy_node(cfg)
+    observer = LoopObserver()
+    burners = [multiprocessing.Process(target=_burn, daemon=True) for _ in range(cfg.cpu_burners)]
+    try:
+        wait_for(lambda: observer.chunks.count() > 0 or any(not p.alive() for p in procs.values()), 120,
+                 "the first action chunk")
+        _raise_if_dead(procs)
+        for b in burners:
+            b.start()
+        time.sleep(cfg.warmup)
+        sent0, received0 = _quiet_counts(observer, policy)
+        time.sleep(1.0 + 2.0 * cfg.vlm_latency)  # back to running after the pause
+        sampler = ProcessSampler({name: p.pid for name, p in procs.items()})
+        t0 = time.monotonic()
+        sampler.sample()
+        while time.monotonic() - t0 < cfg.seconds:
+            time.sleep(sample_every)
+            sampler.sample()
+            _raise_if_dead(procs)
+            if progress is not None:
+                progress(min(1.0, (time.monotonic() - t0) / cfg.seconds))
+        t1 = time.monotonic()
+        sent1, received1 = _quiet_counts(observer, policy)
+        stats = chunk_statistics([c for c in observer.chunks.since(t0) if c[0] <= t1],
+                                 observer.features.since(0.0), cfg.action_hz)
+        sent, received = sent1 - sent0, received1 - received0
+        stats["sensor"] = {"sent": sent, "received": received, "lost": sent - received}
+        stats["processes"] = _process_summary(sampler)
+        stats["policy_diagnostics"] = observer.latest_diagnostics(policy)
+        return {"config": asdict(cfg), **stats}
+    finally:
+        for b in burners:
+            b.kill()
+        observer.destroy()
+        for p in procs.values():
+            p.stop()
+
+
+def _raise_if_dead(procs: dict[str, NodeProcess]) -> None:
+    for name, p in procs.items():
+        if not p.alive():
+            tail = "\n".join(p.output().splitlines()[-15:])
+            raise RuntimeError(f"{name} exited with code {p.proc.returncode}:\n{tail}")
+
+
+def _process_summary(sampler: ProcessSampler) -> dict:
+    out = {}
+    for name, samples in sampler.samples.items():
+        if samples:
+            cpu = [c for _, c, _ in samples]
+            out[name] = {"cpu_percent_mean": float(np.mean(cpu)), "rss_mb_last": samples[-1][2],
+                         "rss_mb_max": max(r for _, _, r in samples)}
+    return out
+
+
+def loop_table(rows: list[dict]) -> str:
+    """Async and sync side by side per VLM latency, with the async/sync ratio where it means something."""
+    lines = ["| VLM latency | sensor Hz | mode | chunks/s | actions/s | period p50 / p99 / max ms | "
+             "period error p99 ms | end-to-end p50 / p99 ms | feature age p50 / max s | sensor sent / lost | "
+             "CPU % (policy nodes) |", "|" + "---|" * 11]
+    for r in rows:
+        c = r["config"]
+        cpu = " + ".join(f"{v['cpu_percent_mean']:.0f}" for k, v in r["processes"].items()
+                         if k != "synthetic_sources")
+        p, e, a = r["period_ms"], r["end_to_end_ms"], r["feature_age_s"]
+        lines.append(f"| {c['vlm_latency']} s | {c['sensor_hz']:.0f} | {c['mode']} | {r['chunks_per_s']:.2f} | "
+                     f"{r['actions_per_s']:.1f} | {p['p50']:.1f} / {p['p99']:.1f} / {p['max']:.1f} | "
+                     f"{r['period_error_ms']['p99']:.2f} | {e['p50']:.2f} / {e['p99']:.2f} | "
+                     f"{a['p50']:.2f} / {a['max']:.2f} | {r['sensor']['sent']} / {r['sensor']['lost']} | {cpu} |")
+    ratios = []
+    for r in rows:
+        c = r["config"]
+        if c["mode"] != ASYNC:
+            continue
+        for s in rows:
+            sc = s["config"]
+            if sc["mode"] == SYNC and sc["vlm_latency"] == c["vlm_latency"] and sc["sensor_hz"] == c["sensor_hz"]:
+                ratios.append(f"VLM latency {c['vlm_latency']} s: async {r['actions_per_s']:.1f} actions/s vs "
+                              f"sync {s['actions_per_s']:.1f} actions/s = "
+                              f"{r['actions_per_s'] / max(s['actions_per_s'], 1e-9):.1f}x")
+    return "\n".join([*lines, "", *ratios])
+
+
+# -- soak -------------------------------------------------------------------------------------------
+def run_soak(minutes: float, cpu_burners: int, sensor_hz: float, action_hz: float = 10.0,
+             sample_every: float = 5.0, log=print) -> dict:
+    """The async pipeline at full rate for `minutes`; RSS is compared after warm-up (the first 20 %,
+    at least 30 s: allocator pools, DDS buffers and ORT arenas fill up first)."""
+    cfg = LoopConfig(mode=ASYNC, vlm_latency=0.3, sensor_hz=sensor_hz, action_hz=action_hz,
+                     seconds=minutes * 60.0, cpu_burners=cpu_burners)
+    procs = start_nodes(cfg)
+    observer = LoopObserver()
+    burners = [multiprocessing.Process(target=_burn, daemon=True) for _ in range(cpu_burners)]
+    crashes: dict[str, int] = {}
+    try:
+        wait_for(lambda: observer.chunks.count() > 0 or any(not p.alive() for p in procs.values()), 120,
+                 "the first action chunk")
+        _raise_if_dead(procs)
+        for b in burners:
+            b.start()
+        sampler = ProcessSampler({name: p.pid for name, p in procs.items()})
+        t0 = time.monotonic()
+        warmup = max(30.0, 0.2 * cfg.seconds)
+        stops_at_warmup = None
+        rss_at_warmup: dict[str, float] = {}
+        next_report = t0 + 60.0
+        sampler.sample()
+        while time.monotonic() - t0 < cfg.seconds:
+            time.sleep(sample_every)
+            sampler.sample()
+            for name, p in procs.items():
+                if not p.alive() and name not in crashes:
+                    crashes[name] = p.proc.returncode
+                    log(f"  {name} exited with code {p.proc.returncode}")
+            elapsed = time.monotonic() - t0
+            if stops_at_warmup is None and elapsed >= warmup:
+                stops_at_warmup = int(observer.latest_diagnostics("action_expert_node").get("safe_stop_events", 0))
+                rss_at_warmup = {n: s[-1][2] for n, s in sampler.samples.items() if s}
+            if time.monotonic() >= next_report:
+                next_report += 60.0
+                rss = ", ".join(f"{n} {s[-1][2]:.0f} MB" for n, s in sampler.samples.items() if s)
+                log(f"  {elapsed / 60:.0f} min: {observer.chunks.count()} chunks, RSS {rss}")
+        t1 = time.monotonic()
+        diag = observer.latest_diagnostics("action_expert_node")
+        stats = chunk_statistics([c for c in observer.chunks.since(t0) if c[0] <= t1],
+                                 observer.features.since(0.0), action_hz)
+        periods = stats.get("chunks", 0) - 1
+        rss = {}
+        for name, samples in sampler.samples.items():
+            if samples and name in rss_at_warmup:
+                end = samples[-1][2]
+                rss[name] = {"after_warmup_mb": rss_at_warmup[name], "end_mb": end,
+                             "growth_percent": 100.0 * (end - rss_at_warmup[name]) / rss_at_warmup[name],
+                             "series_mb": [(round(t - t0, 1), round(r, 1)) for t, _, r in samples]}
+        return {
+            "config": asdict(cfg), "warmup_s": warmup, **stats,
+            "deadline_miss_percent": 100.0 * stats.get("deadline_misses", 0) / max(periods, 1),
+            "safe_stop_events_after_warmup": int(diag.get("safe_stop_events", 0)) - (stops_at_warmup or 0),
+            "crashes": crashes, "rss": rss, "processes": _process_summary(sampler),
+            "policy_diagnostics": diag,
+        }
+    finally:
+        for b in burners:
+            b.kill()
+        observer.destroy()
+        for p in procs.values():
+            p.stop()
+
+
+def soak_table(result: dict) -> str:
+    c = result["config"]
+    lines = [f"soak: {c['seconds'] / 60:.1f} min, sensor {c['sensor_hz']:.0f} Hz, action {c['action_hz']:.0f} Hz, "
+             f"{c['cpu_burners']} CPU burners",
+             "| quantity | value |", "|---|---|",
+             f"| chunks | {result.get('chunks', 0)} ({result.get('chunks_per_s', 0):.2f}/s) |",
+             f"| period p50 / p99 / max ms | {result['period_ms']['p50']:.1f} / {result['period_ms']['p99']:.1f} / "
+             f"{result['period_ms']['max']:.1f} |",
+             f"| period error p99 ms | {result['period_error_ms']['p99']:.2f} |",
+             f"| deadline misses (period > 1.5 x nominal) | {result['deadline_misses']} "
+             f"({result['deadline_miss_percent']:.3f} %) |",
+             f"| safe-stop events after warm-up | {result['safe_stop_events_after_warmup']} |",
+             f"| crashes | {len(result['crashes'])} |"]
+    for name, r in result["rss"].items():
+        lines.append(f"| RSS {name}: after warm-up -> end | {r['after_warmup_mb']:.0f} -> {r['end_mb']:.0f} MB "
+                     f"({r['growth_percent']:+.1f} %) |")
+    return "\n".join(lines)

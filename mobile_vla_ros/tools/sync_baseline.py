@@ -1,0 +1,71 @@
+"""sync_baseline_node: the synchronous VLA loop the seed documents start from, as the baseline of
+`mobile-vla-bench loop --sync`. Not for robots.
+
+Every chunk waits for a fresh VLM forward on the newest image: forward -> action expert on the
+sensor window ending now -> publish -> next forward at once. It is the VLM node (same extractor,
+same `simulated_latency`) whose finished forward directly drives the action node's core (same
+model, backend and safety gates), so the two modes differ only in the scheduling.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from trajectory_msgs.msg import JointTrajectory
+
+from ..action_expert_node import load_action_core
+from ..core.params import ACTION_NODE_PARAMS, VLM_NODE_PARAMS
+from ..core.sensor_window import PushResult
+from ..core.stats import RateMeter
+from ..ros.conversions import SENSOR_MESSAGES, chunk_to_trajectory, stamp_to_sec
+from ..ros.node_support import RELIABLE_QOS, SENSOR_QOS, run_node
+from ..vlm_node import CameraFrame, VlmNode
+
+_VLM_NAMES = {s.name for s in VLM_NODE_PARAMS}
+SYNC_BASELINE_PARAMS = VLM_NODE_PARAMS + tuple(s for s in ACTION_NODE_PARAMS if s.name not in _VLM_NAMES)
+
+
+class SyncBaselineNode(VlmNode):
+    def __init__(self) -> None:
+        super().__init__("sync_baseline_node", SYNC_BASELINE_PARAMS)
+        self.core = load_action_core(self.params, self.get_logger().info)
+        # The sensor callback (executor thread) and the forward's completion (worker thread) share the core.
+        self._core_lock = threading.Lock()
+        self.chunk_rate = RateMeter()
+        self.sensor_rate = RateMeter()
+        self.chunk_pub = self.create_publisher(JointTrajectory, "action_chunk", RELIABLE_QOS)
+        msg_type, self._to_sample = SENSOR_MESSAGES[self.params["sensor_type"]]
+        self.create_subscription(msg_type, "sensor", self._on_sensor, SENSOR_QOS)
+
+    def _on_sensor(self, msg) -> None:
+        with self._core_lock:
+            result = self.core.on_sensor(stamp_to_sec(msg.header.stamp), self._to_sample(msg), self._now())
+        if result is PushResult.ACCEPTED:
+            self.sensor_rate.tick()
+
+    def _on_features_ready(self, features: np.ndarray, newest: CameraFrame) -> None:
+        super()._on_features_ready(features, newest)
+        with self._lock:
+            instruction, since = self._instruction, self._instruction_since
+        with self._core_lock:
+            now = self._now()
+            self.core.on_instruction(instruction, since)  # the VLM side's arrival time: same instruction identity
+            self.core.on_features(features, newest.stamp, now)
+            result = self.core.tick(now)
+        if result.chunk is not None:
+            self.chunk_pub.publish(chunk_to_trajectory(result.chunk, self.core.spec.action_names))
+            self.chunk_rate.tick()
+
+    def _diagnostic_values(self) -> dict:
+        return {**super()._diagnostic_values(), "chunk_rate_hz": self.chunk_rate.rate(),
+                "chunks_published": self.chunk_rate.total, "sensor_accepted": self.sensor_rate.total,
+                "safe_stop_reason": self.core.safety.describe()}
+
+
+def main(args=None) -> int:
+    return run_node(SyncBaselineNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
