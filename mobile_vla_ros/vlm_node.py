@@ -17,6 +17,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
+from .core.model_spec import ModelSpec, ModelSpecError, check_params
 from .core.params import VLM_NODE_PARAMS, ParamSpec
 from .core.scheduling import SingleFlightWorker, period_from_hz
 from .core.stats import LatencyStats, RateMeter
@@ -26,6 +27,7 @@ from .ros.conversions import ConversionError, features_to_image, image_to_rgb, s
 from .ros.node_support import (
     LATCHED_QOS,
     SENSOR_QOS,
+    StartupError,
     declare_from_specs,
     diagnostics,
     install_live_parameters,
@@ -54,6 +56,7 @@ class VlmNode(Node):
             device=p["device"], dtype=p["dtype"], pooling=p["feature_pooling"]))
         self.get_logger().info(f"{p['vlm_backend']} loaded from {model_path} on {p['device']}/{p['dtype']} "
                                f"in {time.monotonic() - start:.1f} s, feature dim {self.extractor.feature_dim}")
+        self._check_action_model()
 
         self._lock = threading.Lock()  # guards _frames and the instruction between executor and worker
         self._frames: dict[str, CameraFrame] = {}
@@ -78,6 +81,21 @@ class VlmNode(Node):
         self._tick_timer = self.create_timer(period_from_hz(p["vlm_hz"]), self._on_tick)
         self.create_timer(1.0, self._publish_diagnostics)
         install_live_parameters(self, param_specs, self.params, self._check_live, self._apply_live)
+
+    def _check_action_model(self) -> None:
+        """The features must be what the action expert was trained on: same backend, pooling and width."""
+        p = self.params
+        if p["action_model_dir"] == "none":
+            self.get_logger().warning("action_model_dir is 'none': features are not checked against a model.yaml")
+            return
+        model_dir = resolve_dir(p["action_model_dir"], default_model_dir())
+        spec = ModelSpec.load(model_dir)
+        problems = [f"{x} ({model_dir})" for x in check_params(spec, p)]
+        if spec.feature_dim != self.extractor.feature_dim:
+            problems.append(f"feature dim: expected {spec.feature_dim} (model.yaml of {model_dir}), got "
+                            f"{self.extractor.feature_dim} ({p['vlm_backend']} at {p['model_path'] or 'default'})")
+        if problems:
+            raise StartupError("VL features would not fit the action expert: " + "; ".join(problems))
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -194,7 +212,7 @@ class VlmNode(Node):
 
 
 def main(args=None) -> int:
-    return run_node(VlmNode, args, startup_errors=(VlmLoadError,))
+    return run_node(VlmNode, args, startup_errors=(VlmLoadError, ModelSpecError))
 
 
 if __name__ == "__main__":

@@ -52,3 +52,17 @@ def tiny_vlm_dir(tmp_path_factory) -> Path:
     from mobile_vla_ros.vlm.tiny import build_tiny_kosmos2
 
     return build_tiny_kosmos2(tmp_path_factory.mktemp("tiny_kosmos2"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    from mobile_vla_ros.vlm.tiny import build_tiny_clip_vision
+
+    return build_tiny_clip_vision(tmp_path_factory.mktemp("tiny_clip"), seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory) -> Path:
+    from mobile_vla_ros.vlm.tiny import build_tiny_qwen2_5_vl
+
+    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl"), seed=3)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from ros_harness import NodeProcess
+from ros_harness import NodeProcess, wait_for
 
 from mobile_vla_ros.paths import default_model_dir
 
@@ -63,3 +63,23 @@ def test_out_of_range_yaml_value_stops_start_up(processes):
     node = NodeProcess("action_expert_node", {"action_hz": 500.0})
     processes.append(node)
     fails_with(node, "action_hz")
+
+
+@pytest.mark.timeout(120)
+def test_vlm_node_refuses_features_the_action_model_was_not_trained_on(processes, tiny_qwen_dir):
+    # The shipped action model was trained on kosmos2 / last_token / 64-dim features.
+    pooling = NodeProcess("vlm_node", {"device": "cpu", "dtype": "fp32", "feature_pooling": "mean_image"})
+    processes.append(pooling)
+    fails_with(pooling, "feature_pooling: expected 'last_token' (model.yaml), got 'mean_image'")
+
+    qwen = NodeProcess("vlm_node", {"device": "cpu", "dtype": "fp32", "vlm_backend": "qwen2_5_vl",
+                                    "model_path": str(tiny_qwen_dir)})
+    processes.append(qwen)
+    fails_with(qwen, "vlm_backend: expected 'kosmos2' (model.yaml), got 'qwen2_5_vl'")
+
+    # With the check switched off the same VLM starts (e.g. to record features for a new model).
+    unchecked = NodeProcess("vlm_node", {"device": "cpu", "dtype": "fp32", "vlm_backend": "qwen2_5_vl",
+                                         "model_path": str(tiny_qwen_dir), "action_model_dir": "none"})
+    processes.append(unchecked)
+    wait_for(lambda: "feature dim 64" in unchecked.output() or not unchecked.alive(), 60, "qwen vlm_node start")
+    assert unchecked.alive(), unchecked.output()

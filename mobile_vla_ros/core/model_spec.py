@@ -163,6 +163,8 @@ def check_params(spec: ModelSpec, params: dict[str, Any]) -> list[str]:
         "chunk_size": spec.chunk_size,
         "action_names": list(spec.action_names),
         "action_dt": spec.action_dt,
+        "vlm_backend": spec.vlm_backend,
+        "feature_pooling": spec.vlm_pooling,
     }
     for key, want in expected.items():
         if key not in params:

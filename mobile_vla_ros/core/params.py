@@ -20,6 +20,7 @@ DOUBLE, INTEGER, BOOL, STRING, STRING_ARRAY, DOUBLE_ARRAY = (
 )
 
 VLM_BACKENDS = ("kosmos2", "kosmos2_clip", "qwen2_5_vl")
+FEATURE_POOLINGS = ("last_token", "mean_text", "mean_image")
 INFERENCE_BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 SENSOR_TYPES = ("imu", "wrench")
 TWIST_FIELDS = ("linear.x", "linear.y", "linear.z", "angular.x", "angular.y", "angular.z", "")
@@ -96,8 +97,11 @@ VLM_NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("dtype", STRING, "fp16", "VLM weight/compute dtype (fp16/bf16 need cuda).",
               choices=("fp16", "bf16", "fp32")),
     ParamSpec("feature_pooling", STRING, "last_token", "How hidden states become one feature vector: "
-              "last_token (last text token), mean_text, mean_image (mean of the image latent tokens).",
-              choices=("last_token", "mean_text", "mean_image")),
+              "last_token (last text token), mean_text, mean_image (mean of the image tokens).",
+              choices=FEATURE_POOLINGS),
+    ParamSpec("action_model_dir", STRING, "", "Model directory of the action expert fed by these features: "
+              "its model.yaml must name this vlm_backend, feature_pooling and feature dim, else start-up "
+              "stops. Empty: models/default of this package; 'none': no check."),
     ParamSpec("image_topics", STRING_ARRAY, ["camera/image_raw"], "Camera topics; several = multi-view "
               "(one batched forward, per-view features averaged)."),
     ParamSpec("max_image_age", DOUBLE, 0.5, "Images older than this (s, ROS time) are not used.",

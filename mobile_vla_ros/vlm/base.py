@@ -1,4 +1,12 @@
-"""The feature-extractor interface and its factory: images + instruction -> float32 [tokens, dim]."""
+"""The feature-extractor interface and its factory: images + instruction -> float32 [tokens, dim].
+
+Backends (all loaded with `from_pretrained(local_dir, local_files_only=True)`; nothing downloads):
+- kosmos2:      Kosmos-2 (patch14-224 layout); pooled hidden state of its text transformer
+- kosmos2_clip: the kosmos2 features concatenated with CLIP vision pooled (projected) embeddings
+- qwen2_5_vl:   Qwen2.5-VL (3B layout); pooled last-layer hidden state of its language model
+Several camera views are one batched forward; the pooled per-view features are averaged, so the
+feature size does not depend on the number of cameras.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..core.params import FEATURE_POOLINGS as POOLINGS
 from ..core.params import VLM_BACKENDS
 
 CONFIG_FILES = ("config.json", "preprocessor_config.json")
@@ -29,7 +38,11 @@ class ExtractorConfig:
     device: str = "cpu"
     dtype: str = "fp32"
     pooling: str = "last_token"
-    prompt: str = "<grounding>{instruction}"
+    prompt: str = ""  # "" = the backend's default; must contain {instruction}
+    # On CUDA, the fixed-shape forward is captured once per (views, text length) as a CUDA graph:
+    # one launch instead of ~1000 kernel launches from Python.
+    cuda_graphs: bool = True
+    text_bucket: int = 16  # text lengths are padded up to a multiple of this (fewer distinct graph shapes)
 
 
 class FeatureExtractor(Protocol):
@@ -40,29 +53,45 @@ class FeatureExtractor(Protocol):
         ...
 
 
-def check_model_dir(path: str | Path, what: str = "model_path") -> Path:
+def check_model_dir(path: str | Path, what: str = "model_path", tokenizer: bool = True) -> Path:
     """Fail early, naming the missing file, instead of deep inside transformers."""
+    if not str(path):
+        raise VlmLoadError(f"{what}: not set (a local model directory is required; nothing is downloaded)")
     path = Path(path)
     if not path.is_dir():
         raise VlmLoadError(f"{what}: directory {path} does not exist")
     missing = [f for f in CONFIG_FILES if not (path / f).is_file()]
     if not any((path / f).is_file() for f in WEIGHT_FILES):
         missing.append("model weights (" + " or ".join(WEIGHT_FILES[::2]) + ")")
-    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+    if tokenizer and not any((path / f).is_file() for f in TOKENIZER_FILES):
         missing.append("tokenizer (" + " or ".join(TOKENIZER_FILES) + ")")
     if missing:
         raise VlmLoadError(f"{what}: {path} is incomplete, missing: {', '.join(missing)}")
     return path
 
 
-def check_model_type(path: Path, expected: str, what: str = "model_path") -> None:
+def check_model_type(path: Path, expected: str | tuple[str, ...], what: str = "model_path") -> str:
     """transformers only warns when config.json is another architecture; we refuse."""
     try:
         got = json.loads((path / "config.json").read_text()).get("model_type")
     except (OSError, ValueError) as exc:
         raise VlmLoadError(f"{what}: {path / 'config.json'} is not readable JSON ({exc})") from exc
-    if got != expected:
-        raise VlmLoadError(f"{what}: expected a {expected} checkpoint (config.json model_type), got {got!r}")
+    accepted = (expected,) if isinstance(expected, str) else expected
+    if got not in accepted:
+        raise VlmLoadError(f"{what}: expected a {' or '.join(accepted)} checkpoint (config.json model_type), "
+                           f"got {got!r}")
+    return got
+
+
+def check_pooling(pooling: str) -> None:
+    if pooling not in POOLINGS:
+        raise VlmLoadError(f"feature_pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")
+
+
+def check_no_missing_weights(info: dict, path: Path, what: str, architecture: str) -> None:
+    if info["missing_keys"]:
+        raise VlmLoadError(f"{what}: {path} lacks weights for {len(info['missing_keys'])} tensors, "
+                           f"e.g. {info['missing_keys'][0]} (not a {architecture} checkpoint?)")
 
 
 def torch_dtype(name: str, device: str):
@@ -91,6 +120,12 @@ def create_extractor(config: ExtractorConfig) -> FeatureExtractor:
         from .kosmos2 import Kosmos2Extractor
 
         return Kosmos2Extractor(config)
-    if config.backend in VLM_BACKENDS:
-        raise VlmLoadError(f"vlm_backend: {config.backend} is not implemented yet; available now: kosmos2")
+    if config.backend == "kosmos2_clip":
+        from .kosmos2_clip import Kosmos2ClipExtractor
+
+        return Kosmos2ClipExtractor(config)
+    if config.backend == "qwen2_5_vl":
+        from .qwen2_5_vl import Qwen25VLExtractor
+
+        return Qwen25VLExtractor(config)
     raise VlmLoadError(f"vlm_backend: {config.backend!r} is not one of {', '.join(VLM_BACKENDS)}")

@@ -6,17 +6,59 @@ do not need). Pooling:
 - last_token: hidden state of the last prompt token (it has attended to the image and the instruction)
 - mean_text: mean hidden state over the prompt's text tokens
 - mean_image: mean of the image latent tokens (instruction-independent)
-Several views are one batch; their pooled features are averaged so the feature size does not
-depend on the number of cameras.
+
+The forward is written without host synchronisation (image tokens are placed by a precomputed
+index, not a boolean mask), so on CUDA it runs as a captured graph (`StaticForward`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .base import ExtractorConfig, VlmLoadError, check_model_dir, check_model_type, dtype_kwarg, torch_dtype
+from .base import (
+    ExtractorConfig,
+    VlmLoadError,
+    check_model_dir,
+    check_model_type,
+    check_no_missing_weights,
+    check_pooling,
+    dtype_kwarg,
+    torch_dtype,
+)
+from .static_forward import StaticForward
 
-POOLINGS = ("last_token", "mean_text", "mean_image")
+DEFAULT_PROMPT = "<grounding>{instruction}"
+
+
+def pad_to_bucket(tensors: dict, keys: tuple[str, ...], pad_values: dict, bucket: int) -> dict:
+    """Right-pad the [B, L] tensors in `keys` to a multiple of `bucket` tokens."""
+    import torch
+
+    length = next(iter(tensors[k] for k in keys)).shape[1]
+    extra = -length % bucket
+    if extra == 0:
+        return tensors
+    out = dict(tensors)
+    for k in keys:
+        t = tensors[k]
+        out[k] = torch.cat([t, torch.full((t.shape[0], extra), pad_values.get(k, 0), dtype=t.dtype)], dim=1)
+    return out
+
+
+def pool_hidden(hidden, pooling: str, last_index, text_weights):
+    """[B, L, D] -> [B, D] by the last attended token or the mean over text tokens."""
+    import torch
+
+    if pooling == "last_token":
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
+    weights = text_weights.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+
+def pooling_indices(attention_mask, text_mask) -> dict:
+    """CPU-side: index of the last attended token per row, and weights of the text tokens."""
+    return {"last_index": attention_mask.long().cumsum(dim=1).argmax(dim=1),
+            "text_weights": text_mask.float()}
 
 
 class Kosmos2Extractor:
@@ -24,53 +66,69 @@ class Kosmos2Extractor:
         import torch
         from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
 
-        if config.pooling not in POOLINGS:
-            raise VlmLoadError(f"feature_pooling: {config.pooling!r} is not one of {', '.join(POOLINGS)}")
+        check_pooling(config.pooling)
         path = check_model_dir(config.model_path)
         check_model_type(path, "kosmos-2")
         dtype = torch_dtype(config.dtype, config.device)
         try:
             self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
             model, info = Kosmos2ForConditionalGeneration.from_pretrained(
-                path, local_files_only=True, output_loading_info=True, **dtype_kwarg(dtype))
+                path, local_files_only=True, output_loading_info=True, attn_implementation="sdpa",
+                **dtype_kwarg(dtype))
         except (OSError, ValueError) as exc:
             raise VlmLoadError(f"model_path: {path} cannot be loaded as Kosmos-2 ({exc})") from exc
-        if info["missing_keys"]:
-            raise VlmLoadError(f"model_path: {path} lacks weights for {len(info['missing_keys'])} tensors, "
-                               f"e.g. {info['missing_keys'][0]} (not a Kosmos-2 checkpoint?)")
+        check_no_missing_weights(info, path, "model_path", "Kosmos-2")
         self._torch = torch
         self.model = model.to(config.device).eval()
         self.config = config
+        self.prompt = config.prompt or DEFAULT_PROMPT
         self.device = config.device
         self.dtype = dtype
         self.image_tokens = model.config.latent_query_num
         self.feature_dim = model.config.text_config.embed_dim
+        self.pad_id = self.processor.tokenizer.pad_token_id
+        self.position_padding_idx = model.text_model.model.embed_positions.padding_idx
+        self.forward = StaticForward(self._features, use_graphs=config.cuda_graphs and config.device == "cuda")
 
-    def extract(self, images: list[np.ndarray], instruction: str) -> np.ndarray:
-        torch = self._torch
-        prompt = self.config.prompt.format(instruction=instruction)
+    def prepare(self, images: list[np.ndarray], instruction: str) -> dict:
+        """CPU work: image preprocessing, tokenisation, padding, index tensors; then one copy to the device."""
+        prompt = self.prompt.format(instruction=instruction)
         inputs = self.processor(text=[prompt] * len(images), images=images, return_tensors="pt",
                                 num_image_tokens=self.image_tokens)
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        m = self.model
-        with torch.inference_mode():
-            vision = m.vision_model(pixel_values=inputs["pixel_values"].to(self.dtype))
-            image_embeds = m.vision_model.model.post_layernorm(vision[0])
-            image_embeds = torch.nn.functional.normalize(image_embeds, dim=-1)
-            image_embeds, _ = m.image_to_text_projection(image_embeds)
-            pooled = self._pool(inputs, image_embeds)
-        return pooled.float().mean(dim=0, keepdim=True).cpu().numpy().astype(np.float32)
+        inputs = pad_to_bucket(dict(inputs), ("input_ids", "attention_mask", "image_embeds_position_mask"),
+                               {"input_ids": self.pad_id}, self.config.text_bucket)
+        image_mask = inputs["image_embeds_position_mask"].bool()
+        ids = inputs["input_ids"]
+        # Kosmos-2 (fairseq) positions: pad tokens keep padding_idx, the others count from padding_idx + 1.
+        not_pad = ids.ne(self.position_padding_idx).long()
+        out = {"pixel_values": inputs["pixel_values"], "input_ids": ids, "attention_mask": inputs["attention_mask"],
+               "position_ids": not_pad.cumsum(dim=1) * not_pad + self.position_padding_idx,
+               "image_index": image_mask.flatten().nonzero().squeeze(1),
+               **pooling_indices(inputs["attention_mask"], inputs["attention_mask"].bool() & ~image_mask)}
+        return {k: v.to(self.device, non_blocking=True) for k, v in out.items()}
 
-    def _pool(self, inputs, image_embeds):
+    def image_latents(self, pixel_values):
+        """Vision tower -> resampler: [B, image_tokens, D] in the text model's space."""
+        m = self.model
+        vision = m.vision_model(pixel_values=pixel_values.to(self.dtype))
+        image_embeds = m.vision_model.model.post_layernorm(vision[0])
+        image_embeds = self._torch.nn.functional.normalize(image_embeds, dim=-1)
+        return m.image_to_text_projection(image_embeds)[0]
+
+    def _features(self, pixel_values, input_ids, attention_mask, position_ids, image_index, last_index,
+                  text_weights):
+        """Synchronisation-free forward: pooled features [views, D] (float32)."""
+        latents = self.image_latents(pixel_values)
         if self.config.pooling == "mean_image":
-            return image_embeds.mean(dim=1)
-        hidden = self.model.text_model.model(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-            image_embeds=image_embeds, image_embeds_position_mask=inputs["image_embeds_position_mask"],
-            return_dict=True).last_hidden_state
-        mask = inputs["attention_mask"].bool()
-        if self.config.pooling == "last_token":
-            last = mask.long().cumsum(dim=1).argmax(dim=1)  # index of the last attended token
-            return hidden[self._torch.arange(hidden.shape[0]), last]
-        text = (mask & ~inputs["image_embeds_position_mask"].bool()).unsqueeze(-1).to(hidden.dtype)
-        return (hidden * text).sum(dim=1) / text.sum(dim=1).clamp(min=1)
+            return latents.mean(dim=1).float()
+        text = self.model.text_model.model
+        embeds = text.embed_tokens(input_ids)
+        flat = embeds.reshape(-1, embeds.shape[-1]).index_copy(
+            0, image_index, latents.reshape(-1, latents.shape[-1]).to(embeds.dtype))
+        hidden = text(inputs_embeds=flat.view_as(embeds), attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=False, return_dict=True).last_hidden_state
+        return pool_hidden(hidden, self.config.pooling, last_index, text_weights).float()
+
+    def extract(self, images: list[np.ndarray], instruction: str) -> np.ndarray:
+        pooled = self.forward(**self.prepare(images, instruction))
+        return pooled.mean(dim=0, keepdim=True).cpu().numpy().astype(np.float32)

@@ -1,8 +1,9 @@
-"""Builds a tiny Kosmos-2-architecture model with its processor, saved in from_pretrained layout.
+"""Tiny models of the supported VLM architectures with their processors/tokenizers, saved in
+from_pretrained layout: Kosmos-2, CLIP vision (for the hybrid) and Qwen2.5-VL.
 
 Used by the tests (real loading code, no downloads) and as the shipped stand-in VLM in
-models/default/vlm: same architecture and files as microsoft/kosmos-2-patch14-224, tiny sizes,
-random weights. It is not a trained VLM.
+models/default/vlm (Kosmos-2): same architectures and files as the real checkpoints, tiny sizes,
+random weights. They are not trained VLMs.
 """
 
 from __future__ import annotations
@@ -62,14 +63,81 @@ def build_tiny_kosmos2(out_dir: str | Path, seed: int = 0, embed_dim: int = 64, 
     return out
 
 
+def build_tiny_clip_vision(out_dir: str | Path, seed: int = 0, hidden: int = 32, projection_dim: int = 24,
+                           image_size: int = 224, patch_size: int = 32) -> Path:
+    """A CLIPVisionModelWithProjection (as in the hybrid's CLIP checkpoint) and its image processor."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    out = Path(out_dir)
+    config = CLIPVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                              num_attention_heads=4, image_size=image_size, patch_size=patch_size,
+                              projection_dim=projection_dim)
+    torch.manual_seed(seed)
+    CLIPVisionModelWithProjection(config).save_pretrained(out)
+    CLIPImageProcessor(size={"shortest_edge": image_size},
+                       crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
+    return out
+
+
+QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                       "<|image_pad|>", "<|video_pad|>"]
+
+
+def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0, hidden: int = 64, image_pixels: int = 224 * 224) -> Path:
+    """Qwen2.5-VL layout (windowed vision tower with full-attention blocks, M-RoPE language model),
+    a byte-level BPE tokenizer with Qwen's special tokens, and the image processor."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2TokenizerFast,
+        Qwen2VLImageProcessor,
+    )
+
+    out = Path(out_dir)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS * 4, trainers.BpeTrainer(vocab_size=400, special_tokens=QWEN_SPECIAL_TOKENS,
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = Qwen2TokenizerFast(tokenizer_object=tok, unk_token=None, bos_token=None, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>")
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    heads = 4
+    half_head = hidden // heads // 2
+    config = Qwen2_5_VLConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": hidden, "intermediate_size": 2 * hidden,
+                     "num_hidden_layers": 2, "num_attention_heads": heads, "num_key_value_heads": 2,
+                     "max_position_embeddings": 1024, "tie_word_embeddings": True,
+                     "rope_scaling": {"type": "mrope", "mrope_section": [half_head - 2 * (half_head // 3),
+                                                                        half_head // 3, half_head // 3]}},
+        vision_config={"depth": 4, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                       "out_hidden_size": hidden, "fullatt_block_indexes": [1, 3], "window_size": 112,
+                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    Qwen2VLImageProcessor(min_pixels=image_pixels, max_pixels=image_pixels).save_pretrained(out)
+    return out
+
+
+BUILDERS = {"kosmos2": build_tiny_kosmos2, "clip": build_tiny_clip_vision, "qwen2_5_vl": build_tiny_qwen2_5_vl}
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(description="Write a tiny random-weight Kosmos-2 (stand-in VLM) to OUT.")
+    ap = argparse.ArgumentParser(description="Write a tiny random-weight model (stand-in VLM) to OUT.")
     ap.add_argument("out", type=Path)
+    ap.add_argument("--architecture", choices=sorted(BUILDERS), default="kosmos2")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    print(build_tiny_kosmos2(args.out, seed=args.seed))
+    print(BUILDERS[args.architecture](args.out, seed=args.seed))
     return 0
 
 

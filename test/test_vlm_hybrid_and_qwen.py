@@ -1,0 +1,146 @@
+"""Kosmos-2+CLIP and Qwen2.5-VL extractors through the real from_pretrained path on tiny models the
+tests build, and the synchronisation-free (CUDA-graph-ready) forwards against the stock transformers
+forward."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from mobile_vla_ros.vlm.base import ExtractorConfig, VlmLoadError, create_extractor
+
+RNG = np.random.default_rng(0)
+IMAGE_A = RNG.integers(0, 255, (224, 224, 3), dtype=np.uint8)
+IMAGE_B = RNG.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+IMAGE_C = RNG.integers(0, 255, (224, 224, 3), dtype=np.uint8)
+POOLINGS = ("last_token", "mean_text", "mean_image")
+
+
+@pytest.fixture(scope="module")
+def hybrid(tiny_vlm_dir, tiny_clip_dir):
+    return create_extractor(ExtractorConfig(backend="kosmos2_clip", model_path=str(tiny_vlm_dir),
+                                            clip_model_path=str(tiny_clip_dir)))
+
+
+@pytest.fixture(scope="module")
+def qwen(tiny_qwen_dir):
+    return {p: create_extractor(ExtractorConfig(backend="qwen2_5_vl", model_path=str(tiny_qwen_dir), pooling=p))
+            for p in POOLINGS}
+
+
+def check_features(extractor, dim: int) -> None:
+    a = extractor.extract([IMAGE_A], "go to the red cylinder")
+    assert a.shape == (1, dim) and a.dtype == np.float32 and np.all(np.isfinite(a))
+    assert np.array_equal(a, extractor.extract([IMAGE_A], "go to the red cylinder"))  # deterministic
+    assert np.abs(a - extractor.extract([IMAGE_C], "go to the red cylinder")).max() > 1e-4  # image matters
+
+
+def test_hybrid_concatenates_kosmos2_and_clip_features(hybrid, tiny_vlm_dir):
+    assert hybrid.feature_dim == 64 + 24  # Kosmos-2 text width + CLIP projection dim
+    check_features(hybrid, 88)
+    kosmos = create_extractor(ExtractorConfig(backend="kosmos2", model_path=str(tiny_vlm_dir)))
+    a = hybrid.extract([IMAGE_A], "go to the red cylinder")
+    assert np.allclose(a[:, :64], kosmos.extract([IMAGE_A], "go to the red cylinder"), atol=1e-6)
+    # the instruction changes the Kosmos-2 part only; CLIP sees the image alone
+    b = hybrid.extract([IMAGE_A], "turn left")
+    assert np.abs(a[:, :64] - b[:, :64]).max() > 1e-4 and np.array_equal(a[:, 64:], b[:, 64:])
+    both = hybrid.extract([IMAGE_A, IMAGE_B], "go")
+    mean = (hybrid.extract([IMAGE_A], "go") + hybrid.extract([IMAGE_B], "go")) / 2
+    assert np.allclose(both, mean, atol=1e-5)
+
+
+def test_hybrid_needs_a_clip_checkpoint(tiny_vlm_dir, tmp_path):
+    with pytest.raises(VlmLoadError, match="clip_model_path: not set"):
+        create_extractor(ExtractorConfig(backend="kosmos2_clip", model_path=str(tiny_vlm_dir)))
+    with pytest.raises(VlmLoadError, match=r"clip_model_path: expected a clip or clip_vision_model checkpoint"):
+        create_extractor(ExtractorConfig(backend="kosmos2_clip", model_path=str(tiny_vlm_dir),
+                                         clip_model_path=str(tiny_vlm_dir)))
+
+
+def test_qwen_features_per_pooling(qwen):
+    for extractor in qwen.values():
+        check_features(extractor, 64)
+    text = qwen["last_token"]
+    a = text.extract([IMAGE_A], "go to the red cylinder")
+    assert np.abs(a - text.extract([IMAGE_A], "turn left")).max() > 1e-4
+    image_only = qwen["mean_image"]  # image tokens come before the instruction (causal attention)
+    assert np.allclose(image_only.extract([IMAGE_A], "go"), image_only.extract([IMAGE_A], "stop"), atol=1e-6)
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_qwen_fast_forward_equals_stock_transformers_forward(qwen, pooling):
+    extractor = qwen[pooling]
+    views = [IMAGE_A, IMAGE_C]
+    fast, inputs = extractor.prepare(views, "go to the red cylinder")
+    assert fast, "224x224 views tile into whole attention windows"
+    ours = extractor.fast_forward(**inputs)
+    # stock: the model's own forward (per-window attention, its rope index, boolean-mask image scatter)
+    pixels = extractor.image_processor(images=views, return_tensors="pt")
+    n = int(pixels["image_grid_thw"][0].prod()) // extractor.merge_unit
+    prompt = extractor.prompt.format(instruction="go to the red cylinder").replace("<|image_pad|>",
+                                                                                  "<|image_pad|>" * n)
+    text = extractor.tokenizer([prompt] * 2, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = extractor.vlm(**text, **pixels, use_cache=False).last_hidden_state
+    image = text["input_ids"].eq(extractor.image_token_id)
+    if pooling == "last_token":
+        stock = hidden[:, -1]
+    else:
+        weights = (image if pooling == "mean_image" else ~image).unsqueeze(-1).float()
+        stock = (hidden * weights).sum(1) / weights.sum(1)
+    assert torch.allclose(ours, stock, atol=1e-5), float((ours - stock).abs().max())
+
+
+def test_qwen_views_of_other_sizes_use_the_stock_forward(qwen):
+    extractor = qwen["last_token"]
+    fast, _ = extractor.prepare([IMAGE_B], "go")
+    assert not fast  # 240x320 is resized to a grid that does not tile into windows
+    mixed = extractor.extract([IMAGE_A, IMAGE_B], "go")
+    mean = (extractor.extract([IMAGE_A], "go") + extractor.extract([IMAGE_B], "go")) / 2
+    assert np.allclose(mixed, mean, atol=1e-5)
+
+
+def test_kosmos2_fast_forward_equals_stock_text_transformer(tiny_vlm_dir):
+    extractor = create_extractor(ExtractorConfig(backend="kosmos2", model_path=str(tiny_vlm_dir)))
+    inputs = extractor.prepare([IMAGE_A], "go to the red cylinder")
+    ours = extractor.forward(**inputs)
+    raw = extractor.processor(text=["<grounding>go to the red cylinder"], images=[IMAGE_A], return_tensors="pt",
+                              num_image_tokens=extractor.image_tokens)
+    with torch.inference_mode():
+        latents = extractor.image_latents(raw["pixel_values"])
+        hidden = extractor.model.text_model.model(
+            input_ids=raw["input_ids"], attention_mask=raw["attention_mask"], image_embeds=latents,
+            image_embeds_position_mask=raw["image_embeds_position_mask"]).last_hidden_state
+    assert inputs["input_ids"].shape[1] % 16 == 0 and inputs["input_ids"].shape[1] > raw["input_ids"].shape[1]
+    assert torch.allclose(ours, hidden[:, -1], atol=1e-5)
+
+
+def test_qwen_directory_errors_name_the_problem(tiny_qwen_dir, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_qwen_dir, partial)
+    for name in ("tokenizer.json", "vocab.json"):
+        (partial / name).unlink()
+    with pytest.raises(VlmLoadError, match="missing: tokenizer"):
+        create_extractor(ExtractorConfig(backend="qwen2_5_vl", model_path=str(partial)))
+    wrong = tmp_path / "wrong_ids"
+    shutil.copytree(tiny_qwen_dir, wrong)
+    config = json.loads((wrong / "config.json").read_text())
+    config["image_token_id"] = 7
+    (wrong / "config.json").write_text(json.dumps(config))
+    with pytest.raises(VlmLoadError, match=r"tokenizer maps <\|image_pad\|> to 5, config.json expects image_token_id 7"):
+        create_extractor(ExtractorConfig(backend="qwen2_5_vl", model_path=str(wrong)))
+
+
+
+def test_a_kosmos2_directory_is_refused_as_qwen(tiny_vlm_dir):
+    with pytest.raises(VlmLoadError, match="expected a qwen2_5_vl checkpoint .*, got 'kosmos-2'"):
+        create_extractor(ExtractorConfig(backend="qwen2_5_vl", model_path=str(tiny_vlm_dir)))
+
+
+def test_unknown_backend_lists_the_valid_ones():
+    with pytest.raises(VlmLoadError, match="'llava' is not one of kosmos2, kosmos2_clip, qwen2_5_vl"):
+        create_extractor(ExtractorConfig(backend="llava", model_path="x"))
