@@ -131,13 +131,14 @@ def test_qwen_directory_errors_name_the_problem(tiny_qwen_dir, tmp_path):
     config = json.loads((wrong / "config.json").read_text())
     config["image_token_id"] = 7
     (wrong / "config.json").write_text(json.dumps(config))
-    with pytest.raises(VlmLoadError, match=r"tokenizer maps <\|image_pad\|> to 5, config.json expects image_token_id 7"):
+    with pytest.raises(VlmLoadError, match=r"tokenizer maps <\|image_pad\|> to 5, config.json expects "
+                                           r"image_token_id 7"):
         create_extractor(ExtractorConfig(backend="qwen2_5_vl", model_path=str(wrong)))
 
 
 
 def test_a_kosmos2_directory_is_refused_as_qwen(tiny_vlm_dir):
-    with pytest.raises(VlmLoadError, match="expected a qwen2_5_vl checkpoint .*, got 'kosmos-2'"):
+    with pytest.raises(VlmLoadError, match=r"expected a qwen2_5_vl checkpoint .*, got 'kosmos-2'"):
         create_extractor(ExtractorConfig(backend="qwen2_5_vl", model_path=str(tiny_vlm_dir)))
 
 
