@@ -20,8 +20,9 @@ CORPUS = [
 
 
 def build_tiny_kosmos2(out_dir: str | Path, seed: int = 0, embed_dim: int = 64, image_size: int = 224,
-                       patch_size: int = 32, image_tokens: int = 16) -> Path:
-    import torch
+                       patch_size: int = 32, image_tokens: int = 16, full_size: bool = False) -> Path:
+    """With `full_size`, the layer sizes of microsoft/kosmos-2-patch14-224 (1.66 B parameters,
+    saved in FP16): for latency benchmarks, where the weight values do not matter."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import (
         CLIPImageProcessor,
@@ -50,31 +51,36 @@ def build_tiny_kosmos2(out_dir: str | Path, seed: int = 0, embed_dim: int = 64, 
     processor = Kosmos2Processor(image_processor, tokenizer, num_patch_index_tokens=16)
     # Image placeholder ids start right after <unk>, so the vocabulary must cover them.
     vocab = max(len(processor.tokenizer), image_tokens + 8)
-    config = Kosmos2Config(
-        text_config={"vocab_size": vocab, "embed_dim": embed_dim, "layers": 2, "attention_heads": 4,
-                     "ffn_dim": 2 * embed_dim, "max_position_embeddings": 256},
-        vision_config={"hidden_size": embed_dim, "intermediate_size": 2 * embed_dim, "num_hidden_layers": 2,
-                       "num_attention_heads": 4, "image_size": image_size, "patch_size": patch_size},
-        latent_query_num=image_tokens,
-    )
-    torch.manual_seed(seed)
-    Kosmos2ForConditionalGeneration(config).save_pretrained(out)
+    if full_size:  # transformers' defaults are the released checkpoint's sizes
+        config = Kosmos2Config()
+    else:
+        config = Kosmos2Config(
+            text_config={"vocab_size": vocab, "embed_dim": embed_dim, "layers": 2, "attention_heads": 4,
+                         "ffn_dim": 2 * embed_dim, "max_position_embeddings": 256},
+            vision_config={"hidden_size": embed_dim, "intermediate_size": 2 * embed_dim, "num_hidden_layers": 2,
+                           "num_attention_heads": 4, "image_size": image_size, "patch_size": patch_size},
+            latent_query_num=image_tokens,
+        )
+    _save_random(Kosmos2ForConditionalGeneration, config, out, seed, full_size)
     processor.save_pretrained(out)
     return out
 
 
 def build_tiny_clip_vision(out_dir: str | Path, seed: int = 0, hidden: int = 32, projection_dim: int = 24,
-                           image_size: int = 224, patch_size: int = 32) -> Path:
-    """A CLIPVisionModelWithProjection (as in the hybrid's CLIP checkpoint) and its image processor."""
-    import torch
+                           image_size: int = 224, patch_size: int = 32, full_size: bool = False) -> Path:
+    """A CLIPVisionModelWithProjection (as in the hybrid's CLIP checkpoint) and its image processor;
+    `full_size`: ViT-L/14 at 224 px with a 768-dim projection (openai/clip-vit-large-patch14)."""
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     out = Path(out_dir)
-    config = CLIPVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                              num_attention_heads=4, image_size=image_size, patch_size=patch_size,
-                              projection_dim=projection_dim)
-    torch.manual_seed(seed)
-    CLIPVisionModelWithProjection(config).save_pretrained(out)
+    if full_size:
+        config = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                  num_attention_heads=16, image_size=224, patch_size=14, projection_dim=768)
+    else:
+        config = CLIPVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                                  num_attention_heads=4, image_size=image_size, patch_size=patch_size,
+                                  projection_dim=projection_dim)
+    _save_random(CLIPVisionModelWithProjection, config, out, seed, full_size)
     CLIPImageProcessor(size={"shortest_edge": image_size},
                        crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
     return out
@@ -84,10 +90,11 @@ QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_
                        "<|image_pad|>", "<|video_pad|>"]
 
 
-def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0, hidden: int = 64, image_pixels: int = 224 * 224) -> Path:
+def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0, hidden: int = 64, image_pixels: int = 224 * 224,
+                          full_size: bool = False) -> Path:
     """Qwen2.5-VL layout (windowed vision tower with full-attention blocks, M-RoPE language model),
-    a byte-level BPE tokenizer with Qwen's special tokens, and the image processor."""
-    import torch
+    a byte-level BPE tokenizer with Qwen's special tokens, and the image processor; `full_size`: the
+    layer sizes of Qwen2.5-VL-3B-Instruct (3.75 B parameters, saved in FP16)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
         Qwen2_5_VLConfig,
@@ -119,11 +126,37 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0, hidden: int = 64, 
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True)
-    torch.manual_seed(seed)
-    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(out)
+    if full_size:
+        text = {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+                "num_attention_heads": 16, "num_key_value_heads": 2, "max_position_embeddings": 128000,
+                "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+                "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}}
+        vision = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+                  "out_hidden_size": 2048, "fullatt_block_indexes": [7, 15, 23, 31], "window_size": 112,
+                  "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=config.image_token_id,
+                                  video_token_id=config.video_token_id,
+                                  vision_start_token_id=config.vision_start_token_id,
+                                  vision_end_token_id=config.vision_end_token_id, tie_word_embeddings=True)
+    _save_random(Qwen2_5_VLForConditionalGeneration, config, out, seed, full_size)
     tokenizer.save_pretrained(out)
     Qwen2VLImageProcessor(min_pixels=image_pixels, max_pixels=image_pixels).save_pretrained(out)
     return out
+
+
+def _save_random(model_class, config, out: Path, seed: int, full_size: bool) -> None:
+    """Seeded random weights; full-size models are initialised on the GPU when there is one (minutes
+    on a CPU) and saved in FP16."""
+    import torch
+
+    torch.manual_seed(seed)
+    device = "cuda" if full_size and torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = model_class(config)
+    if full_size:
+        model = model.half()
+    model.save_pretrained(out)
+    del model
 
 
 BUILDERS = {"kosmos2": build_tiny_kosmos2, "clip": build_tiny_clip_vision, "qwen2_5_vl": build_tiny_qwen2_5_vl}
@@ -136,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", type=Path)
     ap.add_argument("--architecture", choices=sorted(BUILDERS), default="kosmos2")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--full-size", action="store_true", help="layer sizes of the released checkpoint (GBs)")
     args = ap.parse_args(argv)
-    print(BUILDERS[args.architecture](args.out, seed=args.seed))
+    print(BUILDERS[args.architecture](args.out, seed=args.seed, full_size=args.full_size))
     return 0
 
 

@@ -1,0 +1,132 @@
+"""`mobile-vla-bench vlm`: VLM feature-extractor latency at full size, ours vs a plain transformers forward.
+
+Full-size configurations (Kosmos-2 1.66 B, CLIP ViT-L/14, Qwen2.5-VL-3B) with seeded random
+weights are written to a temporary directory and loaded through the extractors' real
+`from_pretrained` path; latency does not depend on the weight values. Per backend and number of
+views (224x224 each), in the same run:
+- eager:        the model's own forward (`model(**processor outputs)`) in FP16, inputs on the GPU
+- ours, eager:  our synchronisation-free forward without CUDA graphs, inputs on the GPU
+- ours:         the same forward replayed as a CUDA graph, inputs on the GPU (what the node runs)
+- ours, end to end: `extract(images, instruction)`: preprocessing on the CPU + copy + forward + copy back
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .bench import measure
+
+INSTRUCTION = "go to the red cylinder on the left of the green box"
+
+
+def _build(backend: str, root: Path) -> dict:
+    from ..vlm.tiny import build_tiny_clip_vision, build_tiny_kosmos2, build_tiny_qwen2_5_vl
+
+    if backend == "qwen2_5_vl":
+        return {"model_path": str(build_tiny_qwen2_5_vl(root / "qwen", full_size=True))}
+    paths = {"model_path": str(build_tiny_kosmos2(root / "kosmos2", full_size=True))}
+    if backend == "kosmos2_clip":
+        paths["clip_model_path"] = str(build_tiny_clip_vision(root / "clip", full_size=True))
+    return paths
+
+
+def _eager_forward(extractor, backend: str, images: list[np.ndarray]):
+    """The plain transformers forward of the loaded model on processor outputs already on the GPU."""
+    import torch
+
+    if backend == "qwen2_5_vl":
+        pixels = extractor.image_processor(images=images, return_tensors="pt")
+        n = int(pixels["image_grid_thw"][0].prod()) // extractor.merge_unit
+        prompt = extractor.prompt.format(instruction=INSTRUCTION).replace("<|image_pad|>", "<|image_pad|>" * n)
+        inputs = {**extractor.tokenizer([prompt] * len(images), return_tensors="pt"), **pixels}
+    else:
+        inputs = extractor.processor(text=[extractor.prompt.format(instruction=INSTRUCTION)] * len(images),
+                                     images=images, return_tensors="pt", num_image_tokens=extractor.image_tokens)
+    inputs = {k: v.to("cuda") for k, v in inputs.items()}
+    inputs["pixel_values"] = inputs["pixel_values"].half()
+    model = extractor.model
+
+    def run():
+        with torch.inference_mode():
+            out = model(**inputs, use_cache=False)
+            if backend == "kosmos2_clip":
+                out = extractor.clip(pixel_values=inputs["pixel_values"])  # the hybrid also runs CLIP
+        torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+def _measure_views(extractor, backend: str, images: list[np.ndarray], iters: int, max_seconds: float):
+    import torch
+
+    from ..vlm.static_forward import StaticForward
+
+    prepared = extractor.prepare(images, INSTRUCTION)
+    graph_forward = extractor.fast_forward if backend == "qwen2_5_vl" else extractor.forward
+    if backend == "qwen2_5_vl":
+        fast, prepared = prepared
+        if not fast:
+            raise RuntimeError("224x224 views must take the fast path")
+    eager_ours = StaticForward(graph_forward.fn, use_graphs=False)
+
+    def synced(fn):
+        def run():
+            out = fn()
+            torch.cuda.synchronize()
+            return out
+        return run
+
+    variants = {
+        "transformers eager": _eager_forward(extractor, backend, images),
+        "ours, no graph": synced(lambda: eager_ours(**prepared)),
+        "ours, CUDA graph": synced(lambda: graph_forward(**prepared)),
+        "ours, end to end": lambda: extractor.extract(images, INSTRUCTION),
+    }
+    diff = float((graph_forward(**prepared) - eager_ours(**prepared)).abs().max())
+    return [(name, measure(fn, iters, warmup=5, max_seconds=max_seconds), diff) for name, fn in variants.items()]
+
+
+def vlm_rows(backends: list[str], views: list[int], iters: int, max_seconds: float, log=print) -> list[dict]:
+    import gc
+
+    import torch
+
+    from ..vlm.base import ExtractorConfig, create_extractor
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for backend in backends:
+        with tempfile.TemporaryDirectory() as tmp:
+            log(f"{backend}: writing full-size random-weight checkpoint")
+            paths = _build(backend, Path(tmp))
+            extractor = create_extractor(ExtractorConfig(backend=backend, device="cuda", dtype="fp16", **paths))
+        params = sum(p.numel() for p in extractor.model.parameters())
+        if backend == "kosmos2_clip":
+            params += sum(p.numel() for p in extractor.clip.parameters())
+        log(f"{backend}: {params / 1e9:.2f} B parameters, feature dim {extractor.feature_dim}")
+        for n in views:
+            images = [rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(n)]
+            for name, timing, diff in _measure_views(extractor, backend, images, iters, max_seconds):
+                rows.append({"backend": backend, "views": n, "variant": name, "params_b": params / 1e9, **timing,
+                             "graph_vs_eager_max_abs_diff": diff})
+                log(f"  {backend:<12} views={n} {name:<20} p50 {timing['p50_ms']:7.2f} ms  "
+                    f"p90 {timing['p90_ms']:7.2f} ms")
+        del extractor
+        gc.collect()
+        torch.cuda.empty_cache()
+    return rows
+
+
+def vlm_table(rows: list[dict]) -> str:
+    lines = ["| backend | views | variant | p50 ms | p90 ms | vs transformers eager (p50) |", "|" + "---|" * 6]
+    eager = {(r["backend"], r["views"]): r["p50_ms"] for r in rows if r["variant"] == "transformers eager"}
+    for r in rows:
+        base = eager.get((r["backend"], r["views"]))
+        ratio = f"{base / r['p50_ms']:.2f}x faster" if base and r["variant"] != "transformers eager" else ""
+        lines.append(f"| {r['backend']} | {r['views']} | {r['variant']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+                     f"{ratio} |")
+    return "\n".join(lines)
