@@ -130,6 +130,7 @@ class Qwen25VLExtractor:
                 emb = torch.cat([rotary.reshape(patches, -1)] * 2, dim=-1)
                 plan = {"window_index": window_index, "reverse_index": torch.argsort(window_index),
                         "cos": emb.cos(), "sin": emb.sin()}
+                plan = {k: v.to(self.device) for k, v in plan.items()}  # get_window_index builds on the CPU
             self._plans[key] = plan
         return plan
 
