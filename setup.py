@@ -34,6 +34,7 @@ setup(
     extras_require={
         "inference": ["onnxruntime>=1.16", "onnx>=1.14"],
         "bags": ["rosbags>=0.9"],
+        "eval": ["rosbags>=0.9", "matplotlib"],
         "torch": ["torch>=2.1"],
         "vlm": ["torch>=2.1", "transformers>=4.49", "pillow", "safetensors"],
         "test": ["pytest>=7", "ruff"],
@@ -53,6 +54,8 @@ setup(
             f"mobile-vla-export = {PACKAGE}.tools.export:main",
             f"mobile-vla-build-engine = {PACKAGE}.tools.build_engine:main",
             f"mobile-vla-bench = {PACKAGE}.tools.bench:main",
+            f"mobile-vla-eval = {PACKAGE}.tools.evaluate:main",
+            f"sync_baseline_node = {PACKAGE}.tools.sync_baseline:main",
         ],
     },
 )

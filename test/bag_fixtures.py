@@ -31,3 +31,58 @@ def write_imu_bag(bag: Path, storage: str, samples: int, feature_value: float) -
                       Vector3(0, 0, 0.1 * i), cov, Vector3(0, 0, 9.81), cov)
             writer.write(imu_conn, t, store.serialize_cdr(msg, Imu.__msgtype__))
     return bag
+
+
+def write_episode_bag(bag: Path, storage: str = "sqlite3", seconds: float = 4.0, seed: int = 0,
+                      instruction: str | None = "go to the red cylinder", sensor_hz: float = 650.0) -> Path:
+    """A robot-like recording: /camera/image_raw (rgb8 64x64 at 15 Hz, a colour that drifts),
+    /instruction (once), /sensor (IMU at `sensor_hz`, gyro z follows the command) and /cmd_vel
+    (Twist at 50 Hz: a smooth forward speed and turn rate)."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    T = store.types
+    Imu, Image, String = T["sensor_msgs/msg/Imu"], T["sensor_msgs/msg/Image"], T["std_msgs/msg/String"]
+    Twist, Header, Time = T["geometry_msgs/msg/Twist"], T["std_msgs/msg/Header"], T["builtin_interfaces/msg/Time"]
+    Vector3, Quaternion = T["geometry_msgs/msg/Vector3"], T["geometry_msgs/msg/Quaternion"]
+    rng = np.random.default_rng(seed)
+    cov = np.zeros(9)
+    t0 = 100_000_000_000  # 100 s: stamps are far from zero
+
+    def command(t: float) -> tuple[float, float]:
+        return 0.3 + 0.1 * np.sin(0.7 * t + seed), 0.5 * np.sin(1.3 * t + 2 * seed)
+
+    def stamp(ns: int):
+        return Time(ns // 1_000_000_000, ns % 1_000_000_000)
+
+    events = []
+    for k in range(int(seconds * 15)):
+        ns = t0 + int(k / 15 * 1e9)
+        rgb = np.zeros((64, 64, 3), np.uint8)
+        rgb[..., 0] = 120 + 100 * np.sin(k / 10 + seed)
+        rgb[..., 1] = rng.integers(0, 255)
+        rgb[32:, :, 2] = 200
+        events.append(("/camera/image_raw", ns, Image(Header(stamp(ns), "camera"), 64, 64, "rgb8", 0, 192,
+                                                      rgb.reshape(-1))))
+    for k in range(int(seconds * sensor_hz)):
+        ns = t0 + int(k / sensor_hz * 1e9)
+        _, wz = command((ns - t0) * 1e-9)
+        events.append(("/sensor", ns, Imu(Header(stamp(ns), "imu"), Quaternion(0, 0, 0, 1), cov,
+                                          Vector3(0, 0, wz + 0.01 * rng.standard_normal()), cov,
+                                          Vector3(0.05 * rng.standard_normal(), 0, 9.81), cov)))
+    for k in range(int(seconds * 50)):
+        ns = t0 + int(k / 50 * 1e9)
+        vx, wz = command((ns - t0) * 1e-9)
+        events.append(("/cmd_vel", ns, Twist(Vector3(vx, 0, 0), Vector3(0, 0, wz))))
+    if instruction is not None:
+        events.append(("/instruction", t0 - 1_000_000, String(instruction)))
+    events.sort(key=lambda e: e[1])
+    plugin = StoragePlugin.SQLITE3 if storage == "sqlite3" else StoragePlugin.MCAP
+    with Writer(bag, version=8, storage_plugin=plugin) as writer:
+        types = {"/camera/image_raw": Image, "/sensor": Imu, "/cmd_vel": Twist, "/instruction": String}
+        conns = {topic: writer.add_connection(topic, cls.__msgtype__, typestore=store)
+                 for topic, cls in types.items() if instruction is not None or topic != "/instruction"}
+        for topic, ns, msg in events:
+            writer.write(conns[topic], ns, store.serialize_cdr(msg, types[topic].__msgtype__))
+    return bag

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.model_spec import ModelSpec, Normalization
+from .progress import progress_bar
 
 
 def measure(fn: Callable[[], object], iters: int, warmup: int, max_seconds: float) -> dict[str, float]:
@@ -301,16 +302,11 @@ def system_bench(args) -> int:
     rows = []
     for i, cfg in enumerate(configs, 1):
         label = f"[{i}/{len(configs)}] {cfg.mode} VLM {cfg.vlm_latency} s, sensor {cfg.sensor_hz:.0f} Hz"
-        rows.append(B.run_loop(cfg, progress=lambda f, label=label: _progress(label, f)))
+        rows.append(B.run_loop(cfg, progress=lambda f, label=label: progress_bar(label, f)))
         print()
     print(B.loop_table(rows))
     _write(args.out, {"benchmark": "loop", "environment": env, "rows": rows})
     return 0
-
-
-def _progress(label: str, fraction: float) -> None:
-    filled = int(30 * fraction)
-    print(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {100 * fraction:3.0f}%", end="", flush=True)
 
 
 def _write(path: Path, payload: dict) -> None:

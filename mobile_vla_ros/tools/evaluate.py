@@ -1,0 +1,386 @@
+"""mobile-vla-eval: offline evaluation of a model on recorded rosbag2 bags (sqlite3 or mcap).
+
+Deterministic replay in bag time through the code the robot runs: the VLM extractor named by
+model.yaml runs on the bag's images at `--vlm-hz` (one forward at a time; a tick that finds it
+busy is skipped and the next forward starts when it ends, as in vlm_node), and its features become
+usable only `--vlm-latency` seconds after the forward started; the ActionExpertCore (feature cache,
+sensor window, safety gates, backend) ticks at `--action-hz` on the window ending at each tick.
+Every chunk is compared with the recorded commands over its span (zero-order hold of `cmd_vel`).
+
+Reports MAE per action dimension and overall (first step and whole chunk) beside zero-action and
+mean-action baselines on the same ticks, the feature-age distribution, and the ticks without a
+chunk by reason; writes JSON + Markdown + PNG plots. `--vlm-hz 0.59,1,3.33` sweeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core.action_pipeline import ActionExpertCore
+from ..core.model_spec import ModelSpec, ModelSpecError
+from .progress import progress_bar
+
+
+class BagError(RuntimeError):
+    """The bag cannot be evaluated (unreadable, missing topic, wrong type); one line for the user."""
+
+
+@dataclass
+class Recording:
+    """A bag's inputs and recorded commands, time-sorted, times in seconds (header stamps)."""
+
+    images: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    sensor: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    instructions: list[tuple[float, str]] = field(default_factory=list)
+    commands: list[tuple[float, np.ndarray]] = field(default_factory=list)
+
+
+TWIST_TYPES = ("geometry_msgs/msg/Twist", "geometry_msgs/msg/TwistStamped")
+
+
+def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_mapping: list[str]) -> Recording:
+    from rosbags.highlevel import AnyReader
+
+    from ..core.sensor_window import SAMPLE_FROM_MESSAGE
+    from ..ros.conversions import ConversionError, image_to_rgb
+
+    sensor_type = "sensor_msgs/msg/Imu" if spec.sensor_type == "imu" else "geometry_msgs/msg/WrenchStamped"
+    expected = {"image": ("sensor_msgs/msg/Image",), "instruction": ("std_msgs/msg/String",),
+                "action": TWIST_TYPES, "sensor": (sensor_type,)}
+    rec = Recording()
+    try:
+        reader = AnyReader([Path(bag)])
+        reader.open()
+    except Exception as exc:  # rosbags raises several types for missing/truncated/corrupt bags
+        raise BagError(f"{bag}: cannot be read as a rosbag2 bag ({type(exc).__name__}: {exc})") from exc
+    try:
+        by_topic = {c.topic: c for c in reader.connections}
+        for role, topic in topics.items():
+            if role == "instruction" and topic not in by_topic:
+                continue  # the instruction may come from --instruction instead
+            if topic not in by_topic:
+                raise BagError(f"{bag}: no topic {topic} for {role} (topics: {', '.join(sorted(by_topic))})")
+            if by_topic[topic].msgtype not in expected[role]:
+                raise BagError(f"{bag}: {topic} is {by_topic[topic].msgtype}, expected {' or '.join(expected[role])}")
+        role_of = {topic: role for role, topic in topics.items()}
+        connections = [by_topic[t] for t in role_of if t in by_topic]
+        to_sample = SAMPLE_FROM_MESSAGE[spec.sensor_type]
+        for connection, bag_ns, raw in reader.messages(connections=connections):
+            msg = reader.deserialize(raw, connection.msgtype)
+            role = role_of[connection.topic]
+            header = getattr(msg, "header", None)
+            stamp = bag_ns * 1e-9
+            if header is not None and (header.stamp.sec or header.stamp.nanosec):
+                stamp = header.stamp.sec + header.stamp.nanosec * 1e-9
+            if role == "image":
+                try:
+                    rec.images.append((stamp, image_to_rgb(msg)))
+                except ConversionError:
+                    continue  # as in vlm_node: a bad image is dropped
+            elif role == "sensor":
+                rec.sensor.append((stamp, np.asarray(to_sample(msg), dtype=np.float32)))
+            elif role == "instruction":
+                rec.instructions.append((stamp, msg.data.strip()))
+            else:
+                twist = msg.twist if hasattr(msg, "twist") else msg
+                rec.commands.append((stamp, np.array([_field(twist, f) for f in twist_mapping], dtype=np.float32)))
+    except BagError:
+        raise
+    except Exception as exc:
+        raise BagError(f"{bag}: read failed ({type(exc).__name__}: {exc}); truncated or corrupt?") from exc
+    finally:
+        reader.close()
+    for series in (rec.images, rec.sensor, rec.instructions, rec.commands):
+        series.sort(key=lambda item: item[0])
+    if not rec.sensor or not rec.commands:
+        raise BagError(f"{bag}: needs messages on {topics['sensor']} and {topics['action']}")
+    return rec
+
+
+def _field(twist, name: str) -> float:
+    if not name:
+        return 0.0
+    group, axis = name.split(".")
+    return float(getattr(getattr(twist, group), axis))
+
+
+@dataclass
+class ReplayConfig:
+    vlm_hz: float
+    action_hz: float
+    vlm_latency: float
+    max_feature_age: float
+    max_sensor_gap: float
+
+
+def replay(rec: Recording, spec: ModelSpec, backend, extractor, cfg: ReplayConfig, instruction: str | None,
+           progress=None) -> dict:
+    """One deterministic pass over the recording; returns per-tick predictions and targets."""
+    core = ActionExpertCore(spec, backend, cfg.max_feature_age, cfg.max_sensor_gap)
+    events = [(t, 0, "instruction", text) for t, text in rec.instructions]
+    if instruction is not None:
+        events.append((rec.sensor[0][0] - 1.0, 0, "instruction", instruction))
+    events += [(t, 1, "image", rgb) for t, rgb in rec.images]
+    events += [(t, 2, "sensor", values) for t, values in rec.sensor]
+    start, end = rec.sensor[0][0], min(rec.sensor[-1][0], rec.commands[-1][0])
+    vlm_period, action_period = 1.0 / cfg.vlm_hz, 1.0 / cfg.action_hz
+    events += [(start + k * vlm_period, 3, "vlm_tick", None) for k in range(int((end - start) / vlm_period) + 1)]
+    events += [(start + k * action_period, 4, "action_tick", None)
+               for k in range(1, int((end - start) / action_period) + 1)]
+    events.sort(key=lambda e: (e[0], e[1]))
+    command_times = np.array([t for t, _ in rec.commands])
+    command_values = np.stack([v for _, v in rec.commands])
+
+    instruction_now, instruction_since, image = None, float("-inf"), None
+    pending: list[tuple[float, np.ndarray, float, str]] = []  # (usable at, features, image stamp, instruction)
+    busy_until, skipped_during_job = float("-inf"), False
+    forward_seconds: list[float] = []
+    ticks: list[dict] = []
+    reasons: Counter = Counter()
+    vlm = {"forwards": 0, "skipped_busy": 0, "skipped_no_input": 0}
+
+    def start_forward(t: float) -> None:
+        nonlocal busy_until
+        if image is None or instruction_now is None or image[0] < instruction_since:
+            vlm["skipped_no_input"] += 1
+            return
+        began = time.perf_counter()
+        features = extractor.extract([image[1]], instruction_now).astype(np.float32)
+        forward_seconds.append(time.perf_counter() - began)
+        busy_until = t + cfg.vlm_latency
+        pending.append((busy_until, features, image[0], instruction_now))
+        vlm["forwards"] += 1
+
+    def deliver(until: float) -> None:
+        nonlocal skipped_during_job
+        while pending and pending[0][0] <= until:
+            done, features, image_stamp, text = pending.pop(0)
+            if text == instruction_now:
+                core.on_features(features, image_stamp, done)
+            if skipped_during_job:  # catch-up: the next forward starts when this one ends
+                skipped_during_job = False
+                start_forward(done)
+
+    for i, (t, _, kind, payload) in enumerate(events):
+        deliver(t)
+        if kind == "instruction":
+            if payload != instruction_now:
+                instruction_now, instruction_since = payload, t
+                core.on_instruction(payload, t)
+        elif kind == "image":
+            image = (t, payload)
+        elif kind == "sensor":
+            core.on_sensor(t, payload, t)
+        elif kind == "vlm_tick":
+            if t < busy_until:
+                vlm["skipped_busy"] += 1
+                skipped_during_job = True
+            else:
+                start_forward(t)
+        else:
+            result = core.tick(t)
+            if result.chunk is None:
+                reasons[result.reason.value] += 1
+                continue
+            steps = t + np.arange(spec.chunk_size) * spec.action_dt
+            if steps[-1] > command_times[-1] or steps[0] < command_times[0]:
+                reasons["no recorded command for the whole chunk"] += 1
+                continue
+            idx = np.searchsorted(command_times, steps, side="right") - 1
+            ticks.append({"t": t, "pred": result.chunk.actions, "target": command_values[idx],
+                          "feature_age": result.feature_age})
+        if progress is not None and i % 2000 == 0:
+            progress(i / len(events))
+    if progress is not None:
+        progress(1.0)
+    return {"ticks": ticks, "no_chunk": dict(reasons), "vlm": vlm, "forward_seconds": forward_seconds,
+            "action_ticks": sum(1 for e in events if e[2] == "action_tick")}
+
+
+def metrics(ticks: list[dict], action_names: list[str]) -> dict:
+    if not ticks:
+        return {"chunks": 0}
+    pred = np.stack([t["pred"] for t in ticks])  # [N, K, D]
+    target = np.stack([t["target"] for t in ticks])
+    mean_action = target.reshape(-1, target.shape[-1]).mean(axis=0)
+
+    def mae(p):
+        err = np.abs(p - target)
+        return {"first_step": {n: float(err[:, 0, d].mean()) for d, n in enumerate(action_names)}
+                | {"overall": float(err[:, 0].mean())},
+                "chunk": {n: float(err[:, :, d].mean()) for d, n in enumerate(action_names)}
+                | {"overall": float(err.mean())}}
+
+    ages = np.array([t["feature_age"] for t in ticks])
+    edges = np.arange(0.0, max(ages.max(), 0.25) + 0.25, 0.25)
+    counts, _ = np.histogram(ages, bins=edges)
+    return {"chunks": len(ticks), "mae": mae(pred), "mae_zero_action": mae(np.zeros_like(pred)),
+            "mae_mean_action": mae(np.broadcast_to(mean_action, pred.shape)),
+            "feature_age_s": {"p50": float(np.percentile(ages, 50)), "max": float(ages.max()),
+                              "histogram": {f"{a:.2f}-{b:.2f}": int(c) for a, b, c in zip(edges, edges[1:], counts)}}}
+
+
+def markdown(results: list[dict], spec: ModelSpec) -> str:
+    lines = ["| vlm_hz | VLM latency s | chunks | MAE first step | MAE chunk | zero-action MAE | mean-action MAE | "
+             "feature age p50 / max s | ticks without chunk |", "|" + "---|" * 9]
+    for r in results:
+        m = r["metrics"]
+        if not m.get("chunks"):
+            lines.append(f"| {r['vlm_hz']} | {r['vlm_latency']:.3f} | 0 | - | - | - | - | - | {r['no_chunk']} |")
+            continue
+        lines.append(
+            f"| {r['vlm_hz']} | {r['vlm_latency']:.3f} | {m['chunks']} | {m['mae']['first_step']['overall']:.4f} | "
+            f"{m['mae']['chunk']['overall']:.4f} | {m['mae_zero_action']['chunk']['overall']:.4f} | "
+            f"{m['mae_mean_action']['chunk']['overall']:.4f} | {m['feature_age_s']['p50']:.2f} / "
+            f"{m['feature_age_s']['max']:.2f} | {sum(r['no_chunk'].values())} |")
+    per_dim = ["", "MAE per dimension (whole chunk): " + "; ".join(
+        f"vlm_hz {r['vlm_hz']}: " + ", ".join(f"{n} {r['metrics']['mae']['chunk'][n]:.4f}" for n in spec.action_names)
+        for r in results if r["metrics"].get("chunks"))]
+    return "\n".join(lines + per_dim)
+
+
+def plot(result: dict, spec: ModelSpec, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ticks = result["ticks"]
+    if not ticks:
+        return
+    t = np.array([x["t"] for x in ticks])
+    t = t - t[0]
+    pred = np.stack([x["pred"][0] for x in ticks])
+    target = np.stack([x["target"][0] for x in ticks])
+    err = np.abs(np.stack([x["pred"] for x in ticks]) - np.stack([x["target"] for x in ticks])).mean(axis=(1, 2))
+    ages = np.array([x["feature_age"] for x in ticks])
+    fig, axes = plt.subplots(spec.action_dim + 1, 1, figsize=(9, 2.4 * (spec.action_dim + 1)))
+    for d, name in enumerate(spec.action_names):
+        axes[d].plot(t, target[:, d], label="recorded", lw=1.2)
+        axes[d].plot(t, pred[:, d], label="predicted (first step)", lw=1.0)
+        axes[d].set_ylabel(name)
+        axes[d].legend(loc="upper right", fontsize=8)
+    axes[-1].scatter(ages, err, s=4)
+    axes[-1].set_xlabel("feature age at use (s)")
+    axes[-1].set_ylabel("chunk MAE")
+    axes[0].set_title(f"vlm_hz {result['vlm_hz']}, VLM latency {result['vlm_latency']:.3f} s")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mobile-vla-eval", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bag", type=Path, action="append", required=True, help="rosbag2 directory (repeatable)")
+    ap.add_argument("--model-dir", type=Path, default=None, help="default: models/default")
+    ap.add_argument("--vlm-model-path", default="", help="VLM directory; default: the model dir's vlm/")
+    ap.add_argument("--clip-model-path", default="")
+    ap.add_argument("--vlm-hz", default="3.33", help="comma-separated: a sweep")
+    ap.add_argument("--action-hz", type=float, default=10.0)
+    ap.add_argument("--vlm-latency", default="auto",
+                    help="seconds from forward start to usable features; auto = median forward time measured here")
+    ap.add_argument("--max-feature-age", type=float, default=2.0)
+    ap.add_argument("--max-sensor-gap", type=float, default=0.05)
+    ap.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
+    ap.add_argument("--image-topic", default="/camera/image_raw")
+    ap.add_argument("--sensor-topic", default="/sensor")
+    ap.add_argument("--instruction-topic", default="/instruction")
+    ap.add_argument("--action-topic", default="/cmd_vel", help="Twist or TwistStamped")
+    ap.add_argument("--twist-mapping", default="linear.x,angular.z", help="Twist field per action dimension")
+    ap.add_argument("--instruction", default=None, help="used when the bag has no instruction topic")
+    ap.add_argument("--out", type=Path, default=Path("eval_results"))
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (BagError, ModelSpecError, ValueError) as exc:
+        print(f"mobile-vla-eval: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from ..core.backends import create_backend
+    from ..paths import default_model_dir
+    from ..vlm.base import ExtractorConfig, VlmLoadError, create_extractor
+
+    model_dir = args.model_dir or default_model_dir()
+    spec = ModelSpec.load(model_dir)
+    vlm_rates = [float(v) for v in args.vlm_hz.split(",") if v]
+    mapping = [f for f in args.twist_mapping.split(",")]
+    if len(mapping) != spec.action_dim:
+        raise ValueError(f"--twist-mapping: expected {spec.action_dim} fields (one per {spec.action_names}), "
+                         f"got {len(mapping)}")
+    topics = {"image": args.image_topic, "sensor": args.sensor_topic, "instruction": args.instruction_topic,
+              "action": args.action_topic}
+    try:
+        extractor = create_extractor(ExtractorConfig(
+            backend=spec.vlm_backend, pooling=spec.vlm_pooling, clip_model_path=args.clip_model_path,
+            model_path=args.vlm_model_path or str(Path(model_dir) / "vlm")))
+    except VlmLoadError as exc:
+        raise ValueError(str(exc)) from exc
+    if extractor.feature_dim != spec.feature_dim:
+        raise ValueError(f"VLM feature dim {extractor.feature_dim} != model.yaml feature_dim {spec.feature_dim}")
+    backend = create_backend(args.backend, Path(model_dir), spec, None)
+    recordings = [(bag, read_recording(bag, spec, topics, mapping)) for bag in args.bag]
+    for bag, rec in recordings:
+        if not rec.images:
+            raise BagError(f"{bag}: no usable images on {args.image_topic}")
+        if not rec.instructions and args.instruction is None:
+            raise BagError(f"{bag}: no {args.instruction_topic} messages; pass --instruction")
+    latency = _latency(args.vlm_latency, extractor, recordings[0][1])
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for hz in vlm_rates:
+        cfg = ReplayConfig(hz, args.action_hz, latency, args.max_feature_age, args.max_sensor_gap)
+        ticks, no_chunk, vlm = [], Counter(), Counter()
+        for bag, rec in recordings:
+            out = replay(rec, spec, backend, extractor, cfg, args.instruction,
+                         progress=lambda f, name=bag.name, hz=hz: progress_bar(f"vlm_hz {hz} {name}", f))
+            print()
+            ticks += out["ticks"]
+            no_chunk.update(out["no_chunk"])
+            vlm.update(out["vlm"])
+        result = {"vlm_hz": hz, "vlm_latency": latency, "action_hz": args.action_hz, "metrics": metrics(
+            ticks, spec.action_names), "no_chunk": dict(no_chunk), "vlm": dict(vlm), "ticks": ticks}
+        plot(result, spec, args.out / f"eval_vlm_hz_{hz}.png")
+        results.append(result)
+    table = markdown(results, spec)
+    print(table)
+    (args.out / "eval.md").write_text(f"# mobile-vla-eval\n\nmodel: {model_dir}\nbags: "
+                                      f"{', '.join(str(b) for b in args.bag)}\n\n{table}\n")
+    summary = [{k: v for k, v in r.items() if k != "ticks"} for r in results]
+    (args.out / "eval.json").write_text(json.dumps({"model_dir": str(model_dir), "bags": [str(b) for b in args.bag],
+                                                    "results": summary}, indent=2))
+    print(f"wrote {args.out}/eval.json, eval.md, eval_vlm_hz_*.png")
+    return 0
+
+
+def _latency(value: str, extractor, rec: Recording) -> float:
+    if value != "auto":
+        seconds = float(value)
+        if seconds < 0:
+            raise ValueError(f"--vlm-latency: must be >= 0, got {seconds}")
+        return seconds
+    text = rec.instructions[0][1] if rec.instructions else "go"
+    times = []
+    for _, rgb in rec.images[:6]:
+        began = time.perf_counter()
+        extractor.extract([rgb], text)
+        times.append(time.perf_counter() - began)
+    return float(np.median(times[1:] if len(times) > 1 else times))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
