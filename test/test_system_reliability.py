@@ -34,7 +34,8 @@ def test_sigterm_publishes_a_final_zero_command(probe, processes):
     moving = [m for _, m in twists.since(0.0) if m.linear.x != 0.0 or m.angular.z != 0.0]
     assert moving, "the robot must be commanded to move before the test means anything"
     t_term = time.monotonic()
-    assert action.stop(signal.SIGTERM) == 0
+    code = action.stop(signal.SIGTERM)
+    assert code == 0, f"exit code {code}:\n{action.output()[-3000:]}"
     time.sleep(0.5)
     after = twists.since(t_term)
     assert after, "no cmd_vel after SIGTERM"

@@ -136,23 +136,31 @@ def run_node(factory: Callable[[], Node], args=None, on_shutdown: Callable[[Node
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    node = None
+    node = executor = None
     code = 0
+    logger = rclpy.logging.get_logger("mobile_vla_ros")
     try:
         node = factory()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (StartupError, *startup_errors) as exc:
-        rclpy.logging.get_logger("mobile_vla_ros").fatal(f"start-up failed: {exc}")
+        logger.fatal(f"start-up failed: {exc}")
         code = 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # The signal can land anywhere inside spin(): stop the executor first so no wait set still
+        # holds the node's entities, then send the final message, then tear down.
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
         if node is not None:
             if on_shutdown is not None:
-                on_shutdown(node)
-            node.destroy_node()
+                on_shutdown(node)  # a failure here must not look like a clean exit: it propagates
+            try:
+                node.destroy_node()
+            except Exception as exc:  # after the final message; reported, not fatal
+                logger.error(f"destroying the node failed: {exc!r}")
         if rclpy.ok():
             rclpy.shutdown()
     return code
