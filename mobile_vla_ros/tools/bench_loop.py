@@ -232,10 +232,10 @@ def loop_table(rows: list[dict]) -> str:
     """Async and sync side by side per VLM latency, with the async/sync ratio where it means something."""
     lines = ["| VLM latency | sensor Hz | mode | chunks/s | actions/s | period p50 / p99 / max ms | "
              "period error p99 ms | end-to-end p50 / p99 ms | feature age p50 / max s | sensor sent / lost | "
-             "CPU % (policy nodes) |", "|" + "---|" * 11]
+             "CPU % / RSS MB (policy nodes) |", "|" + "---|" * 11]
     for r in rows:
         c = r["config"]
-        cpu = " + ".join(f"{v['cpu_percent_mean']:.0f}" for k, v in r["processes"].items()
+        cpu = " + ".join(f"{v['cpu_percent_mean']:.0f} % / {v['rss_mb_last']:.0f}" for k, v in r["processes"].items()
                          if k != "synthetic_sources")
         p, e, a = r["period_ms"], r["end_to_end_ms"], r["feature_age_s"]
         lines.append(f"| {c['vlm_latency']} s | {c['sensor_hz']:.0f} | {c['mode']} | {r['chunks_per_s']:.2f} | "
