@@ -99,8 +99,10 @@ def test_model_emitting_nan_publishes_no_chunk_commands_zero_and_reports_error(p
     diags = probe.diagnostics()
     processes.append(NodeProcess("tools.synthetic_sources", {}))
     processes.append(NodeProcess("vlm_node", {"device": "cpu", "dtype": "fp32", "vlm_hz": 3.0}))
+    # The model is non-finite from the first tick, so the node never leaves the stopped state: hold the
+    # zero command longer than the test so the probe sees it however late DDS discovery completes.
     action = NodeProcess("action_expert_node", {"model_dir": str(model_dir), "backend": "onnxruntime",
-                                                "zero_cmd_hold": ZERO_HOLD})
+                                                "zero_cmd_hold": 60.0})
     processes.append(action)
 
     wait_for(lambda: features.count() >= 2, 60, "VL features")
