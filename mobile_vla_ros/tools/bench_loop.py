@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -172,16 +173,8 @@ def _quiet_counts(observer: Observer, policy: str) -> tuple[int, int]:
 
 def run_loop(cfg: LoopConfig, log=print, sample_every: float = 1.0, progress=None) -> dict:
     """One run: start, warm up, measure `cfg.seconds`, stop; everything measured from outside."""
-    procs = start_nodes(cfg)
     policy = _policy_node(cfg)
-    observer = LoopObserver()
-    burners = [multiprocessing.Process(target=_burn, daemon=True) for _ in range(cfg.cpu_burners)]
-    try:
-        wait_for(lambda: observer.chunks.count() > 0 or any(not p.alive() for p in procs.values()), 120,
-                 "the first action chunk")
-        _raise_if_dead(procs)
-        for b in burners:
-            b.start()
+    with running_system(cfg) as (procs, observer):
         time.sleep(cfg.warmup)
         sent0, received0 = _quiet_counts(observer, policy)
         time.sleep(1.0 + 2.0 * cfg.vlm_latency)  # back to running after the pause
@@ -203,6 +196,22 @@ def run_loop(cfg: LoopConfig, log=print, sample_every: float = 1.0, progress=Non
         stats["processes"] = _process_summary(sampler)
         stats["policy_diagnostics"] = observer.latest_diagnostics(policy)
         return {"config": asdict(cfg), **stats}
+
+
+@contextmanager
+def running_system(cfg: LoopConfig):
+    """Nodes started, the observer listening, the first chunk out, CPU burners running; all stopped
+    on exit, pass or fail."""
+    procs = start_nodes(cfg)
+    observer = LoopObserver()
+    burners = [multiprocessing.Process(target=_burn, daemon=True) for _ in range(cfg.cpu_burners)]
+    try:
+        wait_for(lambda: observer.chunks.count() > 0 or any(not p.alive() for p in procs.values()), 120,
+                 "the first action chunk")
+        _raise_if_dead(procs)
+        for b in burners:
+            b.start()
+        yield procs, observer
     finally:
         for b in burners:
             b.kill()
@@ -263,16 +272,8 @@ def run_soak(minutes: float, cpu_burners: int, sensor_hz: float, action_hz: floa
     at least 30 s: allocator pools, DDS buffers and ORT arenas fill up first)."""
     cfg = LoopConfig(mode=ASYNC, vlm_latency=0.3, sensor_hz=sensor_hz, action_hz=action_hz,
                      seconds=minutes * 60.0, cpu_burners=cpu_burners)
-    procs = start_nodes(cfg)
-    observer = LoopObserver()
-    burners = [multiprocessing.Process(target=_burn, daemon=True) for _ in range(cpu_burners)]
     crashes: dict[str, int] = {}
-    try:
-        wait_for(lambda: observer.chunks.count() > 0 or any(not p.alive() for p in procs.values()), 120,
-                 "the first action chunk")
-        _raise_if_dead(procs)
-        for b in burners:
-            b.start()
+    with running_system(cfg) as (procs, observer):
         sampler = ProcessSampler({name: p.pid for name, p in procs.items()})
         t0 = time.monotonic()
         warmup = max(30.0, 0.2 * cfg.seconds)
@@ -314,12 +315,6 @@ def run_soak(minutes: float, cpu_burners: int, sensor_hz: float, action_hz: floa
             "crashes": crashes, "rss": rss, "processes": _process_summary(sampler),
             "policy_diagnostics": diag,
         }
-    finally:
-        for b in burners:
-            b.kill()
-        observer.destroy()
-        for p in procs.values():
-            p.stop()
 
 
 def soak_table(result: dict) -> str:
