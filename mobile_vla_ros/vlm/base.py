@@ -88,10 +88,24 @@ def check_pooling(pooling: str) -> None:
         raise VlmLoadError(f"feature_pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")
 
 
-def check_no_missing_weights(info: dict, path: Path, what: str, architecture: str) -> None:
+def from_local_dir(loader, path: Path, what: str, architecture: str, **kwargs):
+    """`loader.from_pretrained(path, local_files_only=True, **kwargs)`; the errors transformers raises
+    for unreadable files become a VlmLoadError naming the parameter and the directory."""
+    try:
+        return loader.from_pretrained(path, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise VlmLoadError(f"{what}: {path} cannot be loaded as {architecture} ({exc})") from exc
+
+
+def load_model(model_class, path: Path, what: str, architecture: str, dtype, device: str):
+    """Weights with SDPA attention in `dtype` on `device`, in eval mode; a checkpoint lacking any
+    weight is refused (transformers would silently initialise it at random)."""
+    model, info = from_local_dir(model_class, path, what, architecture, output_loading_info=True,
+                                 attn_implementation="sdpa", **dtype_kwarg(dtype))
     if info["missing_keys"]:
         raise VlmLoadError(f"{what}: {path} lacks weights for {len(info['missing_keys'])} tensors, "
                            f"e.g. {info['missing_keys'][0]} (not a {architecture} checkpoint?)")
+    return model.to(device).eval()
 
 
 def torch_dtype(name: str, device: str):

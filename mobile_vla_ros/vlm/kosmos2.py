@@ -17,12 +17,11 @@ import numpy as np
 
 from .base import (
     ExtractorConfig,
-    VlmLoadError,
     check_model_dir,
     check_model_type,
-    check_no_missing_weights,
     check_pooling,
-    dtype_kwarg,
+    from_local_dir,
+    load_model,
     torch_dtype,
 )
 from .static_forward import StaticForward
@@ -70,16 +69,10 @@ class Kosmos2Extractor:
         path = check_model_dir(config.model_path)
         check_model_type(path, "kosmos-2")
         dtype = torch_dtype(config.dtype, config.device)
-        try:
-            self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-            model, info = Kosmos2ForConditionalGeneration.from_pretrained(
-                path, local_files_only=True, output_loading_info=True, attn_implementation="sdpa",
-                **dtype_kwarg(dtype))
-        except (OSError, ValueError) as exc:
-            raise VlmLoadError(f"model_path: {path} cannot be loaded as Kosmos-2 ({exc})") from exc
-        check_no_missing_weights(info, path, "model_path", "Kosmos-2")
+        self.processor = from_local_dir(AutoProcessor, path, "model_path", "Kosmos-2")
+        model = load_model(Kosmos2ForConditionalGeneration, path, "model_path", "Kosmos-2", dtype, config.device)
         self._torch = torch
-        self.model = model.to(config.device).eval()
+        self.model = model
         self.config = config
         self.prompt = config.prompt or DEFAULT_PROMPT
         self.device = config.device

@@ -10,14 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import (
-    ExtractorConfig,
-    VlmLoadError,
-    check_model_dir,
-    check_model_type,
-    check_no_missing_weights,
-    dtype_kwarg,
-)
+from .base import ExtractorConfig, check_model_dir, check_model_type, from_local_dir, load_model
 from .kosmos2 import Kosmos2Extractor
 
 
@@ -28,17 +21,12 @@ class Kosmos2ClipExtractor(Kosmos2Extractor):
         super().__init__(config)
         path = check_model_dir(config.clip_model_path, "clip_model_path", tokenizer=False)
         check_model_type(path, ("clip", "clip_vision_model"), "clip_model_path")
-        try:
-            self.clip_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True, use_fast=False)
-            with_projection = _has_projection(path)
-            cls = CLIPVisionModelWithProjection if with_projection else CLIPVisionModel
-            clip, info = cls.from_pretrained(path, local_files_only=True, output_loading_info=True,
-                                             attn_implementation="sdpa", **dtype_kwarg(self.dtype))
-        except (OSError, ValueError) as exc:
-            raise VlmLoadError(f"clip_model_path: {path} cannot be loaded as CLIP vision ({exc})") from exc
-        check_no_missing_weights(info, path, "clip_model_path", "CLIP")
-        self.clip = clip.to(config.device).eval()
-        self.clip_dim = clip.config.projection_dim if with_projection else clip.config.hidden_size
+        self.clip_processor = from_local_dir(AutoImageProcessor, path, "clip_model_path", "CLIP vision",
+                                             use_fast=False)
+        with_projection = _has_projection(path)
+        cls = CLIPVisionModelWithProjection if with_projection else CLIPVisionModel
+        self.clip = load_model(cls, path, "clip_model_path", "CLIP vision", self.dtype, config.device)
+        self.clip_dim = self.clip.config.projection_dim if with_projection else self.clip.config.hidden_size
         self.kosmos_dim = self.feature_dim
         self.feature_dim = self.kosmos_dim + self.clip_dim
 

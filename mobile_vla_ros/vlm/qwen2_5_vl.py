@@ -26,9 +26,9 @@ from .base import (
     VlmLoadError,
     check_model_dir,
     check_model_type,
-    check_no_missing_weights,
     check_pooling,
-    dtype_kwarg,
+    from_local_dir,
+    load_model,
     torch_dtype,
 )
 from .kosmos2 import pad_to_bucket, pool_hidden, pooling_indices
@@ -51,22 +51,17 @@ class Qwen25VLExtractor:
         self.prompt = config.prompt or DEFAULT_PROMPT
         if self.prompt.count(IMAGE_TOKEN) != 1 or "{instruction}" not in self.prompt:
             raise VlmLoadError(f"prompt: must contain {IMAGE_TOKEN} once and {{instruction}}")
-        try:
-            self.image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True, use_fast=False)
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-                path, local_files_only=True, output_loading_info=True, attn_implementation="sdpa",
-                **dtype_kwarg(dtype))
-        except (OSError, ValueError) as exc:
-            raise VlmLoadError(f"model_path: {path} cannot be loaded as Qwen2.5-VL ({exc})") from exc
-        check_no_missing_weights(info, path, "model_path", "Qwen2.5-VL")
+        self.image_processor = from_local_dir(AutoImageProcessor, path, "model_path", "Qwen2.5-VL", use_fast=False)
+        self.tokenizer = from_local_dir(AutoTokenizer, path, "model_path", "Qwen2.5-VL")
+        model = load_model(Qwen2_5_VLForConditionalGeneration, path, "model_path", "Qwen2.5-VL", dtype,
+                           config.device)
         self.tokenizer.padding_side = "right"
         image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         if image_token_id != model.config.image_token_id:
             raise VlmLoadError(f"model_path: tokenizer maps {IMAGE_TOKEN} to {image_token_id}, config.json expects "
                                f"image_token_id {model.config.image_token_id}")
         self._torch = torch
-        self.model = model.to(config.device).eval()
+        self.model = model
         self.vlm = self.model.model  # Qwen2_5_VLModel: vision tower + language model, no LM head
         self.config = config
         self.device = config.device
