@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.model_spec import ModelSpec, Normalization
-from .progress import progress_bar
+from .cli import comma_list, progress_bar
 
 
 def measure(fn: Callable[[], object], iters: int, warmup: int, max_seconds: float) -> dict[str, float]:
@@ -202,15 +202,15 @@ def _parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
     inf = sub.add_parser("inference", help="action-expert latency per backend/precision/batch")
-    inf.add_argument("--heads", default="conv_mlp,recurrent")
-    inf.add_argument("--batches", default="1,8")
+    inf.add_argument("--heads", type=comma_list(), default="conv_mlp,recurrent")
+    inf.add_argument("--batches", type=comma_list(int), default="1,8")
     inf.add_argument("--feature-dim", type=int, default=2048, help="2048 = Kosmos-2 hidden size")
     inf.add_argument("--iters", type=int, default=2000)
     inf.add_argument("--max-seconds", type=float, default=10.0, help="time budget per row")
     inf.add_argument("--out", type=Path, default=Path("bench_results/inference.json"))
     vlm = sub.add_parser("vlm", help="VLM extractor latency at full size on the GPU (needs CUDA)")
-    vlm.add_argument("--backends", default="kosmos2,kosmos2_clip,qwen2_5_vl")
-    vlm.add_argument("--views", default="1,5")
+    vlm.add_argument("--backends", type=comma_list(), default="kosmos2,kosmos2_clip,qwen2_5_vl")
+    vlm.add_argument("--views", type=comma_list(int), default="1,5")
     vlm.add_argument("--iters", type=int, default=100)
     vlm.add_argument("--max-seconds", type=float, default=8.0, help="time budget per row")
     vlm.add_argument("--out", type=Path, default=Path("bench_results/vlm.json"))
@@ -218,7 +218,8 @@ def _parser() -> argparse.ArgumentParser:
     modes = loop.add_mutually_exclusive_group()
     modes.add_argument("--sync", action="store_true", help="only the synchronous baseline")
     modes.add_argument("--async-only", action="store_true", help="only the asynchronous nodes")
-    loop.add_argument("--vlm-latency", default="0.3,1.5", help="seconds per VLM forward, comma-separated")
+    loop.add_argument("--vlm-latency", type=comma_list(float), default="0.3,1.5",
+                      help="seconds per VLM forward, comma-separated")
     loop.add_argument("--sensor-hz", type=float, default=650.0)
     loop.add_argument("--headroom-sensor-hz", type=float, default=2000.0,
                       help="one more async run at this sensor rate (0: skip)")
@@ -239,15 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         return system_bench(args)
     if args.what == "vlm":
         return vlm_bench(args)
-    try:
-        heads = [h for h in args.heads.split(",") if h]
-        batches = [int(b) for b in args.batches.split(",") if b]
-    except ValueError as exc:
-        print(f"mobile-vla-bench: error: {exc}", file=sys.stderr)
-        return 2
     env = environment()
     print(f"environment: {env}")
-    rows = inference_rows(heads, batches, args.feature_dim, args.iters, args.max_seconds)
+    rows = inference_rows(args.heads, args.batches, args.feature_dim, args.iters, args.max_seconds)
     print(format_table(rows))
     _write(args.out, {"benchmark": "inference", "environment": env, "rows": rows})
     return 0
@@ -262,15 +257,9 @@ def vlm_bench(args) -> int:
         print("mobile-vla-bench: error: vlm needs a CUDA GPU (full-size VLMs on a CPU take seconds per forward)",
               file=sys.stderr)
         return 2
-    try:
-        backends = [b for b in args.backends.split(",") if b]
-        views = [int(v) for v in args.views.split(",") if v]
-    except ValueError as exc:
-        print(f"mobile-vla-bench: error: {exc}", file=sys.stderr)
-        return 2
     env = environment()
     print(f"environment: {env}")
-    rows = vlm_rows(backends, views, args.iters, args.max_seconds)
+    rows = vlm_rows(args.backends, args.views, args.iters, args.max_seconds)
     print(vlm_table(rows))
     _write(args.out, {"benchmark": "vlm", "environment": env, "rows": rows})
     return 0
@@ -289,11 +278,7 @@ def system_bench(args) -> int:
         print(B.soak_table(result))
         _write(args.out, {"benchmark": "soak", "environment": env, "result": result})
         return 0
-    try:
-        latencies = [float(v) for v in args.vlm_latency.split(",") if v]
-    except ValueError as exc:
-        print(f"mobile-vla-bench: error: --vlm-latency: {exc}", file=sys.stderr)
-        return 2
+    latencies = args.vlm_latency
     modes = [B.SYNC] if args.sync else [B.ASYNC] if args.async_only else [B.ASYNC, B.SYNC]
     configs = [B.LoopConfig(mode, latency, args.sensor_hz, args.action_hz, args.seconds)
                for latency in latencies for mode in modes]

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..core.action_pipeline import ActionExpertCore
 from ..core.model_spec import ModelSpec, ModelSpecError
-from .progress import progress_bar
+from .cli import comma_list, progress_bar
 
 
 class BagError(RuntimeError):
@@ -284,7 +284,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--model-dir", type=Path, default=None, help="default: models/default")
     ap.add_argument("--vlm-model-path", default="", help="VLM directory; default: the model dir's vlm/")
     ap.add_argument("--clip-model-path", default="")
-    ap.add_argument("--vlm-hz", default="3.33", help="comma-separated: a sweep")
+    ap.add_argument("--vlm-hz", type=comma_list(float), default="3.33", help="comma-separated: a sweep")
     ap.add_argument("--action-hz", type=float, default=10.0)
     ap.add_argument("--vlm-latency", default="auto",
                     help="seconds from forward start to usable features; auto = median forward time measured here")
@@ -317,7 +317,6 @@ def _run(args) -> int:
 
     model_dir = args.model_dir or default_model_dir()
     spec = ModelSpec.load(model_dir)
-    vlm_rates = [float(v) for v in args.vlm_hz.split(",") if v]
     mapping = [f for f in args.twist_mapping.split(",")]
     if len(mapping) != spec.action_dim:
         raise ValueError(f"--twist-mapping: expected {spec.action_dim} fields (one per {spec.action_names}), "
@@ -342,7 +341,7 @@ def _run(args) -> int:
     latency = _latency(args.vlm_latency, extractor, recordings[0][1])
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
-    for hz in vlm_rates:
+    for hz in args.vlm_hz:
         cfg = ReplayConfig(hz, args.action_hz, latency, args.max_feature_age, args.max_sensor_gap)
         ticks, no_chunk, vlm = [], Counter(), Counter()
         for bag, rec in recordings:
