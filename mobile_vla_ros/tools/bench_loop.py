@@ -171,7 +171,7 @@ def _quiet_counts(observer: Observer, policy: str) -> tuple[int, int]:
     return counts
 
 
-def run_loop(cfg: LoopConfig, log=print, sample_every: float = 1.0, progress=None) -> dict:
+def run_loop(cfg: LoopConfig, sample_every: float = 1.0, progress=None) -> dict:
     """One run: start, warm up, measure `cfg.seconds`, stop; everything measured from outside."""
     policy = _policy_node(cfg)
     with running_system(cfg) as (procs, observer):
