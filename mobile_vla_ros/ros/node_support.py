@@ -5,6 +5,7 @@ validation, QoS profiles, diagnostics messages, and the common `main` wrapper.
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -119,8 +120,7 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+STOP_CHECK_PERIOD = 0.1  # s: the longest an idle node takes to notice SIGINT/SIGTERM
 
 
 def run_node(factory: Callable[[], Node], args=None, on_shutdown: Callable[[Node], None] | None = None,
@@ -130,12 +130,15 @@ def run_node(factory: Callable[[], Node], args=None, on_shutdown: Callable[[Node
     A SingleThreadedExecutor is deliberate: on a 2-core computer the MultiThreadedExecutor dropped
     most of a 650 Hz subscription; slow work runs in plain worker threads instead. rclpy's own
     signal handlers would invalidate the context before we could publish a final message, so
-    SIGINT and SIGTERM raise KeyboardInterrupt here and `on_shutdown` (a final zero cmd_vel) runs
-    while the node can still publish. Configuration errors exit with code 2 and one fatal line.
+    SIGINT and SIGTERM only set a flag that the spin loop checks, and `on_shutdown` (a final zero
+    cmd_vel) runs while the node can still publish. (Raising KeyboardInterrupt from the handler is
+    not safe: landing inside rclpy's C++ message conversion it surfaces as a RuntimeError.)
+    Configuration errors exit with code 2 and one fatal line.
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGINT, _raise_interrupt)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     node = executor = None
     code = 0
     logger = rclpy.logging.get_logger("mobile_vla_ros")
@@ -143,15 +146,16 @@ def run_node(factory: Callable[[], Node], args=None, on_shutdown: Callable[[Node
         node = factory()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=STOP_CHECK_PERIOD)
     except (StartupError, *startup_errors) as exc:
         logger.fatal(f"start-up failed: {exc}")
         code = 2
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except (KeyboardInterrupt, ExternalShutdownException):  # a signal before our handlers were installed
         pass
     finally:
-        # The signal can land anywhere inside spin(): stop the executor first so no wait set still
-        # holds the node's entities, then send the final message, then tear down.
+        # Stop the executor first (it releases its wait set and guard conditions), then send the
+        # final message, then tear down.
         if executor is not None:
             executor.shutdown(timeout_sec=1.0)
         if node is not None:
