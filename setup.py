@@ -35,6 +35,7 @@ setup(
         "inference": ["onnxruntime>=1.16", "onnx>=1.14"],
         "bags": ["rosbags>=0.9"],
         "eval": ["rosbags>=0.9", "matplotlib"],
+        "sim": ["mujoco>=3.1", "rosbags>=0.9", "matplotlib"],
         "torch": ["torch>=2.1"],
         "vlm": ["torch>=2.1", "transformers>=4.49", "pillow", "safetensors"],
         "test": ["pytest>=7", "ruff"],
@@ -56,6 +57,9 @@ setup(
             f"mobile-vla-bench = {PACKAGE}.tools.bench:main",
             f"mobile-vla-eval = {PACKAGE}.tools.evaluate:main",
             f"sync_baseline_node = {PACKAGE}.tools.sync_baseline:main",
+            f"sim_node = {PACKAGE}.sim_node:main",
+            f"mobile-vla-record-sim = {PACKAGE}.tools.record_sim:main",
+            f"mobile-vla-train = {PACKAGE}.tools.train:main",
         ],
     },
 )

@@ -4,11 +4,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# MuJoCo (the simulated robot) renders headless through OSMesa on the CPU unless MUJOCO_GL=egl.
+if ! ldconfig -p | grep -q libOSMesa; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+        apt-get install -y -q libosmesa6 > /dev/null 2>&1 \
+            || { apt-get update -q > /dev/null && apt-get install -y -q libosmesa6 > /dev/null; }
+    else
+        echo "install.sh: warning: libOSMesa missing; run 'sudo apt-get install libosmesa6' for the simulator" >&2
+    fi
+fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/dev.txt
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
-.venv/bin/python -c "import rclpy, torch, transformers, onnxruntime, mobile_vla_ros" \
+.venv/bin/python -c "import rclpy, torch, transformers, onnxruntime, mujoco, mobile_vla_ros" \
     || { echo "install.sh: the environment does not import; see the pip output above" >&2; exit 1; }
 echo "install.sh: ready (.venv: $(.venv/bin/python --version), torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"

@@ -93,7 +93,15 @@ def _parser() -> argparse.ArgumentParser:
                          "Default: config/robot.yaml of the package")
     ap.add_argument("--namespace", default="", help="namespace of both nodes")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error", "fatal"])
-    ap.add_argument("--sim", action="store_true", help="also start the MuJoCo simulated robot")
+    ap.add_argument("--sim", action="store_true",
+                    help="closed loop with the MuJoCo simulated robot: run --episodes seeded episodes, print success "
+                         "rate (beside zero/random-action baselines), rates, feature age and latency, write "
+                         "--out/report.json and trajectories.png. Default params: config/robot.yaml + config/sim.yaml")
+    ap.add_argument("--episodes", type=int, default=20, help="--sim: episodes to run")
+    ap.add_argument("--seed", type=int, default=1000, help="--sim: first episode's task seed (held out from the "
+                                                           "training seeds 0-999)")
+    ap.add_argument("--time-limit", type=float, default=None, help="--sim: s per episode (default: config/sim.yaml)")
+    ap.add_argument("--out", type=Path, default=Path("sim_results"), help="--sim: report directory")
     ap.add_argument("--synthetic", action="store_true",
                     help="also start synthetic_sources (camera, 650 Hz IMU, instruction) instead of a robot")
     ap.add_argument("--instruction", default="go to the red cylinder", help="instruction for --synthetic")
@@ -103,15 +111,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    params_files = args.params_file or [share_dir() / "config" / "robot.yaml"]
+    config = share_dir() / "config"
+    params_files = args.params_file or [config / "robot.yaml"] + ([config / "sim.yaml"] if args.sim else [])
     for f in params_files:
         if not f.is_file():
             print(f"mobile-vla-bringup: error: --params-file {f}: no such file", file=sys.stderr)
             return 2
     if args.sim:
-        print("mobile-vla-bringup: error: --sim needs the MuJoCo simulated robot, which is not part of this "
-              "release yet; use --synthetic for a robot stand-in", file=sys.stderr)
-        return 2
+        return _sim(args, params_files)
     commands = {name: node_command(name, params_files, args.namespace, args.log_level) for name in NODES}
     if args.synthetic:
         commands["synthetic_sources"] = node_command(
@@ -151,6 +158,28 @@ def main(argv: list[str] | None = None) -> int:
     if report:
         print(report)
     return code
+
+
+def _sim(args, params_files: list[Path]) -> int:
+    if args.episodes < 1:
+        print("mobile-vla-bringup: error: --episodes must be >= 1", file=sys.stderr)
+        return 2
+    from ..sim import mujoco_missing
+
+    missing = mujoco_missing()
+    if missing:
+        print(f"mobile-vla-bringup: error: {missing}", file=sys.stderr)
+        return 2
+    from .sim_run import sim_job
+
+    # Everything runs on this machine: keep DDS discovery on loopback.
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    try:
+        sim_job(params_files, args.episodes, args.seed, args.out, args.namespace, args.log_level, args.time_limit)
+    except RuntimeError as exc:
+        print(f"mobile-vla-bringup: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 SUMMARY_KEYS: dict[str, tuple[str, ...]] = {

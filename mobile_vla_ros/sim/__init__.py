@@ -1,0 +1,16 @@
+"""The MuJoCo simulated robot (ROS-free core): world, tasks, episodes, expert and baselines."""
+
+import os
+
+# Headless rendering: OSMesa on the CPU unless the user chose (e.g. MUJOCO_GL=egl on a GPU machine).
+# Set before anything imports mujoco, which reads it once.
+os.environ.setdefault("MUJOCO_GL", "osmesa")
+
+
+def mujoco_missing() -> str | None:
+    """None when MuJoCo imports, else a one-line reason for the user."""
+    try:
+        import mujoco  # noqa: F401
+    except ImportError as exc:
+        return f"the simulated robot needs MuJoCo (pip install mujoco; apt-get install libosmesa6): {exc}"
+    return None

@@ -1,0 +1,128 @@
+"""Episodes of the simulated robot, independent of ROS and of wall time: physics is advanced to a
+requested sim time under the current command, producing the sensor events (IMU every physics step,
+camera frames at camera_hz) a driver publishes or records. Also the privileged scripted expert and
+the zero/random baselines, which drive episodes in-process."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .world import SimConfig, SimRobot, Task
+
+ACTION_LIMITS = (0.5, 1.0)  # |linear.x| m/s, |angular.z| rad/s: config/robot.yaml's action_limits
+
+
+@dataclass
+class SensorEvent:
+    kind: str  # "imu" | "image"
+    t: float   # sim time, s
+    data: np.ndarray
+
+
+@dataclass
+class EpisodeResult:
+    seed: int
+    instruction: str
+    success: bool
+    duration: float  # s of sim time until success or the time limit
+    final_distance: float
+    path: list[tuple[float, float]] = field(default_factory=list)  # base x, y at 10 Hz
+    objects: list[dict] = field(default_factory=list)
+    target: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SimEpisode:
+    """One task run: `advance(v, w, until)` steps physics with the command held until sim time `until`."""
+
+    def __init__(self, task: Task, cfg: SimConfig | None = None, render: bool = True):
+        self.cfg = cfg or SimConfig()
+        self.task = task
+        self.robot = SimRobot(task, self.cfg, render=render)
+        self._render = render
+        self._frames = 0
+        self._path: list[tuple[float, float]] = []
+        self.started_at = 0.0  # sim time the episode's clock started (after a pause showing the scene)
+        self.done = False
+        self.success = False
+
+    @property
+    def time(self) -> float:
+        """Sim seconds since the world was created (pause included)."""
+        return self.robot.time
+
+    @property
+    def elapsed(self) -> float:
+        """Sim seconds since `start`: what the time limit applies to."""
+        return self.robot.time - self.started_at
+
+    def start(self) -> None:
+        """Start the episode's clock now (after a pause in which the base was held still)."""
+        self.started_at = self.robot.time
+
+    def advance(self, v: float, w: float, until: float, active: bool = True) -> list[SensorEvent]:
+        """Step physics with the command (v, w) held until sim time `until`; with active=False
+        (a pause) the command is ignored and success and the time limit are not evaluated."""
+        events = []
+        dt = 1.0 / self.cfg.physics_hz
+        path_every = max(1, round(self.cfg.physics_hz / 10))
+        while not self.done and self.robot.time + 0.5 * dt < until:
+            if self._render and self.robot.time + 1e-9 >= self._frames / self.cfg.camera_hz:
+                events.append(SensorEvent("image", self.robot.time, self.robot.render()))
+                self._frames += 1
+            if active and self.robot.steps % path_every == 0:
+                self._path.append(self.robot.pose()[:2])
+            imu = self.robot.step(v, w) if active else self.robot.step(0.0, 0.0)
+            events.append(SensorEvent("imu", self.robot.time, imu))
+            if not active:
+                continue
+            if self.robot.succeeded():
+                self.done = self.success = True
+            elif self.elapsed >= self.cfg.time_limit:
+                self.done = True
+        return events
+
+    def result(self) -> EpisodeResult:
+        return EpisodeResult(self.task.seed, self.task.instruction, self.success, self.elapsed,
+                             self.robot.target_distance(), [*self._path, self.robot.pose()[:2]],
+                             [{"color": o.color, "shape": o.shape, "x": o.x, "y": o.y, "radius": o.radius}
+                              for o in self.task.objects], self.task.target)
+
+    def close(self) -> None:
+        self.robot.close()
+
+
+def expert_command(robot: SimRobot) -> tuple[float, float]:
+    """Privileged scripted expert: turn towards the target (P on bearing), drive when roughly aligned,
+    slow down near it."""
+    bearing = robot.target_bearing()
+    distance = robot.target_distance()
+    w = float(np.clip(1.8 * bearing, -ACTION_LIMITS[1], ACTION_LIMITS[1]))
+    v = float(np.clip(0.5 * distance + 0.1, 0.0, 0.45)) * max(0.0, math.cos(bearing)) ** 4
+    return v, w
+
+
+def run_baseline(task: Task, policy: str, cfg: SimConfig | None = None, control_hz: float = 10.0) -> EpisodeResult:
+    """Drive an episode without the camera: `zero` (no motion) or `random` (uniform in the action
+    limits, a new command every control period, seeded by the task)."""
+    rng = np.random.default_rng(task.seed + 104729)
+    episode = SimEpisode(task, cfg, render=False)
+    try:
+        k = 0
+        while not episode.done:
+            if policy == "zero":
+                v, w = 0.0, 0.0
+            elif policy == "random":
+                v, w = (rng.uniform(-a, a) for a in ACTION_LIMITS)
+            else:
+                raise ValueError(f"unknown baseline {policy!r}: zero | random")
+            k += 1
+            episode.advance(v, w, k / control_hz)
+        return episode.result()
+    finally:
+        episode.close()

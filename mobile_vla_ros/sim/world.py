@@ -1,0 +1,206 @@
+"""The simulated robot (MuJoCo, no ROS): a differential-drive base in an arena with coloured
+objects, an on-board camera, an IMU from MuJoCo's gyro and accelerometer sensors, and seeded tasks
+("go to the red cylinder") with a success radius and a time limit.
+
+Headless rendering: MUJOCO_GL=osmesa (CPU; the default here when unset) or egl (GPU).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+COLORS = {"red": (0.85, 0.1, 0.1), "green": (0.1, 0.7, 0.15), "blue": (0.1, 0.25, 0.9),
+          "yellow": (0.95, 0.85, 0.1)}
+SHAPES = ("cylinder", "box")
+PHRASINGS = ("go to the {color} {shape}", "drive to the {color} {shape}", "move towards the {color} {shape}",
+             "navigate to the {color} {shape}", "approach the {color} object")
+GRAVITY = 9.81
+
+
+@dataclass(frozen=True)
+class SimObject:
+    color: str
+    shape: str
+    x: float
+    y: float
+    radius: float = 0.22
+
+
+@dataclass(frozen=True)
+class Task:
+    """One episode: objects, the target among them, the instruction, and the start pose."""
+
+    seed: int
+    objects: tuple[SimObject, ...]
+    target: int
+    instruction: str
+    start: tuple[float, float, float]  # x, y, yaw
+
+    @property
+    def target_object(self) -> SimObject:
+        return self.objects[self.target]
+
+
+@dataclass
+class SimConfig:
+    physics_hz: float = 650.0        # one IMU sample per physics step
+    camera_hz: float = 15.0
+    image_size: int = 224
+    camera_fovy: float = 75.0        # degrees (square image: horizontal = vertical)
+    time_limit: float = 20.0         # s per episode
+    success_radius: float = 0.45     # m from the base centre to the target's surface
+    objects: int = 3
+    gyro_noise: float = 0.004        # rad/s, white, per sample
+    accel_noise: float = 0.04        # m/s^2
+    seed_offset: int = field(default=0, repr=False)
+
+
+def sample_task(seed: int, cfg: SimConfig | None = None) -> Task:
+    """Objects in front of the robot (all in the camera's view at the start, at least 22 deg apart),
+    1.5-2.7 m away; a random target, colour and phrasing. The same seed gives the same task."""
+    cfg = cfg or SimConfig()
+    rng = np.random.default_rng(seed)
+    yaw0 = rng.uniform(-math.pi, math.pi)
+    start = (rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5), yaw0)
+    half_fov = math.radians(cfg.camera_fovy / 2) * 0.75
+    while True:
+        bearings = np.sort(rng.uniform(-half_fov, half_fov, cfg.objects))
+        if np.all(np.diff(bearings) > math.radians(22)):
+            break
+    colors = rng.choice(list(COLORS), cfg.objects, replace=False)
+    objects = []
+    for bearing, color in zip(bearings, colors):
+        dist = rng.uniform(1.5, 2.7)
+        objects.append(SimObject(str(color), str(rng.choice(SHAPES)), start[0] + dist * math.cos(yaw0 + bearing),
+                                 start[1] + dist * math.sin(yaw0 + bearing)))
+    target = int(rng.integers(cfg.objects))
+    phrase = PHRASINGS[int(rng.integers(len(PHRASINGS)))]
+    instruction = phrase.format(color=objects[target].color, shape=objects[target].shape)
+    return Task(seed, tuple(objects), target, instruction, start)
+
+
+def world_xml(task: Task, cfg: SimConfig) -> str:
+    """MJCF of the arena for a task. The base moves on planar joints (x, y, yaw) driven by velocity
+    actuators with force limits, so commands take effect with a realistic lag and the IMU sees it."""
+    objects = []
+    for i, obj in enumerate(task.objects):
+        r, g, b = COLORS[obj.color]
+        if obj.shape == "cylinder":
+            geom = f'type="cylinder" size="{obj.radius} 0.3"'
+        else:
+            geom = f'type="box" size="{obj.radius * 0.85} {obj.radius * 0.85} 0.3"'
+        objects.append(f'<geom name="object{i}" {geom} pos="{obj.x} {obj.y} 0.3" rgba="{r} {g} {b} 1" '
+                       f'contype="0" conaffinity="0"/>')
+    return f"""<mujoco model="mobile_vla_arena">
+  <option timestep="{1.0 / cfg.physics_hz}" gravity="0 0 -{GRAVITY}"/>
+  <visual><quality shadowsize="0" offsamples="0"/><global offwidth="{cfg.image_size}"
+    offheight="{cfg.image_size}"/><headlight ambient="0.45 0.45 0.45" diffuse="0.5 0.5 0.5"/></visual>
+  <asset>
+    <texture name="grid" type="2d" builtin="checker" rgb1="0.55 0.55 0.52" rgb2="0.45 0.45 0.43"
+      width="256" height="256"/>
+    <material name="floor" texture="grid" texrepeat="8 8"/>
+  </asset>
+  <worldbody>
+    <geom name="floor" type="plane" size="8 8 0.1" material="floor" contype="0" conaffinity="0"/>
+    {"".join(objects)}
+    <body name="base" pos="0 0 0.1">
+      <joint name="x" type="slide" axis="1 0 0" ref="0" damping="0.05"/>
+      <joint name="y" type="slide" axis="0 1 0" damping="0.05"/>
+      <joint name="yaw" type="hinge" axis="0 0 1" damping="0.01"/>
+      <geom type="box" size="0.2 0.15 0.08" mass="6" rgba="0.2 0.2 0.2 1" contype="0" conaffinity="0"/>
+      <camera name="front" pos="0.2 0 0.2" xyaxes="0 -1 0 0.1 0 1" fovy="{cfg.camera_fovy}"/>
+      <site name="imu" pos="0 0 0"/>
+    </body>
+  </worldbody>
+  <actuator>
+    <velocity name="vx" joint="x" kv="120" forcerange="-30 30"/>
+    <velocity name="vy" joint="y" kv="120" forcerange="-30 30"/>
+    <velocity name="wz" joint="yaw" kv="12" forcerange="-4 4"/>
+  </actuator>
+  <sensor>
+    <gyro name="gyro" site="imu"/>
+    <accelerometer name="accel" site="imu"/>
+  </sensor>
+</mujoco>"""
+
+
+def _wrap(angle: float) -> float:
+    return (angle + math.pi) % (2 * math.pi) - math.pi
+
+
+class SimRobot:
+    """One task's world. `step(v, w)` advances one physics step (1/physics_hz s) with body-frame
+    command v (m/s), w (rad/s) and returns the IMU sample [gyro xyz, accel xyz] in the body frame."""
+
+    def __init__(self, task: Task, cfg: SimConfig | None = None, render: bool = True):
+        import mujoco
+
+        self._mj = mujoco
+        self.cfg = cfg or SimConfig()
+        self.task = task
+        self.model = mujoco.MjModel.from_xml_string(world_xml(task, self.cfg))
+        self.data = mujoco.MjData(self.model)
+        x, y, yaw = task.start
+        self.data.qpos[:] = (x, y, yaw)
+        mujoco.mj_forward(self.model, self.data)
+        self._rng = np.random.default_rng(task.seed + 7919)
+        self._renderer = mujoco.Renderer(self.model, self.cfg.image_size, self.cfg.image_size) if render else None
+        self.steps = 0
+
+    @property
+    def time(self) -> float:
+        return self.steps / self.cfg.physics_hz
+
+    def step(self, v: float, w: float) -> np.ndarray:
+        yaw = float(self.data.qpos[2])
+        self.data.ctrl[:] = (v * math.cos(yaw), v * math.sin(yaw), w)
+        self._mj.mj_step(self.model, self.data)
+        self.steps += 1
+        gyro, accel = self.data.sensordata[0:3], self.data.sensordata[3:6]
+        noise = self._rng.standard_normal(6) * np.repeat([self.cfg.gyro_noise, self.cfg.accel_noise], 3)
+        return (np.concatenate([gyro, accel]) + noise).astype(np.float32)
+
+    def render(self) -> np.ndarray:
+        """The front camera, rgb8 [H, W, 3]."""
+        if self._renderer is None:
+            raise RuntimeError("SimRobot was created with render=False")
+        self._renderer.update_scene(self.data, camera="front")
+        return self._renderer.render().copy()
+
+    def pose(self) -> tuple[float, float, float]:
+        x, y, yaw = self.data.qpos[:3]
+        return float(x), float(y), _wrap(float(yaw))
+
+    def velocity(self) -> tuple[float, float]:
+        """Body-frame forward speed and yaw rate."""
+        vx, vy, w = self.data.qvel[:3]
+        yaw = float(self.data.qpos[2])
+        return float(vx * math.cos(yaw) + vy * math.sin(yaw)), float(w)
+
+    def target_distance(self) -> float:
+        """Base centre to the target's surface, m."""
+        x, y, _ = self.pose()
+        obj = self.task.target_object
+        return math.hypot(obj.x - x, obj.y - y) - obj.radius
+
+    def target_bearing(self) -> float:
+        x, y, yaw = self.pose()
+        obj = self.task.target_object
+        return _wrap(math.atan2(obj.y - y, obj.x - x) - yaw)
+
+    def succeeded(self) -> bool:
+        return self.target_distance() <= self.cfg.success_radius
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    def __enter__(self) -> SimRobot:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

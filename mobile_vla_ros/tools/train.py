@@ -1,0 +1,472 @@
+"""mobile-vla-train: staleness-aware training of the action expert on rosbag2 bags.
+
+Data: each bag's images go through the VLM once (the backend and pooling the model will run with);
+the features are cached on disk, keyed by the VLM files, backend, pooling, prompt, and the hash of
+each image with its instruction, so later runs (other staleness settings, other seeds) skip the VLM.
+A sample is the sensor window ending at time t (as the node sees it), the recorded commands over
+the next K steps of action_dt (zero-order hold, as mobile-vla-eval scores them) and the features
+of the newest image at t - delta. delta is drawn anew every epoch from the deployment
+distribution, uniform in [VLM latency, latency + one VLM period] (`--staleness auto`): what the
+asynchronous node feeds the expert while it reuses features between VLM forwards. `--staleness
+fresh` trains on the newest image only (the synchronous assumption), for comparison.
+
+Training: AdamW with cosine decay, validation MAE (robot units, whole chunk) per epoch on held-out
+bags with a fixed staleness draw, early stopping, a resumable checkpoint per epoch (`--resume`).
+Writes action_expert.pt + action_expert.onnx (verified against PyTorch) + model.yaml into --out,
+and the VLM it was trained with into --out/vlm, so the directory is a complete model.
+
+`torchrun --nproc_per_node=N -m mobile_vla_ros.tools.train ...` trains with DistributedDataParallel
+(gloo on CPU, NCCL on GPU): every rank draws the same global shuffle and staleness, takes its
+share of each batch (batch size / N), and gradients are averaged, so N processes take the same
+steps as one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..core.model_spec import ModelSpec, ModelSpecError, Normalization
+from .cli import comma_list, progress_bar
+from .evaluate import BagError, Recording, read_recording
+
+STATE_FILE = "train_state.pt"
+
+
+def find_bags(paths: list[Path]) -> list[Path]:
+    """Bag directories among `paths` (a bag, or a directory of bags), sorted within each path."""
+    bags = []
+    for path in paths:
+        if (path / "metadata.yaml").is_file():
+            bags.append(path)
+        elif path.is_dir():
+            found = sorted(p.parent for p in path.glob("*/metadata.yaml"))
+            if not found:
+                raise BagError(f"{path}: no rosbag2 bags (directories with metadata.yaml) inside")
+            bags += found
+        else:
+            raise BagError(f"{path}: no such bag or directory")
+    return bags
+
+
+def vlm_key(extractor_config, model_path: Path) -> str:
+    """Identity of the feature function: backend, pooling, prompt and the VLM's files."""
+    h = hashlib.sha256(json.dumps([extractor_config.backend, extractor_config.pooling, extractor_config.prompt,
+                                   extractor_config.clip_model_path]).encode())
+    for path in sorted(Path(model_path).rglob("*")):
+        if path.is_file():
+            h.update(path.name.encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def bag_features(rec: Recording, extractor, cache_dir: Path, key: str, label: str) -> np.ndarray:
+    """[N_images, F] features of the bag's images (each with the instruction active at its stamp)."""
+    texts = [_instruction_at(rec, t) for t, _ in rec.images]
+    h = hashlib.sha256(key.encode())
+    for (_, rgb), text in zip(rec.images, texts):
+        h.update(hashlib.sha1(rgb.tobytes()).digest())
+        h.update(text.encode())
+    path = cache_dir / key / f"{h.hexdigest()[:24]}.npy"
+    if path.is_file():
+        return np.load(path)
+    feats = []
+    for i, ((_, rgb), text) in enumerate(zip(rec.images, texts)):
+        feats.append(extractor.extract([rgb], text)[0])
+        if i % 20 == 0:
+            progress_bar(f"VLM features {label}", i / len(rec.images))
+    out = np.stack(feats).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, out)
+    tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+    return out
+
+
+def _instruction_at(rec: Recording, t: float) -> str:
+    text = rec.instructions[0][1] if rec.instructions else ""
+    for stamp, value in rec.instructions:
+        if stamp <= t:
+            text = value
+    return text
+
+
+@dataclass
+class Dataset:
+    """All bags' arrays concatenated. Times are shifted by bag index x BAG_GAP so one sorted search
+    over the concatenated image times finds the newest image of the sample's own bag."""
+
+    image_times: np.ndarray    # [N_img] shifted
+    image_first: np.ndarray    # [S] index of the first image of the sample's bag
+    features: np.ndarray       # [N_img, F]
+    sensor: np.ndarray         # [N_sensor, C]
+    window_end: np.ndarray     # [S] index one past the window's newest sample
+    times: np.ndarray          # [S] shifted sample times
+    targets: np.ndarray        # [S, K, D]
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def feature_index(self, samples: np.ndarray, staleness: np.ndarray) -> np.ndarray:
+        """Index of the newest image at (sample time - staleness), never before its bag's first image."""
+        idx = np.searchsorted(self.image_times, self.times[samples] - staleness, side="right") - 1
+        return np.maximum(idx, self.image_first[samples])
+
+    def windows(self, samples: np.ndarray, width: int) -> np.ndarray:
+        return self.sensor[self.window_end[samples, None] - width + np.arange(width)]
+
+
+BAG_GAP = 1.0e6  # s: larger than any bag
+
+
+def build_dataset(recordings: list[Recording], features: list[np.ndarray], spec: ModelSpec,
+                  sample_dt: float) -> Dataset:
+    image_times, image_first, feats, sensor, window_end, times, targets = [], [], [], [], [], [], []
+    n_img = n_sensor = 0
+    width, k, dt = spec.sensor_window, spec.chunk_size, spec.action_dt
+    for b, (rec, f) in enumerate(zip(recordings, features)):
+        it = np.array([t for t, _ in rec.images])
+        st = np.array([t for t, _ in rec.sensor])
+        ct = np.array([t for t, _ in rec.commands])
+        cv = np.stack([v for _, v in rec.commands])
+        start = max(st[width - 1], it[0]) if len(st) >= width else np.inf
+        stop = ct[-1] - (k - 1) * dt
+        t = np.arange(start, stop, sample_dt)
+        if len(t) == 0:
+            continue
+        ends = np.searchsorted(st, t, side="right")
+        steps = t[:, None] + np.arange(k) * dt
+        cmd_idx = np.clip(np.searchsorted(ct, steps, side="right") - 1, 0, len(ct) - 1)
+        image_times.append(it + b * BAG_GAP)
+        feats.append(f)
+        sensor.append(np.stack([v for _, v in rec.sensor]))
+        image_first.append(np.full(len(t), n_img))
+        window_end.append(ends + n_sensor)
+        times.append(t + b * BAG_GAP)
+        targets.append(cv[cmd_idx])
+        n_img += len(it)
+        n_sensor += len(st)
+    if not times:
+        raise BagError("no training samples: bags shorter than one sensor window plus one chunk")
+    return Dataset(np.concatenate(image_times), np.concatenate(image_first), np.concatenate(feats).astype(np.float32),
+                   np.concatenate(sensor).astype(np.float32), np.concatenate(window_end), np.concatenate(times),
+                   np.concatenate(targets).astype(np.float32))
+
+
+def staleness_range(value: str, vlm_hz: float, vlm_latency: float) -> tuple[float, float]:
+    if value == "auto":
+        return vlm_latency, vlm_latency + 1.0 / vlm_hz
+    if value == "fresh":
+        return 0.0, 0.0
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError as exc:
+        raise ValueError(f"--staleness: expected auto, fresh or MIN,MAX seconds, got {value!r}") from exc
+    if not 0 <= lo <= hi:
+        raise ValueError(f"--staleness: expected 0 <= MIN <= MAX, got {lo}, {hi}")
+    return lo, hi
+
+
+class Trainer:
+    def __init__(self, args, spec: ModelSpec, train: Dataset, val: Dataset, dist) -> None:
+        import torch
+
+        from ..models.action_expert import ActionExpertConfig, build_action_expert
+
+        self.torch, self.args, self.spec, self.train, self.val, self.dist = torch, args, spec, train, val, dist
+        torch.manual_seed(args.seed)
+        self.device = torch.device(dist.device)
+        model = build_action_expert(ActionExpertConfig.from_spec(spec))
+        model.set_normalization(spec.normalization)
+        self.model = model.to(self.device)
+        self.ddp = self.model
+        if dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if dist.cuda else None)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        self.steps_per_epoch = max(1, len(train) // args.batch_size)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: 0.5 * (1 + math.cos(
+            math.pi * min(step / (self.steps_per_epoch * args.epochs), 1.0))))
+        self.epoch, self.best, self.best_state, self.stale_epochs, self.history = 0, float("inf"), None, 0, []
+        rng = np.random.default_rng(args.seed + 1)
+        self.val_staleness = rng.uniform(*spec.staleness_range, len(val))
+        self.sensor_mean = torch.tensor(spec.normalization.sensor_mean, device=self.device)
+        self.sensor_std = torch.tensor(spec.normalization.sensor_std, device=self.device)
+        self.action_mean = torch.tensor(spec.normalization.action_mean, device=self.device)
+        self.action_std = torch.tensor(spec.normalization.action_std, device=self.device)
+
+    def _batch(self, data: Dataset, samples: np.ndarray, staleness: np.ndarray):
+        t = self.torch
+        f = data.features[data.feature_index(samples, staleness)]
+        w = data.windows(samples, self.spec.sensor_window)
+        return (t.from_numpy(f).to(self.device), t.from_numpy(w).to(self.device),
+                t.from_numpy(data.targets[samples]).to(self.device))
+
+    def run_epoch(self) -> float:
+        """One epoch; every rank draws the same permutation and staleness and takes its share."""
+        torch, args, dist = self.torch, self.args, self.dist
+        rng = np.random.default_rng([args.seed, self.epoch])
+        order = rng.permutation(len(self.train))
+        staleness = rng.uniform(*self.spec.staleness_range, len(self.train))
+        self.ddp.train()
+        total = 0.0
+        per_rank = args.batch_size // dist.world
+        for step in range(self.steps_per_epoch):
+            batch = order[step * args.batch_size:(step + 1) * args.batch_size]
+            mine = batch[dist.rank * per_rank:(dist.rank + 1) * per_rank]
+            f, w, y = self._batch(self.train, mine, staleness[mine])
+            # Through the (DDP) module's forward, so DDP's gradient hooks fire; the loss is on
+            # normalised actions so both dimensions weigh alike.
+            pred = (self.ddp(f, w) - self.action_mean) / self.action_std
+            loss = torch.nn.functional.mse_loss(pred, (y - self.action_mean) / self.action_std)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            self.sched.step()
+            total += float(loss.detach())
+            if dist.rank == 0 and step % 20 == 0:
+                progress_bar(f"epoch {self.epoch + 1}/{args.epochs}", (step + 1) / self.steps_per_epoch)
+        return total / self.steps_per_epoch
+
+    def validate(self) -> dict:
+        torch = self.torch
+        self.model.eval()
+        errs = []
+        with torch.no_grad():
+            for start in range(0, len(self.val), 4096):
+                idx = np.arange(start, min(start + 4096, len(self.val)))
+                f, w, y = self._batch(self.val, idx, self.val_staleness[idx])
+                errs.append((self.model(f, w) - y).abs().cpu().numpy())
+        err = np.concatenate(errs)
+        return {"mae_chunk": float(err.mean()), "mae_first_step": float(err[:, 0].mean()),
+                "mae_per_dim": [float(v) for v in err.mean(axis=(0, 1))]}
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                "epoch": self.epoch, "best": self.best, "best_state": self.best_state,
+                "stale_epochs": self.stale_epochs, "history": self.history}
+
+    def load(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.epoch, self.best, self.best_state = state["epoch"], state["best"], state["best_state"]
+        self.stale_epochs, self.history = state["stale_epochs"], state["history"]
+
+    def fit(self, state_path: Path) -> None:
+        args, torch = self.args, self.torch
+        while self.epoch < args.epochs and self.stale_epochs < args.patience:
+            began = time.monotonic()
+            train_loss = self.run_epoch()
+            val = self.validate()
+            self.epoch += 1
+            improved = val["mae_chunk"] < self.best - 1e-6
+            if improved:
+                self.best = val["mae_chunk"]
+                self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+                self.stale_epochs = 0
+            else:
+                self.stale_epochs += 1
+            self.history.append({"epoch": self.epoch, "train_loss": train_loss, **val,
+                                 "seconds": time.monotonic() - began})
+            if self.dist.rank == 0:
+                print(f"\repoch {self.epoch:3d}  train loss {train_loss:.4f}  val MAE chunk {val['mae_chunk']:.4f} "
+                      f"first step {val['mae_first_step']:.4f}{'  *' if improved else ''}"
+                      f"  ({time.monotonic() - began:.1f} s)", flush=True)
+                tmp = state_path.with_suffix(".tmp")
+                torch.save(self.state(), tmp)
+                tmp.replace(state_path)
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+    cuda: bool = False
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed
+
+            torch.distributed.barrier()
+
+
+def init_distributed() -> Distributed:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: gloo on CPU, NCCL with one GPU per rank."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    import torch
+    import torch.distributed
+
+    cuda = torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local)
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return Distributed(torch.distributed.get_rank(), world, f"cuda:{local}" if cuda else "cpu", cuda)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mobile-vla-train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bags", type=Path, nargs="+", required=True, help="bags or directories of bags")
+    ap.add_argument("--val-bags", type=Path, nargs="*", default=None,
+                    help="held-out bags; default: the last --val-fraction of --bags")
+    ap.add_argument("--val-fraction", type=float, default=0.2)
+    ap.add_argument("--out", type=Path, required=True, help="model directory to write (models/<name>)")
+    ap.add_argument("--vlm-model-path", type=Path, default=None, help="default: models/default/vlm")
+    ap.add_argument("--vlm-backend", default="kosmos2", choices=["kosmos2", "kosmos2_clip", "qwen2_5_vl"])
+    ap.add_argument("--clip-model-path", default="")
+    ap.add_argument("--pooling", default="last_token", choices=["last_token", "mean_text", "mean_image"])
+    ap.add_argument("--staleness", default="auto", help="auto | fresh | MIN,MAX seconds")
+    ap.add_argument("--vlm-hz", type=float, default=3.33, help="deployment VLM rate, for --staleness auto")
+    ap.add_argument("--vlm-latency", type=float, default=0.05, help="deployment VLM latency (s), for auto")
+    ap.add_argument("--sensor-window", type=int, default=65)
+    ap.add_argument("--sensor-hz", type=float, default=650.0)
+    ap.add_argument("--chunk-size", type=int, default=8)
+    ap.add_argument("--action-dt", type=float, default=0.0125)
+    ap.add_argument("--action-names", type=comma_list(), default="linear_x,angular_z")
+    ap.add_argument("--twist-mapping", type=comma_list(), default="linear.x,angular.z")
+    ap.add_argument("--image-topic", default="/camera/image_raw")
+    ap.add_argument("--sensor-topic", default="/sensor")
+    ap.add_argument("--instruction-topic", default="/instruction")
+    ap.add_argument("--action-topic", default="/cmd_vel")
+    ap.add_argument("--hidden-dim", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--weight-decay", type=float, default=1e-4)
+    ap.add_argument("--patience", type=int, default=8, help="epochs without validation improvement before stopping")
+    ap.add_argument("--sample-dt", type=float, default=0.02, help="s between training samples in a bag")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "mobile_vla_ros" / "features")
+    ap.add_argument("--resume", action="store_true", help=f"continue from --out/{STATE_FILE}")
+    ap.add_argument("--name", default=None, help="model name in model.yaml (default: --out's name)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (BagError, ModelSpecError, ValueError) as exc:
+        print(f"\nmobile-vla-train: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    import torch
+
+    from ..paths import default_model_dir
+    from ..vlm.base import ExtractorConfig, VlmLoadError, create_extractor
+    from .export import write_model_dir
+
+    dist = init_distributed()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world))
+    if len(args.action_names) != len(args.twist_mapping):
+        raise ValueError(f"--twist-mapping: expected {len(args.action_names)} fields (one per action name), "
+                         f"got {len(args.twist_mapping)}")
+    if args.batch_size % dist.world:
+        raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {dist.world} processes")
+    lo_hi = staleness_range(args.staleness, args.vlm_hz, args.vlm_latency)
+    vlm_path = args.vlm_model_path or default_model_dir() / "vlm"
+    cfg = ExtractorConfig(backend=args.vlm_backend, pooling=args.pooling, model_path=str(vlm_path),
+                          clip_model_path=args.clip_model_path, device="cpu", dtype="fp32")
+    try:
+        extractor = create_extractor(cfg)
+    except VlmLoadError as exc:
+        raise ValueError(str(exc)) from exc
+    spec = ModelSpec(name=args.name or args.out.name, feature_dim=extractor.feature_dim, sensor_type="imu",
+                     sensor_window=args.sensor_window, sensor_hz=args.sensor_hz, chunk_size=args.chunk_size,
+                     action_names=list(args.action_names), action_dt=args.action_dt,
+                     normalization=Normalization([0.0] * 6, [1.0] * 6, [0.0] * len(args.action_names),
+                                                 [1.0] * len(args.action_names)),
+                     vlm_backend=args.vlm_backend, vlm_pooling=args.pooling, staleness_range=lo_hi,
+                     architecture={"hidden_dim": args.hidden_dim})
+    bags = find_bags(args.bags)
+    if args.val_bags:
+        val_bags = find_bags(args.val_bags)
+    else:
+        n_val = max(1, round(len(bags) * args.val_fraction))
+        if n_val >= len(bags):
+            raise ValueError(f"need at least 2 bags to hold some out for validation, got {len(bags)}")
+        bags, val_bags = bags[:-n_val], bags[-n_val:]
+    topics = {"image": args.image_topic, "sensor": args.sensor_topic, "instruction": args.instruction_topic,
+              "action": args.action_topic}
+    key = vlm_key(cfg, vlm_path)
+    datasets = []
+    for group, label in ((bags, "train"), (val_bags, "val")):
+        recs, feats = [], []
+        for i, bag in enumerate(group):
+            rec = read_recording(bag, spec, topics, list(args.twist_mapping))
+            if not rec.images:
+                raise BagError(f"{bag}: no usable images on {args.image_topic}")
+            if not rec.instructions:
+                raise BagError(f"{bag}: no instruction on {args.instruction_topic}")
+            if dist.rank == 0:
+                feats.append(bag_features(rec, extractor, args.cache_dir, key, f"{label} {i + 1}/{len(group)}"))
+            recs.append(rec)
+        dist.barrier()  # rank 0 filled the cache; the others read it
+        if dist.rank != 0:
+            feats = [bag_features(rec, extractor, args.cache_dir, key, "") for rec in recs]
+        datasets.append(build_dataset(recs, feats, spec, args.sample_dt))
+    train, val = datasets
+    if dist.rank == 0:
+        print(f"\n{len(bags)} training bags ({len(train)} samples), {len(val_bags)} validation bags "
+              f"({len(val)} samples); staleness {lo_hi[0]:.3f}-{lo_hi[1]:.3f} s; {dist.world} process(es)")
+    spec.normalization = Normalization(
+        sensor_mean=train.sensor.mean(axis=0).tolist(), sensor_std=(train.sensor.std(axis=0) + 1e-3).tolist(),
+        action_mean=train.targets.reshape(-1, spec.action_dim).mean(axis=0).tolist(),
+        action_std=(train.targets.reshape(-1, spec.action_dim).std(axis=0) + 1e-3).tolist())
+    trainer = Trainer(args, spec, train, val, dist)
+    args.out.mkdir(parents=True, exist_ok=True)
+    state_path = args.out / STATE_FILE
+    if args.resume:
+        if not state_path.is_file():
+            raise ValueError(f"--resume: no {state_path}")
+        trainer.load(torch.load(state_path, map_location=dist.device, weights_only=False))
+        if dist.rank == 0:
+            print(f"resumed after epoch {trainer.epoch}")
+    trainer.fit(state_path)
+    if dist.rank == 0:
+        _write_outputs(args, spec, trainer, train, val, vlm_path, write_model_dir)
+    if dist.world > 1:
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def _write_outputs(args, spec, trainer, train, val, vlm_path: Path, write_model_dir) -> None:
+    model = trainer.model.cpu()
+    model.load_state_dict(trainer.best_state)
+    baseline = np.abs(val.targets).mean()
+    mean_action = np.asarray(spec.normalization.action_mean, dtype=np.float32)
+    spec.notes = (f"trained by mobile-vla-train on {len(train)} samples; best val MAE (chunk) {trainer.best:.4f} "
+                  f"(zero action {baseline:.4f}, mean action {np.abs(val.targets - mean_action).mean():.4f})")
+    error = write_model_dir(model, spec, args.out, extra={"history": trainer.history})
+    if Path(vlm_path).resolve() != (args.out / "vlm").resolve():
+        shutil.copytree(vlm_path, args.out / "vlm", dirs_exist_ok=True)
+    report = {"best_val_mae_chunk": trainer.best, "val_zero_action_mae": float(baseline),
+              "val_mean_action_mae": float(np.abs(val.targets - mean_action).mean()),
+              "staleness_range": list(spec.staleness_range), "epochs": trainer.epoch, "history": trainer.history,
+              "onnx_max_abs_error": error}
+    (args.out / "train_report.json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.out}: action_expert.pt, action_expert.onnx (max |ONNX - PyTorch| {error:.1e}), model.yaml, "
+          f"vlm/, train_report.json; best val MAE {trainer.best:.4f} (zero action {baseline:.4f})")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
