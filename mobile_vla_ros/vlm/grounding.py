@@ -111,7 +111,7 @@ def train_grounding(extractor, train: list, val: list, epochs: int = 30, lr: flo
             opt.step()
             sched.step()
         metrics = _evaluate(heads, labels, n, len(val))
-        log(f"grounding epoch {epoch + 1}/{epochs}: loss {float(loss):.4f}, val bearing MAE "
+        log(f"grounding epoch {epoch + 1}/{epochs}: loss {float(loss.detach()):.4f}, val bearing MAE "
             f"{metrics['bearing_mae_deg']:.1f} deg (predicting 0: {metrics['bearing_mae_deg_zero']:.1f}), "
             f"distance MAE {metrics['distance_mae_m']:.2f} m")
     model.eval()

@@ -20,9 +20,11 @@ CORPUS = [
 
 
 def build_tiny_kosmos2(out_dir: str | Path, seed: int = 0, embed_dim: int = 64, image_size: int = 224,
-                       patch_size: int = 32, image_tokens: int = 16, full_size: bool = False) -> Path:
+                       patch_size: int = 32, image_tokens: int = 16, full_size: bool = False,
+                       trainable: bool = False) -> Path:
     """With `full_size`, the layer sizes of microsoft/kosmos-2-patch14-224 (1.66 B parameters,
-    saved in FP16): for latency benchmarks, where the weight values do not matter."""
+    saved in FP16): for latency benchmarks, where the weight values do not matter. With `trainable`,
+    the initialisation of `trainable_init` (the start of the shipped stand-in's grounding training)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import (
         CLIPImageProcessor,
@@ -61,9 +63,46 @@ def build_tiny_kosmos2(out_dir: str | Path, seed: int = 0, embed_dim: int = 64, 
                            "num_attention_heads": 4, "image_size": image_size, "patch_size": patch_size},
             latent_query_num=image_tokens,
         )
-    _save_random(Kosmos2ForConditionalGeneration, config, out, seed, full_size)
+    _save_random(Kosmos2ForConditionalGeneration, config, out, seed, full_size,
+                 trainable_init if trainable else None)
     processor.save_pretrained(out)
     return out
+
+
+def trainable_init(model) -> None:
+    """Re-initialise a tiny Kosmos-2 so that image information reaches the text model and gradients
+    reach the image path. With transformers' default init (std 0.02 everywhere) the resampler's
+    chain of small linears on L2-normalised image tokens yields image latents ~1e-3 of the text
+    embeddings' size, and position embeddings ~1/50 of the patch embeddings: the features ignore the
+    image and where things are in it, and training cannot start. Here: variance-preserving resampler
+    weights, unit-scale latent queries, 2-D sin-cos position embeddings, and token embeddings of the
+    latents' scale."""
+    import math
+
+    import torch
+
+    proj = model.image_to_text_projection
+    dim = proj.dense.weight.shape[0]
+    with torch.no_grad():
+        for linear in (proj.dense, proj.x_attn.q_proj, proj.x_attn.k_proj, proj.x_attn.v_proj, proj.x_attn.out_proj):
+            torch.nn.init.normal_(linear.weight, std=1 / math.sqrt(linear.weight.shape[1]))
+            linear.bias.zero_()
+        proj.dense.weight.mul_(math.sqrt(dim))  # its inputs are L2-normalised tokens (norm 1, not sqrt(dim))
+        torch.nn.init.normal_(proj.latent_query, std=1.0)
+        embeddings = model.vision_model.model.embeddings
+        grid = int(round(math.sqrt(embeddings.position_embedding.weight.shape[0] - 1)))
+        ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+        quarter = embeddings.position_embedding.weight.shape[1] // 4
+        freqs = torch.exp(-torch.arange(quarter) * (math.log(100.0) / quarter))
+        table = torch.zeros_like(embeddings.position_embedding.weight)  # row 0: the class token
+        for i, coord in enumerate((xs.flatten().float(), ys.flatten().float())):
+            angles = coord[:, None] * freqs[None]
+            table[1:, 2 * i * quarter:(2 * i + 1) * quarter] = torch.sin(angles)
+            table[1:, (2 * i + 1) * quarter:(2 * i + 2) * quarter] = torch.cos(angles)
+        embeddings.position_embedding.weight.copy_(table)
+        tokens = model.text_model.model.embed_tokens
+        scale = 0.7 / tokens(torch.arange(tokens.weight.shape[0])).abs().mean()
+        tokens.weight.mul_(scale)
 
 
 def build_tiny_clip_vision(out_dir: str | Path, seed: int = 0, hidden: int = 32, projection_dim: int = 24,
@@ -144,7 +183,7 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0, hidden: int = 64, 
     return out
 
 
-def _save_random(model_class, config, out: Path, seed: int, full_size: bool) -> None:
+def _save_random(model_class, config, out: Path, seed: int, full_size: bool, init=None) -> None:
     """Seeded random weights; full-size models are initialised on the GPU when there is one (minutes
     on a CPU) and saved in FP16."""
     import torch
@@ -153,6 +192,8 @@ def _save_random(model_class, config, out: Path, seed: int, full_size: bool) -> 
     device = "cuda" if full_size and torch.cuda.is_available() else "cpu"
     with torch.device(device):
         model = model_class(config)
+    if init is not None:
+        init(model)
     if full_size:
         model = model.half()
     model.save_pretrained(out)
