@@ -3,7 +3,8 @@
   ros2 launch mobile_vla_ros robot.launch.py params_file:=/path/robot.yaml namespace:=robot1 \
       use_sim:=false log_level:=info extra_params_file:=/path/overrides.yaml
 
-use_sim:=true also starts the simulated robot (sim_node) and sets use_sim_time on every node.
+use_sim:=true also starts the simulated robot (sim_node), adds config/sim.yaml (sim_node's parameters,
+CPU VLM) after params_file, and sets use_sim_time on every node (sim_node publishes /clock).
 `mobile-vla-bringup` starts the same nodes with the same YAML where `ros2 launch` is not installed.
 """
 
@@ -22,6 +23,8 @@ def _nodes(context):
 
     use_sim = arg("use_sim").lower() == "true"
     params = [arg("params_file")]
+    if use_sim:
+        params.append(os.path.join(get_package_share_directory("mobile_vla_ros"), "config", "sim.yaml"))
     if arg("extra_params_file"):
         params.append(arg("extra_params_file"))  # later files override earlier ones
     params.append({"use_sim_time": use_sim})

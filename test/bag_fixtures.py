@@ -34,18 +34,24 @@ def write_imu_bag(bag: Path, storage: str, samples: int, feature_value: float) -
 
 
 def write_episode_bag(bag: Path, storage: str = "sqlite3", seconds: float = 4.0, seed: int = 0,
-                      instruction: str | None = "go to the red cylinder", sensor_hz: float = 650.0) -> Path:
+                      instruction: str | None = "go to the red cylinder", sensor_hz: float = 650.0,
+                      action: str = "twist") -> Path:
     """A robot-like recording: /camera/image_raw (rgb8 64x64 at 15 Hz, a colour that drifts),
-    /instruction (once), /sensor (IMU at `sensor_hz`, gyro z follows the command) and /cmd_vel
-    (Twist at 50 Hz: a smooth forward speed and turn rate)."""
-    from rosbags.rosbag2 import StoragePlugin, Writer
+    /instruction (once), /sensor (IMU at `sensor_hz`, gyro z follows the command) and the commands
+    at 50 Hz (a smooth forward speed and turn rate) as /cmd_vel Twist (`action` twist), /action_chunk
+    JointTrajectory (joint_trajectory) or /joint_commands JointState (joint_state).
+    `storage`: sqlite3 | mcap (rosbag2) | ros1 (a ROS 1 .bag file at `bag`.bag)."""
     from rosbags.typesys import Stores, get_typestore
 
-    store = get_typestore(Stores.ROS2_HUMBLE)
+    store = get_typestore(Stores.ROS1_NOETIC if storage == "ros1" else Stores.ROS2_HUMBLE)
     T = store.types
     Imu, Image, String = T["sensor_msgs/msg/Imu"], T["sensor_msgs/msg/Image"], T["std_msgs/msg/String"]
-    Twist, Header, Time = T["geometry_msgs/msg/Twist"], T["std_msgs/msg/Header"], T["builtin_interfaces/msg/Time"]
+    Twist, Time = T["geometry_msgs/msg/Twist"], T["builtin_interfaces/msg/Time"]
     Vector3, Quaternion = T["geometry_msgs/msg/Vector3"], T["geometry_msgs/msg/Quaternion"]
+
+    def Header(stamp, frame):  # ROS 1 headers also carry a sequence number
+        cls = T["std_msgs/msg/Header"]
+        return cls(0, stamp, frame) if storage == "ros1" else cls(stamp, frame)
     rng = np.random.default_rng(seed)
     cov = np.zeros(9)
     t0 = 100_000_000_000  # 100 s: stamps are far from zero
@@ -71,18 +77,39 @@ def write_episode_bag(bag: Path, storage: str = "sqlite3", seconds: float = 4.0,
         events.append(("/sensor", ns, Imu(Header(stamp(ns), "imu"), Quaternion(0, 0, 0, 1), cov,
                                           Vector3(0, 0, wz + 0.01 * rng.standard_normal()), cov,
                                           Vector3(0.05 * rng.standard_normal(), 0, 9.81), cov)))
+    action_topic, action_cls = {"twist": ("/cmd_vel", Twist),
+                                "joint_trajectory": ("/action_chunk", T["trajectory_msgs/msg/JointTrajectory"]),
+                                "joint_state": ("/joint_commands", T["sensor_msgs/msg/JointState"])}[action]
     for k in range(int(seconds * 50)):
         ns = t0 + int(k / 50 * 1e9)
         vx, wz = command((ns - t0) * 1e-9)
-        events.append(("/cmd_vel", ns, Twist(Vector3(vx, 0, 0), Vector3(0, 0, wz))))
+        if action == "twist":
+            msg = Twist(Vector3(vx, 0, 0), Vector3(0, 0, wz))
+        elif action == "joint_trajectory":  # joints in another order than the model's action_names
+            point = T["trajectory_msgs/msg/JointTrajectoryPoint"](
+                np.array([wz, vx]), np.zeros(0), np.zeros(0), np.zeros(0), T["builtin_interfaces/msg/Duration"](0, 0))
+            msg = action_cls(Header(stamp(ns), ""), ["angular_z", "linear_x"], [point])
+        else:
+            msg = action_cls(Header(stamp(ns), ""), ["linear_x", "angular_z"], np.zeros(2), np.array([vx, wz]),
+                             np.zeros(0))
+        events.append((action_topic, ns, msg))
     if instruction is not None:
         events.append(("/instruction", t0 - 1_000_000, String(instruction)))
     events.sort(key=lambda e: e[1])
-    plugin = StoragePlugin.SQLITE3 if storage == "sqlite3" else StoragePlugin.MCAP
-    with Writer(bag, version=8, storage_plugin=plugin) as writer:
-        types = {"/camera/image_raw": Image, "/sensor": Imu, "/cmd_vel": Twist, "/instruction": String}
+    types = {"/camera/image_raw": Image, "/sensor": Imu, action_topic: action_cls, "/instruction": String}
+    if storage == "ros1":
+        from rosbags.rosbag1 import Writer as Ros1Writer
+
+        bag = bag.with_suffix(".bag")
+        writer, serialize = Ros1Writer(bag), store.serialize_ros1
+    else:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        plugin = StoragePlugin.SQLITE3 if storage == "sqlite3" else StoragePlugin.MCAP
+        writer, serialize = Writer(bag, version=8, storage_plugin=plugin), store.serialize_cdr
+    with writer:
         conns = {topic: writer.add_connection(topic, cls.__msgtype__, typestore=store)
                  for topic, cls in types.items() if instruction is not None or topic != "/instruction"}
         for topic, ns, msg in events:
-            writer.write(conns[topic], ns, store.serialize_cdr(msg, types[topic].__msgtype__))
+            writer.write(conns[topic], ns, serialize(msg, types[topic].__msgtype__))
     return bag

@@ -56,6 +56,31 @@ def test_replay_is_deterministic_and_storage_independent(bags, tmp_path):
     assert a == b == c
 
 
+@pytest.mark.parametrize("storage, action, topic", [("ros1", "twist", "/cmd_vel"),
+                                                    ("sqlite3", "joint_trajectory", "/action_chunk"),
+                                                    ("mcap", "joint_state", "/joint_commands")])
+def test_ros1_bags_and_joint_actions_give_the_twist_result(bags, tmp_path, storage, action, topic):
+    """The same recording as a ROS 1 bag, or with the commands as JointTrajectory (joints in another
+    order) or JointState, scores exactly like the rosbag2 Twist recording."""
+    other = write_episode_bag(tmp_path / "bag", storage, seconds=4.0, seed=1, action=action)
+    reference = run_eval(bags["sqlite3"], tmp_path / "ref")["results"][0]
+    result = run_eval(other, tmp_path / "other", "--action-topic", topic)["results"][0]
+    assert result["metrics"] == reference["metrics"]
+
+
+def test_joint_trajectory_chunks_expand_to_timed_actions():
+    from types import SimpleNamespace as NS
+
+    points = [NS(positions=[0.1 * k, -k], time_from_start=NS(sec=0, nanosec=int(k * 12.5e6))) for k in range(3)]
+    msg = NS(joint_names=["angular_z", "linear_x"], points=points)
+    out = evaluate._commands(msg, "trajectory_msgs/msg/JointTrajectory", 5.0, ["linear_x", "angular_z"], [])
+    assert [t for t, _ in out] == pytest.approx([5.0, 5.0125, 5.025])
+    assert out[2][1].tolist() == pytest.approx([-2.0, 0.2])
+    with pytest.raises(evaluate.BagError, match=r"no joint\(s\) \['linear_x'\]"):
+        evaluate._commands(NS(name=["wheel"], velocity=[1.0], position=[]), "sensor_msgs/msg/JointState", 0.0,
+                           ["linear_x"], [])
+
+
 def test_latency_longer_than_max_feature_age_stops_every_tick(bags, tmp_path):
     result = run_eval(bags["mcap"], tmp_path, "--max-feature-age", "0.2")["results"][0]
     assert result["metrics"]["chunks"] == 0
@@ -69,7 +94,7 @@ def test_bad_bags_give_one_line_errors(bags, tmp_path):
         assert out.returncode == 2, out.stderr
         assert fragment in out.stderr and "Traceback" not in out.stderr, out.stderr
 
-    fails(["--bag", str(tmp_path / "nowhere")], "cannot be read as a rosbag2 bag")
+    fails(["--bag", str(tmp_path / "nowhere")], "cannot be read as a rosbag2 or ROS 1 bag")
     fails(["--bag", str(bags["sqlite3"]), "--sensor-topic", "/imu"], "no topic /imu for sensor")
     fails(["--bag", str(bags["sqlite3"]), "--action-topic", "/sensor"],
           "/sensor is sensor_msgs/msg/Imu, expected geometry_msgs/msg/Twist")

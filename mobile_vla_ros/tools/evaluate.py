@@ -44,6 +44,7 @@ class Recording:
 
 
 TWIST_TYPES = ("geometry_msgs/msg/Twist", "geometry_msgs/msg/TwistStamped")
+ACTION_TYPES = (*TWIST_TYPES, "trajectory_msgs/msg/JointTrajectory", "sensor_msgs/msg/JointState")
 
 
 def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_mapping: list[str]) -> Recording:
@@ -54,13 +55,13 @@ def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_map
 
     sensor_type = "sensor_msgs/msg/Imu" if spec.sensor_type == "imu" else "geometry_msgs/msg/WrenchStamped"
     expected = {"image": ("sensor_msgs/msg/Image",), "instruction": ("std_msgs/msg/String",),
-                "action": TWIST_TYPES, "sensor": (sensor_type,)}
+                "action": ACTION_TYPES, "sensor": (sensor_type,)}
     rec = Recording()
     try:
         reader = AnyReader([Path(bag)])
         reader.open()
     except Exception as exc:  # rosbags raises several types for missing/truncated/corrupt bags
-        raise BagError(f"{bag}: cannot be read as a rosbag2 bag ({type(exc).__name__}: {exc})") from exc
+        raise BagError(f"{bag}: cannot be read as a rosbag2 or ROS 1 bag ({type(exc).__name__}: {exc})") from exc
     try:
         by_topic = {c.topic: c for c in reader.connections}
         for role, topic in topics.items():
@@ -77,9 +78,11 @@ def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_map
             msg = reader.deserialize(raw, connection.msgtype)
             role = role_of[connection.topic]
             header = getattr(msg, "header", None)
-            stamp = bag_ns * 1e-9
+            # One formula for header and bag times, so the same instant gives the same float.
+            sec, nanosec = divmod(bag_ns, 1_000_000_000)
             if header is not None and (header.stamp.sec or header.stamp.nanosec):
-                stamp = header.stamp.sec + header.stamp.nanosec * 1e-9
+                sec, nanosec = header.stamp.sec, header.stamp.nanosec
+            stamp = sec + nanosec * 1e-9
             if role == "image":
                 try:
                     rec.images.append((stamp, image_to_rgb(msg)))
@@ -90,19 +93,42 @@ def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_map
             elif role == "instruction":
                 rec.instructions.append((stamp, msg.data.strip()))
             else:
-                twist = msg.twist if hasattr(msg, "twist") else msg
-                rec.commands.append((stamp, np.array([_field(twist, f) for f in twist_mapping], dtype=np.float32)))
+                rec.commands += _commands(msg, connection.msgtype, stamp, spec.action_names, twist_mapping)
     except BagError:
         raise
     except Exception as exc:
         raise BagError(f"{bag}: read failed ({type(exc).__name__}: {exc}); truncated or corrupt?") from exc
     finally:
         reader.close()
-    for series in (rec.images, rec.sensor, rec.instructions, rec.commands):
+    for series in (rec.images, rec.sensor, rec.instructions):
         series.sort(key=lambda item: item[0])
+    # Stable: of two commands for the same time (overlapping chunks), the later-recorded one wins.
+    rec.commands.sort(key=lambda item: item[0])
     if not rec.sensor or not rec.commands:
         raise BagError(f"{bag}: needs messages on {topics['sensor']} and {topics['action']}")
     return rec
+
+
+def _commands(msg, msgtype: str, stamp: float, action_names: list[str],
+              twist_mapping: list[str]) -> list[tuple[float, np.ndarray]]:
+    """Recorded actions as (time, values in action_names order):
+    Twist/TwistStamped via twist_mapping; JointTrajectory (an action_chunk: point k at stamp +
+    time_from_start, later chunks overriding earlier ones where they overlap); JointState (velocity
+    per joint, or position when there are no velocities)."""
+    if msgtype in TWIST_TYPES:
+        twist = msg.twist if hasattr(msg, "twist") else msg
+        return [(stamp, np.array([_field(twist, f) for f in twist_mapping], dtype=np.float32))]
+    names = list(msg.joint_names if msgtype.endswith("JointTrajectory") else msg.name)
+    missing = [n for n in action_names if n not in names]
+    if missing:
+        raise BagError(f"{msgtype} has no joint(s) {missing} (joints: {names}); the model's actions are "
+                       f"{action_names}")
+    order = [names.index(n) for n in action_names]
+    if msgtype.endswith("JointTrajectory"):
+        return [(stamp + p.time_from_start.sec + p.time_from_start.nanosec * 1e-9,
+                 np.asarray(p.positions, dtype=np.float32)[order]) for p in msg.points]
+    values = msg.velocity if len(msg.velocity) else msg.position
+    return [(stamp, np.asarray(values, dtype=np.float32)[order])]
 
 
 def _field(twist, name: str) -> float:
@@ -294,7 +320,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--image-topic", default="/camera/image_raw")
     ap.add_argument("--sensor-topic", default="/sensor")
     ap.add_argument("--instruction-topic", default="/instruction")
-    ap.add_argument("--action-topic", default="/cmd_vel", help="Twist or TwistStamped")
+    ap.add_argument("--action-topic", default="/cmd_vel",
+                    help="recorded actions: Twist or TwistStamped (--twist-mapping), JointTrajectory (e.g. "
+                         "/action_chunk) or JointState (joints named as the model's action_names)")
     ap.add_argument("--twist-mapping", default="linear.x,angular.z", help="Twist field per action dimension")
     ap.add_argument("--instruction", default=None, help="used when the bag has no instruction topic")
     ap.add_argument("--out", type=Path, default=Path("eval_results"))

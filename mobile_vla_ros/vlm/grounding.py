@@ -71,7 +71,7 @@ def _bearing(obj: dict, x: float, y: float, yaw: float) -> float:
     return (math.atan2(obj["y"] - y, obj["x"] - x) - yaw + math.pi) % (2 * math.pi) - math.pi
 
 
-def train_grounding(extractor, train: list, val: list, epochs: int = 30, lr: float = 1e-3, batch: int = 32,
+def train_grounding(extractor, train: list, val: list, epochs: int = 30, lr: float = 2e-3, batch: int = 32,
                     seed: int = 0, log=print) -> dict:
     """Train the Kosmos-2 extractor's model in place; returns the validation bearing/distance errors."""
     import torch
