@@ -1,108 +1,150 @@
-"""Grounding training of the shipped stand-in VLM on simulator frames.
+"""Grounding pretraining of the shipped stand-in VLM on simulator renders.
 
 A randomly initialised tiny Kosmos-2 carries no usable information about where the instructed
 object is, so an action expert trained on its features cannot drive to it. Real Kosmos-2 was
 pretrained for grounding; the stand-in gets a miniature of that: the whole model is trained so
-that its pooled feature (the one the VLM node publishes) predicts the instructed object's bearing
-and distance, and the mean of its image latents predicts every colour's bearing and distance.
-Labels come from the recorded bags' /sim/task and /sim/ground_truth_pose, so this runs on the
-same data as mobile-vla-train. The prediction heads are dropped afterwards; only the VLM is saved.
+that its pooled feature (the one vlm_node publishes) predicts the instructed object's bearing and
+distance, and the mean of its image latents predicts every colour's visibility, bearing and
+distance. Frames are rendered from seeded tasks at random poses between the start and the target
+with random heading offsets (more varied than expert episodes, where the target is mostly dead
+ahead). The prediction heads are dropped afterwards; only the VLM is saved.
+
+  python -m mobile_vla_ros.vlm.grounding --out DIR [--tasks 4000] [--epochs 60] [--device cuda]
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 
-from ..sim.messages import TOPICS
-from ..sim.world import COLORS, SimConfig
+from ..sim.world import COLORS, SimConfig, SimRobot, sample_task
 
 LABELS = 3 + 3 * len(COLORS)  # target: sin, cos bearing, distance; per colour: visible, sin bearing, distance
+FIRST_TASK_SEED = 2000  # renders use tasks apart from the recorded episodes' seeds (< 1000) and evaluation's
 
 
-def frames_with_labels(bag: Path, every: int = 2, cfg: SimConfig | None = None) -> list[tuple]:
-    """(rgb, instruction, label) for every `every`-th image of a record-sim bag."""
-    from rosbags.highlevel import AnyReader
-
-    from ..ros.conversions import image_to_rgb
-
-    cfg = cfg or SimConfig()
-    half_fov = math.radians(cfg.camera_fovy) / 2
-    task, images, poses = None, [], []
-    with AnyReader([Path(bag)]) as reader:
-        wanted = {"/" + TOPICS[k] for k in ("task", "image", "pose")}
-        conns = [c for c in reader.connections if c.topic in wanted]
-        for conn, _, raw in reader.messages(connections=conns):
-            msg = reader.deserialize(raw, conn.msgtype)
-            if conn.topic == "/" + TOPICS["task"]:
-                task = json.loads(msg.data)
-            elif conn.topic == "/" + TOPICS["image"]:
-                images.append((msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, msg))
-            else:
-                q = msg.pose.orientation
-                poses.append((msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, msg.pose.position.x,
-                              msg.pose.position.y, 2 * math.atan2(q.z, q.w)))
-    if task is None or not poses:
-        raise ValueError(f"{bag}: not a mobile-vla-record-sim bag (needs /{TOPICS['task']} and /{TOPICS['pose']})")
-    pose_t = np.array([p[0] for p in poses])
-    out = []
-    for t, msg in images[::every]:
-        _, x, y, yaw = poses[int(np.clip(np.searchsorted(pose_t, t), 0, len(poses) - 1))]
-        target = task["objects"][task["target"]]
-        b = _bearing(target, x, y, yaw)
-        label = [math.sin(b), math.cos(b), math.hypot(target["x"] - x, target["y"] - y) - target["radius"]]
-        for color in COLORS:
-            objs = [o for o in task["objects"] if o["color"] == color]
-            if not objs:
-                label += [0.0, 0.0, 0.0]
-                continue
-            bo = _bearing(objs[0], x, y, yaw)
-            visible = float(abs(bo) < half_fov)
-            label += [visible, math.sin(bo) * visible, (math.hypot(objs[0]["x"] - x, objs[0]["y"] - y)
-                                                       - objs[0]["radius"]) * visible]
-        out.append((image_to_rgb(msg), task["instruction"], np.array(label, dtype=np.float32)))
-    return out
+def _bearing(obj, x: float, y: float, yaw: float) -> float:
+    return (math.atan2(obj.y - y, obj.x - x) - yaw + math.pi) % (2 * math.pi) - math.pi
 
 
-def _bearing(obj: dict, x: float, y: float, yaw: float) -> float:
-    return (math.atan2(obj["y"] - y, obj["x"] - x) - yaw + math.pi) % (2 * math.pi) - math.pi
+def grounding_label(robot: SimRobot) -> np.ndarray:
+    x, y, yaw = robot.pose()
+    task = robot.task
+    half_fov = math.radians(robot.cfg.camera_fovy) / 2
+    b = _bearing(task.target_object, x, y, yaw)
+    label = [math.sin(b), math.cos(b), robot.target_distance()]
+    for color in COLORS:
+        objs = [o for o in task.objects if o.color == color]
+        if not objs:
+            label += [0.0, 0.0, 0.0]
+            continue
+        bo = _bearing(objs[0], x, y, yaw)
+        visible = float(abs(bo) < half_fov)
+        label += [visible, math.sin(bo) * visible, (math.hypot(objs[0].x - x, objs[0].y - y) - objs[0].radius)
+                  * visible]
+    return np.array(label, dtype=np.float32)
 
 
-def train_grounding(extractor, train: list, val: list, epochs: int = 30, lr: float = 2e-3, batch: int = 32,
+def render_frames(tasks: int, per_task: int, seed: int, cfg: SimConfig | None = None) -> list[tuple]:
+    """(rgb, instruction, label) at random poses of `tasks` seeded tasks."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(tasks):
+        task = sample_task(FIRST_TASK_SEED + seed * 100_000 + i, cfg)
+        with SimRobot(task, cfg) as robot:
+            target = task.target_object
+            for _ in range(per_task):
+                a = rng.uniform(0.0, 0.85)
+                x = task.start[0] + a * (target.x - task.start[0]) + rng.normal(0, 0.15)
+                y = task.start[1] + a * (target.y - task.start[1]) + rng.normal(0, 0.15)
+                yaw = math.atan2(target.y - y, target.x - x) + rng.uniform(-0.7, 0.7)
+                robot.data.qpos[:] = (x, y, yaw)
+                robot._mj.mj_forward(robot.model, robot.data)
+                frames.append((robot.render(), task.instruction, grounding_label(robot)))
+    return frames
+
+
+class Batcher:
+    """Model inputs for many frames without the per-call processor: pixels normalised with the image
+    processor's statistics (checked equal to it on the first frame), text tensors tokenised once
+    per distinct instruction and right-padded to one length."""
+
+    def __init__(self, extractor, frames: list[tuple]) -> None:
+        import torch
+
+        self.torch = torch
+        ip = extractor.processor.image_processor
+        self.mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
+        self.images = torch.from_numpy(np.stack([f[0] for f in frames]))  # uint8 [N, H, W, 3]
+        texts = sorted({f[1] for f in frames})
+        prepared = {t: extractor.prepare([frames[0][0]], t) for t in texts}
+        reference = prepared[frames[0][1]]["pixel_values"].cpu()
+        if not torch.allclose(self._pixels(self.images[:1]), reference, atol=1e-5):
+            raise RuntimeError("pixel normalisation differs from the model's image processor")
+        self.length = max(p["input_ids"].shape[1] for p in prepared.values())
+        pad = {"input_ids": extractor.pad_id, "position_ids": extractor.position_padding_idx}
+        self.text = {}
+        for t, p in prepared.items():
+            extra = self.length - p["input_ids"].shape[1]
+            self.text[t] = {k: torch.cat([p[k].cpu(), torch.full((1, extra), pad.get(k, 0), dtype=p[k].dtype)], 1)
+                            for k in ("input_ids", "attention_mask", "position_ids", "text_weights")}
+            self.text[t]["last_index"] = p["last_index"].cpu()
+            self.text[t]["image_index"] = p["image_index"].cpu()
+        self.instructions = [f[1] for f in frames]
+        self.labels = torch.from_numpy(np.stack([f[2] for f in frames]))
+
+    def _pixels(self, images):
+        return (images.permute(0, 3, 1, 2).float() / 255 - self.mean) / self.std
+
+    def batch(self, idx, device) -> dict:
+        torch = self.torch
+        rows = [self.text[self.instructions[i]] for i in idx]
+        out = {k: torch.cat([r[k] for r in rows]) for k in ("input_ids", "attention_mask", "position_ids",
+                                                              "text_weights", "last_index")}
+        # image_index addresses the flattened [B * L] token array: offset each row's indices.
+        out["image_index"] = torch.cat([r["image_index"] + j * self.length for j, r in enumerate(rows)])
+        out["pixel_values"] = self._pixels(self.images[idx])
+        return {k: v.to(device, non_blocking=True) for k, v in out.items()}
+
+
+def train_grounding(extractor, train: list, val: list, epochs: int, lr: float = 2e-3, batch: int = 64,
                     seed: int = 0, log=print) -> dict:
-    """Train the Kosmos-2 extractor's model in place; returns the validation bearing/distance errors."""
+    """Train the Kosmos-2 extractor's model in place (on its device); returns validation errors."""
     import torch
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    prepared = [_prepare(extractor, rgb, text) for rgb, text, _ in train + val]
-    length = max(p["input_ids"].shape[1] for p in prepared)
-    prepared = [_pad(extractor, p, length) for p in prepared]
-    labels = torch.from_numpy(np.stack([lab for _, _, lab in train + val]))
-    n = len(train)
+    device = extractor.device
+    data = Batcher(extractor, train + val)
+    n, n_val = len(train), len(val)
+    labels = data.labels.to(device)
     dim = extractor.feature_dim
-    target_head, colour_head = torch.nn.Linear(dim, 3), torch.nn.Linear(dim, LABELS - 3)
+    target_head = torch.nn.Linear(dim, 3).to(device)
+    colour_head = torch.nn.Linear(dim, LABELS - 3).to(device)
     model = extractor.model
-    params = list(model.parameters()) + list(target_head.parameters()) + list(colour_head.parameters())
+    params = [*model.parameters(), *target_head.parameters(), *colour_head.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    steps = epochs * max(1, n // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    steps_per_epoch = max(1, n // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.1)
 
     def heads(idx):
-        inputs = _batch(prepared, idx, length)
+        inputs = data.batch(idx, device)
         pooled = extractor._features(**inputs)
         colours = extractor.image_latents(inputs["pixel_values"]).mean(dim=1).float()
         return target_head(pooled), colour_head(colours)
 
-    metrics = {}
+    metrics: dict = {}
     for epoch in range(epochs):
+        began = time.monotonic()
         model.train()
         order = rng.permutation(n)
-        for i in range(0, n - batch + 1, batch):
-            idx = order[i:i + batch]
+        for step in range(steps_per_epoch):
+            idx = order[step * batch:(step + 1) * batch]
             target, colours = heads(idx)
             loss = (torch.nn.functional.mse_loss(target, labels[idx, :3])
                     + torch.nn.functional.mse_loss(colours, labels[idx, 3:]))
@@ -110,50 +152,64 @@ def train_grounding(extractor, train: list, val: list, epochs: int = 30, lr: flo
             loss.backward()
             opt.step()
             sched.step()
-        metrics = _evaluate(heads, labels, n, len(val))
+        model.eval()
+        with torch.no_grad():
+            preds = torch.cat([heads(np.arange(i, min(i + 256, n + n_val)))[0] for i in range(n, n + n_val, 256)])
+        truth = labels[n:]
+        error = torch.atan2(preds[:, 0], preds[:, 1]) - torch.atan2(truth[:, 0], truth[:, 1])
+        metrics = {"bearing_mae_deg": math.degrees(float(torch.remainder(error + math.pi, 2 * math.pi)
+                                                         .sub(math.pi).abs().mean())),
+                   "bearing_mae_deg_zero": math.degrees(float(torch.atan2(truth[:, 0], truth[:, 1]).abs().mean())),
+                   "distance_mae_m": float((preds[:, 2] - truth[:, 2]).abs().mean()), "epochs": epoch + 1}
         log(f"grounding epoch {epoch + 1}/{epochs}: loss {float(loss.detach()):.4f}, val bearing MAE "
             f"{metrics['bearing_mae_deg']:.1f} deg (predicting 0: {metrics['bearing_mae_deg_zero']:.1f}), "
-            f"distance MAE {metrics['distance_mae_m']:.2f} m")
-    model.eval()
+            f"distance MAE {metrics['distance_mae_m']:.2f} m ({time.monotonic() - began:.1f} s)")
     return metrics
 
 
-def _evaluate(heads, labels, n: int, n_val: int) -> dict:
+def build_grounded_vlm(out: Path, tasks: int, epochs: int, seed: int = 0, device: str = "cpu",
+                       per_task: int = 4, batch: int = 64, lr: float = 2e-3, log=print) -> dict:
+    """Build the trainable tiny Kosmos-2, ground it on renders, save it (FP32) to `out`."""
+    import shutil
+    import tempfile
+
     import torch
 
-    with torch.no_grad():
-        preds = torch.cat([heads(np.arange(i, min(i + 64, n + n_val)))[0] for i in range(n, n + n_val, 64)])
-    truth = labels[n:]
-    bearing = torch.atan2(preds[:, 0], preds[:, 1])
-    true_bearing = torch.atan2(truth[:, 0], truth[:, 1])
-    return {"bearing_mae_deg": math.degrees(float((bearing - true_bearing).abs().mean())),
-            "bearing_mae_deg_zero": math.degrees(float(true_bearing.abs().mean())),
-            "distance_mae_m": float((preds[:, 2] - truth[:, 2]).abs().mean())}
+    from .base import ExtractorConfig, create_extractor
+    from .tiny import build_tiny_kosmos2
+
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        build_tiny_kosmos2(tmp, seed=seed, patch_size=16, trainable=True)
+        extractor = create_extractor(ExtractorConfig(backend="kosmos2", pooling="last_token", model_path=tmp,
+                                                     device=device, dtype="fp32", cuda_graphs=False))
+    frames = render_frames(tasks, per_task, seed)
+    val = render_frames(max(50, tasks // 10), 2, seed + 1)
+    log(f"rendered {len(frames)} training and {len(val)} validation frames ({time.monotonic() - began:.0f} s)")
+    metrics = train_grounding(extractor, frames, val, epochs, lr=lr, batch=batch, seed=seed, log=log)
+    shutil.rmtree(out, ignore_errors=True)
+    extractor.model.to(torch.float32).cpu().save_pretrained(out)
+    extractor.processor.save_pretrained(out)
+    metrics["seconds"] = time.monotonic() - began
+    return metrics
 
 
-def _prepare(extractor, rgb: np.ndarray, text: str) -> dict:
-    return extractor.prepare([rgb], text)
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mobile_vla_ros.vlm.grounding", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--tasks", type=int, default=4000, help="seeded tasks; 4 frames each")
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    args = ap.parse_args(argv)
+    metrics = build_grounded_vlm(args.out, args.tasks, args.epochs, args.seed, args.device, batch=args.batch,
+                                 lr=args.lr)
+    print(f"grounded stand-in VLM -> {args.out}: {metrics}")
+    return 0
 
 
-def _pad(extractor, p: dict, length: int) -> dict:
-    """Right-pad one prepared sample's token tensors to `length` (pad tokens are masked out)."""
-    import torch
-
-    extra = length - p["input_ids"].shape[1]
-    if extra == 0:
-        return p
-    values = {"input_ids": extractor.pad_id, "position_ids": extractor.position_padding_idx}
-    out = dict(p)
-    for k in ("input_ids", "attention_mask", "position_ids", "text_weights"):
-        out[k] = torch.cat([p[k], torch.full((1, extra), values.get(k, 0), dtype=p[k].dtype)], dim=1)
-    return out
-
-
-def _batch(prepared: list[dict], idx, length: int) -> dict:
-    import torch
-
-    keys = ("pixel_values", "input_ids", "attention_mask", "position_ids", "last_index", "text_weights")
-    out = {k: torch.cat([prepared[i][k] for i in idx]) for k in keys}
-    # image_index addresses the flattened [B * L] token array: offset each row's indices.
-    out["image_index"] = torch.cat([prepared[i]["image_index"] + j * length for j, i in enumerate(idx)])
-    return out
+if __name__ == "__main__":
+    raise SystemExit(main())
