@@ -9,7 +9,7 @@ distance. Frames are rendered from seeded tasks at random poses between the star
 with random heading offsets (more varied than expert episodes, where the target is mostly dead
 ahead). The prediction heads are dropped afterwards; only the VLM is saved.
 
-  python -m mobile_vla_ros.vlm.grounding --out DIR [--tasks 4000] [--epochs 60] [--device cuda]
+  python -m mobile_vla_ros.vlm.grounding --out DIR [--tasks 2000] [--epochs 60] [--device cuda]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sim.world import COLORS, SimConfig, SimRobot, sample_task
+from ..sim.world import COLORS, SimRobot, sample_task
 
 LABELS = 3 + 3 * len(COLORS)  # target: sin, cos bearing, distance; per colour: visible, sin bearing, distance
 FIRST_TASK_SEED = 2000  # renders use tasks apart from the recorded episodes' seeds (< 1000) and evaluation's
@@ -49,13 +49,28 @@ def grounding_label(robot: SimRobot) -> np.ndarray:
     return np.array(label, dtype=np.float32)
 
 
-def render_frames(tasks: int, per_task: int, seed: int, cfg: SimConfig | None = None) -> list[tuple]:
-    """(rgb, instruction, label) at random poses of `tasks` seeded tasks."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for i in range(tasks):
-        task = sample_task(FIRST_TASK_SEED + seed * 100_000 + i, cfg)
-        with SimRobot(task, cfg) as robot:
+def render_frames(tasks: int, per_task: int, seed: int, workers: int = 1) -> list[tuple]:
+    """(rgb, instruction, label) at random poses of `tasks` seeded tasks; `workers` processes render
+    task ranges in parallel (each task's poses come from its own seed, so the result is the same)."""
+    ranges = [(seed, per_task, range(k, tasks, workers)) for k in range(workers)]
+    if workers <= 1:
+        parts = [_render_tasks(*ranges[0])]
+    else:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            parts = pool.starmap(_render_tasks, ranges)
+    by_task = {i: frames for part in parts for i, frames in part}
+    return [frame for i in range(tasks) for frame in by_task[i]]
+
+
+def _render_tasks(seed: int, per_task: int, indices: range) -> list[tuple[int, list[tuple]]]:
+    out = []
+    for i in indices:
+        rng = np.random.default_rng([seed, i])
+        task = sample_task(FIRST_TASK_SEED + seed * 100_000 + i)
+        frames = []
+        with SimRobot(task) as robot:
             target = task.target_object
             for _ in range(per_task):
                 a = rng.uniform(0.0, 0.85)
@@ -65,7 +80,8 @@ def render_frames(tasks: int, per_task: int, seed: int, cfg: SimConfig | None = 
                 robot.data.qpos[:] = (x, y, yaw)
                 robot._mj.mj_forward(robot.model, robot.data)
                 frames.append((robot.render(), task.instruction, grounding_label(robot)))
-    return frames
+        out.append((i, frames))
+    return out
 
 
 class Batcher:
@@ -73,10 +89,11 @@ class Batcher:
     processor's statistics (checked equal to it on the first frame), text tensors tokenised once
     per distinct instruction and right-padded to one length."""
 
-    def __init__(self, extractor, frames: list[tuple]) -> None:
+    def __init__(self, extractor, frames: list[tuple], device: str = "cpu") -> None:
         import torch
 
         self.torch = torch
+        self.device = device
         ip = extractor.processor.image_processor
         self.mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
         self.std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
@@ -84,7 +101,7 @@ class Batcher:
         texts = sorted({f[1] for f in frames})
         prepared = {t: extractor.prepare([frames[0][0]], t) for t in texts}
         reference = prepared[frames[0][1]]["pixel_values"].cpu()
-        if not torch.allclose(self._pixels(self.images[:1]), reference, atol=1e-5):
+        if not torch.allclose(self._pixels(self.images[:1]), reference, atol=1e-5):  # still on the CPU here
             raise RuntimeError("pixel normalisation differs from the model's image processor")
         self.length = max(p["input_ids"].shape[1] for p in prepared.values())
         pad = {"input_ids": extractor.pad_id, "position_ids": extractor.position_padding_idx}
@@ -96,20 +113,24 @@ class Batcher:
             self.text[t]["last_index"] = p["last_index"].cpu()
             self.text[t]["image_index"] = p["image_index"].cpu()
         self.instructions = [f[1] for f in frames]
-        self.labels = torch.from_numpy(np.stack([f[2] for f in frames]))
+        self.labels = torch.from_numpy(np.stack([f[2] for f in frames])).to(device)
+        # Everything on the training device once: a batch is then a gather, not a host copy.
+        self.images = self.images.to(device)
+        self.mean, self.std = self.mean.to(device), self.std.to(device)
+        self.text = {t: {k: v.to(device) for k, v in p.items()} for t, p in self.text.items()}
 
     def _pixels(self, images):
         return (images.permute(0, 3, 1, 2).float() / 255 - self.mean) / self.std
 
-    def batch(self, idx, device) -> dict:
+    def batch(self, idx) -> dict:
         torch = self.torch
         rows = [self.text[self.instructions[i]] for i in idx]
         out = {k: torch.cat([r[k] for r in rows]) for k in ("input_ids", "attention_mask", "position_ids",
                                                               "text_weights", "last_index")}
         # image_index addresses the flattened [B * L] token array: offset each row's indices.
         out["image_index"] = torch.cat([r["image_index"] + j * self.length for j, r in enumerate(rows)])
-        out["pixel_values"] = self._pixels(self.images[idx])
-        return {k: v.to(device, non_blocking=True) for k, v in out.items()}
+        out["pixel_values"] = self._pixels(self.images[torch.as_tensor(idx, device=self.device)])
+        return out
 
 
 def train_grounding(extractor, train: list, val: list, epochs: int, lr: float = 2e-3, batch: int = 64,
@@ -120,9 +141,9 @@ def train_grounding(extractor, train: list, val: list, epochs: int, lr: float = 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = extractor.device
-    data = Batcher(extractor, train + val)
+    data = Batcher(extractor, train + val, device)
     n, n_val = len(train), len(val)
-    labels = data.labels.to(device)
+    labels = data.labels
     dim = extractor.feature_dim
     target_head = torch.nn.Linear(dim, 3).to(device)
     colour_head = torch.nn.Linear(dim, LABELS - 3).to(device)
@@ -133,7 +154,7 @@ def train_grounding(extractor, train: list, val: list, epochs: int, lr: float = 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.1)
 
     def heads(idx):
-        inputs = data.batch(idx, device)
+        inputs = data.batch(idx)
         pooled = extractor._features(**inputs)
         colours = extractor.image_latents(inputs["pixel_values"]).mean(dim=1).float()
         return target_head(pooled), colour_head(colours)
@@ -168,7 +189,7 @@ def train_grounding(extractor, train: list, val: list, epochs: int, lr: float = 
 
 
 def build_grounded_vlm(out: Path, tasks: int, epochs: int, seed: int = 0, device: str = "cpu",
-                       per_task: int = 4, batch: int = 64, lr: float = 2e-3, log=print) -> dict:
+                       per_task: int = 4, batch: int = 64, lr: float = 2e-3, workers: int = 1, log=print) -> dict:
     """Build the trainable tiny Kosmos-2, ground it on renders, save it (FP32) to `out`."""
     import shutil
     import tempfile
@@ -183,8 +204,8 @@ def build_grounded_vlm(out: Path, tasks: int, epochs: int, seed: int = 0, device
         build_tiny_kosmos2(tmp, seed=seed, patch_size=16, trainable=True)
         extractor = create_extractor(ExtractorConfig(backend="kosmos2", pooling="last_token", model_path=tmp,
                                                      device=device, dtype="fp32", cuda_graphs=False))
-    frames = render_frames(tasks, per_task, seed)
-    val = render_frames(max(50, tasks // 10), 2, seed + 1)
+    frames = render_frames(tasks, per_task, seed, workers)
+    val = render_frames(max(50, tasks // 10), 2, seed + 1, workers)
     log(f"rendered {len(frames)} training and {len(val)} validation frames ({time.monotonic() - began:.0f} s)")
     metrics = train_grounding(extractor, frames, val, epochs, lr=lr, batch=batch, seed=seed, log=log)
     shutil.rmtree(out, ignore_errors=True)
@@ -198,15 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mobile_vla_ros.vlm.grounding", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--tasks", type=int, default=4000, help="seeded tasks; 4 frames each")
+    ap.add_argument("--tasks", type=int, default=2000, help="seeded tasks")
+    ap.add_argument("--frames-per-task", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=2, help="rendering processes")
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     args = ap.parse_args(argv)
-    metrics = build_grounded_vlm(args.out, args.tasks, args.epochs, args.seed, args.device, batch=args.batch,
-                                 lr=args.lr)
+    metrics = build_grounded_vlm(args.out, args.tasks, args.epochs, args.seed, args.device, args.frames_per_task,
+                                 batch=args.batch, lr=args.lr, workers=args.workers)
     print(f"grounded stand-in VLM -> {args.out}: {metrics}")
     return 0
 
