@@ -105,3 +105,18 @@ def test_bad_bags_give_one_line_errors(bags, tmp_path):
     fails(["--bag", str(corrupt)], "corrupt")
     no_instruction = write_episode_bag(tmp_path / "no_instruction", instruction=None, seconds=1.0)
     fails(["--bag", str(no_instruction)], "pass --instruction")
+
+
+@pytest.mark.timeout(240)
+def test_live_replay_on_sim_time_reproduces_the_offline_result(bags, tmp_path):
+    """The nodes themselves, on use_sim_time with this process publishing /clock and the bag's
+    messages, score like the deterministic offline replay (same ticks within timing jitter)."""
+    offline = run_eval(bags["sqlite3"], tmp_path / "offline")["results"][0]
+    live = run_eval(bags["sqlite3"], tmp_path / "live", "--live")["results"][0]
+    assert live["mode"] == "live"
+    assert live["metrics"]["chunks"] == pytest.approx(offline["metrics"]["chunks"], abs=4)
+    for span in ("first_step", "chunk"):
+        assert live["metrics"]["mae"][span]["overall"] == pytest.approx(
+            offline["metrics"]["mae"][span]["overall"], rel=0.1, abs=0.01)
+    assert live["metrics"]["mae_zero_action"]["chunk"]["overall"] == pytest.approx(
+        offline["metrics"]["mae_zero_action"]["chunk"]["overall"], rel=0.05)

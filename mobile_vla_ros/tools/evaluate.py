@@ -265,12 +265,16 @@ def markdown(results: list[dict], spec: ModelSpec) -> str:
         lines.append(
             f"| {r['vlm_hz']} | {r['vlm_latency']:.3f} | {m['chunks']} | {m['mae']['first_step']['overall']:.4f} | "
             f"{m['mae']['chunk']['overall']:.4f} | {m['mae_zero_action']['chunk']['overall']:.4f} | "
-            f"{m['mae_mean_action']['chunk']['overall']:.4f} | {m['feature_age_s']['p50']:.2f} / "
-            f"{m['feature_age_s']['max']:.2f} | {sum(r['no_chunk'].values())} |")
+            f"{m['mae_mean_action']['chunk']['overall']:.4f} | {_ages(m)} | {sum(r['no_chunk'].values())} |")
     per_dim = ["", "MAE per dimension (whole chunk): " + "; ".join(
         f"vlm_hz {r['vlm_hz']}: " + ", ".join(f"{n} {r['metrics']['mae']['chunk'][n]:.4f}" for n in spec.action_names)
         for r in results if r["metrics"].get("chunks"))]
     return "\n".join(lines + per_dim)
+
+
+def _ages(m: dict) -> str:
+    ages = m.get("feature_age_s")
+    return f"{ages['p50']:.2f} / {ages['max']:.2f}" if ages else "-"
 
 
 def plot(result: dict, spec: ModelSpec, path: Path) -> None:
@@ -325,6 +329,9 @@ def _parser() -> argparse.ArgumentParser:
                          "/action_chunk) or JointState (joints named as the model's action_names)")
     ap.add_argument("--twist-mapping", default="linear.x,angular.z", help="Twist field per action dimension")
     ap.add_argument("--instruction", default=None, help="used when the bag has no instruction topic")
+    ap.add_argument("--live", action="store_true",
+                    help="replay to the real nodes on sim time (/clock from this process) instead of in-process; "
+                         "the latency comes from the real forward plus vlm_node's simulated_latency")
     ap.add_argument("--out", type=Path, default=Path("eval_results"))
     return ap
 
@@ -373,14 +380,20 @@ def _run(args) -> int:
         cfg = ReplayConfig(hz, args.action_hz, latency, args.max_feature_age, args.max_sensor_gap)
         ticks, no_chunk, vlm = [], Counter(), Counter()
         for bag, rec in recordings:
-            out = replay(rec, spec, backend, extractor, cfg, args.instruction,
-                         progress=lambda f, name=bag.name, hz=hz: progress_bar(f"vlm_hz {hz} {name}", f))
-            print()
+            if args.live:
+                out = _live(args, rec, spec, Path(model_dir), hz, latency, extractor)
+            else:
+                out = replay(rec, spec, backend, extractor, cfg, args.instruction,
+                             progress=lambda f, name=bag.name, hz=hz: progress_bar(f"vlm_hz {hz} {name}", f))
+                print()
             ticks += out["ticks"]
             no_chunk.update(out["no_chunk"])
             vlm.update(out["vlm"])
         result = {"vlm_hz": hz, "vlm_latency": latency, "action_hz": args.action_hz, "metrics": metrics(
-            ticks, spec.action_names), "no_chunk": dict(no_chunk), "vlm": dict(vlm), "ticks": ticks}
+            ticks, spec.action_names), "no_chunk": dict(no_chunk), "vlm": dict(vlm), "ticks": ticks,
+            "mode": "live" if args.live else "offline"}
+        if args.live:  # the chunks carry no feature age; the nodes report it in /diagnostics
+            result["metrics"].pop("feature_age_s", None)
         plot(result, spec, args.out / f"eval_vlm_hz_{hz}.png")
         results.append(result)
     table = markdown(results, spec)
@@ -392,6 +405,16 @@ def _run(args) -> int:
                                                     "results": summary}, indent=2))
     print(f"wrote {args.out}/eval.json, eval.md, eval_vlm_hz_*.png")
     return 0
+
+
+def _live(args, rec: Recording, spec: ModelSpec, model_dir: Path, hz: float, latency: float, extractor) -> dict:
+    from .live_replay import live_replay
+
+    forward = _latency("auto", extractor, rec)
+    out = live_replay(rec, spec, model_dir, args.vlm_model_path or str(model_dir / "vlm"), hz, args.action_hz,
+                      max(0.0, latency - forward), args.max_feature_age, args.max_sensor_gap, args.instruction,
+                      log_dir=args.out)
+    return {**out, "no_chunk": {}, "vlm": {}}
 
 
 def _latency(value: str, extractor, rec: Recording) -> float:

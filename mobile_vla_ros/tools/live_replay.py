@@ -1,0 +1,98 @@
+"""`mobile-vla-eval --live`: replay a bag to the real nodes on sim time, as `ros2 bag play --clock`
+would (not installable here): vlm_node and action_expert_node run as processes with
+use_sim_time: true; this process publishes /clock and the bag's images, sensor samples and
+instruction with their recorded stamps, paced at wall time, and scores every action_chunk the
+action node publishes against the recorded actions, exactly as the offline replay scores its ticks.
+The VLM latency the offline replay models is produced live by the VLM's real forward plus vlm_node's
+`simulated_latency`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..core.model_spec import ModelSpec
+from .bringup import NodeProcess
+from .evaluate import Recording
+
+
+def live_replay(rec: Recording, spec: ModelSpec, model_dir: Path, vlm_model_path: str, vlm_hz: float,
+                action_hz: float, simulated_latency: float, max_feature_age: float, max_sensor_gap: float,
+                instruction: str | None, log_dir: Path | None = None) -> dict:
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import Image, Imu
+    from std_msgs.msg import String
+    from trajectory_msgs.msg import JointTrajectory
+
+    from ..ros.conversions import rgb_to_image, sec_to_stamp, trajectory_to_actions
+    from ..ros.node_support import LATCHED_QOS, SENSOR_QOS
+    from .ros_observer import Observer
+
+    observer = Observer("live_replay", own_context=True)
+    chunks = observer.record(JointTrajectory, "action_chunk", 100,
+                             lambda m: (m.header.stamp.sec + m.header.stamp.nanosec * 1e-9, trajectory_to_actions(m)))
+    node = observer.node
+    clock_pub = node.create_publisher(Clock, "/clock", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+    image_pub = node.create_publisher(Image, "camera/image_raw", SENSOR_QOS)
+    sensor_pub = node.create_publisher(Imu, "sensor", SENSOR_QOS)
+    instruction_pub = node.create_publisher(String, "instruction", LATCHED_QOS)
+    start = rec.sensor[0][0]
+    common = {"use_sim_time": True}
+    procs = [
+        NodeProcess("vlm_node", {**common, "vlm_hz": vlm_hz, "device": "cpu", "dtype": "fp32",
+                                 "model_path": vlm_model_path, "action_model_dir": str(model_dir),
+                                 "feature_pooling": spec.vlm_pooling, "vlm_backend": spec.vlm_backend,
+                                 "simulated_latency": simulated_latency}, log_dir=log_dir),
+        NodeProcess("action_expert_node", {**common, "action_hz": action_hz, "model_dir": str(model_dir),
+                                           "backend": "onnxruntime", "execute_chunks": False,
+                                           "max_feature_age": max_feature_age, "max_sensor_gap": max_sensor_gap},
+                    log_dir=log_dir)]
+    try:
+        # Hold the clock before the bag while the nodes start and discover us.
+        deadline = time.monotonic() + 60
+        while node.count_subscribers("sensor") < 1 or node.count_subscribers("camera/image_raw") < 1 \
+                or node.count_publishers("action_chunk") < 1:
+            if time.monotonic() > deadline or not all(p.alive() for p in procs):
+                raise RuntimeError("the nodes did not come up:\n" + "\n".join(p.output()[-1500:] for p in procs))
+            clock_pub.publish(Clock(clock=sec_to_stamp(start - 1.0)))
+            time.sleep(0.1)
+        time.sleep(1.0)
+        events = [(t, 1, "image", v) for t, v in rec.images] + [(t, 2, "sensor", v) for t, v in rec.sensor]
+        text = instruction if instruction is not None else rec.instructions[0][1]
+        events.sort(key=lambda e: (e[0], e[1]))
+        clock_pub.publish(Clock(clock=sec_to_stamp(start - 0.5)))
+        instruction_pub.publish(String(data=text))
+        time.sleep(0.5)
+        wall0 = time.monotonic()
+        for t, _, kind, value in events:
+            delay = wall0 + (t - start) - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            stamp = sec_to_stamp(t)
+            clock_pub.publish(Clock(clock=stamp))
+            if kind == "image":
+                image_pub.publish(rgb_to_image(value, stamp, "camera"))
+            else:
+                msg = Imu()
+                msg.header.stamp, msg.header.frame_id = stamp, "imu"
+                msg.angular_velocity.x, msg.angular_velocity.y, msg.angular_velocity.z = map(float, value[:3])
+                msg.linear_acceleration.x, msg.linear_acceleration.y, msg.linear_acceleration.z = map(float, value[3:])
+                sensor_pub.publish(msg)
+        time.sleep(0.5)
+    finally:
+        for p in procs:
+            p.stop()
+        observer.destroy()
+    command_times = np.array([t for t, _ in rec.commands])
+    command_values = np.stack([v for _, v in rec.commands])
+    ticks = []
+    for _, (t, actions) in chunks.since(0.0):
+        steps = t + np.arange(spec.chunk_size) * spec.action_dt
+        if steps[-1] > command_times[-1] or steps[0] < command_times[0]:
+            continue
+        idx = np.searchsorted(command_times, steps, side="right") - 1
+        ticks.append({"t": t, "pred": actions, "target": command_values[idx], "feature_age": 0.0})
+    return {"ticks": ticks}
