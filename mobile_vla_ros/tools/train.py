@@ -305,14 +305,16 @@ class Distributed:
 
 
 def init_distributed() -> Distributed:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: gloo on CPU, NCCL with one GPU per rank."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Distributed()
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: gloo on CPU, NCCL with one GPU per rank. A single
+    process trains on the GPU when there is one."""
     import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    if world <= 1:
+        return Distributed(device="cuda:0" if cuda else "cpu", cuda=cuda)
     import torch.distributed
 
-    cuda = torch.cuda.is_available()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local)
