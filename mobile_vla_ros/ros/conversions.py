@@ -1,7 +1,7 @@
 """Every ROS message <-> numpy conversion of the package (nodes and tools import from here).
 
-Images: rgb8, bgr8, rgba8, bgra8 and mono8 (row padding allowed); anything else is rejected with
-a reason, never guessed. Features travel as a 32FC1 image: height = tokens, width = dim.
+Images: decoded by core/images.py (ROS-free, shared with the bag tools), or by cv_bridge where ROS
+provides it. Features travel as a 32FC1 image: height = tokens, width = dim.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from std_msgs.msg import Header
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..core.chunk_executor import ActionChunk
+from ..core.images import ConversionError, check_image, decode_rgb
 from ..core.sensor_window import imu_sample, wrench_sample
 
-CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 FEATURE_ENCODING = "32FC1"
-MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 try:  # cv_bridge where ROS provides it (robot); the numpy path below is equivalent for these encodings
@@ -27,10 +26,6 @@ try:  # cv_bridge where ROS provides it (robot); the numpy path below is equival
     _CV_BRIDGE: CvBridge | None = CvBridge()
 except ImportError:
     _CV_BRIDGE = None
-
-
-class ConversionError(ValueError):
-    """A message that cannot be converted; the message says why."""
 
 
 def stamp_to_sec(stamp: Time) -> float:
@@ -49,25 +44,10 @@ def sec_to_duration(seconds: float) -> Duration:
 
 def image_to_rgb(msg: Image) -> np.ndarray:
     """sensor_msgs/Image -> RGB uint8 [H, W, 3] (a copy)."""
-    channels = CHANNELS.get(msg.encoding)
-    if channels is None:
-        raise ConversionError(f"unsupported encoding {msg.encoding!r} (supported: {', '.join(CHANNELS)})")
-    h, w, step = msg.height, msg.width, msg.step
-    if h == 0 or w == 0 or h * w > MAX_IMAGE_PIXELS:
-        raise ConversionError(f"image size {w}x{h} outside 1..{MAX_IMAGE_PIXELS} pixels")
-    if step < w * channels:
-        raise ConversionError(f"step {step} < width {w} x {channels} bytes")
-    if len(msg.data) != step * h:
-        raise ConversionError(f"data has {len(msg.data)} bytes, expected step {step} x height {h} = {step * h}")
-    if _CV_BRIDGE is not None:  # validated above; cv_bridge does the colour conversion when present
-        return np.ascontiguousarray(_CV_BRIDGE.imgmsg_to_cv2(msg, desired_encoding="rgb8"))
-    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(h, step)
-    pixels = rows[:, : w * channels].reshape(h, w, channels)
-    if msg.encoding == "mono8":
-        return np.repeat(pixels, 3, axis=2)
-    if msg.encoding.startswith("bgr"):
-        return np.ascontiguousarray(pixels[:, :, 2::-1])
-    return np.ascontiguousarray(pixels[:, :, :3])
+    if _CV_BRIDGE is None:
+        return decode_rgb(msg)
+    check_image(msg)  # cv_bridge does the colour conversion when present, after the same validation
+    return np.ascontiguousarray(_CV_BRIDGE.imgmsg_to_cv2(msg, desired_encoding="rgb8"))
 
 
 def rgb_to_image(rgb: np.ndarray, stamp: Time, frame_id: str) -> Image:

@@ -50,8 +50,8 @@ ACTION_TYPES = (*TWIST_TYPES, "trajectory_msgs/msg/JointTrajectory", "sensor_msg
 def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_mapping: list[str]) -> Recording:
     from rosbags.highlevel import AnyReader
 
+    from ..core.images import ConversionError, decode_rgb
     from ..core.sensor_window import SAMPLE_FROM_MESSAGE
-    from ..ros.conversions import ConversionError, image_to_rgb
 
     sensor_type = "sensor_msgs/msg/Imu" if spec.sensor_type == "imu" else "geometry_msgs/msg/WrenchStamped"
     expected = {"image": ("sensor_msgs/msg/Image",), "instruction": ("std_msgs/msg/String",),
@@ -85,7 +85,7 @@ def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_map
             stamp = sec + nanosec * 1e-9
             if role == "image":
                 try:
-                    rec.images.append((stamp, image_to_rgb(msg)))
+                    rec.images.append((stamp, decode_rgb(msg)))
                 except ConversionError:
                     continue  # as in vlm_node: a bad image is dropped
             elif role == "sensor":
