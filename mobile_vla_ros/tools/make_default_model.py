@@ -3,7 +3,7 @@
   python -m mobile_vla_ros.tools.make_default_model --out models/default [--device cuda]
 
 1. the stand-in VLM: a tiny Kosmos-2 (patch 16, 64-dim) built with `trainable_init`, grounding-
-   pretrained on 16,000 seeded renders (vlm/grounding.py; 4 min on one H100 with MUJOCO_GL=egl, hours
+   pretrained on 16,000 seeded renders (vlm/grounding.py; 4 min on one H100 with MUJOCO_GL=egl, about 1.5 h
    on 2 CPU cores) and saved to OUT/vlm; `--vlm DIR` uses an already grounded one instead;
 2. mobile-vla-record-sim: expert episodes, seeds 0..N-1 for training and 900.. for validation
    (`mobile-vla-bringup --sim` evaluates on seeds from 1000, renders use 2000+: never trained on);
