@@ -27,10 +27,10 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, Imu
 from std_msgs.msg import String
 
-from .ros.conversions import rgb_to_image, sec_to_stamp
+from .ros.conversions import rgb_to_image, sample_to_imu, sec_to_stamp
 from .ros.node_support import LATCHED_QOS, SENSOR_QOS, diagnostics, run_node
 from .sim.episode import SimEpisode
-from .sim.messages import FRAMES, ORIENTATION_UNKNOWN, SIM_EPOCH, TOPICS, result_json, task_json, yaw_quaternion
+from .sim.messages import FRAMES, SIM_EPOCH, TOPICS, result_json, task_json, yaw_quaternion
 from .sim.world import SimConfig, sample_task
 
 LOOP_PERIOD = 0.004  # s of wall time between physics catch-ups (and /clock messages: 250 Hz)
@@ -125,7 +125,7 @@ class SimNode(Node):
             for event in episode.advance(v, w, min(target, until), active=active):
                 stamp = self._stamp(event.t)
                 if event.kind == "imu":
-                    self.imu_pub.publish(_imu_message(event.data, stamp))
+                    self.imu_pub.publish(sample_to_imu(event.data, stamp, FRAMES["sensor"]))
                     self.counts["imu_sent"] += 1
                 else:
                     self.image_pub.publish(rgb_to_image(event.data, stamp, FRAMES["image"]))
@@ -155,15 +155,6 @@ def _wall_clock():
     from rclpy.clock import ClockType
 
     return RclClock(clock_type=ClockType.STEADY_TIME)
-
-
-def _imu_message(sample, stamp) -> Imu:
-    msg = Imu()
-    msg.header.stamp, msg.header.frame_id = stamp, FRAMES["sensor"]
-    msg.orientation_covariance = ORIENTATION_UNKNOWN.tolist()
-    msg.angular_velocity.x, msg.angular_velocity.y, msg.angular_velocity.z = map(float, sample[:3])
-    msg.linear_acceleration.x, msg.linear_acceleration.y, msg.linear_acceleration.z = map(float, sample[3:])
-    return msg
 
 
 def _pose_message(pose: tuple[float, float, float], stamp) -> PoseStamped:

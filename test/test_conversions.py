@@ -78,3 +78,14 @@ def test_chunk_to_trajectory_and_twist_mapping():
 
 def test_rgb_to_image_round_trip():
     assert np.array_equal(image_to_rgb(rgb_to_image(RGB, sec_to_stamp(1.0), "cam")), RGB)
+
+
+def test_sample_to_imu_is_the_inverse_of_imu_sample_and_marks_orientation_unknown():
+    from mobile_vla_ros.core.sensor_window import imu_sample
+    from mobile_vla_ros.ros.conversions import sample_to_imu, sec_to_stamp
+
+    sample = [0.1, -0.2, 0.3, 1.5, -2.5, 9.81]
+    msg = sample_to_imu(sample, sec_to_stamp(12.5), "imu")
+    assert list(imu_sample(msg)) == pytest.approx(sample)
+    assert msg.orientation_covariance[0] == -1.0 and msg.header.frame_id == "imu"
+    assert msg.header.stamp.sec == 12 and msg.header.stamp.nanosec == 500_000_000

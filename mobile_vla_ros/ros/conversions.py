@@ -50,6 +50,17 @@ def image_to_rgb(msg: Image) -> np.ndarray:
     return np.ascontiguousarray(_CV_BRIDGE.imgmsg_to_cv2(msg, desired_encoding="rgb8"))
 
 
+def sample_to_imu(sample, stamp: Time, frame_id: str, orientation_unknown: bool = True) -> Imu:
+    """[gyro xyz, accel xyz] -> sensor_msgs/Imu (the inverse of imu_sample); without orientation,
+    covariance[0] = -1 as REP 145 asks."""
+    msg = Imu(header=Header(stamp=stamp, frame_id=frame_id))
+    if orientation_unknown:
+        msg.orientation_covariance[0] = -1.0
+    msg.angular_velocity.x, msg.angular_velocity.y, msg.angular_velocity.z = (float(v) for v in sample[:3])
+    msg.linear_acceleration.x, msg.linear_acceleration.y, msg.linear_acceleration.z = (float(v) for v in sample[3:6])
+    return msg
+
+
 def rgb_to_image(rgb: np.ndarray, stamp: Time, frame_id: str) -> Image:
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     h, w = rgb.shape[:2]

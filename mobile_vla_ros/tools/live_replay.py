@@ -27,7 +27,7 @@ def live_replay(rec: Recording, spec: ModelSpec, model_dir: Path, vlm_model_path
     from std_msgs.msg import String
     from trajectory_msgs.msg import JointTrajectory
 
-    from ..ros.conversions import rgb_to_image, sec_to_stamp, trajectory_to_actions
+    from ..ros.conversions import rgb_to_image, sample_to_imu, sec_to_stamp, trajectory_to_actions
     from ..ros.node_support import LATCHED_QOS, SENSOR_QOS
     from .ros_observer import Observer
 
@@ -76,11 +76,7 @@ def live_replay(rec: Recording, spec: ModelSpec, model_dir: Path, vlm_model_path
             if kind == "image":
                 image_pub.publish(rgb_to_image(value, stamp, "camera"))
             else:
-                msg = Imu()
-                msg.header.stamp, msg.header.frame_id = stamp, "imu"
-                msg.angular_velocity.x, msg.angular_velocity.y, msg.angular_velocity.z = map(float, value[:3])
-                msg.linear_acceleration.x, msg.linear_acceleration.y, msg.linear_acceleration.z = map(float, value[3:])
-                sensor_pub.publish(msg)
+                sensor_pub.publish(sample_to_imu(value, stamp, "imu"))
         time.sleep(0.5)
     finally:
         for p in procs:
