@@ -127,7 +127,8 @@ def world_xml(task: Task, cfg: SimConfig) -> str:
 </mujoco>"""
 
 
-def _wrap(angle: float) -> float:
+def wrap_angle(angle: float) -> float:
+    """To [-pi, pi)."""
     return (angle + math.pi) % (2 * math.pi) - math.pi
 
 
@@ -172,7 +173,7 @@ class SimRobot:
 
     def pose(self) -> tuple[float, float, float]:
         x, y, yaw = self.data.qpos[:3]
-        return float(x), float(y), _wrap(float(yaw))
+        return float(x), float(y), wrap_angle(float(yaw))
 
     def velocity(self) -> tuple[float, float]:
         """Body-frame forward speed and yaw rate."""
@@ -189,7 +190,7 @@ class SimRobot:
     def target_bearing(self) -> float:
         x, y, yaw = self.pose()
         obj = self.task.target_object
-        return _wrap(math.atan2(obj.y - y, obj.x - x) - yaw)
+        return wrap_angle(math.atan2(obj.y - y, obj.x - x) - yaw)
 
     def succeeded(self) -> bool:
         return self.target_distance() <= self.cfg.success_radius

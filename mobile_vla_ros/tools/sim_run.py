@@ -11,14 +11,10 @@ import math
 import time
 from pathlib import Path
 
-from .bringup import NodeProcess
+from .bringup import SUMMARY_KEYS, NodeProcess
 from .cli import progress_bar
 
 POLICY_NODES = ("vlm_node", "action_expert_node")
-DIAG_KEYS = {"vlm_node": ("feature_rate_hz", "vlm_hz", "forward_latency_p50_ms", "forward_latency_p99_ms"),
-             "action_expert_node": ("chunk_rate_hz", "action_hz", "sensor_rate_hz", "feature_age_s",
-                                    "inference_latency_p50_ms", "inference_latency_p99_ms", "backend",
-                                    "safe_stop_events")}
 
 
 def run_closed_loop(params_files: list[Path], episodes: int, seed: int, out: Path, namespace: str = "",
@@ -59,7 +55,7 @@ def run_closed_loop(params_files: list[Path], episodes: int, seed: int, out: Pat
             successes = sum(r["success"] for r in done)
             progress_bar(f"closed loop: {len(done)}/{episodes} episodes, {successes} successes", len(done) / episodes)
             time.sleep(0.5)
-        diag = {n: {k: observer.latest_diagnostics(n).get(k) for k in keys} for n, keys in DIAG_KEYS.items()}
+        diag = {n: {k: observer.latest_diagnostics(n).get(k) for k in keys} for n, keys in SUMMARY_KEYS.items()}
     finally:
         for name in ("sim_node", "vlm_node", "action_expert_node"):
             procs[name].stop()

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sim.world import COLORS, SimRobot, sample_task
+from ..sim.world import COLORS, SimRobot, sample_task, wrap_angle
 
 LABELS = 3 + 3 * len(COLORS)  # target: sin, cos bearing, distance; per colour: visible, sin bearing, distance
 FIRST_TASK_SEED = 2000  # renders use tasks apart from the recorded episodes' seeds (< 1000) and evaluation's
 
 
 def _bearing(obj, x: float, y: float, yaw: float) -> float:
-    return (math.atan2(obj.y - y, obj.x - x) - yaw + math.pi) % (2 * math.pi) - math.pi
+    return wrap_angle(math.atan2(obj.y - y, obj.x - x) - yaw)
 
 
 def grounding_label(robot: SimRobot) -> np.ndarray:
