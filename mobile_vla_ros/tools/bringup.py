@@ -96,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--sim", action="store_true",
                     help="closed loop with the MuJoCo simulated robot: run --episodes seeded episodes, print success "
                          "rate (beside zero/random-action baselines), rates, feature age and latency, write "
-                         "--out/report.json and trajectories.png. Default params: config/robot.yaml + config/sim.yaml")
+                         "--out/report.json and trajectories.png. config/sim.yaml is added after --params-file "
+                         "(default config/robot.yaml) unless given among them")
     ap.add_argument("--episodes", type=int, default=20, help="--sim: episodes to run")
     ap.add_argument("--seed", type=int, default=1000, help="--sim: first episode's task seed (held out from the "
                                                            "training seeds 0-999)")
@@ -112,7 +113,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     config = share_dir() / "config"
-    params_files = args.params_file or [config / "robot.yaml"] + ([config / "sim.yaml"] if args.sim else [])
+    params_files = args.params_file or [config / "robot.yaml"]
+    if args.sim and not any(f.name == "sim.yaml" for f in params_files):
+        # The nodes must run on the simulator's clock: sim.yaml (use_sim_time, sim_node, CPU VLM) goes last
+        # unless the user placed it themselves (then files after it can override it).
+        params_files = [*params_files, config / "sim.yaml"]
     for f in params_files:
         if not f.is_file():
             print(f"mobile-vla-bringup: error: --params-file {f}: no such file", file=sys.stderr)
