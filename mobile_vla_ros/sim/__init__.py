@@ -14,3 +14,10 @@ def mujoco_missing() -> str | None:
     except ImportError as exc:
         return f"the simulated robot needs MuJoCo (pip install mujoco; apt-get install libosmesa6): {exc}"
     return None
+
+
+def cannot_simulate(episodes: int) -> str | None:
+    """None when `episodes` episodes can be simulated here, else a one-line reason."""
+    if episodes < 1:
+        return "--episodes must be >= 1"
+    return mujoco_missing()

@@ -166,14 +166,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sim(args, params_files: list[Path]) -> int:
-    if args.episodes < 1:
-        print("mobile-vla-bringup: error: --episodes must be >= 1", file=sys.stderr)
-        return 2
-    from ..sim import mujoco_missing
+    from ..sim import cannot_simulate
 
-    missing = mujoco_missing()
-    if missing:
-        print(f"mobile-vla-bringup: error: {missing}", file=sys.stderr)
+    reason = cannot_simulate(args.episodes)
+    if reason:
+        print(f"mobile-vla-bringup: error: {reason}", file=sys.stderr)
         return 2
     from .sim_run import sim_job
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ import numpy as np
 
 from ..core.action_pipeline import ActionExpertCore
 from ..core.model_spec import ModelSpec, ModelSpecError
-from .cli import comma_list, progress_bar
+from .cli import comma_list, progress_bar, run_reporting_errors
 
 
 class BagError(RuntimeError):
@@ -337,12 +336,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return _run(args)
-    except (BagError, ModelSpecError, ValueError) as exc:
-        print(f"mobile-vla-eval: error: {exc}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("mobile-vla-eval", _run, _parser().parse_args(argv),
+                                (BagError, ModelSpecError, ValueError))
 
 
 def _run(args) -> int:

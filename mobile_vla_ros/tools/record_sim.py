@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sim import mujoco_missing
+from ..sim import cannot_simulate
 from ..sim.episode import ACTION_LIMITS, SimEpisode, expert_command
 from ..sim.messages import FRAMES, ORIENTATION_UNKNOWN, SIM_EPOCH, TOPICS, split_stamp, task_json, yaw_quaternion
 from ..sim.world import SimConfig, sample_task
@@ -135,12 +135,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.episodes < 1:
-        print("mobile-vla-record-sim: error: --episodes must be >= 1", file=sys.stderr)
-        return 2
-    missing = mujoco_missing()
-    if missing:
-        print(f"mobile-vla-record-sim: error: {missing}", file=sys.stderr)
+    reason = cannot_simulate(args.episodes)
+    if reason:
+        print(f"mobile-vla-record-sim: error: {reason}", file=sys.stderr)
         return 2
     cfg = SimConfig(time_limit=args.time_limit)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.model_spec import ModelSpec, ModelSpecError, Normalization
-from .cli import comma_list, progress_bar
+from .cli import comma_list, progress_bar, run_reporting_errors
 from .evaluate import BagError, Recording, read_recording
 
 STATE_FILE = "train_state.pt"
@@ -362,12 +361,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return _run(args)
-    except (BagError, ModelSpecError, ValueError) as exc:
-        print(f"\nmobile-vla-train: error: {exc}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("mobile-vla-train", _run, _parser().parse_args(argv),
+                                (BagError, ModelSpecError, ValueError), after_progress=True)
 
 
 def _run(args) -> int:
