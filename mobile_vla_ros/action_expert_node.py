@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from geometry_msgs.msg import Twist, TwistStamped
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
@@ -20,7 +18,6 @@ from trajectory_msgs.msg import JointTrajectory
 
 from .core.action_pipeline import ActionExpertCore
 from .core.backends import BackendUnavailable, create_backend
-from .core.chunk_executor import ChunkExecutor
 from .core.model_spec import ModelSpec, ModelSpecError, check_params
 from .core.params import ACTION_NODE_PARAMS
 from .core.safety import StopReason
@@ -28,15 +25,8 @@ from .core.scheduling import period_from_hz
 from .core.sensor_window import PushResult
 from .core.stats import RateMeter
 from .paths import default_model_dir, resolve_dir
-from .ros.conversions import (
-    SENSOR_MESSAGES,
-    ConversionError,
-    action_to_twist,
-    chunk_to_trajectory,
-    image_to_features,
-    stamp_to_sec,
-    stamped,
-)
+from .ros.command_output import CommandOutput
+from .ros.conversions import SENSOR_MESSAGES, ConversionError, chunk_to_trajectory, image_to_features, stamp_to_sec
 from .ros.node_support import (
     LATCHED_QOS,
     RELIABLE_QOS,
@@ -60,7 +50,7 @@ def load_action_core(p: dict, log) -> ActionExpertCore:
     start = time.monotonic()
     backend = create_backend(p["backend"], model_dir, spec, p["engine_cache_dir"] or None, log=log)
     log(f"model {model_dir} on {backend.name} ready in {time.monotonic() - start:.2f} s")
-    return ActionExpertCore(spec, backend, p["max_feature_age"], p["max_sensor_gap"])
+    return ActionExpertCore(spec, backend, p["max_feature_age"], p["max_sensor_gap"], p["twist_mapping"])
 
 
 class ActionExpertNode(Node):
@@ -70,25 +60,20 @@ class ActionExpertNode(Node):
         p = self.params
         self.core = load_action_core(p, self.get_logger().info)
         spec = self.core.spec
-        self.chunk_executor = ChunkExecutor(spec.action_dim, p["action_limits"], p["max_action_step"])
         self.spec = spec
 
         self.chunk_rate = RateMeter()
         self.sensor_rate = RateMeter()
         self.counts = {"sensor_rejected": 0, "instructions_rejected": 0}
-        self._stopped_since = time.monotonic()
 
         self.chunk_pub = self.create_publisher(JointTrajectory, "action_chunk", RELIABLE_QOS)
-        twist_type = TwistStamped if p["twist_stamped"] else Twist
-        self.cmd_pub = self.create_publisher(twist_type, "cmd_vel", 10) if p["execute_chunks"] else None
+        self.output = CommandOutput(self, self.core, p)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         msg_type, self._to_sample = SENSOR_MESSAGES[p["sensor_type"]]
         self.create_subscription(msg_type, "sensor", self._on_sensor, SENSOR_QOS)
         self.create_subscription(Image, "vl_features", self._on_features, LATCHED_QOS)
         self.create_subscription(String, "instruction", self._on_instruction, LATCHED_QOS)
         self._action_timer = self.create_timer(period_from_hz(p["action_hz"]), self._on_action_tick)
-        self._execute_timer = (self.create_timer(period_from_hz(p["execute_hz"]), self._on_execute_tick)
-                               if self.cmd_pub is not None else None)
         self.create_timer(1.0, self._publish_diagnostics)
         install_live_parameters(self, ACTION_NODE_PARAMS, self.params, self._check_live, self._apply_live)
 
@@ -102,15 +87,11 @@ class ActionExpertNode(Node):
 
     def _apply_live(self, changes: dict) -> None:
         core, p = self.core, self.params
-        core.max_feature_age = p["max_feature_age"]
-        core.max_sensor_gap = p["max_sensor_gap"]
-        self.chunk_executor.set_limits(p["action_limits"], p["max_action_step"])
+        core.set_limits(p["max_feature_age"], p["max_sensor_gap"])
+        self.output.apply_live(changes)
         if "action_hz" in changes:
             self.destroy_timer(self._action_timer)
             self._action_timer = self.create_timer(period_from_hz(p["action_hz"]), self._on_action_tick)
-        if "execute_hz" in changes and self._execute_timer is not None:
-            self.destroy_timer(self._execute_timer)
-            self._execute_timer = self.create_timer(period_from_hz(p["execute_hz"]), self._on_execute_tick)
         self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -145,33 +126,13 @@ class ActionExpertNode(Node):
                 self.get_logger().warning(f"safe stop: {self.core.safety.describe()}")
             else:
                 self.get_logger().info("running: inputs fresh, publishing chunks")
-        if result.chunk is None:
-            if previous is StopReason.NONE:
-                self._stopped_since = time.monotonic()
-            self.chunk_executor.reset_to_zero()
-            return
-        self.chunk_pub.publish(chunk_to_trajectory(result.chunk, self.spec.action_names))
-        self.chunk_rate.tick()
-        self.chunk_executor.set_chunk(result.chunk)
-
-    def _on_execute_tick(self) -> None:
-        if self.core.safety.stopped:
-            if time.monotonic() - self._stopped_since <= self.params["zero_cmd_hold"]:
-                self._publish_command(np.zeros(self.spec.action_dim, dtype=np.float32))
-            return
-        self._publish_command(self.chunk_executor.command(self._now()))
-
-    def _publish_command(self, values: np.ndarray) -> None:
-        twist = action_to_twist(values, self.params["twist_mapping"])
-        if self.params["twist_stamped"]:
-            self.cmd_pub.publish(stamped(twist, self.get_clock().now().to_msg(), "base_link"))
-        else:
-            self.cmd_pub.publish(twist)
+        self.output.on_chunk(result.chunk, was_running=previous is StopReason.NONE)
+        if result.chunk is not None:
+            self.chunk_pub.publish(chunk_to_trajectory(result.chunk, self.spec.action_names))
+            self.chunk_rate.tick()
 
     def publish_zero(self) -> None:
-        """Final zero command (shutdown): the robot must not keep the last velocity."""
-        if self.cmd_pub is not None:
-            self._publish_command(np.zeros(self.spec.action_dim, dtype=np.float32))
+        self.output.publish_zero()
 
     def _publish_diagnostics(self) -> None:
         core, safety = self.core, self.core.safety
@@ -190,7 +151,7 @@ class ActionExpertNode(Node):
             "safe_stop_events": safety.stop_events, "inference_errors": core.inference_errors,
             **self.counts, "features_rejected": core.rejected_features,
             **{f"sensor_{r.value}": n for r, n in core.sensor.counts.items() if r is not PushResult.ACCEPTED},
-            "clamped_values": self.chunk_executor.clamped_values,
+            "clamped_values": self.output.executor.clamped_values,
         }
         self.diag_pub.publish(diagnostics(self, level, safety.describe(), values))
 

@@ -43,11 +43,13 @@ class SimNode(Node):
         p = {name: self.declare_parameter(name, default).value for name, default in (
             ("seed", 0), ("episodes", 0), ("time_limit", SimConfig.time_limit), ("camera_hz", SimConfig.camera_hz),
             ("image_size", SimConfig.image_size), ("real_time_factor", 1.0), ("episode_pause", 1.0),
-            ("command_timeout", 0.5), ("publish_clock", True), ("twist_stamped", False))}
+            ("command_timeout", 0.5), ("publish_clock", True), ("twist_stamped", False), ("task_set", "standard"))}
         if not 0.05 <= float(p["real_time_factor"]) <= 20.0:
             raise ValueError(f"real_time_factor: expected 0.05-20, got {p['real_time_factor']}")
+        # sim_node evaluates: the hard set is phrased with the instructions never used in training.
         self.cfg = SimConfig(time_limit=float(p["time_limit"]), camera_hz=float(p["camera_hz"]),
-                             image_size=int(p["image_size"]))
+                             image_size=int(p["image_size"]), task_set=str(p["task_set"]),
+                             held_out_phrasings=p["task_set"] == "hard")
         self.seed, self.episodes = int(p["seed"]), int(p["episodes"])
         self.rtf, self.pause = float(p["real_time_factor"]), float(p["episode_pause"])
         self.command_timeout, self.publish_clock = float(p["command_timeout"]), bool(p["publish_clock"])

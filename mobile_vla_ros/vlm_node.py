@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -22,6 +21,7 @@ from .core.params import VLM_NODE_PARAMS, ParamSpec
 from .core.scheduling import SingleFlightWorker, period_from_hz
 from .core.stats import LatencyStats, RateMeter
 from .core.validation import check_stamp
+from .core.vlm_schedule import CameraFrame, ForwardInputs, VlmScheduler
 from .paths import default_model_dir, resolve_dir
 from .ros.conversions import ConversionError, features_to_image, image_to_rgb, sec_to_stamp, stamp_to_sec
 from .ros.node_support import (
@@ -35,13 +35,6 @@ from .ros.node_support import (
     valid_instruction,
 )
 from .vlm.base import ExtractorConfig, VlmLoadError, create_extractor
-
-
-@dataclass(frozen=True)
-class CameraFrame:
-    rgb: np.ndarray
-    stamp: float
-    frame_id: str
 
 
 class VlmNode(Node):
@@ -58,11 +51,8 @@ class VlmNode(Node):
                                f"in {time.monotonic() - start:.1f} s, feature dim {self.extractor.feature_dim}")
         self._check_action_model()
 
-        self._lock = threading.Lock()  # guards _frames and the instruction between executor and worker
-        self._frames: dict[str, CameraFrame] = {}
-        self._instruction: str | None = None
-        self._instruction_since = float("-inf")
-        self._instruction_epoch = 0
+        self._lock = threading.Lock()  # guards the scheduler between executor and worker
+        self.schedule = VlmScheduler(p["max_image_age"])
         # A guard condition wakes the executor from the worker thread, so a catch-up tick after a
         # forward that outlasted the VLM period runs in the executor like every other tick.
         self._retick = self.create_guard_condition(self._on_tick)
@@ -104,6 +94,8 @@ class VlmNode(Node):
         return None
 
     def _apply_live(self, changes: dict) -> None:
+        with self._lock:
+            self.schedule.max_image_age = self.params["max_image_age"]
         if "vlm_hz" in changes:
             self.destroy_timer(self._tick_timer)
             self._tick_timer = self.create_timer(period_from_hz(changes["vlm_hz"]), self._on_tick)
@@ -123,49 +115,34 @@ class VlmNode(Node):
             return
         frame = CameraFrame(rgb, stamp, msg.header.frame_id)
         with self._lock:
-            self._frames[topic] = frame
+            start_now = self.schedule.add_frame(topic, frame)
+        if start_now:  # the first usable frame of a new instruction: no wait for the next tick
+            self._retick.trigger()
 
     def _on_instruction(self, msg: String) -> None:
         text = valid_instruction(self, msg, self.params["max_instruction_length"], self.counts)
         if text is None:
             return
         with self._lock:
-            if text == self._instruction:
-                return
-            self._instruction = text
-            self._instruction_since = self._now()
-            self._instruction_epoch += 1
-        self.get_logger().info(f"instruction: {text!r}")
+            changed = self.schedule.set_instruction(text, self._now())
+        if changed:
+            self.get_logger().info(f"instruction: {text!r}")
 
     # -- forward --------------------------------------------------------------------------------
-    def _select_frames(self, now: float) -> tuple[list[CameraFrame], str]:
-        """Frames usable now: fresh, and captured after the current instruction arrived."""
-        max_age = self.params["max_image_age"]
-        with self._lock:
-            if self._instruction is None:
-                return [], "no instruction yet"
-            if not self._frames:
-                return [], "no images yet"
-            frames = [f for f in self._frames.values()
-                      if now - f.stamp <= max_age and f.stamp >= self._instruction_since]
-        return frames, "" if frames else f"no image newer than max_image_age ({max_age} s) and the instruction"
-
     def _on_tick(self) -> None:
         if self.worker.skip_if_busy():
             return
-        frames, why = self._select_frames(self._now())
-        if not frames:
+        with self._lock:
+            inputs, why = self.schedule.select(self._now())
+        if inputs is None:
             self.counts["skipped_no_input"] += 1
             self._last_status = why
             return
-        with self._lock:
-            instruction, epoch = self._instruction, self._instruction_epoch
-        newest = max(frames, key=lambda f: f.stamp)
         simulated = self.params["simulated_latency"]
 
         def forward() -> np.ndarray:
             start = time.monotonic()
-            features = self.extractor.extract([f.rgb for f in frames], instruction)
+            features = self.extractor.extract([f.rgb for f in inputs.frames], inputs.instruction)
             if simulated > 0:
                 time.sleep(max(0.0, simulated - (time.monotonic() - start)))
             self.forward_latency.add(time.monotonic() - start)
@@ -176,16 +153,19 @@ class VlmNode(Node):
                 self.counts["forward_errors"] += 1
                 self.get_logger().error(f"VLM forward failed: {error!r}", throttle_duration_sec=5.0)
                 return
-            if epoch != self._instruction_epoch:
+            with self._lock:
+                current = self.schedule.is_current(inputs)
+            if not current:
                 self.counts["discarded_old_instruction"] += 1
                 return
-            self._on_features_ready(features, newest)
+            self._on_features_ready(features, inputs)
             self._last_status = "running"
 
         self.worker.try_submit(forward, done)
 
-    def _on_features_ready(self, features: np.ndarray, newest: CameraFrame) -> None:
+    def _on_features_ready(self, features: np.ndarray, inputs: ForwardInputs) -> None:
         """Called in the worker thread with the features of a finished forward."""
+        newest = inputs.newest
         self.features_pub.publish(features_to_image(features, sec_to_stamp(newest.stamp), newest.frame_id))
         self.feature_rate.tick()
 

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from mobile_vla_ros.paths import share_dir
+
 
 @pytest.mark.timeout(400)
 def test_bringup_sim_runs_episodes_closed_loop_and_reports(tmp_path):
@@ -29,4 +31,33 @@ def test_bringup_sim_runs_episodes_closed_loop_and_reports(tmp_path):
     assert float(action["sensor_rate_hz"]) == pytest.approx(650, rel=0.2)
     assert float(action["feature_age_s"]) < 1.0
     assert (out / "trajectories.png").stat().st_size > 10_000
-    assert "default model (closed loop, ROS nodes)" in proc.stdout and "zero-action baseline" in proc.stdout
+    assert "model, async (closed loop, ROS nodes)" in proc.stdout and "zero-action baseline" in proc.stdout
+
+
+def bringup_sim(tmp_path, *args, timeout=380) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.bringup", "--sim", "--out", str(tmp_path),
+                           *args], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((tmp_path / "report.json").read_text())
+
+
+@pytest.mark.timeout(400)
+def test_a_slow_vlm_still_reaches_the_targets_through_the_real_nodes(tmp_path):
+    """1.5 s per forward at 0.59 Hz (config/sim_slow_vlm.yaml): features are reused for up to 3 s, and
+    the model corrects them by the motion since their image."""
+    config = share_dir() / "config"
+    report = bringup_sim(tmp_path, "--episodes", "3", *[a for f in ("robot.yaml", "sim.yaml", "sim_slow_vlm.yaml")
+                                                        for a in ("--params-file", str(config / f))])
+    assert sum(e["success"] for e in report["episodes"]) >= 2
+    vlm = report["diagnostics"]["vlm_node"]
+    assert float(vlm["forward_latency_p50_ms"]) == pytest.approx(1500, rel=0.05)  # the slow VLM was in the loop
+    assert float(vlm["vlm_hz"]) == pytest.approx(0.59)
+
+
+@pytest.mark.timeout(400)
+def test_the_synchronous_loop_drives_the_simulated_robot_through_its_node(tmp_path):
+    report = bringup_sim(tmp_path, "--episodes", "2", "--mode", "sync")
+    assert report["mode"] == "sync" and "sync_baseline_node" in report["diagnostics"]
+    assert "action_expert_node" not in report["diagnostics"]
+    assert any(len(e["path"]) > 5 and e["final_distance"] < 1.0 for e in report["episodes"])  # it drove
+

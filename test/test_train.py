@@ -38,9 +38,10 @@ def test_staleness_picks_older_images_within_the_samples_bag():
         rec.images = [(10.0 + 0.1 * i, np.zeros((2, 2, 3), np.uint8)) for i in range(20)]
         rec.sensor = [(10.0 + i / 650, np.zeros(6, np.float32)) for i in range(650 * 2)]
         rec.commands = [(10.0 + i / 50, np.zeros(2, np.float32)) for i in range(100)]
+        rec.executed = rec.commands
         recs.append(rec)
         feats.append(np.arange(20, dtype=np.float32)[:, None].repeat(64, 1) + 100 * b)
-    data = train.build_dataset(recs, feats, spec, sample_dt=0.05)
+    data = train.build_dataset(recs, feats, spec, sample_dt=0.05, twist_mapping=["linear.x", "angular.z"])
     samples = np.arange(len(data))
     fresh = data.features[data.feature_index(samples, np.zeros(len(data)))][:, 0]
     stale = data.features[data.feature_index(samples, np.full(len(data), 0.35))][:, 0]
@@ -63,8 +64,9 @@ def test_train_writes_a_complete_model_that_beats_zero_action_and_resumes(sim_ba
     spec = ModelSpec.load(out)
     assert spec.staleness_range == (0.1, 0.6) and spec.vlm_backend == "kosmos2" and spec.feature_dim == 64
     assert (out / "vlm" / "config.json").is_file() and (out / "action_expert.pt").is_file()
+    assert spec.motion_input == "motion_since_image"  # the default: the motion since the image as a third input
     backend = create_backend("onnxruntime", out, spec, None)
-    actions = backend.run(np.zeros((1, 64), np.float32), np.zeros((1, 65, 6), np.float32))
+    actions = backend.run(np.zeros((1, 64), np.float32), np.zeros((1, 65, 6), np.float32), np.zeros((1, 4), np.float32))
     assert actions.shape == (1, 8, 2) and np.isfinite(actions).all()
     report = json.loads((out / "train_report.json").read_text())
     assert len(report["history"]) == 3

@@ -15,6 +15,7 @@ from .backends import InferenceBackend
 from .chunk_executor import ActionChunk
 from .feature_cache import FeatureCache
 from .model_spec import ModelSpec
+from .motion import MotionHistory, sample_yaw_rate, twist_components
 from .safety import SafetyState, StopReason
 from .sensor_window import SENSOR_LIMITS, PushResult, SensorWindow, WindowStatus
 from .stats import LatencyStats
@@ -27,11 +28,13 @@ class TickResult:
     reason: StopReason
     detail: str = ""
     feature_age: float | None = None
+    motion: np.ndarray | None = None  # [4] motion since the features' image, for models that take it
 
 
 class ActionExpertCore:
     def __init__(self, spec: ModelSpec, backend: InferenceBackend,
-                 max_feature_age: float, max_sensor_gap: float) -> None:
+                 max_feature_age: float, max_sensor_gap: float,
+                 twist_mapping: tuple[str, ...] | list[str] = ("linear.x", "angular.z")) -> None:
         self.spec = spec
         self.backend = backend
         self.max_feature_age = max_feature_age
@@ -40,11 +43,28 @@ class ActionExpertCore:
         # Twice the window, so a window is still complete while the newest samples arrive.
         self.sensor = SensorWindow(spec.sensor_channels, 2 * spec.sensor_window, SENSOR_LIMITS[spec.sensor_type])
         self.safety = SafetyState()
+        # Motion since the features' image (models with the motion input): integrated at every
+        # accepted sensor sample from its gyro (or the commanded yaw rate) and the executed forward speed.
+        self.twist_mapping = list(twist_mapping)
+        self.motion = MotionHistory(self._motion_horizon(), spec.sensor_hz) if spec.motion_input else None
+        self._executed = (0.0, 0.0)  # forward speed, yaw rate of the command executed now
         self.latency = LatencyStats()
         self.rejected_features = 0
         self.inference_errors = 0
 
+    def _motion_horizon(self) -> float:
+        return self.max_feature_age + 1.0
+
+    def set_limits(self, max_feature_age: float, max_sensor_gap: float) -> None:
+        self.max_feature_age, self.max_sensor_gap = max_feature_age, max_sensor_gap
+        if self.motion is not None:
+            self.motion.horizon = self._motion_horizon()
+
     # -- inputs ---------------------------------------------------------------------------------
+    def on_executed(self, action) -> None:
+        """The command the robot executes from now on (action vector, mapped by twist_mapping)."""
+        self._executed = twist_components(action, self.twist_mapping)
+
     def on_instruction(self, instruction: str, now: float) -> bool:
         return self.features.set_instruction(instruction, now)
 
@@ -72,7 +92,11 @@ class ActionExpertCore:
             result = PushResult(bad_stamp)
             self.sensor.counts[result] += 1
             return result
-        return self.sensor.push(stamp, values)
+        result = self.sensor.push(stamp, values)
+        if result is PushResult.ACCEPTED and self.motion is not None:
+            forward, commanded_rate = self._executed
+            self.motion.extend([stamp], [sample_yaw_rate(self.spec.sensor_type, values, commanded_rate)], [forward])
+        return result
 
     # -- tick -----------------------------------------------------------------------------------
     def tick(self, now: float) -> TickResult:
@@ -96,9 +120,14 @@ class ActionExpertCore:
         if window.status is WindowStatus.GAP:
             return TickResult(None, StopReason.SENSOR_GAP,
                               f"gap {window.largest_gap * 1e3:.0f} ms > {self.max_sensor_gap * 1e3:.0f} ms", age)
+        inputs = [cached.features[-1:].reshape(1, -1), window.values[None]]
+        motion = None
+        if self.motion is not None:
+            motion = self.motion.motion_since(cached.source_stamp, window.newest_stamp)
+            inputs.append(motion[None])
         start = time.monotonic()
         try:
-            actions = self.backend.run(cached.features[-1:].reshape(1, -1), window.values[None])
+            actions = self.backend.run(*inputs)
         except Exception as exc:  # any backend failure stops the robot instead of the node
             self.inference_errors += 1
             return TickResult(None, StopReason.INFERENCE_ERROR, f"{type(exc).__name__}: {exc}", age)
@@ -111,4 +140,4 @@ class ActionExpertCore:
         if not np.all(np.isfinite(actions)):
             return TickResult(None, StopReason.NON_FINITE_OUTPUT, "", age)
         chunk = ActionChunk(window.newest_stamp, self.spec.action_dt, actions[0].astype(np.float32))
-        return TickResult(chunk, StopReason.NONE, "", age)
+        return TickResult(chunk, StopReason.NONE, "", age, motion)

@@ -32,9 +32,22 @@ class BackendUnavailable(RuntimeError):
 class InferenceBackend(Protocol):
     name: str
 
-    def run(self, vl_features: np.ndarray, sensor_window: np.ndarray) -> np.ndarray:
-        """[B, F] float32, [B, W, C] float32 -> [B, K, D] float32."""
+    def run(self, vl_features: np.ndarray, sensor_window: np.ndarray,
+            motion: np.ndarray | None = None) -> np.ndarray:
+        """[B, F] float32, [B, W, C] float32 (, [B, M] float32 for models with the motion input)
+        -> [B, K, D] float32."""
         ...
+
+
+def graph_inputs(spec: ModelSpec, vl_features: np.ndarray, sensor_window: np.ndarray,
+                 motion: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The model's inputs by name; a motion input is required exactly when model.yaml declares one."""
+    feeds = {INPUT_FEATURES: vl_features, INPUT_SENSOR: sensor_window}
+    if spec.motion_input:
+        if motion is None:
+            raise ValueError(f"the model takes '{spec.motion_input}' [B, {spec.motion_dim}] and none was given")
+        feeds[spec.motion_input] = motion
+    return feeds
 
 
 def _installed(module: str) -> bool:
@@ -69,9 +82,10 @@ class OnnxRuntimeBackend:
         if problems:
             raise ModelSpecError(f"{path} does not match model.yaml: " + "; ".join(problems))
         self.name = "onnxruntime-" + ("cuda" if providers[0].startswith("CUDA") else "cpu")
+        self._spec = spec
 
-    def run(self, vl_features: np.ndarray, sensor_window: np.ndarray) -> np.ndarray:
-        return self._session.run([OUTPUT_ACTIONS], {INPUT_FEATURES: vl_features, INPUT_SENSOR: sensor_window})[0]
+    def run(self, vl_features: np.ndarray, sensor_window: np.ndarray, motion: np.ndarray | None = None) -> np.ndarray:
+        return self._session.run([OUTPUT_ACTIONS], graph_inputs(self._spec, vl_features, sensor_window, motion))[0]
 
 
 class TorchBackend:
@@ -90,21 +104,23 @@ class TorchBackend:
         model, _ = load_checkpoint(path)
         c = model.config
         got = {"feature_dim": c.feature_dim, "sensor_window": c.sensor_window,
-               "sensor_channels": c.sensor_channels, "chunk_size": c.chunk_size, "action_dim": c.action_dim}
+               "sensor_channels": c.sensor_channels, "chunk_size": c.chunk_size, "action_dim": c.action_dim,
+               "motion_dim": c.motion_dim}
         want = {"feature_dim": spec.feature_dim, "sensor_window": spec.sensor_window,
                 "sensor_channels": spec.sensor_channels, "chunk_size": spec.chunk_size,
-                "action_dim": spec.action_dim}
+                "action_dim": spec.action_dim, "motion_dim": spec.motion_dim}
         problems = [f"{k}: expected {want[k]} (model.yaml), got {got[k]}" for k in want if want[k] != got[k]]
         if problems:
             raise ModelSpecError(f"{path} does not match model.yaml: " + "; ".join(problems))
         self._model = model.to(self._device).eval()
+        self._spec = spec
         self.name = f"torch-{self._device}"
 
-    def run(self, vl_features: np.ndarray, sensor_window: np.ndarray) -> np.ndarray:
+    def run(self, vl_features: np.ndarray, sensor_window: np.ndarray, motion: np.ndarray | None = None) -> np.ndarray:
         torch = self._torch
+        feeds = graph_inputs(self._spec, vl_features, sensor_window, motion)
         with torch.inference_mode():
-            out = self._model(torch.from_numpy(vl_features).to(self._device),
-                              torch.from_numpy(sensor_window).to(self._device))
+            out = self._model(*(torch.from_numpy(v).to(self._device) for v in feeds.values()))
         return out.float().cpu().numpy()
 
 

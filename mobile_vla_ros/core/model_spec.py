@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .motion import MOTION_DIM, MOTION_LAYOUT
 from .sensor_window import SENSOR_CHANNELS
 
 MODEL_YAML = "model.yaml"
@@ -35,6 +36,8 @@ class Normalization:
     sensor_std: list[float]
     action_mean: list[float]
     action_std: list[float]
+    motion_mean: list[float] = field(default_factory=list)  # only for models with the motion input
+    motion_std: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -52,6 +55,8 @@ class ModelSpec:
     vlm_pooling: str = "last_token"
     feature_tokens: int = 1
     staleness_range: tuple[float, float] = (0.0, 0.0)
+    # Name of the optional third graph input (None: a two-input model); its layout is MOTION_LAYOUT.
+    motion_input: str | None = None
     architecture: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
 
@@ -62,6 +67,10 @@ class ModelSpec:
     @property
     def action_dim(self) -> int:
         return len(self.action_names)
+
+    @property
+    def motion_dim(self) -> int:
+        return MOTION_DIM if self.motion_input else 0
 
     def to_yaml_dict(self) -> dict[str, Any]:
         return {
@@ -76,9 +85,12 @@ class ModelSpec:
             "chunk_size": self.chunk_size,
             "action_names": list(self.action_names),
             "action_dt": self.action_dt,
-            "normalization": asdict(self.normalization),
+            "normalization": {k: v for k, v in asdict(self.normalization).items() if v or not k.startswith("motion")},
             "vlm": {"backend": self.vlm_backend, "pooling": self.vlm_pooling},
             "training": {"staleness_range": list(self.staleness_range)},
+            **({"motion_input": {"name": self.motion_input, "layout": list(MOTION_LAYOUT),
+                                 "frame": "body frame at the features' source image"}}
+               if self.motion_input else {}),
             "architecture": dict(self.architecture),
             "notes": self.notes,
         }
@@ -121,7 +133,15 @@ class ModelSpec:
                                  f"got {sensor_type!r}")
         norm = need("normalization", dict)
         normalization = Normalization(**{k: [float(v) for v in need(k, list, norm, "normalization.")]
-                                         for k in ("sensor_mean", "sensor_std", "action_mean", "action_std")})
+                                         for k in ("sensor_mean", "sensor_std", "action_mean", "action_std")},
+                                      **{k: [float(v) for v in norm.get(k, [])] for k in ("motion_mean", "motion_std")})
+        motion = raw.get("motion_input")
+        if motion is not None:
+            if not isinstance(motion, dict) or not isinstance(motion.get("name"), str):
+                raise ModelSpecError(f"{source}: motion_input expected a mapping with a 'name', got {motion!r}")
+            layout = list(motion.get("layout", MOTION_LAYOUT))
+            if layout != list(MOTION_LAYOUT):
+                raise ModelSpecError(f"{source}: motion_input.layout expected {list(MOTION_LAYOUT)}, got {layout}")
         vlm = raw.get("vlm") or {}
         training = raw.get("training") or {}
         spec = cls(
@@ -138,6 +158,7 @@ class ModelSpec:
             vlm_backend=str(vlm.get("backend", "kosmos2")),
             vlm_pooling=str(vlm.get("pooling", "last_token")),
             staleness_range=tuple(float(v) for v in training.get("staleness_range", (0.0, 0.0))),
+            motion_input=None if motion is None else motion["name"],
             architecture=dict(raw.get("architecture") or {}),
             notes=str(raw.get("notes", "")),
         )
@@ -146,7 +167,8 @@ class ModelSpec:
             raise ModelSpecError(f"{source}: sensor_channels expected {spec.sensor_channels} for sensor_type "
                                  f"{sensor_type}, got {channels}")
         for key, size in (("sensor_mean", spec.sensor_channels), ("sensor_std", spec.sensor_channels),
-                          ("action_mean", spec.action_dim), ("action_std", spec.action_dim)):
+                          ("action_mean", spec.action_dim), ("action_std", spec.action_dim),
+                          ("motion_mean", spec.motion_dim), ("motion_std", spec.motion_dim)):
             got = len(getattr(normalization, key))
             if got != size:
                 raise ModelSpecError(f"{source}: normalization.{key} expected {size} values, got {got}")
@@ -185,10 +207,18 @@ def check_params(spec: ModelSpec, params: dict[str, Any]) -> list[str]:
     return problems
 
 
+def input_shapes(spec: ModelSpec, batch: int | None = None) -> dict[str, tuple]:
+    """Every graph input by name with its shape (batch first; None = dynamic)."""
+    shapes = {INPUT_FEATURES: (batch, spec.feature_dim),
+              INPUT_SENSOR: (batch, spec.sensor_window, spec.sensor_channels)}
+    if spec.motion_input:
+        shapes[spec.motion_input] = (batch, spec.motion_dim)
+    return shapes
+
+
 def check_onnx_io(spec: ModelSpec, inputs: dict[str, list], outputs: dict[str, list]) -> list[str]:
     """Compare graph I/O names and static dims (None/str = dynamic) against the spec."""
-    want_in = {INPUT_FEATURES: [None, spec.feature_dim],
-               INPUT_SENSOR: [None, spec.sensor_window, spec.sensor_channels]}
+    want_in = {name: list(shape) for name, shape in input_shapes(spec).items()}
     want_out = {OUTPUT_ACTIONS: [None, spec.chunk_size, spec.action_dim]}
     problems = []
     for kind, want, got in (("input", want_in, inputs), ("output", want_out, outputs)):

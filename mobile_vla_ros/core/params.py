@@ -86,7 +86,7 @@ def validate(spec: ParamSpec, value: Any) -> str | None:
     return None
 
 
-VLM_NODE_PARAMS: tuple[ParamSpec, ...] = (
+VLM_NODE_PARAMS: tuple[ParamSpec, ...] = (  # vlm_hz first: SYNC_LOOP_VLM_HZ reads its range
     ParamSpec("vlm_hz", DOUBLE, 3.33, "Rate of VLM forwards (Hz). A tick is skipped while a forward "
               "is still running.", 0.1, 10.0, live=True),
     ParamSpec("vlm_backend", STRING, "kosmos2", "VLM feature extractor.", choices=VLM_BACKENDS),
@@ -147,6 +147,11 @@ ACTION_NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("zero_cmd_hold", DOUBLE, 1.0, "While stopped, zero cmd_vel is published this long (s), "
               "then nothing.", 0.0, 60.0, live=True),
 )
+
+
+# The synchronous loop (sync_baseline_node, closed-loop sync mode) ticks its VLM at the highest vlm_hz: a
+# forward slower than the period starts again as soon as the previous decision is out (back to back).
+SYNC_LOOP_VLM_HZ = VLM_NODE_PARAMS[0].high
 
 
 def defaults(specs: tuple[ParamSpec, ...]) -> dict[str, Any]:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import BackendUnavailable
+from .backends import BackendUnavailable, graph_inputs
 from .engine_cache import DEFAULT_CACHE, EngineKey, find_engine
-from .model_spec import INPUT_FEATURES, INPUT_SENSOR, ONNX_FILE, OUTPUT_ACTIONS, ModelSpec, ModelSpecError, file_sha256
+from .model_spec import ONNX_FILE, OUTPUT_ACTIONS, ModelSpec, ModelSpecError, file_sha256, input_shapes
 
 
 def import_cudart():
@@ -92,16 +92,15 @@ class TensorRTBackend:
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = sorted(n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         outputs = sorted(n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-        if inputs != sorted([INPUT_FEATURES, INPUT_SENSOR]) or outputs != [OUTPUT_ACTIONS]:
-            raise ModelSpecError(f"{path}: I/O tensors expected inputs {sorted([INPUT_FEATURES, INPUT_SENSOR])} "
+        want = sorted(input_shapes(spec))
+        if inputs != want or outputs != [OUTPUT_ACTIONS]:
+            raise ModelSpecError(f"{path}: I/O tensors expected inputs {want} "
                                  f"and outputs {[OUTPUT_ACTIONS]}, got {inputs} and {outputs}")
 
     def _allocate(self, batch: int) -> None:
         """Pinned host + device buffers for `batch`, bound by tensor name; re-done when the batch changes."""
         cudart, spec = self._cudart, self._spec
-        shapes = {INPUT_FEATURES: (batch, spec.feature_dim),
-                  INPUT_SENSOR: (batch, spec.sensor_window, spec.sensor_channels),
-                  OUTPUT_ACTIONS: (batch, spec.chunk_size, spec.action_dim)}
+        shapes = {**input_shapes(spec, batch), OUTPUT_ACTIONS: (batch, spec.chunk_size, spec.action_dim)}
         self._free()
         self._host, self._device = {}, {}
         for name, shape in shapes.items():
@@ -119,7 +118,7 @@ class TensorRTBackend:
     def _enqueue(self) -> None:
         cudart = self._cudart
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        for name in (INPUT_FEATURES, INPUT_SENSOR):
+        for name in input_shapes(self._spec):
             dev, nbytes, host = self._device[name]
             check_cuda(cudart.cudaMemcpyAsync(dev, host, nbytes, h2d, self._stream))
         if not self._context.execute_async_v3(int(self._stream)):
@@ -136,14 +135,15 @@ class TensorRTBackend:
         graph = check_cuda(cudart.cudaStreamEndCapture(self._stream))
         self._graph_exec = check_cuda(cudart.cudaGraphInstantiate(graph, 0))
 
-    def run(self, vl_features: np.ndarray, sensor_window: np.ndarray) -> np.ndarray:
+    def run(self, vl_features: np.ndarray, sensor_window: np.ndarray, motion: np.ndarray | None = None) -> np.ndarray:
+        feeds = graph_inputs(self._spec, vl_features, sensor_window, motion)
         batch = vl_features.shape[0]
         if batch != self._batch:
             self._allocate(batch)
             self._enqueue()  # first run also warms up before a graph is captured
             check_cuda(self._cudart.cudaStreamSynchronize(self._stream))
-        self._host[INPUT_FEATURES][...] = vl_features
-        self._host[INPUT_SENSOR][...] = sensor_window
+        for name, value in feeds.items():
+            self._host[name][...] = value
         if self._use_graph and self._graph_exec is None:
             self._capture_graph()
         if self._graph_exec is not None:

@@ -27,6 +27,7 @@ class ActionExpertConfig:
     head: str = "conv_mlp"  # "conv_mlp" (default) | "recurrent" (the seeds' LSTM 2048->4096 + MLP shape)
     recurrent_hidden: int = 4096
     recurrent_steps: int = 8  # the sensor window is encoded into this many tokens for the LSTM
+    motion_dim: int = 0  # > 0: a third input, the motion since the features' source image (core/motion.py)
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> ActionExpertConfig:
@@ -34,32 +35,40 @@ class ActionExpertConfig:
         arch = {k: v for k, v in spec.architecture.items() if k in known}
         return cls(feature_dim=spec.feature_dim, sensor_channels=spec.sensor_channels,
                    sensor_window=spec.sensor_window, chunk_size=spec.chunk_size,
-                   action_dim=spec.action_dim, **arch)
+                   action_dim=spec.action_dim, motion_dim=spec.motion_dim, **arch)
 
 
 class _Normalized(nn.Module):
     """Raw-unit forward around `forward_normalized`; the statistics are buffers, so they are exported."""
 
-    def _register_normalization(self, channels: int, actions: int) -> None:
+    def _register_normalization(self, channels: int, actions: int, motion: int = 0) -> None:
         self.register_buffer("sensor_mean", torch.zeros(channels))
         self.register_buffer("sensor_std", torch.ones(channels))
         self.register_buffer("action_mean", torch.zeros(actions))
         self.register_buffer("action_std", torch.ones(actions))
+        self.register_buffer("motion_mean", torch.zeros(motion))
+        self.register_buffer("motion_std", torch.ones(motion))
+
+    def _normalization_names(self) -> tuple[str, ...]:
+        names = ("sensor_mean", "sensor_std", "action_mean", "action_std")
+        return names + (("motion_mean", "motion_std") if self.config.motion_dim else ())
 
     def set_normalization(self, norm: Normalization) -> None:
-        for name in ("sensor_mean", "sensor_std", "action_mean", "action_std"):
+        for name in self._normalization_names():
             getattr(self, name).copy_(torch.tensor(getattr(norm, name), dtype=torch.float32))
 
     def normalization(self) -> Normalization:
-        return Normalization(**{n: getattr(self, n).tolist()
-                                for n in ("sensor_mean", "sensor_std", "action_mean", "action_std")})
+        return Normalization(**{n: getattr(self, n).tolist() for n in self._normalization_names()})
 
-    def forward_normalized(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor) -> torch.Tensor:
+    def forward_normalized(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor,
+                           motion_norm: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, vl_features: torch.Tensor, sensor_window: torch.Tensor) -> torch.Tensor:
+    def forward(self, vl_features: torch.Tensor, sensor_window: torch.Tensor,
+                motion: torch.Tensor | None = None) -> torch.Tensor:
         sensor_norm = (sensor_window - self.sensor_mean) / self.sensor_std
-        return self.forward_normalized(vl_features, sensor_norm) * self.action_std + self.action_mean
+        motion_norm = None if motion is None else (motion - self.motion_mean) / self.motion_std
+        return self.forward_normalized(vl_features, sensor_norm, motion_norm) * self.action_std + self.action_mean
 
 
 class ActionExpert(_Normalized):
@@ -75,15 +84,26 @@ class ActionExpert(_Normalized):
             nn.Conv1d(h // 2, h, kernel_size=5, stride=2, padding=2), nn.GELU(),
         )
         self.sensor_proj = nn.Linear(h, h)
-        self.head = nn.Sequential(nn.Linear(2 * h, h), nn.GELU(), nn.Linear(h, c.chunk_size * c.action_dim))
-        self._register_normalization(c.sensor_channels, c.action_dim)
+        # The motion since the image enters the fusion head beside the features it corrects.
+        self.motion_proj = (nn.Sequential(nn.Linear(c.motion_dim, h), nn.GELU(), nn.Linear(h, h), nn.GELU())
+                            if c.motion_dim else None)
+        fused = (3 if c.motion_dim else 2) * h
+        self.head = nn.Sequential(nn.Linear(fused, h), nn.GELU(), nn.Linear(h, c.chunk_size * c.action_dim))
+        self._register_normalization(c.sensor_channels, c.action_dim, c.motion_dim)
 
-    def forward_normalized(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor) -> torch.Tensor:
-        """Normalised sensor window [B, W, C] -> normalised actions [B, K, D] (used in training)."""
+    def forward_normalized(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor,
+                           motion_norm: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised sensor window [B, W, C] (and motion [B, M]) -> normalised actions [B, K, D]."""
         f = self.feature_proj(vl_features)
         s = self.sensor_encoder(sensor_norm.transpose(1, 2)).mean(dim=2)
         s = self.sensor_proj(s)
-        out = self.head(torch.cat([f, s], dim=1))
+        parts = [f, s]
+        if self.motion_proj is not None:
+            if motion_norm is None:
+                raise ValueError(f"this model takes a third input, the motion since the image [B, "
+                                 f"{self.config.motion_dim}]")
+            parts.append(self.motion_proj(motion_norm))
+        out = self.head(torch.cat(parts, dim=1))
         return out.view(-1, self.config.chunk_size, self.config.action_dim)
 
 
@@ -102,9 +122,12 @@ class RecurrentActionExpert(_Normalized):
         self.lstm = nn.LSTM(c.feature_dim, c.recurrent_hidden, batch_first=True)
         self.head = nn.Sequential(nn.Linear(c.recurrent_hidden, 1024), nn.GELU(),
                                   nn.Linear(1024, c.chunk_size * c.action_dim))
+        if c.motion_dim:
+            raise ValueError("the recurrent head takes no motion input (motion_dim must be 0)")
         self._register_normalization(c.sensor_channels, c.action_dim)
 
-    def forward_normalized(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor) -> torch.Tensor:
+    def forward_normalized(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor,
+                           motion_norm: torch.Tensor | None = None) -> torch.Tensor:
         newest = sensor_norm[:, -self.segment * self.config.recurrent_steps :]
         tokens = self.sensor_tokens(newest.transpose(1, 2)).transpose(1, 2) + vl_features.unsqueeze(1)
         out, _ = self.lstm(tokens)
@@ -125,6 +148,9 @@ def save_checkpoint(model: nn.Module, path: Path, extra: dict[str, Any] | None =
 def load_checkpoint(path: Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     payload = torch.load(path, map_location=map_location, weights_only=True)
     model = build_action_expert(ActionExpertConfig(**payload["config"]))
-    model.load_state_dict(payload["state_dict"])
+    state = payload["state_dict"]
+    for name in ("motion_mean", "motion_std"):  # checkpoints from before the motion input lack them
+        state.setdefault(name, getattr(model, name))
+    model.load_state_dict(state)
     model.eval()
     return model, payload

@@ -117,3 +117,12 @@ def action_to_twist(values: np.ndarray, mapping: list[str]) -> Twist:
 
 def stamped(twist: Twist, stamp: Time, frame_id: str) -> TwistStamped:
     return TwistStamped(header=Header(stamp=stamp, frame_id=frame_id), twist=twist)
+
+
+def twist_to_action(twist: Twist, mapping: list[str]) -> np.ndarray:
+    """The inverse of action_to_twist: the action vector a Twist carries ('' fields read as 0)."""
+    values = []
+    for field in mapping:
+        group, _, axis = field.partition(".")
+        values.append(float(getattr(getattr(twist, group), axis)) if field else 0.0)
+    return np.asarray(values, dtype=np.float32)

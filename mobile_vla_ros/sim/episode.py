@@ -97,11 +97,21 @@ class SimEpisode:
         self.robot.close()
 
 
+SEARCH_RATE = 0.6  # rad/s, counter-clockwise, while the target is out of the camera's view
+
+
 def expert_command(robot: SimRobot) -> tuple[float, float]:
-    """Privileged scripted expert: turn towards the target (P on bearing), drive when roughly aligned,
-    slow down near it."""
-    bearing = robot.target_bearing()
-    distance = robot.target_distance()
+    """Privileged scripted expert at the robot's current pose (see expert_command_at)."""
+    return expert_command_at(robot.target_bearing(), robot.target_distance(), robot.cfg)
+
+
+def expert_command_at(bearing: float, distance: float, cfg: SimConfig) -> tuple[float, float]:
+    """Turn towards the target (P on bearing), drive when roughly aligned, slow down near it. While
+    the target is outside the camera's view the expert searches by turning counter-clockwise in
+    place: a camera-only policy cannot know on which side an unseen target lies, so the expert does
+    what such a policy can learn (always the same way) instead of taking the shorter turn."""
+    if abs(bearing) > math.radians(cfg.camera_fovy) / 2:
+        return 0.0, SEARCH_RATE
     w = float(np.clip(1.8 * bearing, -ACTION_LIMITS[1], ACTION_LIMITS[1]))
     v = float(np.clip(0.5 * distance + 0.1, 0.0, 0.45)) * max(0.0, math.cos(bearing)) ** 4
     return v, w

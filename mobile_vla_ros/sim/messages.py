@@ -13,7 +13,8 @@ from .world import Task
 
 # Relative names, as the policy nodes use them (contract); sim-only topics live under sim/.
 TOPICS = {"image": "camera/image_raw", "sensor": "sensor", "instruction": "instruction", "cmd_vel": "cmd_vel",
-          "pose": "sim/ground_truth_pose", "task": "sim/task", "episode_result": "sim/episode_result"}
+          "pose": "sim/ground_truth_pose", "task": "sim/task", "episode_result": "sim/episode_result",
+          "executed_cmd_vel": "sim/executed_cmd_vel"}
 FRAMES = {"image": "camera", "sensor": "imu", "pose": "map"}
 # Bags and the sim clock start here, not at zero: stamps near zero are treated as "unset" by some tools.
 SIM_EPOCH = 1000.0

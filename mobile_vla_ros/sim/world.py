@@ -8,7 +8,7 @@ Headless rendering: MUJOCO_GL=osmesa (CPU; the default here when unset) or egl (
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,6 +17,10 @@ COLORS = {"red": (0.85, 0.1, 0.1), "green": (0.1, 0.7, 0.15), "blue": (0.1, 0.25
 SHAPES = ("cylinder", "box")
 PHRASINGS = ("go to the {color} {shape}", "drive to the {color} {shape}", "move towards the {color} {shape}",
              "navigate to the {color} {shape}", "approach the {color} object")
+# Never used in training data: the hard set's evaluation phrasings.
+HELD_OUT_PHRASINGS = ("head over to the {color} {shape}", "please drive up to the {color} {shape}",
+                      "find the {color} {shape} and stop next to it", "your goal is the {color} {shape}")
+TASK_SETS = ("standard", "hard")
 GRAVITY = 9.81
 
 
@@ -55,13 +59,67 @@ class SimConfig:
     objects: int = 3
     gyro_noise: float = 0.004        # rad/s, white, per sample
     accel_noise: float = 0.04        # m/s^2
-    seed_offset: int = field(default=0, repr=False)
+    # standard: all objects in view at the start, 1.5-2.7 m, distinct colours. hard: the target beside
+    # or behind the robot (40-180 deg off the camera axis), 1.5-4 m away, a distractor of the target's
+    # colour and the other shape.
+    task_set: str = "standard"
+    held_out_phrasings: bool = False  # phrase instructions with HELD_OUT_PHRASINGS (evaluation of the hard set)
+
+    def __post_init__(self) -> None:
+        if self.task_set not in TASK_SETS:
+            raise ValueError(f"task_set: expected one of {', '.join(TASK_SETS)}, got {self.task_set!r}")
+
+
+# Seconds per episode of each task set (the hard set's targets lie up to 4 m away, behind the robot).
+TIME_LIMITS = {"standard": 20.0, "hard": 30.0}
 
 
 def sample_task(seed: int, cfg: SimConfig | None = None) -> Task:
-    """Objects in front of the robot (all in the camera's view at the start, at least 22 deg apart),
-    1.5-2.7 m away; a random target, colour and phrasing. The same seed gives the same task."""
+    """A seeded task of cfg.task_set; the same seed and set give the same task."""
     cfg = cfg or SimConfig()
+    if cfg.task_set == "hard":
+        return _sample_hard_task(seed, cfg)
+    return _sample_standard_task(seed, cfg)
+
+
+def _phrase(rng: np.random.Generator, cfg: SimConfig, obj: SimObject, colour_unique: bool) -> str:
+    phrasings = HELD_OUT_PHRASINGS if cfg.held_out_phrasings else PHRASINGS
+    if not colour_unique:  # "the red object" would be ambiguous
+        phrasings = tuple(p for p in phrasings if "{shape}" in p)
+    return phrasings[int(rng.integers(len(phrasings)))].format(color=obj.color, shape=obj.shape)
+
+
+def _sample_hard_task(seed: int, cfg: SimConfig) -> Task:
+    """Target 40-180 deg off the camera axis (either side), 1.5-4 m away; a distractor of the same
+    colour and the other shape and one other object anywhere around; objects at least 0.9 m apart."""
+    rng = np.random.default_rng([seed, 1])
+    yaw0 = rng.uniform(-math.pi, math.pi)
+    start = (rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5), yaw0)
+    colors = list(COLORS)
+    target_color = colors[int(rng.integers(len(colors)))]
+    other_color = [c for c in colors if c != target_color][int(rng.integers(len(colors) - 1))]
+    target_shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    distractor_shape = SHAPES[1 - SHAPES.index(target_shape)]
+    specs = [(target_color, target_shape), (target_color, distractor_shape),
+             (other_color, SHAPES[int(rng.integers(len(SHAPES)))])]
+    while True:
+        target_bearing = rng.choice([-1, 1]) * rng.uniform(math.radians(40), math.pi)
+        bearings = [target_bearing, *rng.uniform(-math.pi, math.pi, 2)]
+        dists = [rng.uniform(1.5, 4.0), *rng.uniform(1.2, 3.5, 2)]
+        points = [(start[0] + d * math.cos(yaw0 + b), start[1] + d * math.sin(yaw0 + b))
+                  for b, d in zip(bearings, dists)]
+        if all(math.dist(p, q) >= 0.9 for i, p in enumerate(points) for q in points[i + 1:]):
+            break
+    objects = [SimObject(c, sh, x, y) for (c, sh), (x, y) in zip(specs, points)]
+    instruction = _phrase(rng, cfg, objects[0], colour_unique=False)
+    order = rng.permutation(len(objects))  # the target's index carries no information
+    objects = [objects[i] for i in order]
+    return Task(seed, tuple(objects), int(np.argmax(order == 0)), instruction, start)
+
+
+def _sample_standard_task(seed: int, cfg: SimConfig) -> Task:
+    """Objects in front of the robot (all in the camera's view at the start, at least 22 deg apart),
+    1.5-2.7 m away; a random target, colour and phrasing."""
     rng = np.random.default_rng(seed)
     yaw0 = rng.uniform(-math.pi, math.pi)
     start = (rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5), yaw0)
@@ -77,8 +135,7 @@ def sample_task(seed: int, cfg: SimConfig | None = None) -> Task:
         objects.append(SimObject(str(color), str(rng.choice(SHAPES)), start[0] + dist * math.cos(yaw0 + bearing),
                                  start[1] + dist * math.sin(yaw0 + bearing)))
     target = int(rng.integers(cfg.objects))
-    phrase = PHRASINGS[int(rng.integers(len(PHRASINGS)))]
-    instruction = phrase.format(color=objects[target].color, shape=objects[target].shape)
+    instruction = _phrase(rng, cfg, objects[target], colour_unique=True)
     return Task(seed, tuple(objects), target, instruction, start)
 
 

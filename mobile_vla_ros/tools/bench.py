@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.model_spec import ModelSpec, Normalization
+from ..core.backends import graph_inputs
+from ..core.model_spec import ModelSpec, Normalization, input_shapes
 from .cli import comma_list, progress_bar
 
 
@@ -64,8 +65,9 @@ class TorchCudaRunner:
         self.torch = torch
         self.model = model.to("cuda", dtype).eval()
         self.dtype = dtype
-        shapes = {"f": (batch, spec.feature_dim), "w": (batch, spec.sensor_window, spec.sensor_channels),
-                  "out": (batch, spec.chunk_size, spec.action_dim)}
+        self.inputs = list(input_shapes(spec, batch))
+        shapes = {**input_shapes(spec, batch), "out": (batch, spec.chunk_size, spec.action_dim)}
+        self.spec = spec
         self.host = {k: torch.zeros(v, dtype=torch.float32, pin_memory=True) for k, v in shapes.items()}
         self.host_np = {k: v.numpy() for k, v in self.host.items()}
         self.device = {k: torch.zeros(v, dtype=torch.float32, device="cuda") for k, v in shapes.items()}
@@ -83,14 +85,14 @@ class TorchCudaRunner:
     def _enqueue(self) -> None:
         torch, d, h = self.torch, self.device, self.host
         with torch.inference_mode():
-            d["f"].copy_(h["f"], non_blocking=True)
-            d["w"].copy_(h["w"], non_blocking=True)
-            d["out"].copy_(self.model(d["f"].to(self.dtype), d["w"].to(self.dtype)))
+            for name in self.inputs:
+                d[name].copy_(h[name], non_blocking=True)
+            d["out"].copy_(self.model(*(d[name].to(self.dtype) for name in self.inputs)))
             h["out"].copy_(d["out"], non_blocking=True)
 
-    def run(self, f: np.ndarray, w: np.ndarray) -> np.ndarray:
-        self.host_np["f"][...] = f
-        self.host_np["w"][...] = w
+    def run(self, f: np.ndarray, w: np.ndarray, motion: np.ndarray | None = None) -> np.ndarray:
+        for name, value in graph_inputs(self.spec, f, w, motion).items():
+            self.host_np[name][...] = value
         with self.torch.cuda.stream(self.stream):  # replay() launches on the current stream
             if self.graph is not None:
                 self.graph.replay()
@@ -226,6 +228,20 @@ def _parser() -> argparse.ArgumentParser:
     loop.add_argument("--action-hz", type=float, default=10.0)
     loop.add_argument("--seconds", type=float, default=30.0, help="measured seconds per run")
     loop.add_argument("--out", type=Path, default=Path("bench_results/loop.json"))
+    closed = sub.add_parser("closed-loop", help="simulated robot closed loop: sync vs async with/without the "
+                                                "motion input, over VLM latencies, standard and hard task sets")
+    closed.add_argument("--model-dir", type=Path, default=None, help="model with the motion input "
+                        "(default: models/default); also used for sync")
+    closed.add_argument("--no-motion-model-dir", type=Path, default=None,
+                        help="two-input model for async-no-motion (default: models/no_motion)")
+    closed.add_argument("--episodes", type=int, default=20)
+    closed.add_argument("--seed", type=int, default=1000, help="first held-out seed")
+    closed.add_argument("--task-sets", type=comma_list(), default="standard,hard")
+    closed.add_argument("--modes", type=comma_list(), default="sync,async-no-motion,async-motion")
+    closed.add_argument("--settings", type=comma_list(), default="cpu@3.33,0.3@3.33,0.3@1.0,1.5@0.59",
+                        help="LATENCY@VLM_HZ, comma-separated; LATENCY 'cpu' = the stand-in VLM's measured forward")
+    closed.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
+    closed.add_argument("--out", type=Path, default=Path("bench_results/closed_loop.json"))
     soak = sub.add_parser("soak", help="long run of the async pipeline: RSS, deadline misses, stops, crashes")
     soak.add_argument("--minutes", type=float, default=10.0)
     soak.add_argument("--cpu-burners", type=int, default=0, help="processes spinning on the CPU meanwhile")
@@ -240,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         return system_bench(args)
     if args.what == "vlm":
         return vlm_bench(args)
+    if args.what == "closed-loop":
+        return closed_loop_bench(args)
     env = environment()
     print(f"environment: {env}")
     rows = inference_rows(args.heads, args.batches, args.feature_dim, args.iters, args.max_seconds)
@@ -262,6 +280,50 @@ def vlm_bench(args) -> int:
     rows = vlm_rows(args.backends, args.views, args.iters, args.max_seconds)
     print(vlm_table(rows))
     _write(args.out, {"benchmark": "vlm", "environment": env, "rows": rows})
+    return 0
+
+
+def closed_loop_bench(args) -> int:
+    import os
+
+    from ..paths import default_model_dir
+    from ..sim import cannot_simulate
+    from . import bench_closed_loop as C
+
+    reason = cannot_simulate(args.episodes)
+    bad_modes = [m for m in args.modes if m not in C.MODES]
+    if reason or bad_modes:
+        print(f"mobile-vla-bench: error: {reason or f'--modes: unknown {bad_modes}, expected {C.MODES}'}",
+              file=sys.stderr)
+        return 2
+    try:
+        settings = [(lat if lat == C.CPU_STAND_IN else float(lat), float(hz))
+                    for lat, hz in (item.split("@") for item in args.settings)]
+    except ValueError:
+        print(f"mobile-vla-bench: error: --settings: expected LATENCY@VLM_HZ items, got {args.settings}",
+              file=sys.stderr)
+        return 2
+    models = {"motion": str(args.model_dir or default_model_dir()),
+              "no_motion": str(args.no_motion_model_dir or default_model_dir().parent / "no_motion")}
+    env = environment()
+    print(f"environment: {env}")
+    seeds = list(range(args.seed, args.seed + args.episodes))
+    workers = args.workers or os.cpu_count() or 1
+    began = time.monotonic()
+
+    def progress(done, total, row):
+        progress_bar(f"closed loop {done}/{total} runs ({row['task_set']} {row['mode']} {row['latency']}@"
+                     f"{row['vlm_hz']}: {row['successes']}/{row['episodes_run']})", done / total)
+
+    rows = C.run_matrix(models, seeds, args.task_sets, args.modes, settings, workers, progress)
+    print()
+    print(C.table(rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    C.plot(rows, args.out.with_suffix(".png"))
+    args.out.with_suffix(".md").write_text(f"# mobile-vla-bench closed-loop\n\nseeds {seeds[0]}-{seeds[-1]}, "
+                                           f"{env.get('processor', '')}\n\n{C.table(rows)}\n")
+    _write(args.out, {"benchmark": "closed-loop", "environment": env, "seeds": seeds, "models": models,
+                      "wall_seconds": time.monotonic() - began, "rows": rows})
     return 0
 
 

@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from ..core.params import SYNC_LOOP_VLM_HZ
 from ..paths import share_dir
 from ..ros.conversions import stamp_to_sec
-from .bringup import NodeProcess
+from .bringup import NodeProcess, yaml_params
 from .ros_observer import Observer, ProcessSampler, wait_for
 
 ASYNC, SYNC = "async", "sync"
@@ -46,17 +46,6 @@ def config_files() -> list[Path]:
     return [share_dir() / "config" / "robot.yaml", share_dir() / "config" / "desktop.yaml"]
 
 
-def yaml_params(files: list[Path], node: str) -> dict:
-    """Parameters of `node` from ROS 2 parameter files (`/**/node` or `node` keys), later files win."""
-    merged: dict = {}
-    for f in files:
-        data = yaml.safe_load(f.read_text()) or {}
-        for key, section in data.items():
-            if key.rsplit("/", 1)[-1] == node:
-                merged.update(section.get("ros__parameters", {}))
-    return merged
-
-
 def _max_feature_age(cfg: LoopConfig) -> float:
     # Features are reused for up to one VLM period after a forward of `vlm_latency`: the gate must let
     # that through, or the benchmark would measure safe stops instead of the loop.
@@ -75,8 +64,8 @@ def start_nodes(cfg: LoopConfig, log_dir: Path | None = None) -> dict[str, NodeP
             "action_expert_node", {"action_hz": cfg.action_hz, "max_feature_age": common["max_feature_age"]},
             params_files=files, log_dir=log_dir)
     else:
-        params = yaml_params(files, "vlm_node") | yaml_params(files, "action_expert_node") | common
-        params["vlm_hz"] = 10.0  # the next forward starts as soon as the previous chunk is out
+        params = yaml_params(files, ("vlm_node", "action_expert_node")) | common
+        params["vlm_hz"] = SYNC_LOOP_VLM_HZ
         params.pop("action_hz", None)
         for key in ("execute_chunks", "execute_hz", "twist_stamped", "twist_mapping", "action_limits",
                     "max_action_step", "zero_cmd_hold"):

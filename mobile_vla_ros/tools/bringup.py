@@ -85,6 +85,18 @@ class NodeProcess:
         return self.proc.wait(timeout=timeout)
 
 
+def yaml_params(files: list[Path], nodes: tuple[str, ...]) -> dict:
+    """Parameters the `nodes` get from ROS 2 parameter files (`/**`, `/**/node` or `node` keys), merged
+    in file order (later files win), for a process that does the work of several nodes."""
+    merged: dict = {}
+    for f in files:
+        data = yaml.safe_load(f.read_text()) or {}
+        for key, section in data.items():
+            if key.rsplit("/", 1)[-1] in (*nodes, "**"):
+                merged.update((section or {}).get("ros__parameters", {}))
+    return merged
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mobile-vla-bringup", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,6 +115,12 @@ def _parser() -> argparse.ArgumentParser:
                                                            "training seeds 0-999)")
     ap.add_argument("--time-limit", type=float, default=None, help="--sim: s per episode (default: config/sim.yaml)")
     ap.add_argument("--out", type=Path, default=Path("sim_results"), help="--sim: report directory")
+    ap.add_argument("--mode", choices=["async", "sync"], default="async",
+                    help="--sim: async = vlm_node + action_expert_node; sync = the synchronous baseline loop "
+                         "(sync_baseline_node: every decision waits for a VLM forward), same parameter files")
+    ap.add_argument("--task-set", choices=["standard", "hard"], default="standard",
+                    help="--sim: hard = targets beside/behind the robot, same-colour distractors, up to 4 m, "
+                         "instruction phrasings never trained on (time limit 30 s)")
     ap.add_argument("--synthetic", action="store_true",
                     help="also start synthetic_sources (camera, 650 Hz IMU, instruction) instead of a robot")
     ap.add_argument("--instruction", default="go to the red cylinder", help="instruction for --synthetic")
@@ -177,7 +195,8 @@ def _sim(args, params_files: list[Path]) -> int:
     # Everything runs on this machine: keep DDS discovery on loopback.
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     try:
-        sim_job(params_files, args.episodes, args.seed, args.out, args.namespace, args.log_level, args.time_limit)
+        sim_job(params_files, args.episodes, args.seed, args.out, args.namespace, args.log_level, args.time_limit,
+                args.mode, args.task_set)
     except RuntimeError as exc:
         print(f"mobile-vla-bringup: error: {exc}", file=sys.stderr)
         return 1
@@ -190,6 +209,8 @@ SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
     "action_expert_node": ("chunk_rate_hz", "action_hz", "sensor_rate_hz", "feature_age_s",
                            "inference_latency_p50_ms", "inference_latency_p99_ms", "backend",
                            "safe_stop_events", "safe_stop_reason"),
+    "sync_baseline_node": ("chunk_rate_hz", "feature_rate_hz", "forward_latency_p50_ms", "sensor_accepted",
+                           "safe_stop_reason"),
 }
 
 

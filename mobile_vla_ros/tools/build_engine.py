@@ -19,7 +19,7 @@ import numpy as np
 
 from ..core.backends import BackendUnavailable
 from ..core.engine_cache import DEFAULT_CACHE, PRECISIONS, write_sidecar
-from ..core.model_spec import INPUT_FEATURES, INPUT_SENSOR, ONNX_FILE, ModelSpec, ModelSpecError
+from ..core.model_spec import INPUT_SENSOR, ONNX_FILE, ModelSpec, ModelSpecError, input_shapes
 from .recorded_inputs import recorded_inputs
 
 WORKSPACE_BYTES = 512 << 20  # the action expert needs little; Orin NX shares 16 GB with the VLM
@@ -72,8 +72,7 @@ def build_engine(model_dir: Path, spec: ModelSpec, cache_dir: Path = DEFAULT_CAC
     timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
     config.set_timing_cache(timing, ignore_mismatch=False)
     profile = builder.create_optimization_profile()
-    dims = {INPUT_FEATURES: (spec.feature_dim,), INPUT_SENSOR: (spec.sensor_window, spec.sensor_channels)}
-    for name, rest in dims.items():
+    for name, (_, *rest) in input_shapes(spec).items():
         profile.set_shape(name, (1, *rest), (1, *rest), (max_batch, *rest))
     config.add_optimization_profile(profile)
     if precision in ("fp16", "int8"):

@@ -40,9 +40,13 @@ class Recording:
     sensor: list[tuple[float, np.ndarray]] = field(default_factory=list)
     instructions: list[tuple[float, str]] = field(default_factory=list)
     commands: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    # What the robot executed (action vectors): the bag's executed-command topic when it has one
+    # (record-sim writes the noisy executed command there), else the recorded commands themselves.
+    executed: list[tuple[float, np.ndarray]] = field(default_factory=list)
 
 
 TWIST_TYPES = ("geometry_msgs/msg/Twist", "geometry_msgs/msg/TwistStamped")
+EXECUTED_TOPIC = "/sim/executed_cmd_vel"
 ACTION_TYPES = (*TWIST_TYPES, "trajectory_msgs/msg/JointTrajectory", "sensor_msgs/msg/JointState")
 
 
@@ -54,7 +58,7 @@ def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_map
 
     sensor_type = "sensor_msgs/msg/Imu" if spec.sensor_type == "imu" else "geometry_msgs/msg/WrenchStamped"
     expected = {"image": ("sensor_msgs/msg/Image",), "instruction": ("std_msgs/msg/String",),
-                "action": ACTION_TYPES, "sensor": (sensor_type,)}
+                "action": ACTION_TYPES, "sensor": (sensor_type,), "executed": ACTION_TYPES}
     rec = Recording()
     try:
         reader = AnyReader([Path(bag)])
@@ -63,6 +67,8 @@ def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_map
         raise BagError(f"{bag}: cannot be read as a rosbag2 or ROS 1 bag ({type(exc).__name__}: {exc})") from exc
     try:
         by_topic = {c.topic: c for c in reader.connections}
+        if topics.get("executed") not in by_topic:  # optional: bags without it use the action topic
+            topics = {k: v for k, v in topics.items() if k != "executed"}
         for role, topic in topics.items():
             if role == "instruction" and topic not in by_topic:
                 continue  # the instruction may come from --instruction instead
@@ -91,6 +97,8 @@ def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_map
                 rec.sensor.append((stamp, np.asarray(to_sample(msg), dtype=np.float32)))
             elif role == "instruction":
                 rec.instructions.append((stamp, msg.data.strip()))
+            elif role == "executed":
+                rec.executed += _commands(msg, connection.msgtype, stamp, spec.action_names, twist_mapping)
             else:
                 rec.commands += _commands(msg, connection.msgtype, stamp, spec.action_names, twist_mapping)
     except BagError:
@@ -103,6 +111,9 @@ def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_map
         series.sort(key=lambda item: item[0])
     # Stable: of two commands for the same time (overlapping chunks), the later-recorded one wins.
     rec.commands.sort(key=lambda item: item[0])
+    rec.executed.sort(key=lambda item: item[0])
+    if not rec.executed:
+        rec.executed = list(rec.commands)
     if not rec.sensor or not rec.commands:
         raise BagError(f"{bag}: needs messages on {topics['sensor']} and {topics['action']}")
     return rec
@@ -144,16 +155,18 @@ class ReplayConfig:
     vlm_latency: float
     max_feature_age: float
     max_sensor_gap: float
+    twist_mapping: tuple[str, ...] = ("linear.x", "angular.z")
 
 
 def replay(rec: Recording, spec: ModelSpec, backend, extractor, cfg: ReplayConfig, instruction: str | None,
            progress=None) -> dict:
     """One deterministic pass over the recording; returns per-tick predictions and targets."""
-    core = ActionExpertCore(spec, backend, cfg.max_feature_age, cfg.max_sensor_gap)
+    core = ActionExpertCore(spec, backend, cfg.max_feature_age, cfg.max_sensor_gap, cfg.twist_mapping)
     events = [(t, 0, "instruction", text) for t, text in rec.instructions]
     if instruction is not None:
         events.append((rec.sensor[0][0] - 1.0, 0, "instruction", instruction))
     events += [(t, 1, "image", rgb) for t, rgb in rec.images]
+    events += [(t, 2, "executed", values) for t, values in rec.executed]
     events += [(t, 2, "sensor", values) for t, values in rec.sensor]
     start, end = rec.sensor[0][0], min(rec.sensor[-1][0], rec.commands[-1][0])
     vlm_period, action_period = 1.0 / cfg.vlm_hz, 1.0 / cfg.action_hz
@@ -202,6 +215,8 @@ def replay(rec: Recording, spec: ModelSpec, backend, extractor, cfg: ReplayConfi
                 core.on_instruction(payload, t)
         elif kind == "image":
             image = (t, payload)
+        elif kind == "executed":
+            core.on_executed(payload)
         elif kind == "sensor":
             core.on_sensor(t, payload, t)
         elif kind == "vlm_tick":
@@ -221,7 +236,7 @@ def replay(rec: Recording, spec: ModelSpec, backend, extractor, cfg: ReplayConfi
                 continue
             idx = np.searchsorted(command_times, steps, side="right") - 1
             ticks.append({"t": t, "pred": result.chunk.actions, "target": command_values[idx],
-                          "feature_age": result.feature_age})
+                          "feature_age": result.feature_age, "stamp": result.chunk.stamp, "motion": result.motion})
         if progress is not None and i % 2000 == 0:
             progress(i / len(events))
     if progress is not None:
@@ -326,6 +341,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--action-topic", default="/cmd_vel",
                     help="recorded actions: Twist or TwistStamped (--twist-mapping), JointTrajectory (e.g. "
                          "/action_chunk) or JointState (joints named as the model's action_names)")
+    ap.add_argument("--executed-topic", default=EXECUTED_TOPIC,
+                    help="Twist commands the robot executed, for the motion since the image (default: what "
+                         "mobile-vla-record-sim writes); bags without it use --action-topic")
     ap.add_argument("--twist-mapping", default="linear.x,angular.z", help="Twist field per action dimension")
     ap.add_argument("--instruction", default=None, help="used when the bag has no instruction topic")
     ap.add_argument("--live", action="store_true",
@@ -352,7 +370,7 @@ def _run(args) -> int:
         raise ValueError(f"--twist-mapping: expected {spec.action_dim} fields (one per {spec.action_names}), "
                          f"got {len(mapping)}")
     topics = {"image": args.image_topic, "sensor": args.sensor_topic, "instruction": args.instruction_topic,
-              "action": args.action_topic}
+              "action": args.action_topic, "executed": args.executed_topic}
     try:
         extractor = create_extractor(ExtractorConfig(
             backend=spec.vlm_backend, pooling=spec.vlm_pooling, clip_model_path=args.clip_model_path,
@@ -372,7 +390,7 @@ def _run(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for hz in args.vlm_hz:
-        cfg = ReplayConfig(hz, args.action_hz, latency, args.max_feature_age, args.max_sensor_gap)
+        cfg = ReplayConfig(hz, args.action_hz, latency, args.max_feature_age, args.max_sensor_gap, tuple(mapping))
         ticks, no_chunk, vlm = [], Counter(), Counter()
         for bag, rec in recordings:
             if args.live:
@@ -408,7 +426,7 @@ def _live(args, rec: Recording, spec: ModelSpec, model_dir: Path, hz: float, lat
     forward = _latency("auto", extractor, rec)
     out = live_replay(rec, spec, model_dir, args.vlm_model_path or str(model_dir / "vlm"), hz, args.action_hz,
                       max(0.0, latency - forward), args.max_feature_age, args.max_sensor_gap, args.instruction,
-                      log_dir=args.out)
+                      log_dir=args.out, twist_mapping=tuple(args.twist_mapping.split(",")))
     return {**out, "no_chunk": {}, "vlm": {}}
 
 

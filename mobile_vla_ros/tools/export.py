@@ -31,14 +31,17 @@ MAX_FP32_ERROR = 1e-4
 def export_onnx(model, spec: ModelSpec, path: Path, opset: int = 17) -> None:
     import torch
 
-    features = torch.zeros(1, spec.feature_dim)
-    window = torch.zeros(1, spec.sensor_window, spec.sensor_channels)
+    inputs = [torch.zeros(1, spec.feature_dim), torch.zeros(1, spec.sensor_window, spec.sensor_channels)]
+    names = [INPUT_FEATURES, INPUT_SENSOR]
+    if spec.motion_input:
+        inputs.append(torch.zeros(1, spec.motion_dim))
+        names.append(spec.motion_input)
     batch = {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model.eval(), (features, window), str(path), input_names=[INPUT_FEATURES, INPUT_SENSOR],
+        torch.onnx.export(model.eval(), tuple(inputs), str(path), input_names=names,
                           output_names=[OUTPUT_ACTIONS], opset_version=opset, dynamo=False,
-                          dynamic_axes={INPUT_FEATURES: batch, INPUT_SENSOR: batch, OUTPUT_ACTIONS: batch})
+                          dynamic_axes={**{n: batch for n in names}, OUTPUT_ACTIONS: batch})
     import onnx
 
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
@@ -61,15 +64,17 @@ def verify_onnx(model, model_dir: Path, spec: ModelSpec, samples: int = 100, see
         batch = int(rng.integers(1, 5))
         f = rng.standard_normal((batch, spec.feature_dim)).astype(np.float32)
         w = (mean + std * rng.standard_normal((batch, spec.sensor_window, spec.sensor_channels))).astype(np.float32)
-        batches.append((f, w))
+        m = rng.standard_normal((batch, spec.motion_dim)).astype(np.float32) if spec.motion_input else None
+        batches.append((f, w, m))
     if recorded is not None:
-        batches += [(recorded[INPUT_FEATURES][i : i + 1], recorded[INPUT_SENSOR][i : i + 1])
+        batches += [(recorded[INPUT_FEATURES][i : i + 1], recorded[INPUT_SENSOR][i : i + 1],
+                     recorded[spec.motion_input][i : i + 1] if spec.motion_input else None)
                     for i in range(len(recorded[INPUT_SENSOR]))]
     worst = 0.0
-    for f, w in batches:
+    for f, w, m in batches:
         with torch.no_grad():
-            ref = model(torch.from_numpy(f), torch.from_numpy(w)).numpy()
-        worst = max(worst, float(np.max(np.abs(backend.run(f, w) - ref))))
+            ref = model(torch.from_numpy(f), torch.from_numpy(w), None if m is None else torch.from_numpy(m)).numpy()
+        worst = max(worst, float(np.max(np.abs(backend.run(f, w, m) - ref))))
     return worst
 
 

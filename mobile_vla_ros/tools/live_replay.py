@@ -20,14 +20,16 @@ from .evaluate import Recording
 
 def live_replay(rec: Recording, spec: ModelSpec, model_dir: Path, vlm_model_path: str, vlm_hz: float,
                 action_hz: float, simulated_latency: float, max_feature_age: float, max_sensor_gap: float,
-                instruction: str | None, log_dir: Path | None = None) -> dict:
+                instruction: str | None, log_dir: Path | None = None,
+                twist_mapping: tuple[str, ...] = ("linear.x", "angular.z")) -> dict:
+    from geometry_msgs.msg import Twist
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import Image, Imu
     from std_msgs.msg import String
     from trajectory_msgs.msg import JointTrajectory
 
-    from ..ros.conversions import rgb_to_image, sample_to_imu, sec_to_stamp, trajectory_to_actions
+    from ..ros.conversions import action_to_twist, rgb_to_image, sample_to_imu, sec_to_stamp, trajectory_to_actions
     from ..ros.node_support import LATCHED_QOS, SENSOR_QOS
     from .ros_observer import Observer
 
@@ -39,6 +41,8 @@ def live_replay(rec: Recording, spec: ModelSpec, model_dir: Path, vlm_model_path
     image_pub = node.create_publisher(Image, "camera/image_raw", SENSOR_QOS)
     sensor_pub = node.create_publisher(Imu, "sensor", SENSOR_QOS)
     instruction_pub = node.create_publisher(String, "instruction", LATCHED_QOS)
+    # The robot's executed commands: the node (execute_chunks false) integrates them into the motion input.
+    cmd_pub = node.create_publisher(Twist, "cmd_vel", 10)
     start = rec.sensor[0][0]
     common = {"use_sim_time": True}
     procs = [
@@ -48,6 +52,7 @@ def live_replay(rec: Recording, spec: ModelSpec, model_dir: Path, vlm_model_path
                                  "simulated_latency": simulated_latency}, log_dir=log_dir),
         NodeProcess("action_expert_node", {**common, "action_hz": action_hz, "model_dir": str(model_dir),
                                            "backend": "onnxruntime", "execute_chunks": False,
+                                           "twist_mapping": list(twist_mapping),
                                            "max_feature_age": max_feature_age, "max_sensor_gap": max_sensor_gap},
                     log_dir=log_dir)]
     try:
@@ -60,7 +65,8 @@ def live_replay(rec: Recording, spec: ModelSpec, model_dir: Path, vlm_model_path
             clock_pub.publish(Clock(clock=sec_to_stamp(start - 1.0)))
             time.sleep(0.1)
         time.sleep(1.0)
-        events = [(t, 1, "image", v) for t, v in rec.images] + [(t, 2, "sensor", v) for t, v in rec.sensor]
+        events = [(t, 1, "image", v) for t, v in rec.images] + [(t, 2, "executed", v) for t, v in rec.executed] \
+            + [(t, 3, "sensor", v) for t, v in rec.sensor]
         text = instruction if instruction is not None else rec.instructions[0][1]
         events.sort(key=lambda e: (e[0], e[1]))
         clock_pub.publish(Clock(clock=sec_to_stamp(start - 0.5)))
@@ -75,6 +81,8 @@ def live_replay(rec: Recording, spec: ModelSpec, model_dir: Path, vlm_model_path
             clock_pub.publish(Clock(clock=stamp))
             if kind == "image":
                 image_pub.publish(rgb_to_image(value, stamp, "camera"))
+            elif kind == "executed":
+                cmd_pub.publish(action_to_twist(value, twist_mapping))
             else:
                 sensor_pub.publish(sample_to_imu(value, stamp, "imu"))
         time.sleep(0.5)

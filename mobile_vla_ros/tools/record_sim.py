@@ -3,10 +3,12 @@ rosbag2 bags (rosbags; sqlite3 or mcap), one bag per episode: the training and e
 mobile-vla-train / mobile-vla-eval.
 
 Topics (as on the robot): /camera/image_raw (rgb8, camera_hz), /sensor (Imu, 650 Hz), /instruction,
-/cmd_vel (Twist, 50 Hz: the expert's command, i.e. the action label), plus /sim/ground_truth_pose
-(PoseStamped, 50 Hz) and /sim/task (the task as JSON). With --action-noise the base executes the
-expert's command plus temporally correlated noise (DART-style), so the data also shows how to
-recover from the small errors a learned policy makes; the recorded label stays the clean command.
+/cmd_vel (Twist, 50 Hz: the expert's command, i.e. the action label), plus /sim/executed_cmd_vel
+(what the base executed: the motion input of the action expert integrates it),
+/sim/ground_truth_pose (PoseStamped, 50 Hz) and /sim/task (the task as JSON). With --action-noise
+the base executes the expert's command plus temporally correlated noise (DART-style), and with
+--expert-delay-max the expert's command for an older state (as a policy on old images drives), so
+the data also shows how to recover from the errors a learned policy makes; the label stays clean.
 
 Episodes use seeds S..S+N-1; a bag that is already complete is kept, so an interrupted run resumes.
 """
@@ -23,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from ..sim import cannot_simulate
-from ..sim.episode import ACTION_LIMITS, SimEpisode, expert_command
+from ..sim.episode import ACTION_LIMITS, SimEpisode, expert_command, expert_command_at
 from ..sim.messages import FRAMES, ORIENTATION_UNKNOWN, SIM_EPOCH, TOPICS, split_stamp, task_json, yaw_quaternion
-from ..sim.world import SimConfig, sample_task
+from ..sim.world import TASK_SETS, TIME_LIMITS, SimConfig, sample_task
 from .cli import progress_bar
 
 CONTROL_HZ = 50.0
@@ -45,6 +47,7 @@ class BagRecorder:
         self.writer.open()
         types = {"image": "sensor_msgs/msg/Image", "sensor": "sensor_msgs/msg/Imu",
                  "instruction": "std_msgs/msg/String", "cmd_vel": "geometry_msgs/msg/Twist",
+                 "executed_cmd_vel": "geometry_msgs/msg/Twist",
                  "pose": "geometry_msgs/msg/PoseStamped", "task": "std_msgs/msg/String"}
         self.conns = {role: (self.writer.add_connection("/" + TOPICS[role], msgtype, typestore=self.store), msgtype)
                       for role, msgtype in types.items()}
@@ -70,9 +73,9 @@ class BagRecorder:
             self._header(t, FRAMES["sensor"]), self.T["geometry_msgs/msg/Quaternion"](0, 0, 0, 1),
             ORIENTATION_UNKNOWN, V3(*map(float, sample[:3])), cov, V3(*map(float, sample[3:])), cov))
 
-    def command(self, t: float, v: float, w: float) -> None:
+    def command(self, t: float, v: float, w: float, role: str = "cmd_vel") -> None:
         V3 = self.T["geometry_msgs/msg/Vector3"]
-        self._write("cmd_vel", t, self.T["geometry_msgs/msg/Twist"](V3(v, 0, 0), V3(0, 0, w)))
+        self._write(role, t, self.T["geometry_msgs/msg/Twist"](V3(float(v), 0, 0), V3(0, 0, float(w))))
 
     def pose(self, t: float, x: float, y: float, yaw: float) -> None:
         P = self.T
@@ -84,10 +87,19 @@ class BagRecorder:
         self.writer.close()
 
 
-def record_episode(seed: int, out: Path, storage: str, cfg: SimConfig, action_noise: float) -> dict:
-    """Drive one episode with the expert and write it to `out`; returns the episode summary."""
+def record_episode(seed: int, out: Path, storage: str, cfg: SimConfig, action_noise: float,
+                   expert_delay_max: float = 0.0) -> dict:
+    """Drive one episode with the expert and write it to `out`; returns the episode summary.
+
+    The label on /cmd_vel is always the expert's command for the current state. What the base
+    executes may differ: with `expert_delay_max` > 0 it is the expert's command for the state of
+    delta seconds ago (delta drawn per episode in [0, max]), as a policy acting on old images would
+    drive, so the data shows the overshoots of a slow VLM and how to recover; `action_noise` adds
+    correlated noise on top."""
     task = sample_task(seed, cfg)
     rng = np.random.default_rng(seed + 15485863)
+    delay_steps = int(round(rng.uniform(0.0, expert_delay_max) * CONTROL_HZ)) if expert_delay_max > 0 else 0
+    seen: list[tuple[float, float]] = []  # (bearing, distance) at each control step
     limits = np.array(ACTION_LIMITS)
     noise = np.zeros(2)
     episode = SimEpisode(task, cfg)
@@ -100,10 +112,13 @@ def record_episode(seed: int, out: Path, storage: str, cfg: SimConfig, action_no
             t = k / CONTROL_HZ
             v, w = expert_command(episode.robot)
             bag.command(t, v, w)
+            seen.append((episode.robot.target_bearing(), episode.robot.target_distance()))
+            acted = expert_command_at(*seen[max(0, len(seen) - 1 - delay_steps)], cfg)
             bag.pose(t, *episode.robot.pose())
             # Ornstein-Uhlenbeck noise (0.5 s correlation) on the executed command only.
             noise += -noise * (1.0 / CONTROL_HZ / 0.5) + rng.standard_normal(2) * action_noise * limits * 0.2
-            executed = np.clip(np.array([v, w]) + noise, -limits, limits)
+            executed = np.clip(np.array(acted) + noise, -limits, limits)
+            bag.command(t, *executed, role="executed_cmd_vel")
             k += 1
             for event in episode.advance(float(executed[0]), float(executed[1]), k / CONTROL_HZ):
                 if event.kind == "imu":
@@ -129,7 +144,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
     ap.add_argument("--action-noise", type=float, default=0.5,
                     help="executed-command noise, as a fraction of 0.2 x the action limits per step (0 = none)")
-    ap.add_argument("--time-limit", type=float, default=SimConfig.time_limit)
+    ap.add_argument("--expert-delay-max", type=float, default=0.0,
+                    help="s; the base executes the expert's command for the state up to this long ago (per "
+                         "episode), as a policy on old images would, while /cmd_vel keeps the current label")
+    ap.add_argument("--task-set", choices=TASK_SETS, default="standard",
+                    help="hard: targets beside/behind the robot, same-colour distractors, up to 4 m "
+                         "(training phrasings; the evaluation of the hard set uses held-out ones)")
+    ap.add_argument("--time-limit", type=float, default=None, help="s per episode (default: the task set's)")
     return ap
 
 
@@ -139,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"mobile-vla-record-sim: error: {reason}", file=sys.stderr)
         return 2
-    cfg = SimConfig(time_limit=args.time_limit)
+    cfg = SimConfig(time_limit=args.time_limit or TIME_LIMITS[args.task_set], task_set=args.task_set)
     args.out.mkdir(parents=True, exist_ok=True)
     summary_path = args.out / "episodes.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -150,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         if _complete(bag) and str(seed) in summary:
             continue
         shutil.rmtree(bag, ignore_errors=True)  # an interrupted, incomplete bag
-        summary[str(seed)] = record_episode(seed, bag, args.storage, cfg, args.action_noise)
+        summary[str(seed)] = record_episode(seed, bag, args.storage, cfg, args.action_noise, args.expert_delay_max)
         summary_path.write_text(json.dumps(summary, indent=1))
         progress_bar(f"recording {args.episodes} episodes", (i + 1) / args.episodes)
     print()

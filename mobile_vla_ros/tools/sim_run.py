@@ -11,14 +11,32 @@ import math
 import time
 from pathlib import Path
 
-from .bringup import SUMMARY_KEYS, NodeProcess
+from ..core.params import SYNC_LOOP_VLM_HZ
+from ..sim.world import TIME_LIMITS, SimConfig
+from .bringup import SUMMARY_KEYS, NodeProcess, yaml_params
 from .cli import progress_bar
 
 POLICY_NODES = ("vlm_node", "action_expert_node")
+SYNC_NODE = "sync_baseline_node"
+
+
+def policy_processes(mode: str, params_files: list[Path], namespace: str, log_level: str,
+                     out: Path) -> dict[str, NodeProcess]:
+    """async: vlm_node + action_expert_node; sync: one sync_baseline_node with both nodes' parameters
+    from the same files (its decisions wait for each forward)."""
+    if mode == "async":
+        return {name: NodeProcess(name, params_files=params_files, namespace=namespace, log_level=log_level,
+                                  log_dir=out) for name in POLICY_NODES}
+    params = yaml_params(params_files, POLICY_NODES)
+    params.pop("action_hz", None)  # a decision per forward, not per tick
+    params["vlm_hz"] = SYNC_LOOP_VLM_HZ
+    return {SYNC_NODE: NodeProcess("tools.sync_baseline", params, node_name=SYNC_NODE, namespace=namespace,
+                                   log_level=log_level, log_dir=out)}
 
 
 def run_closed_loop(params_files: list[Path], episodes: int, seed: int, out: Path, namespace: str = "",
-                    log_level: str = "info", time_limit: float | None = None) -> dict:
+                    log_level: str = "info", time_limit: float | None = None, mode: str = "async",
+                    task_set: str = "standard") -> dict:
     """Run the nodes against the simulator for `episodes` episodes; return the report dict."""
     from std_msgs.msg import String
 
@@ -26,15 +44,14 @@ def run_closed_loop(params_files: list[Path], episodes: int, seed: int, out: Pat
     from .ros_observer import Observer
 
     out.mkdir(parents=True, exist_ok=True)
-    sim_params = {"seed": seed, "episodes": episodes}
+    sim_params = {"seed": seed, "episodes": episodes, "task_set": task_set}
     if time_limit is not None:
         sim_params["time_limit"] = time_limit
     observer = Observer("sim_run_observer", own_context=True)
     topic = (f"/{namespace.strip('/')}/" if namespace else "") + TOPICS["episode_result"]
     results = observer.record(String, topic, 100, lambda msg: json.loads(msg.data))
     observer.diagnostics()
-    procs = {name: NodeProcess(name, params_files=params_files, namespace=namespace, log_level=log_level,
-                               log_dir=out) for name in POLICY_NODES}
+    procs = policy_processes(mode, params_files, namespace, log_level, out)
     procs["sim_node"] = NodeProcess("sim_node", params=sim_params, params_files=params_files, namespace=namespace,
                                     log_level=log_level, log_dir=out)
     began = time.monotonic()
@@ -55,9 +72,10 @@ def run_closed_loop(params_files: list[Path], episodes: int, seed: int, out: Pat
             successes = sum(r["success"] for r in done)
             progress_bar(f"closed loop: {len(done)}/{episodes} episodes, {successes} successes", len(done) / episodes)
             time.sleep(0.5)
-        diag = {n: {k: observer.latest_diagnostics(n).get(k) for k in keys} for n, keys in SUMMARY_KEYS.items()}
+        diag = {n: {k: observer.latest_diagnostics(n).get(k) for k in keys} for n, keys in SUMMARY_KEYS.items()
+                if n in procs}
     finally:
-        for name in ("sim_node", "vlm_node", "action_expert_node"):
+        for name in sorted(procs, key=lambda n: n != "sim_node"):  # the robot first, the policy's final zero last
             procs[name].stop()
         observer.destroy()
     print()
@@ -68,11 +86,16 @@ def run_closed_loop(params_files: list[Path], episodes: int, seed: int, out: Pat
     return {"episodes": episodes_run, "diagnostics": diag, "wall_seconds": time.monotonic() - began}
 
 
-def baselines(episodes: list[dict], time_limit: float | None) -> dict[str, list[dict]]:
-    from ..sim.episode import run_baseline
-    from ..sim.world import SimConfig, sample_task
+def evaluation_config(task_set: str, time_limit: float | None) -> SimConfig:
+    """The sim configuration episodes are evaluated on: the hard set with its held-out phrasings."""
+    return SimConfig(time_limit=time_limit or TIME_LIMITS[task_set], task_set=task_set,
+                     held_out_phrasings=task_set == "hard")
 
-    cfg = SimConfig() if time_limit is None else SimConfig(time_limit=time_limit)
+
+def baselines(episodes: list[dict], cfg: SimConfig) -> dict[str, list[dict]]:
+    from ..sim.episode import run_baseline
+    from ..sim.world import sample_task
+
     return {policy: [run_baseline(sample_task(e["seed"], cfg), policy, cfg).to_dict() for e in episodes]
             for policy in ("zero", "random")}
 
@@ -85,7 +108,7 @@ def summarize(report: dict) -> str:
     policy = report["episodes"]
     succeeded = [r["duration"] for r in policy if r["success"]]
     lines = ["", "| policy | success | mean time to target (s) |", "|---|---|---|",
-             f"| default model (closed loop, ROS nodes) | {rate(policy)} | "
+             f"| model, {report.get('mode', 'async')} (closed loop, ROS nodes) | {rate(policy)} | "
              f"{(sum(succeeded) / len(succeeded)) if succeeded else float('nan'):.1f} |"]
     for name, rows in report["baselines"].items():
         lines.append(f"| {name}-action baseline | {rate(rows)} | - |")
@@ -127,9 +150,12 @@ def plot_trajectories(report: dict, path: Path) -> None:
 
 
 def sim_job(params_files: list[Path], episodes: int, seed: int, out: Path, namespace: str = "",
-            log_level: str = "warn", time_limit: float | None = None) -> dict:
-    report = run_closed_loop(params_files, episodes, seed, out, namespace, log_level, time_limit)
-    report["baselines"] = baselines(report["episodes"], time_limit)
+            log_level: str = "warn", time_limit: float | None = None, mode: str = "async",
+            task_set: str = "standard") -> dict:
+    cfg = evaluation_config(task_set, time_limit)
+    report = run_closed_loop(params_files, episodes, seed, out, namespace, log_level, cfg.time_limit, mode, task_set)
+    report["baselines"] = baselines(report["episodes"], cfg)
+    report["mode"], report["task_set"] = mode, task_set
     rows = report["episodes"]
     report["success_rate"] = sum(r["success"] for r in rows) / max(len(rows), 1)
     report["baseline_success_rate"] = {k: sum(r["success"] for r in v) / max(len(v), 1)

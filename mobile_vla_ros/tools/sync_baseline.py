@@ -16,11 +16,14 @@ from trajectory_msgs.msg import JointTrajectory
 
 from ..action_expert_node import load_action_core
 from ..core.params import ACTION_NODE_PARAMS, VLM_NODE_PARAMS
+from ..core.safety import StopReason
 from ..core.sensor_window import PushResult
 from ..core.stats import RateMeter
+from ..core.vlm_schedule import ForwardInputs
+from ..ros.command_output import CommandOutput
 from ..ros.conversions import SENSOR_MESSAGES, chunk_to_trajectory, stamp_to_sec
 from ..ros.node_support import RELIABLE_QOS, SENSOR_QOS, run_node
-from ..vlm_node import CameraFrame, VlmNode
+from ..vlm_node import VlmNode
 
 _VLM_NAMES = {s.name for s in VLM_NODE_PARAMS}
 SYNC_BASELINE_PARAMS = VLM_NODE_PARAMS + tuple(s for s in ACTION_NODE_PARAMS if s.name not in _VLM_NAMES)
@@ -35,6 +38,9 @@ class SyncBaselineNode(VlmNode):
         self.chunk_rate = RateMeter()
         self.sensor_rate = RateMeter()
         self.chunk_pub = self.create_publisher(JointTrajectory, "action_chunk", RELIABLE_QOS)
+        # Each decision's chunk is executed on cmd_vel like the action node's; after it the robot
+        # waits (zero) for the next decision: the synchronous loop's behaviour on a robot.
+        self.output = CommandOutput(self, self.core, self.params)
         msg_type, self._to_sample = SENSOR_MESSAGES[self.params["sensor_type"]]
         self.create_subscription(msg_type, "sensor", self._on_sensor, SENSOR_QOS)
 
@@ -44,15 +50,18 @@ class SyncBaselineNode(VlmNode):
         if result is PushResult.ACCEPTED:
             self.sensor_rate.tick()
 
-    def _on_features_ready(self, features: np.ndarray, newest: CameraFrame) -> None:
-        super()._on_features_ready(features, newest)
+    def _on_features_ready(self, features: np.ndarray, inputs: ForwardInputs) -> None:
+        super()._on_features_ready(features, inputs)
+        newest = inputs.newest
         with self._lock:
-            instruction, since = self._instruction, self._instruction_since
+            instruction, since = self.schedule.instruction, self.schedule.instruction_since
         with self._core_lock:
             now = self._now()
             self.core.on_instruction(instruction, since)  # the VLM side's arrival time: same instruction identity
             self.core.on_features(features, newest.stamp, now)
+            previous = self.core.safety.reason
             result = self.core.tick(now)
+            self.output.on_chunk(result.chunk, was_running=previous is StopReason.NONE)
         if result.chunk is not None:
             self.chunk_pub.publish(chunk_to_trajectory(result.chunk, self.core.spec.action_names))
             self.chunk_rate.tick()
@@ -64,7 +73,8 @@ class SyncBaselineNode(VlmNode):
 
 
 def main(args=None) -> int:
-    return run_node(SyncBaselineNode, args)
+    return run_node(SyncBaselineNode, args, on_shutdown=lambda node: node.output.publish_zero()
+                    if isinstance(node, SyncBaselineNode) else None)
 
 
 if __name__ == "__main__":

@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core.model_spec import ModelSpec, ModelSpecError, Normalization
+from ..core.motion import MOTION_INPUT, MotionHistory, extend_from_streams, twist_components
 from .cli import comma_list, progress_bar, run_reporting_errors
-from .evaluate import BagError, Recording, read_recording
+from .evaluate import EXECUTED_TOPIC, BagError, Recording, read_recording
 
 STATE_FILE = "train_state.pt"
 
@@ -112,9 +113,14 @@ class Dataset:
     window_end: np.ndarray     # [S] index one past the window's newest sample
     times: np.ndarray          # [S] shifted sample times
     targets: np.ndarray        # [S, K, D]
+    motion_history: MotionHistory | None = None  # all bags end to end, shifted times (motion-input models)
 
     def __len__(self) -> int:
         return len(self.times)
+
+    def motion(self, samples: np.ndarray, image_index: np.ndarray) -> np.ndarray:
+        """[S, 4] motion from each sample's feature image to the sample time, as the node computes it."""
+        return self.motion_history.motion_since(self.image_times[image_index], self.times[samples])
 
     def feature_index(self, samples: np.ndarray, staleness: np.ndarray) -> np.ndarray:
         """Index of the newest image at (sample time - staleness), never before its bag's first image."""
@@ -129,13 +135,20 @@ BAG_GAP = 1.0e6  # s: larger than any bag
 
 
 def build_dataset(recordings: list[Recording], features: list[np.ndarray], spec: ModelSpec,
-                  sample_dt: float) -> Dataset:
+                  sample_dt: float, twist_mapping: list[str]) -> Dataset:
     image_times, image_first, feats, sensor, window_end, times, targets = [], [], [], [], [], [], []
     n_img = n_sensor = 0
     width, k, dt = spec.sensor_window, spec.chunk_size, spec.action_dt
+    history = None
+    if spec.motion_input:
+        history = MotionHistory(math.inf, spec.sensor_hz, capacity=sum(len(r.sensor) for r in recordings) + 16)
     for b, (rec, f) in enumerate(zip(recordings, features)):
         it = np.array([t for t, _ in rec.images])
         st = np.array([t for t, _ in rec.sensor])
+        if history is not None:
+            executed = np.array([twist_components(v, twist_mapping) for _, v in rec.executed])
+            extend_from_streams(history, spec.sensor_type, st + b * BAG_GAP, np.stack([v for _, v in rec.sensor]),
+                                np.array([t for t, _ in rec.executed]) + b * BAG_GAP, executed)
         ct = np.array([t for t, _ in rec.commands])
         cv = np.stack([v for _, v in rec.commands])
         start = max(st[width - 1], it[0]) if len(st) >= width else np.inf
@@ -159,7 +172,7 @@ def build_dataset(recordings: list[Recording], features: list[np.ndarray], spec:
         raise BagError("no training samples: bags shorter than one sensor window plus one chunk")
     return Dataset(np.concatenate(image_times), np.concatenate(image_first), np.concatenate(feats).astype(np.float32),
                    np.concatenate(sensor).astype(np.float32), np.concatenate(window_end), np.concatenate(times),
-                   np.concatenate(targets).astype(np.float32))
+                   np.concatenate(targets).astype(np.float32), history)
 
 
 def staleness_range(value: str, vlm_hz: float, vlm_latency: float) -> tuple[float, float]:
@@ -206,10 +219,13 @@ class Trainer:
         self.action_std = torch.tensor(spec.normalization.action_std, device=self.device)
 
     def _batch(self, data: Dataset, samples: np.ndarray, staleness: np.ndarray):
+        """(inputs in graph order, targets) of `samples` with features `staleness` s older than each."""
         t = self.torch
-        f = data.features[data.feature_index(samples, staleness)]
-        w = data.windows(samples, self.spec.sensor_window)
-        return (t.from_numpy(f).to(self.device), t.from_numpy(w).to(self.device),
+        image = data.feature_index(samples, staleness)
+        inputs = [data.features[image], data.windows(samples, self.spec.sensor_window)]
+        if self.spec.motion_input:
+            inputs.append(data.motion(samples, image))
+        return ([t.from_numpy(np.ascontiguousarray(x)).to(self.device) for x in inputs],
                 t.from_numpy(data.targets[samples]).to(self.device))
 
     def run_epoch(self) -> float:
@@ -224,10 +240,10 @@ class Trainer:
         for step in range(self.steps_per_epoch):
             batch = order[step * args.batch_size:(step + 1) * args.batch_size]
             mine = batch[dist.rank * per_rank:(dist.rank + 1) * per_rank]
-            f, w, y = self._batch(self.train, mine, staleness[mine])
+            inputs, y = self._batch(self.train, mine, staleness[mine])
             # Through the (DDP) module's forward, so DDP's gradient hooks fire; the loss is on
             # normalised actions so both dimensions weigh alike.
-            pred = (self.ddp(f, w) - self.action_mean) / self.action_std
+            pred = (self.ddp(*inputs) - self.action_mean) / self.action_std
             loss = torch.nn.functional.mse_loss(pred, (y - self.action_mean) / self.action_std)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -246,8 +262,8 @@ class Trainer:
         with torch.no_grad():
             for start in range(0, len(self.val), 4096):
                 idx = np.arange(start, min(start + 4096, len(self.val)))
-                f, w, y = self._batch(self.val, idx, self.val_staleness[idx])
-                errs.append((self.model(f, w) - y).abs().cpu().numpy())
+                inputs, y = self._batch(self.val, idx, self.val_staleness[idx])
+                errs.append((self.model(*inputs) - y).abs().cpu().numpy())
         err = np.concatenate(errs)
         return {"mae_chunk": float(err.mean()), "mae_first_step": float(err[:, 0].mean()),
                 "mae_per_dim": [float(v) for v in err.mean(axis=(0, 1))]}
@@ -346,6 +362,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--sensor-topic", default="/sensor")
     ap.add_argument("--instruction-topic", default="/instruction")
     ap.add_argument("--action-topic", default="/cmd_vel")
+    ap.add_argument("--executed-topic", default=EXECUTED_TOPIC,
+                    help="Twist commands the robot executed, for the motion since the image (default: what "
+                         "mobile-vla-record-sim writes); bags without it use --action-topic")
+    ap.add_argument("--motion-input", action=argparse.BooleanOptionalAction, default=True,
+                    help="give the model the motion since the features' image as a third input (default); "
+                         "--no-motion-input trains a two-input model")
     ap.add_argument("--hidden-dim", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=256)
@@ -393,6 +415,7 @@ def _run(args) -> int:
                      normalization=Normalization([0.0] * 6, [1.0] * 6, [0.0] * len(args.action_names),
                                                  [1.0] * len(args.action_names)),
                      vlm_backend=args.vlm_backend, vlm_pooling=args.pooling, staleness_range=lo_hi,
+                     motion_input=MOTION_INPUT if args.motion_input else None,
                      architecture={"hidden_dim": args.hidden_dim})
     bags = find_bags(args.bags)
     if args.val_bags:
@@ -403,7 +426,7 @@ def _run(args) -> int:
             raise ValueError(f"need at least 2 bags to hold some out for validation, got {len(bags)}")
         bags, val_bags = bags[:-n_val], bags[-n_val:]
     topics = {"image": args.image_topic, "sensor": args.sensor_topic, "instruction": args.instruction_topic,
-              "action": args.action_topic}
+              "action": args.action_topic, "executed": args.executed_topic}
     key = vlm_key(cfg, vlm_path)
     datasets = []
     for group, label in ((bags, "train"), (val_bags, "val")):
@@ -420,7 +443,7 @@ def _run(args) -> int:
         dist.barrier()  # rank 0 filled the cache; the others read it
         if dist.rank != 0:
             feats = [bag_features(rec, extractor, args.cache_dir, key, "") for rec in recs]
-        datasets.append(build_dataset(recs, feats, spec, args.sample_dt))
+        datasets.append(build_dataset(recs, feats, spec, args.sample_dt, list(args.twist_mapping)))
     train, val = datasets
     if dist.rank == 0:
         print(f"\n{len(bags)} training bags ({len(train)} samples), {len(val_bags)} validation bags "
@@ -429,6 +452,12 @@ def _run(args) -> int:
         sensor_mean=train.sensor.mean(axis=0).tolist(), sensor_std=(train.sensor.std(axis=0) + 1e-3).tolist(),
         action_mean=train.targets.reshape(-1, spec.action_dim).mean(axis=0).tolist(),
         action_std=(train.targets.reshape(-1, spec.action_dim).std(axis=0) + 1e-3).tolist())
+    if spec.motion_input:  # statistics of the motion input under the training staleness distribution
+        every = np.arange(len(train))
+        draw = np.random.default_rng(args.seed).uniform(*lo_hi, len(train))
+        motion = train.motion(every, train.feature_index(every, draw))
+        spec.normalization.motion_mean = motion.mean(axis=0).tolist()
+        spec.normalization.motion_std = (motion.std(axis=0) + 1e-3).tolist()
     trainer = Trainer(args, spec, train, val, dist)
     args.out.mkdir(parents=True, exist_ok=True)
     state_path = args.out / STATE_FILE

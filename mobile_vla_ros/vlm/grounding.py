@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sim.world import COLORS, SimRobot, sample_task, wrap_angle
+from ..sim.world import COLORS, SimConfig, SimRobot, sample_task, wrap_angle
 
 LABELS = 3 + 3 * len(COLORS)  # target: sin, cos bearing, distance; per colour: visible, sin bearing, distance
 FIRST_TASK_SEED = 2000  # renders use tasks apart from the recorded episodes' seeds (< 1000) and evaluation's
@@ -42,10 +42,10 @@ def grounding_label(robot: SimRobot) -> np.ndarray:
         if not objs:
             label += [0.0, 0.0, 0.0]
             continue
-        bo = _bearing(objs[0], x, y, yaw)
+        obj = min(objs, key=lambda o: abs(_bearing(o, x, y, yaw)))  # of two, the one nearer the image centre
+        bo = _bearing(obj, x, y, yaw)
         visible = float(abs(bo) < half_fov)
-        label += [visible, math.sin(bo) * visible, (math.hypot(objs[0].x - x, objs[0].y - y) - objs[0].radius)
-                  * visible]
+        label += [visible, math.sin(bo) * visible, (math.hypot(obj.x - x, obj.y - y) - obj.radius) * visible]
     return np.array(label, dtype=np.float32)
 
 
@@ -65,18 +65,23 @@ def render_frames(tasks: int, per_task: int, seed: int, workers: int = 1) -> lis
 
 
 def _render_tasks(seed: int, per_task: int, indices: range) -> list[tuple[int, list[tuple]]]:
+    """Every other task is from the hard set (same-colour distractors, targets behind the robot), so
+    the instructed shape matters; a third of its frames look away from the target."""
     out = []
     for i in indices:
         rng = np.random.default_rng([seed, i])
-        task = sample_task(FIRST_TASK_SEED + seed * 100_000 + i)
+        hard = i % 2 == 1
+        task = sample_task(FIRST_TASK_SEED + seed * 100_000 + i, SimConfig(task_set="hard" if hard else "standard"))
         frames = []
         with SimRobot(task) as robot:
             target = task.target_object
-            for _ in range(per_task):
+            for k in range(per_task):
                 a = rng.uniform(0.0, 0.85)
                 x = task.start[0] + a * (target.x - task.start[0]) + rng.normal(0, 0.15)
                 y = task.start[1] + a * (target.y - task.start[1]) + rng.normal(0, 0.15)
-                yaw = math.atan2(target.y - y, target.x - x) + rng.uniform(-0.7, 0.7)
+                away = hard and k % 3 == 2
+                yaw = math.atan2(target.y - y, target.x - x) + (rng.uniform(-math.pi, math.pi) if away
+                                                                else rng.uniform(-0.7, 0.7))
                 robot.data.qpos[:] = (x, y, yaw)
                 robot._mj.mj_forward(robot.model, robot.data)
                 frames.append((robot.render(), task.instruction, grounding_label(robot)))

@@ -1,0 +1,79 @@
+"""Which images and instruction a VLM forward uses, and when a new instruction's first forward starts.
+
+Shared by vlm_node and the in-process closed-loop simulation, so both pick the same inputs:
+- the newest frame per camera, used only if it is at most `max_image_age` old and was captured
+  after the current instruction arrived (an older frame may show the scene the old instruction
+  was about);
+- an instruction is identified by its arrival time (`epoch` counts changes); a forward started for
+  an earlier epoch is discarded when it finishes;
+- after an instruction changes, the first usable frame starts a forward at once instead of waiting
+  up to one VLM period for the next tick: at 0.59 Hz that wait alone averages 0.85 s of standing still.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CameraFrame:
+    rgb: np.ndarray
+    stamp: float
+    frame_id: str
+
+
+@dataclass(frozen=True)
+class ForwardInputs:
+    frames: list[CameraFrame]
+    instruction: str
+    epoch: int
+
+    @property
+    def newest(self) -> CameraFrame:
+        return max(self.frames, key=lambda f: f.stamp)
+
+
+class VlmScheduler:
+    """Not thread-safe by itself: vlm_node holds its lock around every call."""
+
+    def __init__(self, max_image_age: float) -> None:
+        self.max_image_age = max_image_age
+        self.frames: dict[str, CameraFrame] = {}
+        self.instruction: str | None = None
+        self.instruction_since = float("-inf")
+        self.epoch = 0
+        self._first_forward_pending = False
+
+    def set_instruction(self, text: str, now: float) -> bool:
+        """True when the instruction changed (a new epoch begins)."""
+        if text == self.instruction:
+            return False
+        self.instruction, self.instruction_since = text, now
+        self.epoch += 1
+        self._first_forward_pending = True
+        return True
+
+    def add_frame(self, camera: str, frame: CameraFrame) -> bool:
+        """Store the newest frame of `camera`; True when it should start a forward now (the first
+        usable frame after an instruction change)."""
+        self.frames[camera] = frame
+        return self._first_forward_pending and frame.stamp >= self.instruction_since
+
+    def select(self, now: float) -> tuple[ForwardInputs | None, str]:
+        """The inputs of a forward starting at `now`, or None and why there is none."""
+        if self.instruction is None:
+            return None, "no instruction yet"
+        if not self.frames:
+            return None, "no images yet"
+        frames = [f for f in self.frames.values()
+                  if now - f.stamp <= self.max_image_age and f.stamp >= self.instruction_since]
+        if not frames:
+            return None, f"no image newer than max_image_age ({self.max_image_age} s) and the instruction"
+        self._first_forward_pending = False
+        return ForwardInputs(frames, self.instruction, self.epoch), ""
+
+    def is_current(self, inputs: ForwardInputs) -> bool:
+        """False when the instruction changed while the forward ran (its features are for the old one)."""
+        return inputs.epoch == self.epoch

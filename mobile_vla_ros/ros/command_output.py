@@ -1,0 +1,80 @@
+"""Chunks executed on `cmd_vel`, shared by action_expert_node and sync_baseline_node.
+
+Every `execute_hz` tick publishes the newest chunk's step for now (ChunkExecutor: limits last), or,
+while the core is stopped, zero for `zero_cmd_hold` seconds and then nothing. The command executed
+is reported back to the core, whose motion history integrates it (the motion since the image).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from geometry_msgs.msg import Twist, TwistStamped
+from rclpy.node import Node
+
+from ..core.action_pipeline import ActionExpertCore
+from ..core.chunk_executor import ActionChunk, ChunkExecutor
+from ..core.scheduling import period_from_hz
+from .conversions import action_to_twist, stamped, twist_to_action
+
+CMD_VEL_FRAME = "base_link"
+
+
+class CommandOutput:
+    def __init__(self, node: Node, core: ActionExpertCore, params: dict) -> None:
+        self.node, self.core, self.params = node, core, params
+        dim = core.spec.action_dim
+        self.executor = ChunkExecutor(dim, params["action_limits"], params["max_action_step"])
+        self._stopped_since = time.monotonic()
+        self._zero = np.zeros(dim, dtype=np.float32)
+        twist_type = TwistStamped if params["twist_stamped"] else Twist
+        self.publisher = node.create_publisher(twist_type, "cmd_vel", 10) if params["execute_chunks"] else None
+        self._timer = None
+        if self.publisher is not None:
+            self._timer = node.create_timer(period_from_hz(params["execute_hz"]), self._on_tick)
+        elif core.spec.motion_input:
+            # Something else executes the chunks: its cmd_vel is the motion the model must be told about.
+            node.create_subscription(twist_type, "cmd_vel", self._on_external_cmd_vel, 10)
+
+    def apply_live(self, changes: dict) -> None:
+        p = self.params
+        self.executor.set_limits(p["action_limits"], p["max_action_step"])
+        if "execute_hz" in changes and self._timer is not None:
+            self.node.destroy_timer(self._timer)
+            self._timer = self.node.create_timer(period_from_hz(p["execute_hz"]), self._on_tick)
+
+    def on_chunk(self, chunk: ActionChunk | None, was_running: bool) -> None:
+        """After each decision: the new chunk, or None when the core stopped (immediate zero)."""
+        if chunk is None:
+            if was_running:
+                self._stopped_since = time.monotonic()
+            self.executor.reset_to_zero()
+            return
+        self.executor.set_chunk(chunk)
+
+    def _on_tick(self) -> None:
+        if self.core.safety.stopped:
+            self.core.on_executed(self._zero)
+            if time.monotonic() - self._stopped_since <= self.params["zero_cmd_hold"]:
+                self.publish(self._zero)
+            return
+        command = self.executor.command(self.node.get_clock().now().nanoseconds * 1e-9)
+        self.core.on_executed(command)
+        self.publish(command)
+
+    def _on_external_cmd_vel(self, msg) -> None:
+        twist = msg.twist if isinstance(msg, TwistStamped) else msg
+        self.core.on_executed(twist_to_action(twist, self.params["twist_mapping"]))
+
+    def publish(self, values: np.ndarray) -> None:
+        twist = action_to_twist(values, self.params["twist_mapping"])
+        if self.params["twist_stamped"]:
+            self.publisher.publish(stamped(twist, self.node.get_clock().now().to_msg(), CMD_VEL_FRAME))
+        else:
+            self.publisher.publish(twist)
+
+    def publish_zero(self) -> None:
+        """Final zero command (shutdown): the robot must not keep the last velocity."""
+        if self.publisher is not None:
+            self.publish(self._zero)

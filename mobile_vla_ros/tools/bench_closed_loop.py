@@ -1,0 +1,145 @@
+"""`mobile-vla-bench closed-loop`: how well the robot is controlled as the VLM gets slower.
+
+For each (VLM latency, vlm_hz) setting, mode and task set, the same held-out seeds are driven
+closed loop in sim time by the robot's code (tools/closed_loop.py): `sync` (every decision waits
+for a forward), `async-no-motion` (the two nodes, a model without the motion input) and
+`async-motion` (the two nodes, the shipped model with it). Reports success, mean time to target,
+path length / straight-line distance and command smoothness (mean |change| of the executed
+command per cmd_vel step); Markdown + JSON + one PNG. Runs are spread over processes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+CPU_STAND_IN = "cpu"  # the latency of the shipped stand-in VLM's real forward on this machine
+DEFAULT_SETTINGS = ((CPU_STAND_IN, 3.33), (0.3, 3.33), (0.3, 1.0), (1.5, 0.59))
+MODES = ("sync", "async-no-motion", "async-motion")
+
+
+@dataclass(frozen=True)
+class Run:
+    task_set: str
+    mode: str
+    latency: float | str
+    vlm_hz: float
+
+
+def measured_forward_seconds(model_dir: Path, repeats: int = 20) -> float:
+    """Median forward of the model's VLM on a sim frame on this machine (the CPU stand-in's latency)."""
+    from ..core.model_spec import ModelSpec
+    from ..sim.world import SimRobot, sample_task
+    from ..vlm.base import ExtractorConfig, create_extractor
+
+    spec = ModelSpec.load(model_dir)
+    extractor = create_extractor(ExtractorConfig(backend=spec.vlm_backend, pooling=spec.vlm_pooling,
+                                                 model_path=str(model_dir / "vlm"), device="cpu", dtype="fp32"))
+    task = sample_task(1000)
+    with SimRobot(task) as robot:
+        frame = robot.render()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        extractor.extract([frame], task.instruction)
+        times.append(time.perf_counter() - began)
+    return float(np.median(times[2:]))
+
+
+def _run_one(job: tuple[Run, float, list[int], dict[str, str]]) -> dict:
+    from ..sim.world import TIME_LIMITS, SimConfig
+    from .closed_loop import LoopConfig, run_episodes
+
+    run, latency, seeds, models = job
+    model = models["no_motion"] if run.mode == "async-no-motion" else models["motion"]
+    sim_cfg = SimConfig(task_set=run.task_set, held_out_phrasings=run.task_set == "hard",
+                        time_limit=TIME_LIMITS[run.task_set])
+    cfg = LoopConfig(mode="sync" if run.mode == "sync" else "async", vlm_hz=run.vlm_hz, vlm_latency=latency)
+    began = time.monotonic()
+    episodes = run_episodes(seeds, sim_cfg, cfg, Path(model))
+    return {**asdict(run), "latency_s": latency, "model_dir": model, "episodes": episodes,
+            **summarize(episodes), "wall_seconds": time.monotonic() - began}
+
+
+def summarize(episodes: list[dict]) -> dict:
+    ok = [e for e in episodes if e["success"]]
+
+    def mean(key, rows):
+        return float(np.mean([e[key] for e in rows])) if rows else None
+
+    return {"successes": len(ok), "episodes_run": len(episodes), "success_rate": len(ok) / max(len(episodes), 1),
+            "mean_time_to_target_s": mean("duration", ok), "path_ratio": mean("path_ratio", ok),
+            "smoothness": mean("smoothness", episodes)}
+
+
+def run_matrix(models: dict[str, str], seeds: list[int], task_sets: list[str], modes: list[str],
+               settings: list[tuple], workers: int, progress=None) -> list[dict]:
+    forward = measured_forward_seconds(Path(models["motion"])) if any(s[0] == CPU_STAND_IN for s in settings) else 0
+    jobs = [(Run(task_set, mode, lat, hz), forward if lat == CPU_STAND_IN else float(lat), seeds, models)
+            for task_set in task_sets for lat, hz in settings for mode in modes]
+    rows = []
+    if workers <= 1:
+        for job in jobs:
+            rows.append(_run_one(job))
+            if progress:
+                progress(len(rows), len(jobs), rows[-1])
+        return rows
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for row in pool.imap_unordered(_run_one, jobs):
+            rows.append(row)
+            if progress:
+                progress(len(rows), len(jobs), row)
+    order = {(j[0].task_set, j[0].mode, j[0].latency, j[0].vlm_hz): i for i, j in enumerate(jobs)}
+    return sorted(rows, key=lambda r: order[(r["task_set"], r["mode"], r["latency"], r["vlm_hz"])])
+
+
+def _fmt(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| task set | VLM latency | vlm_hz | mode | success | mean time to target s | path / straight line | "
+             "mean \\|Δcmd\\| per step |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        latency = f"CPU stand-in ({r['latency_s'] * 1e3:.0f} ms)" if r["latency"] == CPU_STAND_IN \
+            else f"{r['latency_s']:.1f} s"
+        lines.append(f"| {r['task_set']} | {latency} | {r['vlm_hz']} | {r['mode']} | "
+                     f"{r['successes']}/{r['episodes_run']} ({100 * r['success_rate']:.0f} %) | "
+                     f"{_fmt(r['mean_time_to_target_s'], '.1f')} | {_fmt(r['path_ratio'], '.2f')} | "
+                     f"{_fmt(r['smoothness'], '.4f')} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    task_sets = sorted({r["task_set"] for r in rows}, key=["standard", "hard"].index)
+    fig, axes = plt.subplots(2, len(task_sets), figsize=(5.5 * len(task_sets), 7), squeeze=False)
+    for col, task_set in enumerate(task_sets):
+        for mode in MODES:
+            sel = [r for r in rows if r["task_set"] == task_set and r["mode"] == mode]
+            if not sel:
+                continue
+            labels = [f"{r['latency_s']:.2f} s\n{r['vlm_hz']} Hz" for r in sel]
+            x = np.arange(len(sel))
+            axes[0, col].plot(x, [100 * r["success_rate"] for r in sel], "o-", label=mode)
+            axes[1, col].plot(x, [np.nan if r["mean_time_to_target_s"] is None else r["mean_time_to_target_s"]
+                                  for r in sel], "o-", label=mode)
+            for ax in axes[:, col]:
+                ax.set_xticks(x, labels, fontsize=8)
+        axes[0, col].set_title(f"{task_set} task set")
+        axes[0, col].set_ylabel("success (%)")
+        axes[0, col].set_ylim(-5, 105)
+        axes[1, col].set_ylabel("mean time to target (s)")
+        axes[1, col].set_xlabel("VLM latency / vlm_hz")
+        axes[0, col].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

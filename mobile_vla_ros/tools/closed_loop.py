@@ -1,0 +1,235 @@
+"""Closed-loop episodes of the simulated robot driven in-process, in sim time, by the robot's code.
+
+The pieces are those the nodes run: `VlmScheduler` (which frames and instruction a forward uses),
+the VLM extractor, `ActionExpertCore` (feature cache, sensor window, motion since the image,
+safety gates, backend) and `ChunkExecutor` (step by time, limits last). What the nodes get from
+threads and DDS is modelled in sim time: a forward's features arrive `vlm_latency` s after it
+started (the forward itself really runs), a VLM tick that finds the forward busy is skipped and
+the next forward starts when it ends, the action tick runs at `action_hz` and `cmd_vel` at
+`execute_hz`. Time stands still during a forward, so the result does not depend on this machine's
+speed: the same seed gives the same episode, faster than real time.
+
+Modes: `async` (the two nodes: chunks at action_hz on the newest features) and `sync` (the
+synchronous loop of sync_baseline_node: the VLM ticks at SYNC_LOOP_VLM_HZ, every decision waits for
+a forward on the newest image, then runs the action core once; the robot executes that one chunk
+and waits for the next decision).
+
+`mobile-vla-bench closed-loop` runs the matrix of modes and VLM latencies on this; the main job
+(`mobile-vla-bringup --sim`) and `--mode sync` run the same episodes through the real nodes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.action_pipeline import ActionExpertCore
+from ..core.chunk_executor import ChunkExecutor
+from ..core.model_spec import ModelSpec
+from ..core.params import ACTION_NODE_PARAMS, SYNC_LOOP_VLM_HZ, VLM_NODE_PARAMS, spec_by_name
+from ..core.vlm_schedule import CameraFrame, ForwardInputs, VlmScheduler
+from ..sim.episode import SimEpisode
+from ..sim.messages import SIM_EPOCH
+from ..sim.world import SimConfig, sample_task
+
+MODES = ("async", "sync")
+_ACTION = spec_by_name(ACTION_NODE_PARAMS)
+_VLM = spec_by_name(VLM_NODE_PARAMS)
+
+
+def feature_age_limit(vlm_latency: float, vlm_hz: float) -> float:
+    """max_feature_age for a VLM of this latency and rate: features are up to latency + one period
+    old when the next ones arrive; twice the latency plus a period leaves room for one late forward."""
+    return max(float(_ACTION["max_feature_age"].default), 2 * vlm_latency + 1.0 / vlm_hz)
+
+
+@dataclass
+class LoopConfig:
+    mode: str = "async"
+    vlm_hz: float = 3.33
+    vlm_latency: float = 0.0           # s from a forward's start to its features (>= the real forward)
+    action_hz: float = 10.0
+    execute_hz: float = float(_ACTION["execute_hz"].default)
+    max_feature_age: float | None = None  # None: feature_age_limit(latency, vlm_hz)
+    max_sensor_gap: float = float(_ACTION["max_sensor_gap"].default)
+    max_image_age: float = float(_VLM["max_image_age"].default)
+    action_limits: tuple[float, ...] = tuple(_ACTION["action_limits"].default)
+    max_action_step: tuple[float, ...] = tuple(_ACTION["max_action_step"].default)
+    twist_mapping: tuple[str, ...] = tuple(_ACTION["twist_mapping"].default)
+    episode_pause: float = 1.0         # s the scene is shown with the base still (sim_node's episode_pause)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.max_feature_age is None:
+            self.max_feature_age = feature_age_limit(self.vlm_latency, self.vlm_hz)
+
+
+def _forward_cost(extractor, frames: list[CameraFrame], instruction: str) -> np.ndarray:
+    return extractor.extract([f.rgb for f in frames], instruction).astype(np.float32)
+
+
+class ClosedLoopEpisode:
+    """One episode: the sim, the VLM schedule and the action core advanced event by event."""
+
+    def __init__(self, task, sim_cfg: SimConfig, cfg: LoopConfig, spec: ModelSpec, backend, extractor) -> None:
+        self.cfg, self.spec, self.extractor = cfg, spec, extractor
+        self.episode = SimEpisode(task, sim_cfg)
+        self.core = ActionExpertCore(spec, backend, cfg.max_feature_age, cfg.max_sensor_gap, cfg.twist_mapping)
+        self.executor = ChunkExecutor(spec.action_dim, cfg.action_limits, cfg.max_action_step)
+        self.schedule = VlmScheduler(cfg.max_image_age)
+        # The VLM timer's phase relative to the episode is arbitrary on a robot: drawn from the seed.
+        self.vlm_phase = float(np.random.default_rng([task.seed, 7]).uniform(0, 1.0 / cfg.vlm_hz))
+        self.pending: tuple[float, ForwardInputs, np.ndarray] | None = None  # (ready at, inputs, features)
+        self.skipped = False
+        self.command = np.zeros(spec.action_dim, dtype=np.float32)
+        self.commands: list[np.ndarray] = []
+        self.forwards = 0
+        self.chunks = 0
+        self.ages: list[float] = []
+        self.started = False
+
+    def clock(self, t: float) -> float:
+        """ROS-time stamp of sim time t (the sim's epoch, as sim_node stamps)."""
+        return SIM_EPOCH + t
+
+    # -- VLM ------------------------------------------------------------------------------------
+    def _start_forward(self, t: float) -> None:
+        inputs, _ = self.schedule.select(self.clock(t))
+        if inputs is None:
+            return
+        features = _forward_cost(self.extractor, inputs.frames, inputs.instruction)
+        self.pending = (t + self.cfg.vlm_latency, inputs, features)
+        self.forwards += 1
+
+    def _vlm_tick(self, t: float) -> None:
+        if self.pending is not None:
+            self.skipped = True
+            return
+        self._start_forward(t)
+
+    def _finish_forward(self) -> None:
+        ready, inputs, features = self.pending
+        self.pending = None
+        if self.schedule.is_current(inputs):
+            self.core.on_features(features, inputs.newest.stamp, self.clock(ready))
+            if self.cfg.mode == "sync":
+                self._decide(ready)
+        if self.skipped:  # a tick found the forward busy: the next one starts now (vlm_node's catch-up)
+            self.skipped = False
+            self._start_forward(ready)
+
+    # -- action ---------------------------------------------------------------------------------
+    def _decide(self, t: float) -> None:
+        result = self.core.tick(self.clock(t))
+        if result.chunk is None:
+            self.executor.reset_to_zero()
+            return
+        self.executor.set_chunk(result.chunk)
+        self.chunks += 1
+        self.ages.append(result.feature_age)
+
+    def _execute(self, t: float) -> None:
+        if self.core.safety.stopped and self.cfg.mode == "async":
+            self.command = np.zeros(self.spec.action_dim, dtype=np.float32)
+        else:
+            self.command = self.executor.command(self.clock(t))
+        self.core.on_executed(self.command)
+        if self.started and not self.episode.done:
+            self.commands.append(self.command.copy())
+
+    # -- episode --------------------------------------------------------------------------------
+    def _feed(self, events) -> None:
+        for event in events:
+            stamp = self.clock(event.t)
+            if event.kind == "imu":
+                self.core.on_sensor(stamp, event.data, stamp)
+            elif self.schedule.add_frame("camera", CameraFrame(event.data, stamp, "camera")) and self.pending is None:
+                self._start_forward(event.t)
+
+    def run(self) -> dict:
+        cfg, episode = self.cfg, self.episode
+        instruction_at = episode.time
+        self.schedule.set_instruction(episode.task.instruction, self.clock(instruction_at))
+        self.core.on_instruction(episode.task.instruction, self.clock(instruction_at))
+        vlm_hz = SYNC_LOOP_VLM_HZ if cfg.mode == "sync" else cfg.vlm_hz
+        periods = {"execute": 1.0 / cfg.execute_hz, "action": 1.0 / cfg.action_hz, "vlm": 1.0 / vlm_hz}
+        next_at = {"execute": 0.0, "action": periods["action"], "vlm": self.vlm_phase}
+        if cfg.mode == "sync":
+            next_at.pop("action")
+        while not episode.done:
+            due = dict(next_at)
+            if self.pending is not None:
+                due["forward_done"] = self.pending[0]
+            kind = min(due, key=due.get)
+            t = due[kind]
+            if not self.started and t >= cfg.episode_pause:
+                self._feed(episode.advance(0.0, 0.0, cfg.episode_pause, active=False))
+                episode.start()
+                self.started = True
+            if self.started:
+                v, w = (float(x) for x in self._twist(self.command))
+                self._feed(episode.advance(v, w, t))
+            else:
+                self._feed(episode.advance(0.0, 0.0, t, active=False))
+            if episode.done:
+                break
+            if kind == "forward_done":
+                self._finish_forward()
+                continue
+            next_at[kind] += periods[kind]
+            if kind == "execute":
+                self._execute(t)
+            elif kind == "action":
+                self._decide(t)
+            else:
+                self._vlm_tick(t)
+        return self._summary()
+
+    def _twist(self, command: np.ndarray) -> tuple[float, float]:
+        from ..core.motion import twist_components
+
+        return twist_components(command, self.cfg.twist_mapping)
+
+    def _summary(self) -> dict:
+        result = self.episode.result().to_dict()
+        path = np.asarray(result["path"])
+        length = float(np.sum(np.hypot(*np.diff(path, axis=0).T))) if len(path) > 1 else 0.0
+        task = self.episode.task
+        x0, y0, _ = task.start
+        target = task.target_object
+        straight = max(math.hypot(target.x - x0, target.y - y0) - target.radius - self.episode.cfg.success_radius,
+                       1e-6)
+        cmds = np.asarray(self.commands) if self.commands else np.zeros((1, self.spec.action_dim))
+        return {**result, "path_ratio": length / straight, "path_length": length,
+                "smoothness": float(np.mean(np.abs(np.diff(cmds, axis=0)))) if len(cmds) > 1 else 0.0,
+                "forwards": self.forwards, "chunks": self.chunks,
+                "feature_age_p50": float(np.median(self.ages)) if self.ages else None}
+
+    def close(self) -> None:
+        self.episode.close()
+
+
+def run_episodes(seeds: list[int], sim_cfg: SimConfig, cfg: LoopConfig, model_dir, progress=None) -> list[dict]:
+    """Closed-loop episodes for `seeds` with the model in `model_dir` (ONNX Runtime, CPU VLM)."""
+    from ..core.backends import create_backend
+    from ..vlm.base import ExtractorConfig, create_extractor
+
+    spec = ModelSpec.load(model_dir)
+    backend = create_backend("onnxruntime", model_dir, spec)
+    extractor = create_extractor(ExtractorConfig(backend=spec.vlm_backend, pooling=spec.vlm_pooling,
+                                                 model_path=str(model_dir / "vlm"), device="cpu", dtype="fp32"))
+    rows = []
+    for i, seed in enumerate(seeds):
+        began = time.monotonic()
+        loop = ClosedLoopEpisode(sample_task(seed, sim_cfg), sim_cfg, cfg, spec, backend, extractor)
+        try:
+            rows.append({**loop.run(), "wall_seconds": time.monotonic() - began})
+        finally:
+            loop.close()
+        if progress is not None:
+            progress(i + 1, rows)
+    return rows
