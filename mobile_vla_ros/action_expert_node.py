@@ -37,6 +37,7 @@ from .ros.node_support import (
     install_live_parameters,
     run_node,
     valid_instruction,
+    watch_clock_jumps,
 )
 
 
@@ -75,6 +76,8 @@ class ActionExpertNode(Node):
         self.create_subscription(String, "instruction", self._on_instruction, LATCHED_QOS)
         self._action_timer = self.create_timer(period_from_hz(p["action_hz"]), self._on_action_tick)
         self.create_timer(1.0, self._publish_diagnostics)
+        self._jumps_seen = 0
+        self._jump_handle = watch_clock_jumps(self, self._on_clock_jump)
         install_live_parameters(self, ACTION_NODE_PARAMS, self.params, self._check_live, self._apply_live)
 
     def _now(self) -> float:
@@ -94,9 +97,26 @@ class ActionExpertNode(Node):
             self._action_timer = self.create_timer(period_from_hz(p["action_hz"]), self._on_action_tick)
         self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
 
+    # -- clock jumps ----------------------------------------------------------------------------
+    def _on_clock_jump(self, jump=None) -> None:
+        """rclpy's jump callback (sim time) or a jump the core saw in the clock readings."""
+        if jump is not None:
+            self.core.clock_jumped(self._now())
+        self._after_clock_jump()
+
+    def _after_clock_jump(self) -> None:
+        if self.core.clock_jumps == self._jumps_seen:
+            return
+        self._jumps_seen = self.core.clock_jumps
+        self.output.on_chunk(None, was_running=True)
+        self.output.publish_zero()  # now, not at the next tick
+        self.get_logger().warning("clock jumped: sensor window, features and motion cleared; stopped until "
+                                  "fresh data arrive", throttle_duration_sec=1.0)
+
     # -- inputs ---------------------------------------------------------------------------------
     def _on_sensor(self, msg) -> None:
         result = self.core.on_sensor(stamp_to_sec(msg.header.stamp), self._to_sample(msg), self._now())
+        self._after_clock_jump()
         if result is PushResult.ACCEPTED:
             self.sensor_rate.tick()
         else:
@@ -121,6 +141,7 @@ class ActionExpertNode(Node):
     def _on_action_tick(self) -> None:
         previous = self.core.safety.reason
         result = self.core.tick(self._now())
+        self._after_clock_jump()
         if result.reason is not previous:
             if result.chunk is None:
                 self.get_logger().warning(f"safe stop: {self.core.safety.describe()}")
@@ -152,6 +173,8 @@ class ActionExpertNode(Node):
             **self.counts, "features_rejected": core.rejected_features,
             **{f"sensor_{r.value}": n for r, n in core.sensor.counts.items() if r is not PushResult.ACCEPTED},
             "clamped_values": self.output.executor.clamped_values,
+            "rate_limited_values": self.output.executor.rate_limited_values,
+            "exhausted_chunk_steps": self.output.executor.exhausted_steps, "clock_jumps": core.clock_jumps,
         }
         self.diag_pub.publish(diagnostics(self, level, safety.describe(), values))
 

@@ -20,7 +20,7 @@ from .core.model_spec import ModelSpec, ModelSpecError, check_params
 from .core.params import VLM_NODE_PARAMS, ParamSpec
 from .core.scheduling import SingleFlightWorker, period_from_hz
 from .core.stats import LatencyStats, RateMeter
-from .core.validation import check_stamp
+from .core.validation import ClockWatch, check_stamp
 from .core.vlm_schedule import CameraFrame, ForwardInputs, VlmScheduler
 from .paths import default_model_dir, resolve_dir
 from .ros.conversions import ConversionError, features_to_image, image_to_rgb, sec_to_stamp, stamp_to_sec
@@ -33,6 +33,7 @@ from .ros.node_support import (
     install_live_parameters,
     run_node,
     valid_instruction,
+    watch_clock_jumps,
 )
 from .vlm.base import ExtractorConfig, VlmLoadError, create_extractor
 
@@ -53,6 +54,7 @@ class VlmNode(Node):
 
         self._lock = threading.Lock()  # guards the scheduler between executor and worker
         self.schedule = VlmScheduler(p["max_image_age"])
+        self.clock_watch = ClockWatch()
         # A guard condition wakes the executor from the worker thread, so a catch-up tick after a
         # forward that outlasted the VLM period runs in the executor like every other tick.
         self._retick = self.create_guard_condition(self._on_tick)
@@ -60,7 +62,7 @@ class VlmNode(Node):
         self.forward_latency = LatencyStats()
         self.feature_rate = RateMeter()
         self.counts = {"images_rejected": 0, "instructions_rejected": 0, "skipped_no_input": 0,
-                       "forward_errors": 0, "discarded_old_instruction": 0}
+                       "forward_errors": 0, "discarded_old_instruction": 0, "clock_jumps": 0}
         self._last_status = "waiting for instruction and images"
 
         self.features_pub = self.create_publisher(Image, "vl_features", LATCHED_QOS)
@@ -70,6 +72,7 @@ class VlmNode(Node):
         self.create_subscription(String, "instruction", self._on_instruction, LATCHED_QOS)
         self._tick_timer = self.create_timer(period_from_hz(p["vlm_hz"]), self._on_tick)
         self.create_timer(1.0, self._publish_diagnostics)
+        self._jump_handle = watch_clock_jumps(self, lambda jump: self._restart_timeline(self._now()))
         install_live_parameters(self, param_specs, self.params, self._check_live, self._apply_live)
 
     def _check_action_model(self) -> None:
@@ -101,11 +104,30 @@ class VlmNode(Node):
             self._tick_timer = self.create_timer(period_from_hz(changes["vlm_hz"]), self._on_tick)
             self.get_logger().info(f"vlm_hz -> {changes['vlm_hz']}")
 
+    # -- clock jumps ----------------------------------------------------------------------------
+    def _read_clock(self) -> float:
+        """ROS time now; a jump since the last reading restarts the timeline."""
+        now = self._now()
+        with self._lock:
+            jumped = self.clock_watch.check(now) is not None
+        if jumped:
+            self._restart_timeline(now)
+        return now
+
+    def _restart_timeline(self, now: float) -> None:
+        """Frames and a forward in flight are of the old timeline: dropped; the next fresh frame starts one."""
+        with self._lock:
+            self.schedule.restart_timeline(now)
+            self.clock_watch.last = now
+        self.counts["clock_jumps"] += 1
+        self.get_logger().warning("clock jumped: buffered images and the forward in flight dropped",
+                                  throttle_duration_sec=1.0)
+
     # -- inputs ---------------------------------------------------------------------------------
     def _on_image(self, topic: str, msg: Image) -> None:
         stamp = stamp_to_sec(msg.header.stamp)
         try:
-            reason = check_stamp(stamp, self._now())
+            reason = check_stamp(stamp, self._read_clock())
             if reason is not None:
                 raise ConversionError(reason)
             rgb = image_to_rgb(msg)
@@ -132,8 +154,9 @@ class VlmNode(Node):
     def _on_tick(self) -> None:
         if self.worker.skip_if_busy():
             return
+        now = self._read_clock()
         with self._lock:
-            inputs, why = self.schedule.select(self._now())
+            inputs, why = self.schedule.select(now)
         if inputs is None:
             self.counts["skipped_no_input"] += 1
             self._last_status = why

@@ -83,3 +83,25 @@ def test_vlm_node_refuses_features_the_action_model_was_not_trained_on(processes
     processes.append(unchecked)
     wait_for(lambda: "feature dim 64" in unchecked.output() or not unchecked.alive(), 60, "qwen vlm_node start")
     assert unchecked.alive(), unchecked.output()
+
+
+def test_a_malformed_parameter_file_ends_in_one_line_naming_file_and_line(tmp_path):
+    """rcl itself would end in a traceback ('Couldn't parse params file'); the nodes and bring-up name
+    the file and the line instead and exit with 2 before starting anything."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "robot.yaml"
+    bad.write_text("/**/action_expert_node:\n  ros__parameters:\n    action_hz: [10.0\n    backend: auto\n")
+    commands = [[sys.executable, "-m", f"mobile_vla_ros.{m}", "--ros-args", "--params-file", str(bad)]
+                for m in ("action_expert_node", "vlm_node")]
+    commands.append([sys.executable, "-m", "mobile_vla_ros.tools.bringup", "--params-file", str(bad)])
+    for command in commands:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"{bad}:4: not valid YAML" in lines[0]
+    not_sections = tmp_path / "list.yaml"
+    not_sections.write_text("- action_hz: 10.0\n")
+    proc = subprocess.run(commands[0][:-1] + [str(not_sections)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "expected node sections" in proc.stderr

@@ -19,7 +19,7 @@ from .motion import MotionHistory, sample_yaw_rate, twist_components
 from .safety import SafetyState, StopReason
 from .sensor_window import SENSOR_LIMITS, PushResult, SensorWindow, WindowStatus
 from .stats import LatencyStats
-from .validation import check_stamp
+from .validation import MAX_FUTURE, ClockWatch, check_stamp
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,9 @@ class ActionExpertCore:
         self.latency = LatencyStats()
         self.rejected_features = 0
         self.inference_errors = 0
+        self.clock = ClockWatch()
+        self.clock_jumps = 0
+        self._after_jump = False  # stopped for a clock jump until a window and features of the new timeline exist
 
     def _motion_horizon(self) -> float:
         return self.max_feature_age + 1.0
@@ -61,6 +64,25 @@ class ActionExpertCore:
             self.motion.horizon = self._motion_horizon()
 
     # -- inputs ---------------------------------------------------------------------------------
+    def watch_clock(self, now: float) -> str | None:
+        """Call with every clock reading (each input and tick). On a jump ('backward' / 'forward',
+        returned) everything of the old timeline is dropped; the caller zeroes its commands."""
+        jump = self.clock.check(now)
+        if jump is not None:
+            self.clock_jumped(now)
+        return jump
+
+    def clock_jumped(self, now: float) -> None:
+        """Forget the sensor window, features and motion of the old timeline; stop until fresh ones arrive."""
+        self.sensor.clear()
+        self.features.restart_timeline(now)
+        if self.motion is not None:
+            self.motion.clear()
+        self._executed = (0.0, 0.0)
+        self._after_jump = True
+        self.clock.last = now
+        self.clock_jumps += 1
+
     def on_executed(self, action) -> None:
         """The command the robot executes from now on (action vector, mapped by twist_mapping)."""
         self._executed = twist_components(action, self.twist_mapping)
@@ -70,6 +92,7 @@ class ActionExpertCore:
 
     def on_features(self, features: np.ndarray, source_stamp: float, now: float) -> str | None:
         """Store features; returns a reason when they are rejected (stamp, shape/dtype, old instruction)."""
+        self.watch_clock(now)
         bad_stamp = check_stamp(source_stamp, now)
         if bad_stamp is not None:
             self.rejected_features += 1
@@ -87,6 +110,7 @@ class ActionExpertCore:
         return None
 
     def on_sensor(self, stamp: float, values, now: float) -> PushResult:
+        self.watch_clock(now)
         bad_stamp = check_stamp(stamp, now)
         if bad_stamp is not None:
             result = PushResult(bad_stamp)
@@ -100,6 +124,7 @@ class ActionExpertCore:
 
     # -- tick -----------------------------------------------------------------------------------
     def tick(self, now: float) -> TickResult:
+        self.watch_clock(now)
         result = self._evaluate(now)
         self.safety.update(result.reason, result.detail)
         return result
@@ -107,14 +132,23 @@ class ActionExpertCore:
     def _evaluate(self, now: float) -> TickResult:
         if self.features.instruction is None:
             return TickResult(None, StopReason.NO_INSTRUCTION)
+        if self._after_jump:
+            if self.features.latest() is None or len(self.sensor) < self.spec.sensor_window:
+                return TickResult(None, StopReason.CLOCK_JUMPED)
+            self._after_jump = False
         cached = self.features.latest()
         if cached is None:
             reason = StopReason.NO_FEATURES if self.features.updates == 0 else StopReason.INSTRUCTION_CHANGED
             return TickResult(None, reason)
         age = now - cached.source_stamp
+        if age < -MAX_FUTURE:  # never a pass: features of an image the clock has not reached yet
+            return TickResult(None, StopReason.FROM_THE_FUTURE, f"VL features {-age:.2f} s ahead of the clock", age)
         if age > self.max_feature_age:
             return TickResult(None, StopReason.FEATURES_STALE, f"age {age:.2f} s > {self.max_feature_age} s", age)
-        window = self.sensor.window(self.spec.sensor_window, now, self.max_sensor_gap)
+        window = self.sensor.window(self.spec.sensor_window, now, self.max_sensor_gap, MAX_FUTURE)
+        if window.status is WindowStatus.AHEAD:
+            return TickResult(None, StopReason.FROM_THE_FUTURE,
+                              f"newest sensor sample {-window.largest_gap:.2f} s ahead of the clock", age)
         if window.status is WindowStatus.INCOMPLETE:
             return TickResult(None, StopReason.WINDOW_INCOMPLETE, f"{len(self.sensor)} samples", age)
         if window.status is WindowStatus.GAP:

@@ -21,8 +21,10 @@ class ActionChunk:
     actions: np.ndarray  # float32 [K, D]
 
     def step_index(self, now: float) -> int:
-        """Index of the action active at `now`; may be >= K when the chunk is used up."""
-        return max(0, math.floor((now - self.stamp) / self.dt + 1e-9))
+        """Index of the action active at `now`: >= K when the chunk is used up, -1 more than a step
+        before the chunk's stamp (the clock went back): then no action of this chunk applies."""
+        k = math.floor((now - self.stamp) / self.dt + 1e-9)
+        return -1 if k < -1 else max(0, k)
 
 
 def clamp_to_limits(actions: np.ndarray, limits: np.ndarray) -> tuple[np.ndarray, int]:
@@ -61,15 +63,11 @@ class ChunkExecutor:
         if self._chunk is None or chunk.stamp >= self._chunk.stamp:
             self._chunk = chunk
 
-    def stop(self) -> None:
-        """Drop the current chunk: the next commands ramp towards zero."""
-        self._chunk = None
-
     def command(self, now: float) -> np.ndarray:
         target = np.zeros(self.action_dim, dtype=np.float32)
         if self._chunk is not None:
             k = self._chunk.step_index(now)
-            if k < len(self._chunk.actions):
+            if 0 <= k < len(self._chunk.actions):
                 target = self._chunk.actions[k]
             else:
                 self.exhausted_steps += 1

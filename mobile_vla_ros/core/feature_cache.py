@@ -65,5 +65,9 @@ class FeatureCache:
         """Seconds between the source image of the cached features and `now`; None when empty."""
         return None if self._latest is None else now - self._latest.source_stamp
 
-    def clear(self) -> None:
+    def restart_timeline(self, now: float) -> None:
+        """After a clock jump: drop the features (their stamps are of the old timeline) and date the
+        current instruction from `now`, so features computed in the new timeline are accepted."""
         self._latest = None
+        if self._instruction is not None:
+            self._instruction_since = now

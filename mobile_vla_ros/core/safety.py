@@ -13,6 +13,8 @@ class StopReason(enum.Enum):
     FEATURES_STALE = "VL features older than max_feature_age"
     WINDOW_INCOMPLETE = "sensor window incomplete"
     SENSOR_GAP = "sensor gap longer than max_sensor_gap"
+    FROM_THE_FUTURE = "input stamped ahead of the clock"
+    CLOCK_JUMPED = "clock jumped; waiting for fresh data"
     INFERENCE_ERROR = "inference error"
     NON_FINITE_OUTPUT = "non-finite model output"
 

@@ -56,6 +56,7 @@ class WindowStatus(enum.Enum):
     OK = "ok"
     INCOMPLETE = "window_incomplete"
     GAP = "sensor_gap"
+    AHEAD = "ahead_of_clock"  # the newest sample lies ahead of now (the clock went back)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Window:
     status: WindowStatus
     stamps: np.ndarray | None = None  # float64 [W], increasing
     values: np.ndarray | None = None  # float32 [W, C]
-    largest_gap: float = 0.0  # largest spacing inside the window or since its newest sample
+    largest_gap: float = 0.0  # largest spacing inside the window or since its newest sample (< 0: AHEAD)
 
     @property
     def newest_stamp(self) -> float:
@@ -123,11 +124,12 @@ class SensorWindow:
         self._next = 0
         self._newest = float("-inf")
 
-    def window(self, size: int, now: float, max_gap: float) -> Window:
+    def window(self, size: int, now: float, max_gap: float, max_ahead: float = 0.5) -> Window:
         """The newest `size` samples in time order, or why there is no usable window.
 
         A gap is any spacing between consecutive samples, or between the newest sample and `now`,
-        longer than `max_gap` seconds.
+        longer than `max_gap` seconds. A newest sample more than `max_ahead` s after `now` is never a
+        pass (its age is negative: the clock went back), whatever max_gap says.
         """
         if size > self.capacity:
             raise ValueError(f"window of {size} samples asked from a buffer of {self.capacity}")
@@ -136,6 +138,8 @@ class SensorWindow:
         idx = (np.arange(self._next - size, self._next)) % self.capacity
         stamps = self._stamps[idx]
         since_newest = now - stamps[-1]
+        if since_newest < -max_ahead:
+            return Window(WindowStatus.AHEAD, largest_gap=since_newest)
         largest = max(float(np.max(np.diff(stamps))) if size > 1 else 0.0, since_newest)
         if largest > max_gap:
             return Window(WindowStatus.GAP, largest_gap=largest)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .validation import MAX_FUTURE
+
 
 @dataclass(frozen=True)
 class CameraFrame:
@@ -67,12 +69,22 @@ class VlmScheduler:
             return None, "no instruction yet"
         if not self.frames:
             return None, "no images yet"
+        # A frame ahead of the clock (negative age: the clock went back) is never fresh.
         frames = [f for f in self.frames.values()
-                  if now - f.stamp <= self.max_image_age and f.stamp >= self.instruction_since]
+                  if -MAX_FUTURE <= now - f.stamp <= self.max_image_age and f.stamp >= self.instruction_since]
         if not frames:
             return None, f"no image newer than max_image_age ({self.max_image_age} s) and the instruction"
         self._first_forward_pending = False
         return ForwardInputs(frames, self.instruction, self.epoch), ""
+
+    def restart_timeline(self, now: float) -> None:
+        """After a clock jump: frames and any forward in flight belong to the old timeline; the
+        instruction stays and is dated `now`, and the first fresh frame starts a forward."""
+        self.frames.clear()
+        if self.instruction is not None:
+            self.instruction_since = now
+            self.epoch += 1
+            self._first_forward_pending = True
 
     def is_current(self, inputs: ForwardInputs) -> bool:
         """False when the instruction changed while the forward ran (its features are for the old one)."""

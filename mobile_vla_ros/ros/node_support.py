@@ -5,6 +5,7 @@ validation, QoS profiles, diagnostics messages, and the common `main` wrapper.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ from std_msgs.msg import Header
 
 from ..core import params as P
 from ..core.validation import check_instruction
+from ..params_files import first_params_file_error, params_files_in
 
 SENSOR_QOS = qos_profile_sensor_data
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -120,6 +122,20 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def watch_clock_jumps(node: Node, callback: Callable) -> object:
+    """rclpy's jump callback on the node's clock (it fires when /clock jumps under use_sim_time): a
+    backward step beyond CLOCK_JUMP_BACKWARD or a forward one beyond CLOCK_JUMP_FORWARD. Keep the
+    returned handle. The nodes also compare their clock readings, which covers every clock type."""
+    from rclpy.clock import JumpThreshold
+    from rclpy.duration import Duration
+
+    from ..core.validation import CLOCK_JUMP_BACKWARD, CLOCK_JUMP_FORWARD
+
+    threshold = JumpThreshold(min_forward=Duration(seconds=CLOCK_JUMP_FORWARD),
+                              min_backward=Duration(seconds=-CLOCK_JUMP_BACKWARD), on_clock_change=True)
+    return node.get_clock().create_jump_handle(threshold, post_callback=callback)
+
+
 STOP_CHECK_PERIOD = 0.1  # s: the longest an idle node takes to notice SIGINT/SIGTERM
 
 
@@ -135,6 +151,10 @@ def run_node(factory: Callable[[], Node], args=None, on_shutdown: Callable[[Node
     not safe: landing inside rclpy's C++ message conversion it surfaces as a RuntimeError.)
     Configuration errors exit with code 2 and one fatal line.
     """
+    bad_file = first_params_file_error(params_files_in(sys.argv if args is None else args))
+    if bad_file:  # rcl would end in a traceback; one line instead
+        print(f"[FATAL] [mobile_vla_ros]: start-up failed: {bad_file}", file=sys.stderr)
+        return 2
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda signum, frame: stop.set())

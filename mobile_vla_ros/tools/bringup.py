@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from ..params_files import first_params_file_error
 from ..paths import share_dir
 
 NODES = ("vlm_node", "action_expert_node")
@@ -140,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         if not f.is_file():
             print(f"mobile-vla-bringup: error: --params-file {f}: no such file", file=sys.stderr)
             return 2
+    bad_file = first_params_file_error(params_files)
+    if bad_file:  # before anything starts, instead of one traceback per node
+        print(f"mobile-vla-bringup: error: {bad_file}", file=sys.stderr)
+        return 2
     if args.sim:
         return _sim(args, params_files)
     commands = {name: node_command(name, params_files, args.namespace, args.log_level) for name in NODES}
