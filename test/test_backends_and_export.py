@@ -10,6 +10,7 @@ import torch
 
 from mobile_vla_ros.core.backends import BackendUnavailable, OnnxRuntimeBackend, TorchBackend, create_backend
 from mobile_vla_ros.core.model_spec import ModelSpec, ModelSpecError, check_params
+from mobile_vla_ros.core.motion import MOTION_INPUT
 from mobile_vla_ros.models.action_expert import ActionExpert, ActionExpertConfig
 from mobile_vla_ros.paths import default_model_dir
 from mobile_vla_ros.tools.export import verify_onnx, write_model_dir
@@ -57,10 +58,36 @@ def test_torch_and_onnxruntime_backends_agree_and_auto_picks_onnxruntime():
     spec = ModelSpec.load(default_model_dir())
     f = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
     w = np.random.default_rng(1).standard_normal((3, 65, 6)).astype(np.float32)
-    ort_out = OnnxRuntimeBackend(default_model_dir(), spec).run(f, w)
-    torch_out = TorchBackend(default_model_dir(), spec, device="cpu").run(f, w)
+    m = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32) if spec.motion_input else None
+    ort_out = OnnxRuntimeBackend(default_model_dir(), spec).run(f, w, m)
+    torch_out = TorchBackend(default_model_dir(), spec, device="cpu").run(f, w, m)
     assert np.max(np.abs(ort_out - torch_out)) <= 1e-4
     assert create_backend("auto", default_model_dir(), spec).name.startswith("onnxruntime")
+
+
+@pytest.mark.parametrize("motion_input", [None, MOTION_INPUT])
+def test_two_and_three_input_models_export_and_run_on_every_cpu_backend(tmp_path, motion_input):
+    spec = ModelSpec.load(default_model_dir())
+    spec.motion_input = motion_input
+    spec.normalization.motion_mean, spec.normalization.motion_std = ([1.0, 0.2, 0.0, 0.1], [1.0, 0.3, 0.2, 0.5]) \
+        if motion_input else ([], [])
+    torch.manual_seed(0)
+    model = ActionExpert(ActionExpertConfig.from_spec(spec)).eval()
+    model.set_normalization(spec.normalization)
+    assert write_model_dir(model, spec, tmp_path / "m") <= 1e-4
+    loaded = ModelSpec.load(tmp_path / "m")
+    assert loaded.motion_input == motion_input and loaded.normalization.motion_std == spec.normalization.motion_std
+    rng = np.random.default_rng(0)
+    f, w = rng.standard_normal((2, 64)).astype(np.float32), rng.standard_normal((2, 65, 6)).astype(np.float32)
+    motion = rng.standard_normal((2, 4)).astype(np.float32) if motion_input else None
+    ort = OnnxRuntimeBackend(tmp_path / "m", loaded)
+    out = ort.run(f, w, motion)
+    assert np.max(np.abs(out - TorchBackend(tmp_path / "m", loaded, device="cpu").run(f, w, motion))) <= 1e-4
+    if motion_input:
+        other = ort.run(f, w, motion + 1.0)
+        assert np.max(np.abs(other - out)) > 1e-3  # the motion reaches the actions
+        with pytest.raises(ValueError, match="motion_since_image"):
+            ort.run(f, w)
 
 
 def test_tensorrt_missing_is_a_clear_error():

@@ -94,7 +94,9 @@ def test_bad_bags_give_one_line_errors(bags, tmp_path):
         assert out.returncode == 2, out.stderr
         assert fragment in out.stderr and "Traceback" not in out.stderr, out.stderr
 
-    fails(["--bag", str(tmp_path / "nowhere")], "cannot be read as a rosbag2 or ROS 1 bag")
+    fails(["--bag", str(tmp_path / "nowhere")], "no such bag or directory")
+    (tmp_path / "empty").mkdir()
+    fails(["--bag", str(tmp_path / "empty")], "no rosbag2 bags")
     fails(["--bag", str(bags["sqlite3"]), "--sensor-topic", "/imu"], "no topic /imu for sensor")
     fails(["--bag", str(bags["sqlite3"]), "--action-topic", "/sensor"],
           "/sensor is sensor_msgs/msg/Imu, expected geometry_msgs/msg/Twist")
@@ -120,3 +122,10 @@ def test_live_replay_on_sim_time_reproduces_the_offline_result(bags, tmp_path):
             offline["metrics"]["mae"][span]["overall"], rel=0.1, abs=0.01)
     assert live["metrics"]["mae_zero_action"]["chunk"]["overall"] == pytest.approx(
         offline["metrics"]["mae_zero_action"]["chunk"]["overall"], rel=0.05)
+
+
+def test_a_directory_of_bags_is_evaluated_like_its_bags_one_by_one(bags, tmp_path):
+    one = run_eval(bags["sqlite3"], tmp_path / "one")["results"][0]["metrics"]["chunks"]
+    root = bags["sqlite3"].parent
+    both = run_eval(root, tmp_path / "both")
+    assert both["results"][0]["metrics"]["chunks"] == 2 * one  # the same recording in sqlite3 and mcap

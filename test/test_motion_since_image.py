@@ -85,7 +85,7 @@ def test_model_yaml_records_the_motion_input_and_the_graph_is_checked_against_it
     problems = check_onnx_io(spec, two_inputs, {"actions": [None, 8, 2]})
     assert problems and "motion_since_image" in problems[0] and "expected" in problems[0]
     raw["motion_input"]["layout"] = ["dx_m", "dy_m"]
-    with pytest.raises(ModelSpecError, match="motion_input.layout expected"):
+    with pytest.raises(ModelSpecError, match=r"motion_input\.layout expected"):
         ModelSpec.from_dict(raw)
 
 

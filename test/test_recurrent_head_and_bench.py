@@ -69,12 +69,17 @@ def test_fp16_matches_fp32_within_1e2_normalised_on_gpu():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
-def test_cuda_graph_runner_matches_onnxruntime_on_gpu(tmp_path):
+@pytest.mark.parametrize("motion_input", [None, "motion_since_image"])
+def test_cuda_graph_runner_matches_onnxruntime_on_gpu(tmp_path, motion_input):
     from mobile_vla_ros.tools.bench import TorchCudaRunner
 
     spec = bench_spec(feature_dim=2048, head="conv_mlp")
+    spec.motion_input = motion_input
+    if motion_input:
+        spec.normalization.motion_mean, spec.normalization.motion_std = [1.0, 0.3, 0.0, 0.0], [0.8, 0.4, 0.3, 0.6]
     torch.manual_seed(0)
     model = build_action_expert(ActionExpertConfig.from_spec(spec)).eval()
+    model.set_normalization(spec.normalization)
     write_model_dir(model, spec, tmp_path)
     reference = OnnxRuntimeBackend(tmp_path, spec, use_cuda=False)
     runner = TorchCudaRunner(model, 1, spec, torch.float16, cuda_graph=True)
@@ -82,4 +87,5 @@ def test_cuda_graph_runner_matches_onnxruntime_on_gpu(tmp_path):
     for _ in range(20):  # new inputs every call: stale buffers or a missed sync would show
         f = rng.standard_normal((1, 2048)).astype(np.float32)
         w = rng.standard_normal((1, 65, 6)).astype(np.float32)
-        assert np.max(np.abs(runner.run(f, w) - reference.run(f, w))) <= 1e-2
+        m = rng.standard_normal((1, 4)).astype(np.float32) if motion_input else None
+        assert np.max(np.abs(runner.run(f, w, m) - reference.run(f, w, m))) <= 1e-2

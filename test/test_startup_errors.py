@@ -103,5 +103,5 @@ def test_a_malformed_parameter_file_ends_in_one_line_naming_file_and_line(tmp_pa
         assert f"{bad}:4: not valid YAML" in lines[0]
     not_sections = tmp_path / "list.yaml"
     not_sections.write_text("- action_hz: 10.0\n")
-    proc = subprocess.run(commands[0][:-1] + [str(not_sections)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([*commands[0][:-1], str(not_sections)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "expected node sections" in proc.stderr

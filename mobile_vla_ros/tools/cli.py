@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 
 def comma_list(kind=str):
@@ -23,10 +24,23 @@ def comma_list(kind=str):
     return parse
 
 
+PLAIN_PROGRESS_PERIOD = 10.0  # s between progress lines when stdout is a log file, not a terminal
+_last_plain_line = [float("-inf")]
+
+
 def progress_bar(label: str, fraction: float, width: int = 30) -> None:
-    """One line that overwrites itself with a carriage return."""
-    filled = int(width * min(max(fraction, 0.0), 1.0))
-    print(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {100 * fraction:3.0f}%", end="", flush=True)
+    """On a terminal, one line that overwrites itself with a carriage return; in a log, a plain line
+    at most every PLAIN_PROGRESS_PERIOD seconds (and at 100 %)."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    filled = int(width * fraction)
+    text = f"{label} [{'#' * filled}{'.' * (width - filled)}] {100 * fraction:3.0f}%"
+    if sys.stdout.isatty():
+        print(f"\r{text}", end="", flush=True)
+        return
+    now = time.monotonic()
+    if fraction >= 1.0 or now - _last_plain_line[0] >= PLAIN_PROGRESS_PERIOD:
+        _last_plain_line[0] = now
+        print(text, flush=True)
 
 
 def run_reporting_errors(prog: str, run, args, errors: tuple[type[BaseException], ...],

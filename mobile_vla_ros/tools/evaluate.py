@@ -50,6 +50,22 @@ EXECUTED_TOPIC = "/sim/executed_cmd_vel"
 ACTION_TYPES = (*TWIST_TYPES, "trajectory_msgs/msg/JointTrajectory", "sensor_msgs/msg/JointState")
 
 
+def find_bags(paths: list[Path]) -> list[Path]:
+    """Bag directories among `paths` (a bag, or a directory of bags), sorted within each path."""
+    bags = []
+    for path in paths:
+        if (path / "metadata.yaml").is_file() or path.is_file():  # a rosbag2 directory or a ROS 1 .bag file
+            bags.append(path)
+        elif path.is_dir():
+            found = sorted([p.parent for p in path.glob("*/metadata.yaml")] + list(path.glob("*.bag")))
+            if not found:
+                raise BagError(f"{path}: no rosbag2 bags (directories with metadata.yaml) inside")
+            bags += found
+        else:
+            raise BagError(f"{path}: no such bag or directory")
+    return bags
+
+
 def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_mapping: list[str]) -> Recording:
     from rosbags.highlevel import AnyReader
 
@@ -324,7 +340,8 @@ def plot(result: dict, spec: ModelSpec, path: Path) -> None:
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mobile-vla-eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bag", type=Path, action="append", required=True, help="rosbag2 directory (repeatable)")
+    ap.add_argument("--bag", type=Path, action="append", required=True,
+                    help="rosbag2 bag or directory of bags (repeatable)")
     ap.add_argument("--model-dir", type=Path, default=None, help="default: models/default")
     ap.add_argument("--vlm-model-path", default="", help="VLM directory; default: the model dir's vlm/")
     ap.add_argument("--clip-model-path", default="")
@@ -380,7 +397,7 @@ def _run(args) -> int:
     if extractor.feature_dim != spec.feature_dim:
         raise ValueError(f"VLM feature dim {extractor.feature_dim} != model.yaml feature_dim {spec.feature_dim}")
     backend = create_backend(args.backend, Path(model_dir), spec, None)
-    recordings = [(bag, read_recording(bag, spec, topics, mapping)) for bag in args.bag]
+    recordings = [(bag, read_recording(bag, spec, topics, mapping)) for bag in find_bags(args.bag)]
     for bag, rec in recordings:
         if not rec.images:
             raise BagError(f"{bag}: no usable images on {args.image_topic}")

@@ -1,13 +1,19 @@
-"""Produce models/default from scratch with fixed seeds:
+"""Produce models/default (and the ablation models/no_motion) from scratch with fixed seeds:
 
   python -m mobile_vla_ros.tools.make_default_model --out models/default [--device cuda]
 
 1. the stand-in VLM: a tiny Kosmos-2 (patch 16, 64-dim) built with `trainable_init`, grounding-
-   pretrained on 16,000 seeded renders (vlm/grounding.py; 4 min on one H100 with MUJOCO_GL=egl, about 1.5 h
-   on 2 CPU cores) and saved to OUT/vlm; `--vlm DIR` uses an already grounded one instead;
-2. mobile-vla-record-sim: expert episodes, seeds 0..N-1 for training and 900.. for validation
-   (`mobile-vla-bringup --sim` evaluates on seeds from 1000, renders use 2000+: never trained on);
-3. mobile-vla-train on those bags with that VLM, staleness-aware for vlm_hz 3.33 -> OUT.
+   pretrained on 16,000 seeded renders of standard and hard tasks (vlm/grounding.py; 4 min on one H100
+   with MUJOCO_GL=egl, about 1.5 h on 2 CPU cores) and saved to OUT/vlm; `--vlm DIR` uses an already
+   grounded one instead;
+2. mobile-vla-record-sim: expert episodes of both task sets, seeds 0..N-1 for training and 900.. for
+   validation (`mobile-vla-bringup --sim` evaluates on seeds from 1000, renders use 2000+: never trained
+   on); the base executes the expert's command for a state up to 1.5 s old (as a policy on stale images
+   drives) plus correlated noise, while the label is the expert's command for the current state;
+3. mobile-vla-train on those bags with that VLM: the motion since the image as a third input, feature
+   ages drawn uniformly over 0-3.5 s (every deployment from the CPU stand-in at 3.33 Hz to a 1.5 s VLM at
+   0.59 Hz, whose features are up to 3.2 s old) -> OUT; the same without the motion input ->
+   --no-motion-out (the closed-loop benchmark's ablation).
 """
 
 from __future__ import annotations
@@ -32,13 +38,18 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="for grounding")
     ap.add_argument("--grounding-tasks", type=int, default=2000)
     ap.add_argument("--grounding-epochs", type=int, default=60)
-    ap.add_argument("--epochs", type=int, default=40, help="action-expert epochs")
+    ap.add_argument("--epochs", type=int, default=30, help="action-expert epochs")
+    ap.add_argument("--staleness", default="0.0,3.5", help="feature ages trained on (s): the whole deployment range")
+    ap.add_argument("--expert-delay-max", type=float, default=1.5)
+    ap.add_argument("--no-motion-out", type=Path, default=Path("models/no_motion"),
+                    help="the same model without the motion input ('' to skip)")
     ap.add_argument("--seed", type=int, default=0)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from ..sim.world import TASK_SETS
     from ..vlm.grounding import build_grounded_vlm
     from . import record_sim, train
 
@@ -52,13 +63,22 @@ def main(argv: list[str] | None = None) -> int:
                                      per_task=8, batch=256 if args.device == "cuda" else 64,
                                      workers=min(14, os.cpu_count() or 1))
         print(f"stand-in VLM -> {vlm_dir}: {metrics}")
-    train_dir, val_dir = args.work / "train", args.work / "val"
-    for out, seed, n in ((train_dir, args.seed, args.episodes), (val_dir, VAL_SEED, args.val_episodes)):
-        if record_sim.main(["--episodes", str(n), "--seed", str(seed), "--out", str(out)]) != 0:
-            return 1
-    return train.main(["--bags", str(train_dir), "--val-bags", str(val_dir), "--out", str(args.out),
-                       "--vlm-model-path", str(vlm_dir), "--epochs", str(args.epochs), "--seed", str(args.seed),
-                       "--name", args.out.name, "--cache-dir", str(args.work / "feature_cache")])
+    bags: dict[str, list[str]] = {"train": [], "val": []}
+    for task_set in TASK_SETS:
+        for split, seed, n in (("train", args.seed, args.episodes), ("val", VAL_SEED, args.val_episodes)):
+            out = args.work / f"{split}_{task_set}"
+            if record_sim.main(["--episodes", str(n), "--seed", str(seed), "--out", str(out), "--task-set", task_set,
+                                "--expert-delay-max", str(args.expert_delay_max)]) != 0:
+                return 1
+            bags[split].append(str(out))
+    common = ["--bags", *bags["train"], "--val-bags", *bags["val"], "--vlm-model-path", str(vlm_dir),
+              "--epochs", str(args.epochs), "--patience", "6", "--sample-dt", "0.04", "--staleness", args.staleness,
+              "--seed", str(args.seed), "--cache-dir", str(args.work / "feature_cache")]
+    code = train.main([*common, "--out", str(args.out), "--name", args.out.name])
+    if code == 0 and str(args.no_motion_out):
+        code = train.main([*common, "--out", str(args.no_motion_out), "--name", args.no_motion_out.name,
+                           "--no-motion-input"])
+    return code
 
 
 if __name__ == "__main__":

@@ -38,25 +38,9 @@ import numpy as np
 from ..core.model_spec import ModelSpec, ModelSpecError, Normalization
 from ..core.motion import MOTION_INPUT, MotionHistory, extend_from_streams, twist_components
 from .cli import comma_list, progress_bar, run_reporting_errors
-from .evaluate import EXECUTED_TOPIC, BagError, Recording, read_recording
+from .evaluate import EXECUTED_TOPIC, BagError, Recording, find_bags, read_recording
 
 STATE_FILE = "train_state.pt"
-
-
-def find_bags(paths: list[Path]) -> list[Path]:
-    """Bag directories among `paths` (a bag, or a directory of bags), sorted within each path."""
-    bags = []
-    for path in paths:
-        if (path / "metadata.yaml").is_file():
-            bags.append(path)
-        elif path.is_dir():
-            found = sorted(p.parent for p in path.glob("*/metadata.yaml"))
-            if not found:
-                raise BagError(f"{path}: no rosbag2 bags (directories with metadata.yaml) inside")
-            bags += found
-        else:
-            raise BagError(f"{path}: no such bag or directory")
-    return bags
 
 
 def vlm_key(extractor_config, model_path: Path) -> str:
@@ -439,10 +423,13 @@ def _run(args) -> int:
                 raise BagError(f"{bag}: no instruction on {args.instruction_topic}")
             if dist.rank == 0:
                 feats.append(bag_features(rec, extractor, args.cache_dir, key, f"{label} {i + 1}/{len(group)}"))
+                _drop_pixels(rec)
             recs.append(rec)
         dist.barrier()  # rank 0 filled the cache; the others read it
         if dist.rank != 0:
             feats = [bag_features(rec, extractor, args.cache_dir, key, "") for rec in recs]
+            for rec in recs:
+                _drop_pixels(rec)
         datasets.append(build_dataset(recs, feats, spec, args.sample_dt, list(args.twist_mapping)))
     train, val = datasets
     if dist.rank == 0:
@@ -473,6 +460,11 @@ def _run(args) -> int:
     if dist.world > 1:
         torch.distributed.destroy_process_group()
     return 0
+
+
+def _drop_pixels(rec: Recording) -> None:
+    """Once a bag's features exist only its image times are needed (pixels of 300 bags: ~10 GB)."""
+    rec.images = [(t, None) for t, _ in rec.images]
 
 
 def _write_outputs(args, spec, trainer, train, val, vlm_path: Path, write_model_dir) -> None:

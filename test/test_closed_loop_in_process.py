@@ -1,0 +1,43 @@
+"""The in-process closed loop (tools/closed_loop.py) that the closed-loop benchmark runs on: it is
+deterministic, it models the VLM latency in sim time, and its sync mode decides once per forward."""
+
+from __future__ import annotations
+
+import pytest
+
+from mobile_vla_ros.paths import default_model_dir
+from mobile_vla_ros.sim.world import SimConfig
+from mobile_vla_ros.tools.closed_loop import LoopConfig, feature_age_limit, run_episodes
+
+SIM = SimConfig(time_limit=6.0)
+
+
+@pytest.fixture(scope="module")
+def slow_async():
+    return run_episodes([1000], SIM, LoopConfig(mode="async", vlm_hz=0.59, vlm_latency=1.5), default_model_dir())[0]
+
+
+def test_the_same_seed_gives_the_same_episode(slow_async):
+    again = run_episodes([1000], SIM, LoopConfig(mode="async", vlm_hz=0.59, vlm_latency=1.5), default_model_dir())[0]
+    assert again["path"] == slow_async["path"] and again["duration"] == slow_async["duration"]
+
+
+def test_a_slow_vlm_is_modelled_in_sim_time(slow_async):
+    # Features are used from 1.5 s after their image until the next ones: ages between 1.5 and 1.5 + 1/0.59 s.
+    assert 1.5 <= slow_async["feature_age_p50"] <= 1.5 + 1 / 0.59
+    seconds = slow_async["duration"] + 1.0  # + the pause showing the scene
+    assert slow_async["forwards"] <= seconds / 1.5 + 1  # never more than one forward per latency
+    assert slow_async["chunks"] >= 10 * (slow_async["duration"] - 1.5) * 0.9  # 10 Hz once features exist
+
+
+def test_sync_decides_once_per_forward_and_async_at_action_hz():
+    cfg = dict(vlm_hz=3.33, vlm_latency=0.3)
+    sync = run_episodes([1001], SIM, LoopConfig(mode="sync", **cfg), default_model_dir())[0]
+    async_ = run_episodes([1001], SIM, LoopConfig(mode="async", **cfg), default_model_dir())[0]
+    assert sync["chunks"] <= sync["forwards"]
+    assert async_["chunks"] > 2 * sync["chunks"]
+
+
+def test_max_feature_age_covers_one_late_forward():
+    assert feature_age_limit(1.5, 0.59) == pytest.approx(3.0 + 1 / 0.59)
+    assert feature_age_limit(0.01, 3.33) == 2.0  # never below the node's default

@@ -1,0 +1,105 @@
+"""The action core's safety and scheduling rules, each pinned by behaviour (the survivors of a mutation
+run of core/: feature and window plumbing, rate limiter reset, gate boundaries, gate order, stop
+counting, chunk step selection)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_action_pipeline import DT, T0, make_core
+
+from mobile_vla_ros.core.chunk_executor import ActionChunk, ChunkExecutor
+from mobile_vla_ros.core.safety import StopReason
+
+
+class Spy:
+    """Records the inputs it is given and answers with a function of them."""
+
+    name = "spy"
+
+    def __init__(self):
+        self.inputs = []
+
+    def run(self, *inputs):
+        self.inputs.append([np.array(x) for x in inputs])
+        f, w = inputs[0], inputs[1]
+        out = np.zeros((1, 8, 2), np.float32)
+        out[0, :, 0] = f[0, 0] + w[0, -1, 0]
+        out[0, :, 1] = w[0, 0, 0]
+        return out
+
+
+def ramp_core(backend=None, n=100):
+    core = make_core(backend or Spy())
+    core.on_instruction("go", now=T0)
+    feats = np.arange(64, dtype=np.float32)[None] / 64
+    core.on_features(feats, source_stamp=T0, now=T0)
+    for i in range(n):  # channel 0 carries the sample's index: time order is visible
+        core.on_sensor(T0 + i * DT, [i / 10, 0, 0, 0, 0, 9.81], now=T0 + i * DT)
+    return core, feats
+
+
+def test_the_model_gets_exactly_the_cached_features_and_the_newest_window_in_time_order():
+    core, feats = ramp_core()
+    result = core.tick(T0 + 99 * DT)
+    f, w = core.backend.inputs[-1][:2]
+    np.testing.assert_array_equal(f, feats)
+    np.testing.assert_allclose(w[0, :, 0], np.arange(35, 100) / 10)  # oldest first, newest last
+    assert result.chunk.actions[0, 0] == pytest.approx(feats[0, 0] + 9.9)
+    assert result.chunk.actions[0, 1] == pytest.approx(3.5)
+
+
+def test_feature_age_boundary_is_inclusive_and_the_sensor_gap_boundary_too():
+    core, _ = ramp_core()
+    newest = T0 + 99 * DT
+    core.max_feature_age = newest - T0  # exactly the age: still fresh
+    assert core.tick(newest).chunk is not None
+    core.max_feature_age = (newest - T0) * 0.999
+    assert core.tick(newest).reason is StopReason.FEATURES_STALE
+    core.max_feature_age = 10.0
+    now = newest + 0.03
+    core.max_sensor_gap = now - newest  # exactly the gap since the newest sample
+    assert core.tick(now).chunk is not None
+    core.max_sensor_gap = (now - newest) * 0.999
+    assert core.tick(now).reason is StopReason.SENSOR_GAP
+
+
+def test_gates_are_checked_in_order_staleness_before_the_window():
+    core = make_core(Spy())
+    core.on_instruction("go", now=T0)
+    core.on_features(np.zeros((1, 64), np.float32), source_stamp=T0, now=T0)
+    assert core.tick(T0 + 1.5).reason is StopReason.FEATURES_STALE  # stale and no window: stale is reported
+
+
+def test_stop_events_count_changes_not_ticks():
+    core, _ = ramp_core()
+    for k in range(5):
+        core.tick(T0 + 1.2 + k * 0.1)  # five ticks of one stop (max_feature_age 1 s)
+    assert core.safety.stop_events == 1 and core.safety.reason is StopReason.FEATURES_STALE
+
+
+def test_after_a_stop_the_first_command_ramps_from_zero():
+    ex = ChunkExecutor(2, [1.0, 1.0], [0.1, 0.1])
+    ex.set_chunk(ActionChunk(0.0, 0.0125, np.full((8, 2), 0.8, np.float32)))
+    for k in range(10):
+        ex.command(k * 0.001)
+    assert np.allclose(ex.command(0.011), 0.8)  # ramped up to the chunk's value
+    assert np.all(ex.reset_to_zero() == 0)
+    ex.set_chunk(ActionChunk(1.0, 0.0125, np.full((8, 2), 0.8, np.float32)))
+    np.testing.assert_allclose(ex.command(1.0), 0.1)  # one step up from zero, not back to 0.8 at once
+
+
+@pytest.mark.parametrize(("offset", "step"), [(0.0, 0), (0.0125, 1), (0.0125 - 1e-6, 0), (0.0125 + 1e-6, 1),
+                                              (3 * 0.0125, 3), (7.999 * 0.0125, 7)])
+def test_the_step_is_the_floor_of_the_elapsed_steps(offset, step):
+    chunk = ActionChunk(10.0, 0.0125, np.arange(16, dtype=np.float32).reshape(8, 2))
+    assert chunk.step_index(10.0 + offset) == step
+
+
+def test_an_equal_stamp_chunk_replaces_the_current_one_and_an_older_does_not():
+    ex = ChunkExecutor(2, [10.0, 10.0], [10.0, 10.0])
+    ex.set_chunk(ActionChunk(5.0, 0.0125, np.full((8, 2), 1.0, np.float32)))
+    ex.set_chunk(ActionChunk(5.0, 0.0125, np.full((8, 2), 2.0, np.float32)))
+    assert ex.chunk.actions[0, 0] == 2.0
+    ex.set_chunk(ActionChunk(4.9, 0.0125, np.full((8, 2), 3.0, np.float32)))
+    assert ex.chunk.actions[0, 0] == 2.0
