@@ -45,12 +45,13 @@ def test_the_standard_set_is_unchanged_by_the_hard_one():
     assert all(abs(bearing_and_distance(task, o)[0]) < half_fov for o in task.objects)
 
 
-def test_the_expert_searches_one_way_while_the_target_is_unseen_and_steers_once_it_is_seen():
-    cfg = SimConfig()
-    assert expert_command_at(math.radians(-120), 2.0, cfg) == (0.0, SEARCH_RATE)
-    assert expert_command_at(math.radians(120), 2.0, cfg) == (0.0, SEARCH_RATE)
-    v, w = expert_command_at(math.radians(-20), 2.0, cfg)
+def test_the_expert_searches_one_way_for_targets_behind_and_steers_back_to_ones_just_out_of_view():
+    assert expert_command_at(math.radians(-120), 2.0) == (0.0, SEARCH_RATE)
+    assert expert_command_at(math.radians(120), 2.0) == (0.0, SEARCH_RATE)
+    v, w = expert_command_at(math.radians(-20), 2.0)
     assert w < 0 and v > 0
+    v, w = expert_command_at(math.radians(-60), 2.0)  # out of view on the right: turn back, not round
+    assert w == -1.0 and v < 0.05  # (almost) in place
 
 
 @pytest.mark.parametrize("policy", ["zero", "random"])

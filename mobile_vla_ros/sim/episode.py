@@ -97,20 +97,23 @@ class SimEpisode:
         self.robot.close()
 
 
-SEARCH_RATE = 0.6  # rad/s, counter-clockwise, while the target is out of the camera's view
+SEARCH_RATE = 0.6  # rad/s, counter-clockwise, while the target is beside or behind the robot
+SEARCH_BEYOND = math.radians(90)  # |bearing| beyond which the expert searches instead of steering
 
 
 def expert_command(robot: SimRobot) -> tuple[float, float]:
     """Privileged scripted expert at the robot's current pose (see expert_command_at)."""
-    return expert_command_at(robot.target_bearing(), robot.target_distance(), robot.cfg)
+    return expert_command_at(robot.target_bearing(), robot.target_distance())
 
 
-def expert_command_at(bearing: float, distance: float, cfg: SimConfig) -> tuple[float, float]:
-    """Turn towards the target (P on bearing), drive when roughly aligned, slow down near it. While
-    the target is outside the camera's view the expert searches by turning counter-clockwise in
-    place: a camera-only policy cannot know on which side an unseen target lies, so the expert does
-    what such a policy can learn (always the same way) instead of taking the shorter turn."""
-    if abs(bearing) > math.radians(cfg.camera_fovy) / 2:
+def expert_command_at(bearing: float, distance: float) -> tuple[float, float]:
+    """Turn towards the target (P on bearing), drive when roughly aligned, slow down near it. With the
+    target beside or behind (beyond SEARCH_BEYOND) the expert searches by turning counter-clockwise in
+    place: a camera-only policy cannot know on which side an unseen target lies, so the expert mostly
+    does what such a policy can learn (one way round). Up to 90 deg it steers back towards the target
+    even out of view: a policy that saw the target and knows from the motion input that it has turned
+    past it must learn to turn back, not to go round (a 1.5 s VLM otherwise spirals in place)."""
+    if abs(bearing) > SEARCH_BEYOND:
         return 0.0, SEARCH_RATE
     w = float(np.clip(1.8 * bearing, -ACTION_LIMITS[1], ACTION_LIMITS[1]))
     v = float(np.clip(0.5 * distance + 0.1, 0.0, 0.45)) * max(0.0, math.cos(bearing)) ** 4

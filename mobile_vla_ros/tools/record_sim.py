@@ -113,7 +113,7 @@ def record_episode(seed: int, out: Path, storage: str, cfg: SimConfig, action_no
             v, w = expert_command(episode.robot)
             bag.command(t, v, w)
             seen.append((episode.robot.target_bearing(), episode.robot.target_distance()))
-            acted = expert_command_at(*seen[max(0, len(seen) - 1 - delay_steps)], cfg)
+            acted = expert_command_at(*seen[max(0, len(seen) - 1 - delay_steps)])
             bag.pose(t, *episode.robot.pose())
             # Ornstein-Uhlenbeck noise (0.5 s correlation) on the executed command only.
             noise += -noise * (1.0 / CONTROL_HZ / 0.5) + rng.standard_normal(2) * action_noise * limits * 0.2
