@@ -73,7 +73,7 @@ class VlmNode(Node):
         self._tick_timer = self.create_timer(period_from_hz(p["vlm_hz"]), self._on_tick)
         self.create_timer(1.0, self._publish_diagnostics)
         self._jump_handle = watch_clock_jumps(self, lambda jump: self._restart_timeline(self._now()))
-        install_live_parameters(self, param_specs, self.params, self._check_live, self._apply_live)
+        install_live_parameters(self, param_specs, self.params, None, self._apply_live)
 
     def _check_action_model(self) -> None:
         """The features must be what the action expert was trained on: same backend, pooling and width."""
@@ -92,9 +92,6 @@ class VlmNode(Node):
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
-
-    def _check_live(self, values: dict) -> str | None:
-        return None
 
     def _apply_live(self, changes: dict) -> None:
         with self._lock:

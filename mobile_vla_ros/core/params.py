@@ -154,9 +154,5 @@ ACTION_NODE_PARAMS: tuple[ParamSpec, ...] = (
 SYNC_LOOP_VLM_HZ = VLM_NODE_PARAMS[0].high
 
 
-def defaults(specs: tuple[ParamSpec, ...]) -> dict[str, Any]:
-    return {s.name: s.default for s in specs}
-
-
 def spec_by_name(specs: tuple[ParamSpec, ...]) -> dict[str, ParamSpec]:
     return {s.name: s for s in specs}

@@ -39,10 +39,6 @@ class SingleFlightWorker:
         self.skipped_busy = 0
         self.failed = 0
 
-    @property
-    def busy(self) -> bool:
-        return self._busy
-
     def skip_if_busy(self) -> bool:
         """True (and one skip counted) while a job is pending or running."""
         with self._lock:

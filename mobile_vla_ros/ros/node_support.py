@@ -68,9 +68,10 @@ def declare_from_specs(node: Node, specs: tuple[P.ParamSpec, ...]) -> dict[str, 
 
 
 def install_live_parameters(node: Node, specs: tuple[P.ParamSpec, ...], current: dict[str, Any],
-                            check: Callable[[dict[str, Any]], str | None],
+                            check: Callable[[dict[str, Any]], str | None] | None,
                             apply: Callable[[dict[str, Any]], None]) -> None:
-    """Validate run-time changes against the specs, then `check` the would-be full set; apply on success."""
+    """Validate run-time changes against the specs, then `check` (rules across parameters, if any) the
+    would-be full set; apply on success."""
     by_name = P.spec_by_name(specs)
 
     def on_set(parameters: list[Parameter]) -> SetParametersResult:
@@ -86,7 +87,7 @@ def install_live_parameters(node: Node, specs: tuple[P.ParamSpec, ...], current:
                 return SetParametersResult(successful=False, reason=reason)
             changes[p.name] = p.value
         if changes:
-            reason = check({**current, **changes})
+            reason = None if check is None else check({**current, **changes})
             if reason is not None:
                 return SetParametersResult(successful=False, reason=reason)
             current.update(changes)
