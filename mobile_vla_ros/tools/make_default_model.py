@@ -3,7 +3,7 @@
   python -m mobile_vla_ros.tools.make_default_model --out models/default [--device cuda]
 
 1. the stand-in VLM: a tiny Kosmos-2 (patch 16, 64-dim) built with `trainable_init`, grounding-
-   pretrained on 16,000 seeded renders of standard and hard tasks (vlm/grounding.py; 4 min on one H100
+   pretrained on 32,000 seeded renders of standard and hard tasks (vlm/grounding.py; 9 min on one H100
    with MUJOCO_GL=egl, about 1.5 h on 2 CPU cores) and saved to OUT/vlm; `--vlm DIR` uses an already
    grounded one instead;
 2. mobile-vla-record-sim: expert episodes of both task sets, seeds 0..N-1 for training and 900.. for
@@ -36,8 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--val-episodes", type=int, default=30)
     ap.add_argument("--vlm", type=Path, default=None, help="an already grounded stand-in VLM directory")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="for grounding")
-    ap.add_argument("--grounding-tasks", type=int, default=2000)
-    ap.add_argument("--grounding-epochs", type=int, default=60)
+    ap.add_argument("--grounding-tasks", type=int, default=4000)
+    ap.add_argument("--grounding-epochs", type=int, default=55)
     ap.add_argument("--epochs", type=int, default=30, help="action-expert epochs")
     ap.add_argument("--staleness", default="0.0,3.5", help="feature ages trained on (s): the whole deployment range")
     ap.add_argument("--expert-delay-max", type=float, default=1.5)
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             bags[split].append(str(out))
     common = ["--bags", *bags["train"], "--val-bags", *bags["val"], "--vlm-model-path", str(vlm_dir),
               "--epochs", str(args.epochs), "--patience", "6", "--sample-dt", "0.04", "--staleness", args.staleness,
+              "--hidden-dim", "256",
               "--seed", str(args.seed), "--cache-dir", str(args.work / "feature_cache")]
     code = train.main([*common, "--out", str(args.out), "--name", args.out.name])
     if code == 0 and str(args.no_motion_out):
