@@ -82,7 +82,7 @@ class _Broken:
     def __init__(self, output):
         self.output = output
 
-    def run(self, f, w):
+    def run(self, *inputs):
         if isinstance(self.output, Exception):
             raise self.output
         return self.output

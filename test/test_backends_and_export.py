@@ -108,8 +108,9 @@ def test_graph_with_wrong_tensor_names_is_refused(tmp_path):
     for node in graph.graph.node:
         node.input[:] = ["features" if i == "vl_features" else i for i in node.input]
     onnx.save(graph, str(bad / "action_expert.onnx"))
-    with pytest.raises(ModelSpecError, match=r"input names: expected \['sensor_window', 'vl_features'\], got "
-                                             r"\['features', 'sensor_window'\]"):
+    with pytest.raises(ModelSpecError, match=r"input names: expected \['motion_since_image', 'sensor_window', "
+                                             r"'vl_features'\], got \['features', 'motion_since_image', "
+                                             r"'sensor_window'\]"):
         OnnxRuntimeBackend(bad, ModelSpec.load(bad))
 
 

@@ -115,6 +115,7 @@ def test_record_sim_writes_readable_bags_and_resumes(tmp_path):
                 assert msg.data == sample_task(7).instruction
     assert types == {"/camera/image_raw": "sensor_msgs/msg/Image", "/sensor": "sensor_msgs/msg/Imu",
                      "/instruction": "std_msgs/msg/String", "/cmd_vel": "geometry_msgs/msg/Twist",
+                     "/sim/executed_cmd_vel": "geometry_msgs/msg/Twist",
                      "/sim/ground_truth_pose": "geometry_msgs/msg/PoseStamped", "/sim/task": "std_msgs/msg/String"}
     imu = np.array(stamps["/sensor"])
     assert 1 / np.median(np.diff(imu)) == pytest.approx(650, rel=0.01)

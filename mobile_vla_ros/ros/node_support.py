@@ -134,7 +134,7 @@ def watch_clock_jumps(node: Node, callback: Callable) -> object:
 
     threshold = JumpThreshold(min_forward=Duration(seconds=CLOCK_JUMP_FORWARD),
                               min_backward=Duration(seconds=-CLOCK_JUMP_BACKWARD), on_clock_change=True)
-    return node.get_clock().create_jump_handle(threshold, post_callback=callback)
+    return node.get_clock().create_jump_callback(threshold, post_callback=callback)
 
 
 STOP_CHECK_PERIOD = 0.1  # s: the longest an idle node takes to notice SIGINT/SIGTERM

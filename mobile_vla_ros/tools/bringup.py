@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
             time.sleep(0.2)
     finally:
-        report = monitor.summary() if monitor is not None else ""
+        report = monitor.summary(NODES) if monitor is not None else ""
         shutdown(procs)
         if monitor is not None:
             monitor.close()
@@ -229,9 +229,10 @@ class DiagnosticsMonitor:
         self._observer = Observer("bringup_monitor", own_context=True)
         self._observer.diagnostics()
 
-    def summary(self) -> str:
+    def summary(self, nodes: tuple[str, ...]) -> str:
         lines = ["", "mobile-vla-bringup summary (last diagnostics of each node)"]
-        for node, keys in SUMMARY_KEYS.items():
+        for node in nodes:
+            keys = SUMMARY_KEYS[node]
             values = self._observer.latest_diagnostics(node)
             if not values:
                 lines.append(f"  {node}: no diagnostics received")
