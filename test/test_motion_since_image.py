@@ -52,7 +52,7 @@ def test_streaming_with_compaction_equals_one_batch():
     rates, speeds = rng.uniform(-1, 1, len(times)), rng.uniform(0, 0.5, len(times))
     streamed = MotionHistory(horizon=3.0, sample_hz=HZ)
     for t, r, v in zip(times, rates, speeds):
-        streamed.extend([t], [r], [v])
+        streamed.add(t, r, v)  # the node's scalar path
     batch = MotionHistory(horizon=100.0, sample_hz=HZ)
     batch.extend(times, rates, speeds)
     assert streamed.oldest_time() > 5.0  # old samples were dropped: memory stays bounded

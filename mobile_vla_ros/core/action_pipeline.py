@@ -119,7 +119,7 @@ class ActionExpertCore:
         result = self.sensor.push(stamp, values)
         if result is PushResult.ACCEPTED and self.motion is not None:
             forward, commanded_rate = self._executed
-            self.motion.extend([stamp], [sample_yaw_rate(self.spec.sensor_type, values, commanded_rate)], [forward])
+            self.motion.add(stamp, sample_yaw_rate(self.spec.sensor_type, values, commanded_rate), forward)
         return result
 
     # -- tick -----------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ core; training builds one history per bag from the recorded streams with the sam
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 MOTION_INPUT = "motion_since_image"
@@ -70,6 +72,27 @@ class MotionHistory:
 
     def _rest(self) -> None:
         self._rate = self._speed = 0.0
+
+    def add(self, t: float, yaw_rate: float, forward_speed: float) -> None:
+        """One sample (the node's 650 Hz hot path): `extend`'s arithmetic in scalars."""
+        n = self._n
+        if n == 0 or n == self._capacity:
+            self.extend([t], [yaw_rate], [forward_speed])
+            return
+        t_prev, yaw_prev, x_prev, y_prev = self._data[n - 1]
+        if t <= t_prev:
+            return
+        rate, speed, dt = self._rate, self._speed, t - t_prev
+        dyaw = rate * dt
+        if abs(dyaw) < 1e-6:
+            mid = yaw_prev + dyaw / 2
+            dx, dy = speed * dt * math.cos(mid), speed * dt * math.sin(mid)
+        else:
+            dx = speed / rate * (math.sin(yaw_prev + dyaw) - math.sin(yaw_prev))
+            dy = -speed / rate * (math.cos(yaw_prev + dyaw) - math.cos(yaw_prev))
+        self._data[n] = (t, yaw_prev + dyaw, x_prev + dx, y_prev + dy)
+        self._n = n + 1
+        self._rate, self._speed = float(yaw_rate), float(forward_speed)
 
     def extend(self, times, yaw_rates, forward_speeds) -> None:
         """Integrate samples at `times` (increasing, after the newest one; older ones are ignored)."""
