@@ -47,9 +47,8 @@ class SimNode(Node):
         if not 0.05 <= float(p["real_time_factor"]) <= 20.0:
             raise ValueError(f"real_time_factor: expected 0.05-20, got {p['real_time_factor']}")
         # sim_node evaluates: the hard set is phrased with the instructions never used in training.
-        self.cfg = SimConfig(time_limit=float(p["time_limit"]), camera_hz=float(p["camera_hz"]),
-                             image_size=int(p["image_size"]), task_set=str(p["task_set"]),
-                             held_out_phrasings=p["task_set"] == "hard")
+        self.cfg = SimConfig.for_evaluation(str(p["task_set"]), float(p["time_limit"]),
+                                            camera_hz=float(p["camera_hz"]), image_size=int(p["image_size"]))
         self.seed, self.episodes = int(p["seed"]), int(p["episodes"])
         self.rtf, self.pause = float(p["real_time_factor"]), float(p["episode_pause"])
         self.command_timeout, self.publish_clock = float(p["command_timeout"]), bool(p["publish_clock"])

@@ -8,9 +8,9 @@ import math
 import pytest
 
 from mobile_vla_ros.sim.episode import SEARCH_RATE, expert_command_at, run_baseline
-from mobile_vla_ros.sim.world import HELD_OUT_PHRASINGS, PHRASINGS, TIME_LIMITS, SimConfig, sample_task, wrap_angle
+from mobile_vla_ros.sim.world import HELD_OUT_PHRASINGS, PHRASINGS, SimConfig, sample_task, wrap_angle
 
-HARD = SimConfig(task_set="hard", held_out_phrasings=True, time_limit=TIME_LIMITS["hard"])
+HARD = SimConfig.for_evaluation("hard")
 
 
 def bearing_and_distance(task, obj):

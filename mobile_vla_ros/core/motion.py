@@ -62,10 +62,6 @@ class MotionHistory:
     def __len__(self) -> int:
         return self._n
 
-    @property
-    def newest_time(self) -> float | None:
-        return float(self._data[self._n - 1, 0]) if self._n else None
-
     def clear(self) -> None:
         self._n = 0
         self._rest()

@@ -86,7 +86,7 @@ def validate(spec: ParamSpec, value: Any) -> str | None:
     return None
 
 
-VLM_NODE_PARAMS: tuple[ParamSpec, ...] = (  # vlm_hz first: SYNC_LOOP_VLM_HZ reads its range
+VLM_NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("vlm_hz", DOUBLE, 3.33, "Rate of VLM forwards (Hz). A tick is skipped while a forward "
               "is still running.", 0.1, 10.0, live=True),
     ParamSpec("vlm_backend", STRING, "kosmos2", "VLM feature extractor.", choices=VLM_BACKENDS),
@@ -149,10 +149,10 @@ ACTION_NODE_PARAMS: tuple[ParamSpec, ...] = (
 )
 
 
-# The synchronous loop (sync_baseline_node, closed-loop sync mode) ticks its VLM at the highest vlm_hz: a
-# forward slower than the period starts again as soon as the previous decision is out (back to back).
-SYNC_LOOP_VLM_HZ = VLM_NODE_PARAMS[0].high
-
-
 def spec_by_name(specs: tuple[ParamSpec, ...]) -> dict[str, ParamSpec]:
     return {s.name: s for s in specs}
+
+
+# The synchronous loop (sync_baseline_node, closed-loop sync mode) ticks its VLM at the highest vlm_hz: a
+# forward slower than the period starts again as soon as the previous decision is out (back to back).
+SYNC_LOOP_VLM_HZ = spec_by_name(VLM_NODE_PARAMS)["vlm_hz"].high

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .validation import MAX_FUTURE
+
 # Channel order of one sample, per sensor type (the model is trained on this order).
 SENSOR_CHANNELS: dict[str, tuple[str, ...]] = {
     "imu": ("angular_velocity.x", "angular_velocity.y", "angular_velocity.z",
@@ -124,7 +126,7 @@ class SensorWindow:
         self._next = 0
         self._newest = float("-inf")
 
-    def window(self, size: int, now: float, max_gap: float, max_ahead: float = 0.5) -> Window:
+    def window(self, size: int, now: float, max_gap: float, max_ahead: float = MAX_FUTURE) -> Window:
         """The newest `size` samples in time order, or why there is no usable window.
 
         A gap is any spacing between consecutive samples, or between the newest sample and `now`,

@@ -69,6 +69,13 @@ class SimConfig:
         if self.task_set not in TASK_SETS:
             raise ValueError(f"task_set: expected one of {', '.join(TASK_SETS)}, got {self.task_set!r}")
 
+    @classmethod
+    def for_evaluation(cls, task_set: str = "standard", time_limit: float | None = None, **fields) -> SimConfig:
+        """How episodes are evaluated: the set's time limit (unless given) and, for the hard set, the
+        phrasings never used in training."""
+        return cls(task_set=task_set, held_out_phrasings=task_set == "hard",
+                   time_limit=time_limit or TIME_LIMITS[task_set], **fields)
+
 
 # Seconds per episode of each task set (the hard set's targets lie up to 4 m away, behind the robot).
 TIME_LIMITS = {"standard": 20.0, "hard": 30.0}

@@ -51,13 +51,12 @@ def measured_forward_seconds(model_dir: Path, repeats: int = 20) -> float:
 
 
 def _run_one(job: tuple[Run, float, list[int], dict[str, str]]) -> dict:
-    from ..sim.world import TIME_LIMITS, SimConfig
+    from ..sim.world import SimConfig
     from .closed_loop import LoopConfig, run_episodes
 
     run, latency, seeds, models = job
     model = models["no_motion"] if run.mode == "async-no-motion" else models["motion"]
-    sim_cfg = SimConfig(task_set=run.task_set, held_out_phrasings=run.task_set == "hard",
-                        time_limit=TIME_LIMITS[run.task_set])
+    sim_cfg = SimConfig.for_evaluation(run.task_set)
     cfg = LoopConfig(mode="sync" if run.mode == "sync" else "async", vlm_hz=run.vlm_hz, vlm_latency=latency)
     began = time.monotonic()
     episodes = run_episodes(seeds, sim_cfg, cfg, Path(model))

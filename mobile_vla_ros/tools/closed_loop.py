@@ -29,6 +29,7 @@ import numpy as np
 from ..core.action_pipeline import ActionExpertCore
 from ..core.chunk_executor import ChunkExecutor
 from ..core.model_spec import ModelSpec
+from ..core.motion import twist_components
 from ..core.params import ACTION_NODE_PARAMS, SYNC_LOOP_VLM_HZ, VLM_NODE_PARAMS, spec_by_name
 from ..core.vlm_schedule import CameraFrame, ForwardInputs, VlmScheduler
 from ..sim.episode import SimEpisode
@@ -68,10 +69,6 @@ class LoopConfig:
             self.max_feature_age = feature_age_limit(self.vlm_latency, self.vlm_hz)
 
 
-def _forward_cost(extractor, frames: list[CameraFrame], instruction: str) -> np.ndarray:
-    return extractor.extract([f.rgb for f in frames], instruction).astype(np.float32)
-
-
 class ClosedLoopEpisode:
     """One episode: the sim, the VLM schedule and the action core advanced event by event."""
 
@@ -101,7 +98,7 @@ class ClosedLoopEpisode:
         inputs, _ = self.schedule.select(self.clock(t))
         if inputs is None:
             return
-        features = _forward_cost(self.extractor, inputs.frames, inputs.instruction)
+        features = self.extractor.extract([f.rgb for f in inputs.frames], inputs.instruction).astype(np.float32)
         self.pending = (t + self.cfg.vlm_latency, inputs, features)
         self.forwards += 1
 
@@ -190,8 +187,6 @@ class ClosedLoopEpisode:
         return self._summary()
 
     def _twist(self, command: np.ndarray) -> tuple[float, float]:
-        from ..core.motion import twist_components
-
         return twist_components(command, self.cfg.twist_mapping)
 
     def _summary(self) -> dict:

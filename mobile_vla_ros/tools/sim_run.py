@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from ..core.params import SYNC_LOOP_VLM_HZ
-from ..sim.world import TIME_LIMITS, SimConfig
+from ..sim.world import SimConfig
 from .bringup import SUMMARY_KEYS, NodeProcess, yaml_params
 from .cli import progress_bar
 
@@ -86,12 +86,6 @@ def run_closed_loop(params_files: list[Path], episodes: int, seed: int, out: Pat
     return {"episodes": episodes_run, "diagnostics": diag, "wall_seconds": time.monotonic() - began}
 
 
-def evaluation_config(task_set: str, time_limit: float | None) -> SimConfig:
-    """The sim configuration episodes are evaluated on: the hard set with its held-out phrasings."""
-    return SimConfig(time_limit=time_limit or TIME_LIMITS[task_set], task_set=task_set,
-                     held_out_phrasings=task_set == "hard")
-
-
 def baselines(episodes: list[dict], cfg: SimConfig) -> dict[str, list[dict]]:
     from ..sim.episode import run_baseline
     from ..sim.world import sample_task
@@ -152,7 +146,7 @@ def plot_trajectories(report: dict, path: Path) -> None:
 def sim_job(params_files: list[Path], episodes: int, seed: int, out: Path, namespace: str = "",
             log_level: str = "warn", time_limit: float | None = None, mode: str = "async",
             task_set: str = "standard") -> dict:
-    cfg = evaluation_config(task_set, time_limit)
+    cfg = SimConfig.for_evaluation(task_set, time_limit)
     report = run_closed_loop(params_files, episodes, seed, out, namespace, log_level, cfg.time_limit, mode, task_set)
     report["baselines"] = baselines(report["episodes"], cfg)
     report["mode"], report["task_set"] = mode, task_set
