@@ -88,6 +88,13 @@ def test_small_backward_steps_are_not_jumps():
     assert watch.check(9.0) == "backward" and watch.check(12.5) == "forward"
 
 
+def test_a_sim_clock_starting_is_not_a_jump():
+    """Under use_sim_time the clock reads 0 until the first /clock; 0 -> 1000 s is the clock starting."""
+    watch = ClockWatch()
+    assert watch.check(0.0) is None and watch.check(1000.0) is None
+    assert watch.check(1000.01) is None and watch.check(990.0) == "backward"
+
+
 def test_the_executor_gives_no_step_of_a_chunk_that_lies_ahead_of_the_clock():
     ex = ChunkExecutor(2, [1.0, 1.0], [10.0, 10.0])
     ex.set_chunk(ActionChunk(100.0, 0.0125, np.full((8, 2), 0.5, np.float32)))

@@ -12,13 +12,15 @@ CLOCK_JUMP_FORWARD = 2.0
 
 class ClockWatch:
     """Compares each reading of a clock with the previous one; `check` returns 'backward',
-    'forward' or None."""
+    'forward' or None. Readings of zero (sim time before the first /clock) are not compared."""
 
     def __init__(self, backward: float = CLOCK_JUMP_BACKWARD, forward: float = CLOCK_JUMP_FORWARD) -> None:
         self.backward, self.forward = backward, forward
         self.last: float | None = None
 
     def check(self, now: float) -> str | None:
+        if now <= 0.0:  # a sim clock before its first /clock: not a time yet
+            return None
         last, self.last = self.last, now
         if last is None:
             return None

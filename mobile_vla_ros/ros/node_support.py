@@ -132,9 +132,20 @@ def watch_clock_jumps(node: Node, callback: Callable) -> object:
 
     from ..core.validation import CLOCK_JUMP_BACKWARD, CLOCK_JUMP_FORWARD
 
+    clock = node.get_clock()
+    started = clock.now().nanoseconds > 0
+
+    def on_jump(jump) -> None:
+        # Under use_sim_time the clock reads 0 until the first /clock: that first step is the clock
+        # starting, not a jump of a running one.
+        nonlocal started
+        if started:
+            callback(jump)
+        started = True
+
     threshold = JumpThreshold(min_forward=Duration(seconds=CLOCK_JUMP_FORWARD),
                               min_backward=Duration(seconds=-CLOCK_JUMP_BACKWARD), on_clock_change=True)
-    return node.get_clock().create_jump_callback(threshold, post_callback=callback)
+    return clock.create_jump_callback(threshold, post_callback=on_jump)
 
 
 STOP_CHECK_PERIOD = 0.1  # s: the longest an idle node takes to notice SIGINT/SIGTERM

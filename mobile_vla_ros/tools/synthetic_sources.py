@@ -4,6 +4,10 @@ Publishes a camera (`camera/image_raw`, rgb8, moving colour pattern), a 650 Hz I
 stream on `sensor`, the `instruction` (latched), and counts of what it sent on /diagnostics.
 `camera_enabled` / `sensor_enabled` can be switched live to simulate a dead input. The sensor stream
 runs in its own thread with absolute-time pacing, so its rate does not depend on the executor.
+
+With `publish_clock` it is also the time source, as a simulator or `ros2 bag play --clock` is: it
+publishes /clock (steady time + `clock_offset`, every `CLOCK_PERIOD`) and stamps everything with it,
+and setting `clock_offset` live makes the clock jump (`clock_offset: -10.0` = a bag loop 10 s back).
 """
 
 from __future__ import annotations
@@ -17,11 +21,16 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import WrenchStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, Imu
 from std_msgs.msg import Header, String
 
-from ..ros.conversions import rgb_to_image
+from ..ros.conversions import rgb_to_image, sec_to_stamp
 from ..ros.node_support import LATCHED_QOS, SENSOR_QOS, diagnostics, run_node
+
+CLOCK_PERIOD = 0.004  # s between /clock messages (250 Hz, as sim_node)
+CLOCK_EPOCH = 1000.0  # s: sim time starts here, so a 10 s jump back stays positive
 
 
 class SyntheticSources(Node):
@@ -35,10 +44,17 @@ class SyntheticSources(Node):
         self.declare_parameter("instruction", "go to the red cylinder")
         self.declare_parameter("camera_enabled", True)
         self.declare_parameter("sensor_enabled", True)
+        self.declare_parameter("publish_clock", False)
+        self.declare_parameter("clock_offset", 0.0)
         self.sensor_hz = float(self.get_parameter("sensor_hz").value)
         size = int(self.get_parameter("image_size").value)
         self.camera_enabled = bool(self.get_parameter("camera_enabled").value)
         self.sensor_enabled = bool(self.get_parameter("sensor_enabled").value)
+        self.publish_clock = bool(self.get_parameter("publish_clock").value)
+        self.clock_offset = float(self.get_parameter("clock_offset").value)
+        self._clock_start = time.monotonic()
+        self.clock_pub = self.create_publisher(Clock, "/clock", QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)) if self.publish_clock else None
         yy, xx = np.mgrid[0:size, 0:size]
         self._grid = (xx.astype(np.float32) / size, yy.astype(np.float32) / size)
         self.image_pub = self.create_publisher(Image, str(self.get_parameter("image_topic").value), SENSOR_QOS)
@@ -66,7 +82,15 @@ class SyntheticSources(Node):
                 self.sensor_enabled = bool(p.value)
             elif p.name == "instruction":
                 self.instruction_pub.publish(String(data=str(p.value)))
+            elif p.name == "clock_offset":
+                self.clock_offset = float(p.value)
         return SetParametersResult(successful=True)
+
+    def _stamp(self):
+        """The time of now: our own clock when we publish /clock, else the node's."""
+        if self.clock_pub is None:
+            return self.get_clock().now().to_msg()
+        return sec_to_stamp(CLOCK_EPOCH + time.monotonic() - self._clock_start + self.clock_offset)
 
     def _publish_image(self) -> None:
         if not self.camera_enabled:
@@ -75,17 +99,18 @@ class SyntheticSources(Node):
         x, y = self._grid
         rgb = np.stack([(np.sin(6 * x + t) + 1) * 127, (np.cos(4 * y - t) + 1) * 127,
                         np.full_like(x, (math.sin(t) + 1) * 127)], axis=-1).astype(np.uint8)
-        self.image_pub.publish(rgb_to_image(rgb, self.get_clock().now().to_msg(), "camera_link"))
+        self.image_pub.publish(rgb_to_image(rgb, self._stamp(), "camera_link"))
         self.images_sent += 1
 
     def _publish_diagnostics(self) -> None:
         values = {"sensor_hz": self.sensor_hz, "sensor_sent": self.sensor_sent, "images_sent": self.images_sent,
-                  "sensor_enabled": self.sensor_enabled, "camera_enabled": self.camera_enabled}
+                  "sensor_enabled": self.sensor_enabled, "camera_enabled": self.camera_enabled,
+                  "clock_offset": self.clock_offset}
         self.diag_pub.publish(diagnostics(self, DiagnosticStatus.OK, "publishing", values))
 
     def _sensor_loop(self) -> None:
         period = 1.0 / self.sensor_hz
-        next_time = time.monotonic()
+        next_time = next_clock = time.monotonic()
         while self._running:
             next_time += period
             delay = next_time - time.monotonic()
@@ -93,12 +118,17 @@ class SyntheticSources(Node):
                 time.sleep(delay)
             elif delay < -0.1:  # fell far behind (machine stalled): resynchronise instead of bursting
                 next_time = time.monotonic()
+            # The clock ticks here, before the sample it stamps, so no stamp runs ahead of /clock; it
+            # keeps ticking while the sensor is disabled (a stalled sensor is not a stopped clock).
+            if self.clock_pub is not None and time.monotonic() >= next_clock:
+                next_clock = max(next_clock + CLOCK_PERIOD, time.monotonic())
+                self.clock_pub.publish(Clock(clock=self._stamp()))
             if self.sensor_enabled:
                 self.sensor_pub.publish(self._sensor_message())
                 self.sensor_sent += 1
 
     def _sensor_message(self):
-        header = Header(stamp=self.get_clock().now().to_msg(), frame_id="imu_link")
+        header = Header(stamp=self._stamp(), frame_id="imu_link")
         t = time.monotonic()
         if self.sensor_type == "imu":
             msg = Imu(header=header)
