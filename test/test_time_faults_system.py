@@ -13,8 +13,8 @@ import time
 import pytest
 from geometry_msgs.msg import Twist
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from rosgraph_msgs.msg import Clock
 from ros_harness import NodeProcess, diag_values, wait_for
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
 from trajectory_msgs.msg import JointTrajectory
 
