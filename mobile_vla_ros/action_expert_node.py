@@ -28,7 +28,7 @@ from .paths import default_model_dir, resolve_dir
 from .ros.command_output import CommandOutput
 from .ros.conversions import SENSOR_MESSAGES, ConversionError, chunk_to_trajectory, image_to_features, stamp_to_sec
 from .ros.node_support import (
-    LATCHED_QOS,
+    LATCHED_INPUT_QOS,
     RELIABLE_QOS,
     SENSOR_QOS,
     StartupError,
@@ -72,8 +72,8 @@ class ActionExpertNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         msg_type, self._to_sample = SENSOR_MESSAGES[p["sensor_type"]]
         self.create_subscription(msg_type, "sensor", self._on_sensor, SENSOR_QOS)
-        self.create_subscription(Image, "vl_features", self._on_features, LATCHED_QOS)
-        self.create_subscription(String, "instruction", self._on_instruction, LATCHED_QOS)
+        self.create_subscription(Image, "vl_features", self._on_features, LATCHED_INPUT_QOS)
+        self.create_subscription(String, "instruction", self._on_instruction, LATCHED_INPUT_QOS)
         self._action_timer = self.create_timer(period_from_hz(p["action_hz"]), self._on_action_tick)
         self.create_timer(1.0, self._publish_diagnostics)
         self._jumps_seen = 0

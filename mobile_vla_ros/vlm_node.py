@@ -25,6 +25,7 @@ from .core.vlm_schedule import CameraFrame, ForwardInputs, VlmScheduler
 from .paths import default_model_dir, resolve_dir
 from .ros.conversions import ConversionError, features_to_image, image_to_rgb, sec_to_stamp, stamp_to_sec
 from .ros.node_support import (
+    LATCHED_INPUT_QOS,
     LATCHED_QOS,
     SENSOR_QOS,
     StartupError,
@@ -69,7 +70,7 @@ class VlmNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         for topic in p["image_topics"]:
             self.create_subscription(Image, topic, lambda msg, t=topic: self._on_image(t, msg), SENSOR_QOS)
-        self.create_subscription(String, "instruction", self._on_instruction, LATCHED_QOS)
+        self.create_subscription(String, "instruction", self._on_instruction, LATCHED_INPUT_QOS)
         self._tick_timer = self.create_timer(period_from_hz(p["vlm_hz"]), self._on_tick)
         self.create_timer(1.0, self._publish_diagnostics)
         self._jump_handle = watch_clock_jumps(self, lambda jump: self._restart_timeline(self._now()))

@@ -103,3 +103,18 @@ def test_an_equal_stamp_chunk_replaces_the_current_one_and_an_older_does_not():
     assert ex.chunk.actions[0, 0] == 2.0
     ex.set_chunk(ActionChunk(4.9, 0.0125, np.full((8, 2), 3.0, np.float32)))
     assert ex.chunk.actions[0, 0] == 2.0
+
+
+def test_the_executor_rate_gate_check_stops_between_ticks_without_running_the_model():
+    """check_inputs runs the tick's gates only: fresh inputs pass without an inference; a sensor gap
+    stops the core at once (one stop event, which the next tick does not count again)."""
+    core, _ = ramp_core()
+    newest = T0 + 99 * DT
+    assert core.tick(newest).chunk is not None
+    calls = len(core.backend.inputs)
+    assert core.check_inputs(newest + 0.01) is None and not core.safety.stopped
+    assert len(core.backend.inputs) == calls
+    stop = core.check_inputs(newest + core.max_sensor_gap + 0.001)
+    assert stop.reason is StopReason.SENSOR_GAP and core.safety.stopped and core.safety.stop_events == 1
+    assert core.tick(newest + 0.06).reason is StopReason.SENSOR_GAP and core.safety.stop_events == 1
+    assert len(core.backend.inputs) == calls

@@ -1,7 +1,8 @@
 """Chunks executed on `cmd_vel`, shared by action_expert_node and sync_baseline_node.
 
-Every `execute_hz` tick publishes the newest chunk's step for now (ChunkExecutor: limits last), or,
-while the core is stopped, zero for `zero_cmd_hold` seconds and then nothing. The command executed
+Every `execute_hz` tick checks the core's input gates (so a stop takes effect within one execute
+period, not one decision period) and publishes the newest chunk's step for now (ChunkExecutor: limits
+last), or, while the core is stopped, zero for `zero_cmd_hold` seconds and then nothing. The command executed
 is reported back to the core, whose motion history integrates it (the motion since the image).
 """
 
@@ -54,12 +55,17 @@ class CommandOutput:
         self.executor.set_chunk(chunk)
 
     def _on_tick(self) -> None:
+        now = self.node.get_clock().now().nanoseconds * 1e-9
+        if not self.core.safety.stopped and self.core.check_inputs(now) is not None:
+            # The inputs went bad between two decisions: stop at this rate, not the decisions'.
+            self.node.get_logger().warning(f"safe stop: {self.core.safety.describe()}")
+            self.on_chunk(None, was_running=True)
         if self.core.safety.stopped:
             self.core.on_executed(self._zero)
             if time.monotonic() - self._stopped_since <= self.params["zero_cmd_hold"]:
                 self.publish(self._zero)
             return
-        command = self.executor.command(self.node.get_clock().now().nanoseconds * 1e-9)
+        command = self.executor.command(now)
         self.core.on_executed(command)
         self.publish(command)
 

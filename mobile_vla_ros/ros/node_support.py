@@ -26,6 +26,11 @@ from ..params_files import first_params_file_error, params_files_in
 
 SENSOR_QOS = qos_profile_sensor_data
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# Subscriptions to latched inputs (instruction, vl_features) keep a few: with depth 1, a message from
+# a second publisher (or a malformed one) arriving before the node reads the queue would displace a
+# valid one -- a rogue publisher could starve the node of features. Each is validated in order.
+LATCHED_INPUT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                               durability=DurabilityPolicy.TRANSIENT_LOCAL)
 RELIABLE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 _ROS_TYPES = {

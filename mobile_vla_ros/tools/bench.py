@@ -8,7 +8,9 @@
                                baseline, per VLM latency (period, end-to-end latency, feature age,
                                sensor loss, CPU and RSS per node), measured from outside the nodes
   mobile-vla-bench soak        the async pipeline for --minutes: RSS over time, deadline misses,
-                               safe stops, crashes (--cpu-burners N adds competing processes)
+                               safe stops, crashes (--cpu-burners N adds competing processes;
+                               --faults injects clock jumps, a vlm_node kill, a sensor stall and
+                               malformed messages, and times each stop and recovery)
 
 Latency is numpy in -> numpy out, as the node calls a backend: GPU rows include the host<->device
 copies. Weights are random (seeded); latency does not depend on their values.
@@ -246,6 +248,11 @@ def _parser() -> argparse.ArgumentParser:
     soak.add_argument("--minutes", type=float, default=10.0)
     soak.add_argument("--cpu-burners", type=int, default=0, help="processes spinning on the CPU meanwhile")
     soak.add_argument("--sensor-hz", type=float, default=650.0)
+    soak.add_argument("--faults", action="store_true",
+                      help="on sim time, inject a fault every --fault-interval s after the warm-up, in turn: /clock "
+                           "10 s back, 10 s forward, SIGKILL + restart of vlm_node, 2 s sensor stall, malformed burst; "
+                           "report per fault the time to the zero command and to recovery")
+    soak.add_argument("--fault-interval", type=float, default=60.0)
     soak.add_argument("--out", type=Path, default=Path("bench_results/soak.json"))
     return ap
 
@@ -336,8 +343,11 @@ def system_bench(args) -> int:
     env = environment()
     print(f"environment: {env}")
     if args.what == "soak":
-        result = B.run_soak(args.minutes, args.cpu_burners, args.sensor_hz)
-        print(B.soak_table(result))
+        from .soak import run_soak, soak_table
+
+        result = run_soak(args.minutes, args.cpu_burners, args.sensor_hz, faults=args.faults,
+                          fault_interval=args.fault_interval)
+        print(soak_table(result))
         _write(args.out, {"benchmark": "soak", "environment": env, "result": result})
         return 0
     latencies = args.vlm_latency

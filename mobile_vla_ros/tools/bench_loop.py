@@ -3,7 +3,7 @@
 and a ProcessSampler (/proc).
 
   loop   async (vlm_node + action_expert_node) vs the synchronous baseline (sync_baseline_node)
-  soak   the async pipeline for minutes: RSS over time, deadline misses, safe stops, crashes
+  (the soak, `soak.py`, runs the same system for minutes)
 
 The VLM is the shipped tiny Kosmos-2 plus `simulated_latency`: the forward runs for real and then
 sleeps until the requested latency has passed, so "VLM latency 1.5 s" is a 1.5 s forward that does
@@ -39,6 +39,7 @@ class LoopConfig:
     seconds: float = 30.0
     warmup: float = 5.0
     cpu_burners: int = 0
+    sim_time: bool = False  # synthetic_sources publishes /clock, the nodes run on use_sim_time
 
 
 def config_files() -> list[Path]:
@@ -46,23 +47,28 @@ def config_files() -> list[Path]:
     return [share_dir() / "config" / "robot.yaml", share_dir() / "config" / "desktop.yaml"]
 
 
-def _max_feature_age(cfg: LoopConfig) -> float:
+def max_feature_age(cfg: LoopConfig) -> float:
     # Features are reused for up to one VLM period after a forward of `vlm_latency`: the gate must let
     # that through, or the benchmark would measure safe stops instead of the loop.
     return max(2.0, 2.0 * cfg.vlm_latency + 1.0)
 
 
+def vlm_process(cfg: LoopConfig, log_dir: Path | None = None) -> NodeProcess:
+    """The async loop's vlm_node (also how the soak restarts it after killing it)."""
+    return NodeProcess("vlm_node", {"simulated_latency": cfg.vlm_latency, "vlm_hz": min(10.0, 1.0 / cfg.vlm_latency),
+                                    "use_sim_time": cfg.sim_time}, params_files=config_files(), log_dir=log_dir)
+
+
 def start_nodes(cfg: LoopConfig, log_dir: Path | None = None) -> dict[str, NodeProcess]:
     files = config_files()
-    common = {"simulated_latency": cfg.vlm_latency, "max_feature_age": _max_feature_age(cfg)}
+    common = {"simulated_latency": cfg.vlm_latency, "max_feature_age": max_feature_age(cfg),
+              "use_sim_time": cfg.sim_time}
     procs: dict[str, NodeProcess] = {}
     if cfg.mode == ASYNC:
-        procs["vlm_node"] = NodeProcess("vlm_node", {"simulated_latency": cfg.vlm_latency,
-                                                     "vlm_hz": min(10.0, 1.0 / cfg.vlm_latency)},
-                                        params_files=files, log_dir=log_dir)
+        procs["vlm_node"] = vlm_process(cfg, log_dir)
         procs["action_expert_node"] = NodeProcess(
-            "action_expert_node", {"action_hz": cfg.action_hz, "max_feature_age": common["max_feature_age"]},
-            params_files=files, log_dir=log_dir)
+            "action_expert_node", {"action_hz": cfg.action_hz, "max_feature_age": common["max_feature_age"],
+                                   "use_sim_time": cfg.sim_time}, params_files=files, log_dir=log_dir)
     else:
         params = yaml_params(files, ("vlm_node", "action_expert_node")) | common
         params["vlm_hz"] = SYNC_LOOP_VLM_HZ
@@ -72,7 +78,8 @@ def start_nodes(cfg: LoopConfig, log_dir: Path | None = None) -> dict[str, NodeP
             params.pop(key, None)
         procs["sync_baseline_node"] = NodeProcess("tools.sync_baseline", params, node_name="sync_baseline_node",
                                                   log_dir=log_dir)
-    procs["synthetic_sources"] = NodeProcess("tools.synthetic_sources", {"sensor_hz": cfg.sensor_hz},
+    procs["synthetic_sources"] = NodeProcess("tools.synthetic_sources", {"sensor_hz": cfg.sensor_hz,
+                                                                         "publish_clock": cfg.sim_time},
                                              log_dir=log_dir)
     return procs
 
@@ -85,11 +92,11 @@ class LoopObserver(Observer):
     """Chunk arrivals (monotonic time, ROS time, stamp of the newest sensor sample used, steps) and
     feature stamps, recorded at arrival; the statistics are computed afterwards."""
 
-    def __init__(self) -> None:
+    def __init__(self, sim_time: bool = False) -> None:
         from sensor_msgs.msg import Image
         from trajectory_msgs.msg import JointTrajectory
 
-        super().__init__("bench_loop_observer", own_context=True)
+        super().__init__("bench_loop_observer", own_context=True, sim_time=sim_time)
         self.chunks = self.record(JointTrajectory, "action_chunk", 10, self._chunk_item)
         self.features = self.record(Image, "vl_features", transform=lambda m: stamp_to_sec(m.header.stamp))
         self.diagnostics()
@@ -106,19 +113,27 @@ def _percentiles(values, qs=(50, 99)) -> dict[str, float]:
 
 
 def chunk_statistics(chunks: list[tuple[float, tuple[float, float, int]]],
-                     features: list[tuple[float, float]], action_hz: float) -> dict:
-    """Periods, period error vs 1/action_hz, end-to-end latency and feature age from arrivals."""
+                     features: list[tuple[float, float]], action_hz: float,
+                     exclude: list[tuple[float, float]] = ()) -> dict:
+    """Periods, period error vs 1/action_hz, end-to-end latency and feature age from arrivals.
+    Periods that overlap an `exclude` window (an injected fault, when the loop is meant to stop) are
+    not periods of the running loop and are left out."""
     if len(chunks) < 2:
         return {"chunks": len(chunks)}
     arrivals = np.array([t for t, _ in chunks])
-    periods = np.diff(arrivals)
+    keep = np.ones(len(arrivals) - 1, dtype=bool)
+    for t0, t1 in exclude:
+        keep &= ~((arrivals[:-1] < t1) & (arrivals[1:] > t0))
+    periods = np.diff(arrivals)[keep]
     span = arrivals[-1] - arrivals[0]
-    e2e = [ros_arrival - sensor_stamp for _, (ros_arrival, sensor_stamp, _) in chunks]
-    ages, i, latest = [], 0, None
-    for t, (_, sensor_stamp, _) in chunks:  # newest features that had arrived with the chunk
+    e2e, ages, i, latest = [], [], 0, None
+    for t, (ros_arrival, sensor_stamp, _) in chunks:  # newest features that had arrived with the chunk
         while i < len(features) and features[i][0] <= t:
             latest = features[i][1]
             i += 1
+        if any(t0 <= t <= t1 for t0, t1 in exclude):
+            continue
+        e2e.append(ros_arrival - sensor_stamp)
         if latest is not None:
             ages.append(sensor_stamp - latest)
     steps = chunks[-1][1][2]
@@ -173,7 +188,7 @@ def run_loop(cfg: LoopConfig, sample_every: float = 1.0, progress=None) -> dict:
         while time.monotonic() - t0 < cfg.seconds:
             time.sleep(sample_every)
             sampler.sample()
-            _raise_if_dead(procs)
+            raise_if_dead(procs)
             if progress is not None:
                 progress(min(1.0, (time.monotonic() - t0) / cfg.seconds))
         t1 = time.monotonic()
@@ -182,22 +197,22 @@ def run_loop(cfg: LoopConfig, sample_every: float = 1.0, progress=None) -> dict:
                                  observer.features.since(0.0), cfg.action_hz)
         sent, received = sent1 - sent0, received1 - received0
         stats["sensor"] = {"sent": sent, "received": received, "lost": sent - received}
-        stats["processes"] = _process_summary(sampler)
+        stats["processes"] = process_summary(sampler)
         stats["policy_diagnostics"] = observer.latest_diagnostics(policy)
         return {"config": asdict(cfg), **stats}
 
 
 @contextmanager
-def running_system(cfg: LoopConfig):
+def running_system(cfg: LoopConfig, observer_type: type[LoopObserver] = LoopObserver):
     """Nodes started, the observer listening, the first chunk out, CPU burners running; all stopped
     on exit, pass or fail."""
     procs = start_nodes(cfg)
-    observer = LoopObserver()
+    observer = observer_type(sim_time=cfg.sim_time)
     burners = [multiprocessing.Process(target=_burn, daemon=True) for _ in range(cfg.cpu_burners)]
     try:
         wait_for(lambda: observer.chunks.count() > 0 or any(not p.alive() for p in procs.values()), 120,
                  "the first action chunk")
-        _raise_if_dead(procs)
+        raise_if_dead(procs)
         for b in burners:
             b.start()
         yield procs, observer
@@ -209,14 +224,14 @@ def running_system(cfg: LoopConfig):
             p.stop()
 
 
-def _raise_if_dead(procs: dict[str, NodeProcess]) -> None:
+def raise_if_dead(procs: dict[str, NodeProcess]) -> None:
     for name, p in procs.items():
         if not p.alive():
             tail = "\n".join(p.output().splitlines()[-15:])
             raise RuntimeError(f"{name} exited with code {p.proc.returncode}:\n{tail}")
 
 
-def _process_summary(sampler: ProcessSampler) -> dict:
+def process_summary(sampler: ProcessSampler) -> dict:
     out = {}
     for name, samples in sampler.samples.items():
         if samples:
@@ -252,74 +267,3 @@ def loop_table(rows: list[dict]) -> str:
                               f"sync {s['actions_per_s']:.1f} actions/s = "
                               f"{r['actions_per_s'] / max(s['actions_per_s'], 1e-9):.1f}x")
     return "\n".join([*lines, "", *ratios])
-
-
-# -- soak -------------------------------------------------------------------------------------------
-def run_soak(minutes: float, cpu_burners: int, sensor_hz: float, action_hz: float = 10.0,
-             sample_every: float = 5.0, log=print) -> dict:
-    """The async pipeline at full rate for `minutes`; RSS is compared after warm-up (the first 20 %,
-    at least 30 s: allocator pools, DDS buffers and ORT arenas fill up first)."""
-    cfg = LoopConfig(mode=ASYNC, vlm_latency=0.3, sensor_hz=sensor_hz, action_hz=action_hz,
-                     seconds=minutes * 60.0, cpu_burners=cpu_burners)
-    crashes: dict[str, int] = {}
-    with running_system(cfg) as (procs, observer):
-        sampler = ProcessSampler({name: p.pid for name, p in procs.items()})
-        t0 = time.monotonic()
-        warmup = max(30.0, 0.2 * cfg.seconds)
-        stops_at_warmup = None
-        rss_at_warmup: dict[str, float] = {}
-        next_report = t0 + 60.0
-        sampler.sample()
-        while time.monotonic() - t0 < cfg.seconds:
-            time.sleep(sample_every)
-            sampler.sample()
-            for name, p in procs.items():
-                if not p.alive() and name not in crashes:
-                    crashes[name] = p.proc.returncode
-                    log(f"  {name} exited with code {p.proc.returncode}")
-            elapsed = time.monotonic() - t0
-            if stops_at_warmup is None and elapsed >= warmup:
-                stops_at_warmup = int(observer.latest_diagnostics("action_expert_node").get("safe_stop_events", 0))
-                rss_at_warmup = {n: s[-1][2] for n, s in sampler.samples.items() if s}
-            if time.monotonic() >= next_report:
-                next_report += 60.0
-                rss = ", ".join(f"{n} {s[-1][2]:.0f} MB" for n, s in sampler.samples.items() if s)
-                log(f"  {elapsed / 60:.0f} min: {observer.chunks.count()} chunks, RSS {rss}")
-        t1 = time.monotonic()
-        diag = observer.latest_diagnostics("action_expert_node")
-        stats = chunk_statistics([c for c in observer.chunks.since(t0) if c[0] <= t1],
-                                 observer.features.since(0.0), action_hz)
-        periods = stats.get("chunks", 0) - 1
-        rss = {}
-        for name, samples in sampler.samples.items():
-            if samples and name in rss_at_warmup:
-                end = samples[-1][2]
-                rss[name] = {"after_warmup_mb": rss_at_warmup[name], "end_mb": end,
-                             "growth_percent": 100.0 * (end - rss_at_warmup[name]) / rss_at_warmup[name],
-                             "series_mb": [(round(t - t0, 1), round(r, 1)) for t, _, r in samples]}
-        return {
-            "config": asdict(cfg), "warmup_s": warmup, **stats,
-            "deadline_miss_percent": 100.0 * stats.get("deadline_misses", 0) / max(periods, 1),
-            "safe_stop_events_after_warmup": int(diag.get("safe_stop_events", 0)) - (stops_at_warmup or 0),
-            "crashes": crashes, "rss": rss, "processes": _process_summary(sampler),
-            "policy_diagnostics": diag,
-        }
-
-
-def soak_table(result: dict) -> str:
-    c = result["config"]
-    lines = [f"soak: {c['seconds'] / 60:.1f} min, sensor {c['sensor_hz']:.0f} Hz, action {c['action_hz']:.0f} Hz, "
-             f"{c['cpu_burners']} CPU burners",
-             "| quantity | value |", "|---|---|",
-             f"| chunks | {result.get('chunks', 0)} ({result.get('chunks_per_s', 0):.2f}/s) |",
-             f"| period p50 / p99 / max ms | {result['period_ms']['p50']:.1f} / {result['period_ms']['p99']:.1f} / "
-             f"{result['period_ms']['max']:.1f} |",
-             f"| period error p99 ms | {result['period_error_ms']['p99']:.2f} |",
-             f"| deadline misses (period > 1.5 x nominal) | {result['deadline_misses']} "
-             f"({result['deadline_miss_percent']:.3f} %) |",
-             f"| safe-stop events after warm-up | {result['safe_stop_events_after_warmup']} |",
-             f"| crashes | {len(result['crashes'])} |"]
-    for name, r in result["rss"].items():
-        lines.append(f"| RSS {name}: after warm-up -> end | {r['after_warmup_mb']:.0f} -> {r['end_mb']:.0f} MB "
-                     f"({r['growth_percent']:+.1f} %) |")
-    return "\n".join(lines)

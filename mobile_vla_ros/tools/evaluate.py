@@ -275,13 +275,16 @@ def metrics(ticks: list[dict], action_names: list[str]) -> dict:
                 "chunk": {n: float(err[:, :, d].mean()) for d, n in enumerate(action_names)}
                 | {"overall": float(err.mean())}}
 
+    out = {"chunks": len(ticks), "mae": mae(pred), "mae_zero_action": mae(np.zeros_like(pred)),
+           "mae_mean_action": mae(np.broadcast_to(mean_action, pred.shape))}
     ages = np.array([t["feature_age"] for t in ticks])
-    edges = np.arange(0.0, max(ages.max(), 0.25) + 0.25, 0.25)
-    counts, _ = np.histogram(ages, bins=edges)
-    return {"chunks": len(ticks), "mae": mae(pred), "mae_zero_action": mae(np.zeros_like(pred)),
-            "mae_mean_action": mae(np.broadcast_to(mean_action, pred.shape)),
-            "feature_age_s": {"p50": float(np.percentile(ages, 50)), "max": float(ages.max()),
-                              "histogram": {f"{a:.2f}-{b:.2f}": int(c) for a, b, c in zip(edges, edges[1:], counts)}}}
+    ages = ages[np.isfinite(ages)]  # live: a chunk whose features the observer had not seen has no age
+    if ages.size:
+        edges = np.arange(0.0, max(ages.max(), 0.25) + 0.25, 0.25)
+        counts, _ = np.histogram(ages, bins=edges)
+        out["feature_age_s"] = {"p50": float(np.percentile(ages, 50)), "max": float(ages.max()),
+                                "histogram": {f"{a:.2f}-{b:.2f}": int(c) for a, b, c in zip(edges, edges[1:], counts)}}
+    return out
 
 
 def markdown(results: list[dict], spec: ModelSpec) -> str:
@@ -366,6 +369,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--live", action="store_true",
                     help="replay to the real nodes on sim time (/clock from this process) instead of in-process; "
                          "the latency comes from the real forward plus vlm_node's simulated_latency")
+    ap.add_argument("--loops", type=int, default=1,
+                    help="with --live: play each bag this many times back to back, /clock jumping back to its start "
+                         "each time (as ros2 bag play --loop); every pass is scored on its own as well")
     ap.add_argument("--out", type=Path, default=Path("eval_results"))
     return ap
 
@@ -398,6 +404,8 @@ def _run(args) -> int:
         raise ValueError(f"VLM feature dim {extractor.feature_dim} != model.yaml feature_dim {spec.feature_dim}")
     backend = create_backend(args.backend, Path(model_dir), spec, None)
     recordings = [(bag, read_recording(bag, spec, topics, mapping)) for bag in find_bags(args.bag)]
+    if args.loops < 1 or (args.loops > 1 and not args.live):
+        raise ValueError(f"--loops: expected 1, or more with --live, got {args.loops}")
     for bag, rec in recordings:
         if not rec.images:
             raise BagError(f"{bag}: no usable images on {args.image_topic}")
@@ -408,10 +416,12 @@ def _run(args) -> int:
     results = []
     for hz in args.vlm_hz:
         cfg = ReplayConfig(hz, args.action_hz, latency, args.max_feature_age, args.max_sensor_gap, tuple(mapping))
-        ticks, no_chunk, vlm = [], Counter(), Counter()
+        ticks, no_chunk, vlm, passes = [], Counter(), Counter(), [[] for _ in range(args.loops)]
         for bag, rec in recordings:
             if args.live:
                 out = _live(args, rec, spec, Path(model_dir), hz, latency, extractor)
+                for k, pass_ticks in enumerate(out["passes"]):
+                    passes[k] += pass_ticks
             else:
                 out = replay(rec, spec, backend, extractor, cfg, args.instruction,
                              progress=lambda f, name=bag.name, hz=hz: progress_bar(f"vlm_hz {hz} {name}", f))
@@ -422,8 +432,11 @@ def _run(args) -> int:
         result = {"vlm_hz": hz, "vlm_latency": latency, "action_hz": args.action_hz, "metrics": metrics(
             ticks, spec.action_names), "no_chunk": dict(no_chunk), "vlm": dict(vlm), "ticks": ticks,
             "mode": "live" if args.live else "offline"}
-        if args.live:  # the chunks carry no feature age; the nodes report it in /diagnostics
-            result["metrics"].pop("feature_age_s", None)
+        if args.loops > 1:
+            result["passes"] = [metrics(p, spec.action_names) for p in passes]
+            for k, m in enumerate(result["passes"]):
+                mae = m["mae"]["chunk"]["overall"] if m.get("chunks") else float("nan")
+                print(f"vlm_hz {hz} pass {k + 1}/{args.loops}: {m['chunks']} chunks, chunk MAE {mae:.4f}")
         plot(result, spec, args.out / f"eval_vlm_hz_{hz}.png")
         results.append(result)
     table = markdown(results, spec)
@@ -443,7 +456,7 @@ def _live(args, rec: Recording, spec: ModelSpec, model_dir: Path, hz: float, lat
     forward = _latency("auto", extractor, rec)
     out = live_replay(rec, spec, model_dir, args.vlm_model_path or str(model_dir / "vlm"), hz, args.action_hz,
                       max(0.0, latency - forward), args.max_feature_age, args.max_sensor_gap, args.instruction,
-                      log_dir=args.out, twist_mapping=tuple(args.twist_mapping.split(",")))
+                      log_dir=args.out, twist_mapping=tuple(args.twist_mapping.split(",")), loops=args.loops)
     return {**out, "no_chunk": {}, "vlm": {}}
 
 

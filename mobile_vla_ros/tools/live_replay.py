@@ -4,7 +4,12 @@ use_sim_time: true; this process publishes /clock and the bag's images, sensor s
 instruction with their recorded stamps, paced at wall time, and scores every action_chunk the
 action node publishes against the recorded actions, exactly as the offline replay scores its ticks.
 The VLM latency the offline replay models is produced live by the VLM's real forward plus vlm_node's
-`simulated_latency`."""
+`simulated_latency`.
+
+With `loops` > 1 the bag is played that many times back to back and /clock jumps back to its start
+each time, as `ros2 bag play --loop` does: the nodes must treat every pass as the first (clock-jump
+handling), so each pass is scored on its own. A chunk's feature age is its stamp minus the image
+stamp of the newest features published before it."""
 
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from .evaluate import Recording
 def live_replay(rec: Recording, spec: ModelSpec, model_dir: Path, vlm_model_path: str, vlm_hz: float,
                 action_hz: float, simulated_latency: float, max_feature_age: float, max_sensor_gap: float,
                 instruction: str | None, log_dir: Path | None = None,
-                twist_mapping: tuple[str, ...] = ("linear.x", "angular.z")) -> dict:
+                twist_mapping: tuple[str, ...] = ("linear.x", "angular.z"), loops: int = 1) -> dict:
     from geometry_msgs.msg import Twist
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from rosgraph_msgs.msg import Clock
@@ -29,13 +34,21 @@ def live_replay(rec: Recording, spec: ModelSpec, model_dir: Path, vlm_model_path
     from std_msgs.msg import String
     from trajectory_msgs.msg import JointTrajectory
 
-    from ..ros.conversions import action_to_twist, rgb_to_image, sample_to_imu, sec_to_stamp, trajectory_to_actions
+    from ..ros.conversions import (
+        action_to_twist,
+        rgb_to_image,
+        sample_to_imu,
+        sec_to_stamp,
+        stamp_to_sec,
+        trajectory_to_actions,
+    )
     from ..ros.node_support import LATCHED_QOS, SENSOR_QOS
     from .ros_observer import Observer
 
     observer = Observer("live_replay", own_context=True)
     chunks = observer.record(JointTrajectory, "action_chunk", 100,
-                             lambda m: (m.header.stamp.sec + m.header.stamp.nanosec * 1e-9, trajectory_to_actions(m)))
+                             lambda m: (stamp_to_sec(m.header.stamp), trajectory_to_actions(m)))
+    features = observer.record(Image, "vl_features", 10, lambda m: stamp_to_sec(m.header.stamp))
     node = observer.node
     clock_pub = node.create_publisher(Clock, "/clock", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
     image_pub = node.create_publisher(Image, "camera/image_raw", SENSOR_QOS)
@@ -69,34 +82,44 @@ def live_replay(rec: Recording, spec: ModelSpec, model_dir: Path, vlm_model_path
             + [(t, 3, "sensor", v) for t, v in rec.sensor]
         text = instruction if instruction is not None else rec.instructions[0][1]
         events.sort(key=lambda e: (e[0], e[1]))
-        clock_pub.publish(Clock(clock=sec_to_stamp(start - 0.5)))
-        instruction_pub.publish(String(data=text))
-        time.sleep(0.5)
-        wall0 = time.monotonic()
-        for t, _, kind, value in events:
-            delay = wall0 + (t - start) - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            stamp = sec_to_stamp(t)
-            clock_pub.publish(Clock(clock=stamp))
-            if kind == "image":
-                image_pub.publish(rgb_to_image(value, stamp, "camera"))
-            elif kind == "executed":
-                cmd_pub.publish(action_to_twist(value, twist_mapping))
-            else:
-                sensor_pub.publish(sample_to_imu(value, stamp, "imu"))
-        time.sleep(0.5)
+        passes = []  # (first, last) wall time of each pass
+        for _ in range(loops):
+            clock_pub.publish(Clock(clock=sec_to_stamp(start - 0.5)))  # from the 2nd pass on: a jump back
+            instruction_pub.publish(String(data=text))
+            time.sleep(0.5)
+            wall0 = time.monotonic()
+            for t, _, kind, value in events:
+                delay = wall0 + (t - start) - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                stamp = sec_to_stamp(t)
+                clock_pub.publish(Clock(clock=stamp))
+                if kind == "image":
+                    image_pub.publish(rgb_to_image(value, stamp, "camera"))
+                elif kind == "executed":
+                    cmd_pub.publish(action_to_twist(value, twist_mapping))
+                else:
+                    sensor_pub.publish(sample_to_imu(value, stamp, "imu"))
+            time.sleep(0.5)
+            passes.append((wall0, time.monotonic()))
     finally:
         for p in procs:
             p.stop()
         observer.destroy()
     command_times = np.array([t for t, _ in rec.commands])
     command_values = np.stack([v for _, v in rec.commands])
-    ticks = []
-    for _, (t, actions) in chunks.since(0.0):
-        steps = t + np.arange(spec.chunk_size) * spec.action_dt
-        if steps[-1] > command_times[-1] or steps[0] < command_times[0]:
-            continue
-        idx = np.searchsorted(command_times, steps, side="right") - 1
-        ticks.append({"t": t, "pred": actions, "target": command_values[idx], "feature_age": 0.0})
-    return {"ticks": ticks}
+    per_pass = []
+    for wall0, wall1 in passes:
+        ticks = []
+        for arrival, (t, actions) in chunks.since(wall0):
+            if arrival > wall1:
+                break
+            steps = t + np.arange(spec.chunk_size) * spec.action_dt
+            if steps[-1] > command_times[-1] or steps[0] < command_times[0]:
+                continue
+            shown = [stamp for a, stamp in features.since(wall0) if a <= arrival]
+            idx = np.searchsorted(command_times, steps, side="right") - 1
+            ticks.append({"t": t, "pred": actions, "target": command_values[idx],
+                          "feature_age": t - shown[-1] if shown else float("nan")})
+        per_pass.append(ticks)
+    return {"ticks": [t for ticks in per_pass for t in ticks], "passes": per_pass}

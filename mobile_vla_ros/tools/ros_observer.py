@@ -63,18 +63,20 @@ def diagnostics_of(msg: DiagnosticArray) -> dict[str, dict[str, str]]:
 
 
 class Observer:
-    """An rclpy node spun by a SingleThreadedExecutor in a background thread.
+    """An rclpy node spun by a SingleThreadedExecutor in a background thread; with `sim_time` its
+    clock (`ros_now`) follows /clock, as the nodes' do.
 
     With `own_context` it gets a private rclpy context without rclpy's signal handlers, so it can
     live inside a command-line tool whose Ctrl-C handling stops other processes first.
     """
 
-    def __init__(self, name: str, own_context: bool = False) -> None:
+    def __init__(self, name: str, own_context: bool = False, sim_time: bool = False) -> None:
         self._context = None
         if own_context:
             self._context = rclpy.Context()
             rclpy.init(context=self._context, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node(name, context=self._context)
+        self.node = rclpy.create_node(name, context=self._context,
+                                      parameter_overrides=[Parameter("use_sim_time", value=sim_time)])
         self.executor = SingleThreadedExecutor(context=self._context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -175,6 +177,11 @@ class ProcessSampler:
         cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime + stime
         rss_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
         return cpu, rss_kb / 1024.0
+
+    def replace(self, name: str, pid: int) -> None:
+        """`name` now runs as a new process (restarted): its series goes on from the new one."""
+        self.pids[name] = pid
+        self._last.pop(name, None)
 
     def sample(self) -> None:
         now = time.monotonic()

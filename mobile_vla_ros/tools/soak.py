@@ -1,0 +1,356 @@
+"""`mobile-vla-bench soak`: the async pipeline (real node processes, 650 Hz IMU, 10 Hz chunks) for
+minutes, measured from outside: RSS over time, deadline misses, safe stops, crashes.
+
+With `--faults` the system runs on sim time (synthetic_sources publishes /clock) and, after the
+warm-up, one fault is injected every `fault_interval` seconds, in turn:
+
+  clock_back      /clock jumps 10 s back (a bag loop, a simulator reset)
+  clock_forward   /clock jumps 10 s forward (a bag skip)
+  vlm_kill        vlm_node is SIGKILLed, and restarted once the stop is due (as a supervisor would)
+  sensor_stall    the 650 Hz sensor stops for 2 s
+  malformed_burst non-finite and zero-stamped IMU samples, VL features of the wrong size and
+                  over-long instructions, interleaved with the good stream
+
+Per fault it reports when the stop was due (the jump; the newest features' image stamp +
+max_feature_age; stall start + max_sensor_gap), the time from then to the first zero cmd_vel (the
+rule: within one action period), chunks that came when none may (after the stop was due, or from
+outside the clock's window after a jump), and the time from the fault's end to the first chunk of
+the recovered system. A malformed burst must not stop anything: its messages are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict
+
+from ..ros.conversions import stamp_to_sec
+from .bench_loop import (
+    ASYNC,
+    LoopConfig,
+    LoopObserver,
+    chunk_statistics,
+    max_feature_age,
+    process_summary,
+    running_system,
+    vlm_process,
+)
+from .ros_observer import ProcessSampler, diagnostics_of, wait_for
+
+FAULTS = ("clock_back", "clock_forward", "vlm_kill", "sensor_stall", "malformed_burst")
+CLOCK_JUMP = 10.0
+SENSOR_STALL = 2.0
+MAX_SENSOR_GAP = 0.05  # config/robot.yaml's value, which the soak's nodes run with
+DELIVERY = 0.02  # s: the observer and the node get the same message a few ms apart
+RECOVERY_TIMEOUT = 60.0
+
+
+class ClockTracker:
+    """Follows /clock at the observer: the offset sim − monotonic, and its changes (the jumps)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.changes: list[tuple[float, float]] = []  # (arrival, new offset)
+
+    def __call__(self, msg) -> None:
+        now = time.monotonic()
+        offset = stamp_to_sec(msg.clock) - now
+        with self.lock:
+            # Delivery jitter moves the offset by ms; a jump moves it by seconds.
+            if not self.changes or abs(offset - self.changes[-1][1]) > 0.5:
+                self.changes.append((now, offset))
+
+    def sim_at(self, t: float) -> float:
+        """Sim time at monotonic time t, as the clock then ran."""
+        with self.lock:
+            offset = next((o for arrival, o in reversed(self.changes) if arrival <= t), self.changes[0][1])
+        return t + offset
+
+    def monotonic_at(self, sim: float) -> float:
+        with self.lock:
+            return sim - self.changes[-1][1]
+
+    def jump_after(self, t: float) -> float | None:
+        with self.lock:
+            return next((arrival for arrival, _ in self.changes[1:] if arrival >= t), None)
+
+
+class SoakObserver(LoopObserver):
+    """LoopObserver plus cmd_vel (zero or not), /clock, and publishers for the malformed burst."""
+
+    def __init__(self, sim_time: bool = False) -> None:
+        from geometry_msgs.msg import Twist
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from rosgraph_msgs.msg import Clock
+        from sensor_msgs.msg import Image, Imu
+        from std_msgs.msg import String
+
+        from ..ros.node_support import LATCHED_QOS, SENSOR_QOS
+
+        super().__init__(sim_time=sim_time)
+        self.commands = self.record(Twist, "cmd_vel", 100, lambda m: m.linear.x == 0.0 and m.angular.z == 0.0)
+        self.clock = ClockTracker()
+        self.node.create_subscription(Clock, "/clock", self.clock,
+                                      QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
+        self.bad_sensor = self.node.create_publisher(Imu, "sensor", SENSOR_QOS)
+        self.bad_features = self.node.create_publisher(Image, "vl_features", LATCHED_QOS)
+        self.bad_instruction = self.node.create_publisher(String, "instruction", LATCHED_QOS)
+
+    def first_zero_after(self, t: float) -> float | None:
+        return next((arrival for arrival, zero in self.commands.since(t) if zero), None)
+
+    def first_chunk_after(self, t: float, timeout: float) -> float | None:
+        try:
+            wait_for(lambda: self.chunks.since(t), timeout, "a chunk")
+        except TimeoutError:
+            return None
+        return self.chunks.since(t)[0][0]
+
+
+class FaultInjector:
+    """Injects one fault at a time into a running soak system and measures it from outside."""
+
+    def __init__(self, cfg: LoopConfig, procs: dict, observer: SoakObserver, sampler: ProcessSampler,
+                 log=print) -> None:
+        self.cfg, self.procs, self.obs, self.sampler, self.log = cfg, procs, observer, sampler, log
+        self.action_period = 1.0 / cfg.action_hz
+        self.clock_offset = 0.0
+        self.restarted_at: float | None = None  # the last vlm_node restart
+        self.windows: list[tuple[float, float]] = []  # (start, end) of each fault incl. recovery
+
+    def inject(self, fault: str) -> dict:
+        start = time.monotonic()
+        result = {"fault": fault, "at_s": start} | getattr(self, fault)()
+        # The loop is meant to stop from here until a second after it recovered: not a deadline miss.
+        self.windows.append((start, result.pop("_window_end", time.monotonic())))
+        return result
+
+    # -- the faults -------------------------------------------------------------------------------
+    def clock_back(self) -> dict:
+        return self._clock_jump(-CLOCK_JUMP)
+
+    def clock_forward(self) -> dict:
+        return self._clock_jump(+CLOCK_JUMP)
+
+    def _clock_jump(self, jump: float) -> dict:
+        t_request = time.monotonic()
+        self.clock_offset += jump
+        self._set("synthetic_sources", "clock_offset", self.clock_offset)
+        wait_for(lambda: self.obs.clock.jump_after(t_request) is not None, 5, "the jump on /clock")
+        due = self.obs.clock.jump_after(t_request)
+        recovered = self.obs.first_chunk_after(due + DELIVERY, RECOVERY_TIMEOUT)
+        time.sleep(2.0)  # watch the new timeline's chunks for a while
+        # Every chunk after the jump is built on a window of the clock's present: not ahead, not old.
+        wrong = [(arrival, stamp) for arrival, (_, stamp, _) in self.obs.chunks.since(due + DELIVERY)
+                 if not (self.obs.clock.sim_at(arrival) - MAX_SENSOR_GAP - 0.1 <= stamp
+                         <= self.obs.clock.sim_at(arrival) + DELIVERY)]
+        return self._measure(due, due, recovered, wrong_chunks=len(wrong)) | {"jump_s": jump}
+
+    def vlm_kill(self) -> dict:
+        features = self.obs.features.since(0.0)
+        newest_stamp = features[-1][1] if features else math.nan
+        self.procs["vlm_node"].stop(signal.SIGKILL)
+        t_kill = time.monotonic()
+        # The node stops when the newest features it holds get older than max_feature_age (those in
+        # flight at the kill may reach it slightly after the observer's newest).
+        due = self.obs.clock.monotonic_at(newest_stamp + max_feature_age(self.cfg))
+        time.sleep(max(0.0, due - time.monotonic()) + 1.0)
+        late = [a for a, _ in self.obs.chunks.since(due + self.action_period + DELIVERY)]
+        self.procs["vlm_node"] = vlm_process(self.cfg)
+        self.sampler.replace("vlm_node", self.procs["vlm_node"].pid)
+        self.restarted_at = time.monotonic()
+        t_restart = time.monotonic()
+        recovered = self.obs.first_chunk_after(t_restart, RECOVERY_TIMEOUT)
+        extra = {"killed_to_due_s": due - t_kill, "features_since_restart": len(self.obs.features.since(t_restart))}
+        if recovered is None:
+            extra["vlm_node_log_tail"] = self.procs["vlm_node"].output()[-2000:]
+        return self._measure(due, t_restart, recovered, wrong_chunks=len(late)) | extra
+
+    def sensor_stall(self) -> dict:
+        t_request = time.monotonic()  # the stall starts between request and reply: the earliest bound
+        self._set("synthetic_sources", "sensor_enabled", False)
+        due = t_request + MAX_SENSOR_GAP
+        time.sleep(SENSOR_STALL)
+        t_end = time.monotonic()
+        late = [a for a, _ in self.obs.chunks.since(due + self.action_period + DELIVERY) if a < t_end]
+        self._set("synthetic_sources", "sensor_enabled", True)
+        recovered = self.obs.first_chunk_after(t_end, RECOVERY_TIMEOUT)
+        return self._measure(due, t_end, recovered, wrong_chunks=len(late))
+
+    def malformed_burst(self, n_sensor: int = 200) -> dict:
+        from sensor_msgs.msg import Image, Imu
+        from std_msgs.msg import Header, String
+
+        from ..ros.conversions import sec_to_stamp
+
+        before = self._fresh_diagnostics()
+        t0 = time.monotonic()
+        for i in range(n_sensor):  # half non-finite with a current stamp, half without a stamp
+            msg = Imu(header=Header(stamp=sec_to_stamp(self.obs.clock.sim_at(time.monotonic())) if i % 2 else
+                                    sec_to_stamp(0.0), frame_id="imu_link"))
+            msg.angular_velocity.z = float("nan") if i % 2 else 0.0
+            self.obs.bad_sensor.publish(msg)
+            if i % 10 == 0:
+                self.obs.bad_features.publish(Image(header=Header(stamp=sec_to_stamp(self.obs.clock.sim_at(t0))),
+                                                    height=1, width=3, encoding="32FC1", step=12, data=bytes(12)))
+            if i % 40 == 0:
+                self.obs.bad_instruction.publish(String(data="x" * 100_000))
+            time.sleep(0.0025)
+        t1 = time.monotonic()
+        time.sleep(1.0)
+        after = self._fresh_diagnostics()
+        stops = int(after.get("safe_stop_events", 0)) - int(before.get("safe_stop_events", 0))
+        zeros = [a for a, zero in self.obs.commands.since(t0) if zero and a < t1 + 1.0]
+        chunks = len([a for a, _ in self.obs.chunks.since(t0) if a < t1])
+
+        def grew(key: str) -> int:
+            return int(after.get(key, 0)) - int(before.get(key, 0))
+
+        return {"stop_expected": False, "safe_stop_events": stops, "zero_commands": len(zeros),
+                "chunks_during_burst": chunks, "chunks_expected": round((t1 - t0) * self.cfg.action_hz),
+                "sent": {"sensor": n_sensor, "features": n_sensor // 10, "instructions": n_sensor // 40},
+                "dropped": {"sensor": grew("sensor_rejected"), "features": grew("features_rejected"),
+                            "instructions": grew("instructions_rejected")},
+                "time_to_zero_s": None, "time_to_recovery_s": None, "wrong_chunks": 0,
+                "ok": stops == 0 and not zeros, "_window_end": t1 + 1.0}
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _measure(self, due: float, fault_end: float, recovered: float | None, wrong_chunks: int) -> dict:
+        zero = self.obs.first_zero_after(due - DELIVERY)
+        time_to_zero = None if zero is None else max(0.0, zero - due)
+        return {"stop_expected": True, "time_to_zero_s": time_to_zero, "wrong_chunks": wrong_chunks,
+                "time_to_recovery_s": None if recovered is None else recovered - fault_end,
+                "ok": time_to_zero is not None and time_to_zero <= self.action_period and wrong_chunks == 0
+                and recovered is not None, "_window_end": (recovered or time.monotonic()) + 1.0}
+
+    def _set(self, node: str, name: str, value) -> None:
+        result = self.obs.set_param(f"/{node}", name, value)
+        if not result.successful:
+            raise RuntimeError(f"{node} refused {name}={value}: {result.reason}")
+
+    def _fresh_diagnostics(self) -> dict:
+        """The action node's diagnostics from a cycle that began after this call."""
+        t = time.monotonic()
+        recorder = self.obs.recorders["/diagnostics"]
+        wait_for(lambda: any("action_expert_node" in diagnostics_of(m) for _, m in recorder.since(t)), 5,
+                 "fresh diagnostics")
+        return self.obs.latest_diagnostics("action_expert_node")
+
+
+def run_soak(minutes: float, cpu_burners: int, sensor_hz: float, action_hz: float = 10.0,
+             sample_every: float = 5.0, faults: bool = False, fault_interval: float = 60.0, log=print) -> dict:
+    """The async pipeline at full rate for `minutes`; RSS is compared after warm-up (the first 20 %,
+    at least 30 s: allocator pools, DDS buffers and ORT arenas fill up first). With `faults`, one
+    fault every `fault_interval` s after the warm-up (module docstring)."""
+    cfg = LoopConfig(mode=ASYNC, vlm_latency=0.3, sensor_hz=sensor_hz, action_hz=action_hz,
+                     seconds=minutes * 60.0, cpu_burners=cpu_burners, sim_time=faults)
+    crashes: dict[str, int] = {}
+    fault_results: list[dict] = []
+    with running_system(cfg, SoakObserver) as (procs, observer):
+        sampler = ProcessSampler({name: p.pid for name, p in procs.items()})
+        injector = FaultInjector(cfg, procs, observer, sampler, log)
+        t0 = time.monotonic()
+        warmup = max(30.0, 0.2 * cfg.seconds)
+        stops_at_warmup = None
+        rss_at_warmup: dict[str, float] = {}
+        next_report, next_fault = t0 + 60.0, t0 + warmup + 5.0
+        sampler.sample()
+        while time.monotonic() - t0 < cfg.seconds:
+            time.sleep(sample_every)
+            sampler.sample()
+            for name, p in procs.items():
+                if not p.alive() and name not in crashes and not (name == "vlm_node" and p.proc.returncode
+                                                                   == -signal.SIGKILL):
+                    crashes[name] = p.proc.returncode
+                    log(f"  {name} exited with code {p.proc.returncode}")
+            elapsed = time.monotonic() - t0
+            if stops_at_warmup is None and elapsed >= warmup:
+                stops_at_warmup = int(observer.latest_diagnostics("action_expert_node").get("safe_stop_events", 0))
+                rss_at_warmup = {n: s[-1][2] for n, s in sampler.samples.items() if s}
+            if faults and time.monotonic() >= next_fault and cfg.seconds - elapsed > fault_interval / 2:
+                fault = FAULTS[len(fault_results) % len(FAULTS)]
+                result = injector.inject(fault)
+                result["at_s"] -= t0
+                fault_results.append(result)
+                log(f"  {elapsed / 60:.1f} min: {fault_line(result)}")
+                next_fault = time.monotonic() + fault_interval
+            if time.monotonic() >= next_report:
+                next_report += 60.0
+                rss = ", ".join(f"{n} {s[-1][2]:.0f} MB" for n, s in sampler.samples.items() if s)
+                log(f"  {elapsed / 60:.0f} min: {observer.chunks.count()} chunks, RSS {rss}")
+        t1 = time.monotonic()
+        diag = observer.latest_diagnostics("action_expert_node")
+        stats = chunk_statistics([c for c in observer.chunks.since(t0) if c[0] <= t1],
+                                 observer.features.since(0.0), action_hz, exclude=injector.windows)
+        periods = stats.get("chunks", 0) - 1
+        rss = {}
+        for name, samples in sampler.samples.items():
+            base = rss_at_warmup.get(name)
+            if name == "vlm_node" and injector.restarted_at is not None:
+                # A new process since the last kill: its own warm-up is the same 30 s at least.
+                base = next((r for t, _, r in samples if t >= injector.restarted_at + 30.0), None)
+            if samples and base:
+                end = samples[-1][2]
+                rss[name] = {"after_warmup_mb": base, "end_mb": end, "growth_percent": 100.0 * (end - base) / base,
+                             "series_mb": [(round(t - t0, 1), round(r, 1)) for t, _, r in samples]}
+        return {
+            "config": asdict(cfg), "warmup_s": warmup, **stats,
+            "deadline_miss_percent": 100.0 * stats.get("deadline_misses", 0) / max(periods, 1),
+            "safe_stop_events_after_warmup": int(diag.get("safe_stop_events", 0)) - (stops_at_warmup or 0),
+            "crashes": crashes, "rss": rss, "processes": process_summary(sampler),
+            "policy_diagnostics": diag, "faults": fault_results, "fault_summary": fault_summary(fault_results),
+        }
+
+
+def fault_line(r: dict) -> str:
+    if not r["stop_expected"]:
+        return (f"{r['fault']}: {'ok' if r['ok'] else 'FAILED'}, {r['safe_stop_events']} stops, dropped "
+                f"{r['dropped']}")
+    zero = "never" if r["time_to_zero_s"] is None else f"{r['time_to_zero_s'] * 1e3:.0f} ms"
+    rec = "never" if r["time_to_recovery_s"] is None else f"{r['time_to_recovery_s']:.2f} s"
+    return f"{r['fault']}: {'ok' if r['ok'] else 'FAILED'}, zero after {zero}, recovered after {rec}, " \
+           f"{r['wrong_chunks']} chunks when none may come"
+
+
+def fault_summary(results: list[dict]) -> dict:
+    out = {}
+    for fault in FAULTS:
+        rs = [r for r in results if r["fault"] == fault]
+        if not rs:
+            continue
+        zeros = [r["time_to_zero_s"] for r in rs if r.get("time_to_zero_s") is not None]
+        recoveries = [r["time_to_recovery_s"] for r in rs if r.get("time_to_recovery_s") is not None]
+        out[fault] = {"count": len(rs), "ok": sum(r["ok"] for r in rs),
+                      "time_to_zero_max_s": max(zeros) if zeros else None,
+                      "time_to_recovery_max_s": max(recoveries) if recoveries else None,
+                      "wrong_chunks": sum(r.get("wrong_chunks", 0) for r in rs)}
+    return out
+
+
+def soak_table(result: dict) -> str:
+    c = result["config"]
+    lines = [f"soak: {c['seconds'] / 60:.1f} min, sensor {c['sensor_hz']:.0f} Hz, action {c['action_hz']:.0f} Hz, "
+             f"{c['cpu_burners']} CPU burners{', faults injected' if result['faults'] else ''}",
+             "| quantity | value |", "|---|---|",
+             f"| chunks | {result.get('chunks', 0)} ({result.get('chunks_per_s', 0):.2f}/s) |",
+             f"| period p50 / p99 / max ms | {result['period_ms']['p50']:.1f} / {result['period_ms']['p99']:.1f} / "
+             f"{result['period_ms']['max']:.1f} |",
+             f"| period error p99 ms | {result['period_error_ms']['p99']:.2f} |",
+             f"| deadline misses (period > 1.5 x nominal{', outside faults' if result['faults'] else ''}) | "
+             f"{result['deadline_misses']} ({result['deadline_miss_percent']:.3f} %) |",
+             f"| safe-stop events after warm-up | {result['safe_stop_events_after_warmup']} |",
+             f"| crashes | {len(result['crashes'])} |"]
+    for name, r in result["rss"].items():
+        lines.append(f"| RSS {name}: after warm-up -> end | {r['after_warmup_mb']:.0f} -> {r['end_mb']:.0f} MB "
+                     f"({r['growth_percent']:+.1f} %) |")
+    if result["faults"]:
+        lines += ["", "| fault | injected | ok | max time to zero cmd_vel | max time to recovery | "
+                  "chunks when none may come |", "|---|---|---|---|---|---|"]
+        for fault, s in result["fault_summary"].items():
+            zero = "none due" if s["time_to_zero_max_s"] is None else f"{s['time_to_zero_max_s'] * 1e3:.0f} ms"
+            rec = "-" if s["time_to_recovery_max_s"] is None else f"{s['time_to_recovery_max_s']:.2f} s"
+            lines.append(f"| {fault} | {s['count']} | {s['ok']} | {zero} | {rec} | {s['wrong_chunks']} |")
+    return "\n".join(lines)
+
