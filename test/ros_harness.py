@@ -12,7 +12,7 @@ from mobile_vla_ros.tools.bringup import NodeProcess
 from mobile_vla_ros.tools.ros_observer import Observer, Recorder, diagnostics_of, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
-__all__ = ["REPO", "NodeProcess", "Probe", "Recorder", "diag_values", "wait_for"]
+__all__ = ["REPO", "NodeProcess", "Probe", "Recorder", "diag_values", "diagnostics_of", "wait_for"]
 
 
 class Probe(Observer):

@@ -90,7 +90,9 @@ def test_two_and_three_input_models_export_and_run_on_every_cpu_backend(tmp_path
             ort.run(f, w)
 
 
-def test_tensorrt_missing_is_a_clear_error():
+def test_tensorrt_missing_is_a_clear_error(monkeypatch):
+    """Whether or not this machine has TensorRT: where it is missing, the error says what to install."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt fails, as without the package
     spec = ModelSpec.load(default_model_dir())
     with pytest.raises(BackendUnavailable, match="TensorRT is not installed"):
         create_backend("tensorrt", default_model_dir(), spec)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 from ros_harness import REPO, wait_for
@@ -30,7 +29,6 @@ def test_bringup_runs_nodes_in_namespace_with_yaml(probe):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out
-    time.sleep(0.5)
     assert "exited with code" not in out
 
 

@@ -37,8 +37,13 @@ def test_find_engine_checks_the_sidecar(tmp_path):
     assert path is None and problems == ["tensorrt_version: expected '10.3.0', got '10.0.1'"]
 
 
+# The build CLI as on a machine without TensorRT, whatever this one has: `import tensorrt` fails.
+WITHOUT_TENSORRT = ("import runpy, sys; sys.modules['tensorrt'] = None; sys.argv[0] = 'build_engine'; "
+                    "runpy.run_module('mobile_vla_ros.tools.build_engine', run_name='__main__')")
+
+
 def test_build_engine_cli_without_tensorrt_is_a_clear_error(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.build_engine", "--model-dir",
+    result = subprocess.run([sys.executable, "-c", WITHOUT_TENSORRT, "--model-dir",
                              str(default_model_dir()), "--engine-cache-dir", str(tmp_path)],
                             capture_output=True, text=True)
     assert result.returncode == 1

@@ -3,6 +3,8 @@
 import threading
 import time
 
+import pytest
+
 from mobile_vla_ros.core.scheduling import SingleFlightWorker, period_from_hz
 
 
@@ -44,17 +46,17 @@ def test_skipped_ticks_ask_for_a_catch_up_once_the_job_ends():
 
 def test_a_failing_job_is_reported_and_the_worker_stays_usable():
     worker = SingleFlightWorker()
-    errors = []
-    worker.try_submit(lambda: 1 / 0, lambda r, e: errors.append(e))
+    outcomes = []
+    assert worker.try_submit(lambda: 1 / 0, lambda r, e: outcomes.append((r, e)))
+    assert worker.wait_idle(5)
+    assert worker.try_submit(lambda: 6 * 7, lambda r, e: outcomes.append((r, e)))  # the next job runs
+    assert worker.wait_idle(5)
     worker.shutdown()
-    assert isinstance(errors[0], ZeroDivisionError) and worker.failed == 1
+    assert isinstance(outcomes[0][1], ZeroDivisionError) and outcomes[1] == (42, None) and worker.failed == 1
 
 
 def test_period_from_hz_rejects_non_positive_rates():
     assert period_from_hz(4.0) == 0.25
-    try:
-        period_from_hz(0.0)
-    except ValueError as exc:
-        assert "> 0 Hz" in str(exc)
-    else:
-        raise AssertionError("0 Hz accepted")
+    for hz in (0.0, -1.0):
+        with pytest.raises(ValueError, match="> 0 Hz"):
+            period_from_hz(hz)

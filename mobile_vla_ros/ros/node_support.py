@@ -76,7 +76,9 @@ def install_live_parameters(node: Node, specs: tuple[P.ParamSpec, ...], current:
                             check: Callable[[dict[str, Any]], str | None] | None,
                             apply: Callable[[dict[str, Any]], None]) -> None:
     """Validate run-time changes against the specs, then `check` (rules across parameters, if any) the
-    would-be full set; apply on success."""
+    would-be full set; apply on success. rclpy itself rejects what the descriptors say (read-only
+    parameters, scalars out of range, wrong types) before this callback runs; what is left here is
+    what descriptors cannot express: array lengths and ranges, choices, rules across parameters."""
     by_name = P.spec_by_name(specs)
 
     def on_set(parameters: list[Parameter]) -> SetParametersResult:
@@ -85,8 +87,6 @@ def install_live_parameters(node: Node, specs: tuple[P.ParamSpec, ...], current:
             spec = by_name.get(p.name)
             if spec is None:
                 continue  # use_sim_time and other rclpy-owned parameters
-            if not spec.live:
-                return SetParametersResult(successful=False, reason=f"{p.name} is read-only at run time")
             reason = P.validate(spec, p.value)
             if reason is not None:
                 return SetParametersResult(successful=False, reason=reason)

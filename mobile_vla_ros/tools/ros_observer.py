@@ -17,7 +17,7 @@ from pathlib import Path
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import Parameter as ParameterMsg
-from rcl_interfaces.srv import GetParameters, SetParameters
+from rcl_interfaces.srv import DescribeParameters, GetParameters, SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
@@ -133,6 +133,11 @@ class Observer:
         response = self._call(GetParameters, f"{node}/get_parameters", GetParameters.Request(names=[name]),
                               timeout)
         return Parameter.from_parameter_msg(ParameterMsg(name=name, value=response.values[0])).value
+
+    def describe_param(self, node: str, name: str, timeout: float = 5.0):
+        """The ParameterDescriptor the node declared `name` with (read_only, ranges, ...)."""
+        return self._call(DescribeParameters, f"{node}/describe_parameters",
+                          DescribeParameters.Request(names=[name]), timeout).descriptors[0]
 
     def ros_now(self) -> float:
         return self.node.get_clock().now().nanoseconds * 1e-9

@@ -218,7 +218,11 @@ class FaultInjector:
 
     # -- helpers ---------------------------------------------------------------------------------
     def _measure(self, due: float, fault_end: float, recovered: float | None, wrong_chunks: int) -> dict:
-        zero = self.obs.first_zero_after(due - DELIVERY)
+        """The stop is the first zero command after the last chunk of the fault's span: at or before
+        `due` (it stopped for an earlier reason, e.g. the transport stalled at the kill) counts as 0."""
+        last_chunk = max((a for a, _ in self.obs.chunks.since(due - 60.0) if a <= due + DELIVERY),
+                         default=due - DELIVERY)
+        zero = self.obs.first_zero_after(last_chunk)
         time_to_zero = None if zero is None else max(0.0, zero - due)
         return {"stop_expected": True, "time_to_zero_s": time_to_zero, "wrong_chunks": wrong_chunks,
                 "time_to_recovery_s": None if recovered is None else recovered - fault_end,
