@@ -11,7 +11,9 @@ The simulation owns time: physics advances at real_time_factor x wall time in it
 with publish_clock (default) it publishes /clock and stamps everything in sim time, so the policy
 nodes run with use_sim_time: true (bringup --sim and `robot.launch.py use_sim:=true` set it).
 Episodes run back to back from `seed`; before each, the new scene is shown for episode_pause
-seconds with the base held still, so the VLM sees it before the clock of the episode starts.
+seconds with the base held still, so the VLM sees it before the clock of the episode starts. The
+clock runs on across episodes, or, with reset_clock, starts again at every episode (a world reset:
+the policy nodes see a clock jump back each time).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class SimNode(Node):
         p = {name: self.declare_parameter(name, default).value for name, default in (
             ("seed", 0), ("episodes", 0), ("time_limit", SimConfig.time_limit), ("camera_hz", SimConfig.camera_hz),
             ("image_size", SimConfig.image_size), ("real_time_factor", 1.0), ("episode_pause", 1.0),
-            ("command_timeout", 0.5), ("publish_clock", True), ("twist_stamped", False), ("task_set", "standard"))}
+            ("command_timeout", 0.5), ("publish_clock", True), ("twist_stamped", False), ("task_set", "standard"),
+            ("reset_clock", False))}
         if not 0.05 <= float(p["real_time_factor"]) <= 20.0:
             raise ValueError(f"real_time_factor: expected 0.05-20, got {p['real_time_factor']}")
         # sim_node evaluates: the hard set is phrased with the instructions never used in training.
@@ -52,6 +55,9 @@ class SimNode(Node):
         self.seed, self.episodes = int(p["seed"]), int(p["episodes"])
         self.rtf, self.pause = float(p["real_time_factor"]), float(p["episode_pause"])
         self.command_timeout, self.publish_clock = float(p["command_timeout"]), bool(p["publish_clock"])
+        # reset_clock: every episode starts the clock again at SIM_EPOCH, as a simulator's world reset
+        # does -- the policy nodes see a clock jump back at each episode (their clock-jump path).
+        self.reset_clock = bool(p["reset_clock"])
         self.image_pub = self.create_publisher(Image, TOPICS["image"], SENSOR_QOS)
         self.imu_pub = self.create_publisher(Imu, TOPICS["sensor"], SENSOR_QOS)
         self.instruction_pub = self.create_publisher(String, TOPICS["instruction"], LATCHED_QOS)
@@ -110,7 +116,8 @@ class SimNode(Node):
             self.result_pub.publish(String(data=result_json(result, index)))
             self.get_logger().info(f"episode {index} (seed {task.seed}) '{task.instruction}': "
                                    f"{'success' if result.success else 'failed'} after {result.duration:.1f} s")
-            self._sim_offset += episode.time
+            if not self.reset_clock:
+                self._sim_offset += episode.time
             if not self.publish_clock:
                 self._wall_base += episode.time
             index += 1

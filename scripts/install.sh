@@ -18,6 +18,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/dev.txt
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+# Type stubs of TensorRT 10.13 for the static check of the TensorRT code (TensorRT itself cannot be
+# installed here); --no-deps: the stubs declare a dependency on tensorrt, which cannot install.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps tensorrt-stubs==10.13.0.35.1
 .venv/bin/python -c "import rclpy, torch, transformers, onnxruntime, mujoco, mobile_vla_ros" \
     || { echo "install.sh: the environment does not import; see the pip output above" >&2; exit 1; }
 echo "install.sh: ready (.venv: $(.venv/bin/python --version), torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"

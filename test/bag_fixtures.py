@@ -35,12 +35,15 @@ def write_imu_bag(bag: Path, storage: str, samples: int, feature_value: float) -
 
 def write_episode_bag(bag: Path, storage: str = "sqlite3", seconds: float = 4.0, seed: int = 0,
                       instruction: str | None = "go to the red cylinder", sensor_hz: float = 650.0,
-                      action: str = "twist") -> Path:
+                      action: str = "twist", later_instruction: tuple[float, str] | None = None,
+                      sensor: str = "imu") -> Path:
     """A robot-like recording: /camera/image_raw (rgb8 64x64 at 15 Hz, a colour that drifts),
     /instruction (once), /sensor (IMU at `sensor_hz`, gyro z follows the command) and the commands
     at 50 Hz (a smooth forward speed and turn rate) as /cmd_vel Twist (`action` twist), /action_chunk
     JointTrajectory (joint_trajectory) or /joint_commands JointState (joint_state).
-    `storage`: sqlite3 | mcap (rosbag2) | ros1 (a ROS 1 .bag file at `bag`.bag)."""
+    `storage`: sqlite3 | mcap (rosbag2) | ros1 (a ROS 1 .bag file at `bag`.bag). `later_instruction`
+    (seconds after the start, text): a second instruction mid-bag. `sensor` imu | wrench (WrenchStamped
+    on /sensor: weight on force z, the turn rate on torque z)."""
     from rosbags.typesys import Stores, get_typestore
 
     store = get_typestore(Stores.ROS1_NOETIC if storage == "ros1" else Stores.ROS2_HUMBLE)
@@ -74,6 +77,10 @@ def write_episode_bag(bag: Path, storage: str = "sqlite3", seconds: float = 4.0,
     for k in range(int(seconds * sensor_hz)):
         ns = t0 + int(k / sensor_hz * 1e9)
         _, wz = command((ns - t0) * 1e-9)
+        if sensor == "wrench":
+            events.append(("/sensor", ns, T["geometry_msgs/msg/WrenchStamped"](Header(stamp(ns), "ft"), T[
+                "geometry_msgs/msg/Wrench"](Vector3(0, 0, -20.0 + rng.standard_normal()), Vector3(0, 0, wz)))))
+            continue
         events.append(("/sensor", ns, Imu(Header(stamp(ns), "imu"), Quaternion(0, 0, 0, 1), cov,
                                           Vector3(0, 0, wz + 0.01 * rng.standard_normal()), cov,
                                           Vector3(0.05 * rng.standard_normal(), 0, 9.81), cov)))
@@ -95,8 +102,11 @@ def write_episode_bag(bag: Path, storage: str = "sqlite3", seconds: float = 4.0,
         events.append((action_topic, ns, msg))
     if instruction is not None:
         events.append(("/instruction", t0 - 1_000_000, String(instruction)))
+        if later_instruction is not None:
+            events.append(("/instruction", t0 + int(later_instruction[0] * 1e9), String(later_instruction[1])))
     events.sort(key=lambda e: e[1])
-    types = {"/camera/image_raw": Image, "/sensor": Imu, action_topic: action_cls, "/instruction": String}
+    types = {"/camera/image_raw": Image, "/sensor": T["geometry_msgs/msg/WrenchStamped"] if sensor == "wrench" else Imu,
+             action_topic: action_cls, "/instruction": String}
     if storage == "ros1":
         from rosbags.rosbag1 import Writer as Ros1Writer
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from bag_fixtures import write_episode_bag
 
@@ -81,6 +82,38 @@ def test_joint_trajectory_chunks_expand_to_timed_actions():
                            ["linear_x"], [])
 
 
+def test_overlapping_chunks_hand_over_at_the_newer_chunks_stamp():
+    """Chunks every 55 ms spanning 100 ms, off each other's step grid: from its stamp on, the newer
+    chunk is the plan; the older one's later steps must not interleave with it."""
+    commands = []
+    for c in range(4):
+        stamp = 10.0 + 0.055 * c
+        evaluate.add_commands(commands, stamp, [(stamp + (k + 1) * 0.0125, np.array([c, k], np.float32))
+                                                for k in range(8)], plan=True)
+    times = np.array([t for t, _ in commands])
+    assert np.all(np.diff(times) > 0)
+    for t, values in commands:
+        newest = max(c for c in range(4) if 10.0 + 0.055 * c < t)
+        assert values[0] == newest, f"at {t:.4f} s the command comes from chunk {values[0]}, not {newest}"
+    assert commands[-1][1].tolist() == [3, 7]
+    twists = []
+    for k in range(3):  # instantaneous commands never remove anything
+        evaluate.add_commands(twists, 10.0 - 0.01 * k, [(10.0 - 0.01 * k, np.zeros(2, np.float32))], plan=False)
+    assert len(twists) == 3
+
+
+def test_an_instruction_mid_bag_stops_until_its_own_features_arrive(tmp_path):
+    """The second instruction arrives 2.02 s in: the forward in flight for the first is discarded,
+    the first frame after it (2.067 s) starts a forward at once, usable 0.3 s later; the action
+    ticks at 2.1, 2.2 and 2.3 s stop for want of its features, and 2.4 s runs again."""
+    bag = write_episode_bag(tmp_path / "two", seconds=4.0, seed=1, later_instruction=(2.02, "go to the blue box"))
+    result = run_eval(bag, tmp_path / "out")["results"][0]
+    assert result["no_chunk"].get("instruction changed, no features for it yet") == 3
+    single = run_eval(write_episode_bag(tmp_path / "one", seconds=4.0, seed=1), tmp_path / "out1")["results"][0]
+    assert "instruction changed, no features for it yet" not in single["no_chunk"]
+    assert result["metrics"]["chunks"] == single["metrics"]["chunks"] - 3
+
+
 def test_latency_longer_than_max_feature_age_stops_every_tick(bags, tmp_path):
     result = run_eval(bags["mcap"], tmp_path, "--max-feature-age", "0.2")["results"][0]
     assert result["metrics"]["chunks"] == 0
@@ -133,3 +166,5 @@ def test_a_directory_of_bags_is_evaluated_like_its_bags_one_by_one(bags, tmp_pat
     root = bags["sqlite3"].parent
     both = run_eval(root, tmp_path / "both")
     assert both["results"][0]["metrics"]["chunks"] == 2 * one  # the same recording in sqlite3 and mcap
+    plots = sorted(p.name for p in (tmp_path / "both" / "plots").glob("*.png"))
+    assert plots == ["eval_vlm_hz_3.33_mcap.png", "eval_vlm_hz_3.33_sqlite3.png"]  # one figure per bag

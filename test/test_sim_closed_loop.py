@@ -61,3 +61,17 @@ def test_the_synchronous_loop_drives_the_simulated_robot_through_its_node(tmp_pa
     assert "action_expert_node" not in report["diagnostics"]
     assert any(len(e["path"]) > 5 and e["final_distance"] < 1.0 for e in report["episodes"])  # it drove
 
+
+
+@pytest.mark.timeout(400)
+def test_episodes_that_reset_the_clock_go_through_the_jump_path_and_still_succeed(tmp_path):
+    """sim_node with reset_clock: every episode starts the clock again (a world reset), so the nodes
+    clear and stop at each episode start, and recover on the new episode's data."""
+    extra = tmp_path / "reset_clock.yaml"
+    extra.write_text("sim_node:\n  ros__parameters:\n    reset_clock: true\n")
+    config = share_dir() / "config"
+    report = bringup_sim(tmp_path / "out", "--episodes", "3", *[a for f in (config / "robot.yaml", config / "sim.yaml",
+                                                                          extra) for a in ("--params-file", str(f))])
+    assert sum(e["success"] for e in report["episodes"]) >= 1
+    assert report["diagnostics"]["action_expert_node"]["clock_jumps"] == "2"
+    assert report["diagnostics"]["vlm_node"]["clock_jumps"] == "2"

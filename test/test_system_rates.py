@@ -131,3 +131,51 @@ def test_slow_vlm_skips_ticks_instead_of_queueing(probe, processes):
              "skipped ticks in diagnostics")
     growth = vlm.rss_kb() - rss_start
     assert growth < 20_000, f"vlm_node RSS grew {growth} kB in {t1 - t0:.0f} s while skipping ticks"
+
+
+def moving(twist) -> bool:
+    return twist.linear.x != 0.0 or twist.angular.z != 0.0
+
+
+@pytest.mark.timeout(150)
+def test_live_safety_parameters_take_effect(probe, processes):
+    """action_limits bound the very next commands; a max_feature_age / max_sensor_gap below what the
+    inputs can meet stops the robot for that reason, and putting it back resumes; zero_cmd_hold sets
+    how long the zero command lasts after a stop."""
+    chunks = probe.record(JointTrajectory, "action_chunk", 10)
+    twists = probe.record(Twist, "cmd_vel", 100)
+    diags = probe.diagnostics()
+    start_system(processes, {"vlm_hz": 3.0}, {"max_action_step": [10.0, 10.0]})
+    wait_for(lambda: chunks.count() >= 10, 60, "system running")
+    limit = 0.01
+    wait_for(lambda: any(abs(m.linear.x) > limit or abs(m.angular.z) > limit for _, m in twists.since(0.0)), 10,
+             f"commands above {limit} before the limit is set (else the test shows nothing)")
+
+    assert probe.set_param("action_expert_node", "action_limits", [limit, limit]).successful
+    t_set = time.monotonic()
+    wait_for(lambda: len(twists.since(t_set + 0.05)) >= 40, 10, "commands under the new limits")
+    assert all(abs(m.linear.x) <= limit and abs(m.angular.z) <= limit for _, m in twists.since(t_set + 0.05))
+
+    def stop_and_resume(name: str, bad: float, good: float, reason: str) -> float:
+        assert probe.set_param("action_expert_node", name, bad).successful
+        t_bad = time.monotonic()
+        wait_for(lambda: reason in diag_values(diags, "action_expert_node").get("safe_stop_reason", ""), 5,
+                 f"stop reason {reason!r} after {name}={bad}")
+        stopped_at = max(t for t, _ in chunks.since(0.0))
+        assert stopped_at - t_bad <= 0.3, f"chunks went on for {stopped_at - t_bad:.2f} s after {name}={bad}"
+        time.sleep(1.5)  # observe the stop: zeros, then silence after zero_cmd_hold
+        assert probe.set_param("action_expert_node", name, good).successful
+        t_good = time.monotonic()
+        wait_for(lambda: len(chunks.since(t_good)) >= 3, 10, f"chunks after {name}={good}")
+        return stopped_at
+
+    stopped = stop_and_resume("max_feature_age", 0.05, 2.0, "older than max_feature_age")
+    assert not [m for t, m in twists.since(stopped + 0.1) if t < stopped + 1.4 and moving(m)]
+
+    hold = 0.3
+    assert probe.set_param("action_expert_node", "zero_cmd_hold", hold).successful
+    stopped = stop_and_resume("max_sensor_gap", 0.0005, 0.05, "sensor gap")
+    zeros = [t for t, m in twists.since(stopped) if t < stopped + 1.4 and not moving(m)]
+    assert zeros and not [m for t, m in twists.since(stopped + 0.1) if t < stopped + 1.4 and moving(m)]
+    span = zeros[-1] - zeros[0]
+    assert hold - 0.1 <= span <= hold + 0.15, f"zero cmd_vel for {span:.2f} s with zero_cmd_hold {hold}"

@@ -56,6 +56,67 @@ def test_staleness_picks_older_images_within_the_samples_bag():
         train.staleness_range("0.5,0.1", 3.33, 0.05)
 
 
+def test_samples_align_window_end_targets_and_features_with_the_sample_time():
+    """Values that are their own timestamps make any misalignment visible: the window ends at the
+    newest sample at or before t, target k is the command in force at t + k*dt, the features are
+    those of the newest image at or before t - staleness."""
+    spec = ModelSpec.load(__import__("mobile_vla_ros.paths", fromlist=["x"]).default_model_dir())
+    rec = Recording()
+    rec.images = [(10.0 + 0.1 * i, np.zeros((2, 2, 3), np.uint8)) for i in range(30)]
+    rec.sensor = [(10.0 + j / 650, np.array([j / 650, 0, 0, 0, 0, 9.81], np.float32)) for j in range(650 * 3)]
+    rec.commands = [(10.0 + m / 50, np.array([m / 50, -m / 50], np.float32)) for m in range(150)]
+    rec.executed = rec.commands
+    feats = np.arange(30, dtype=np.float32)[:, None].repeat(64, 1)
+    data = train.build_dataset([rec], [feats], spec, sample_dt=0.05, twist_mapping=["linear.x", "angular.z"])
+    samples = np.arange(len(data))
+    t = data.times - 10.0
+    windows = data.windows(samples, spec.sensor_window)[:, :, 0]
+    newest = np.floor(t * 650 + 1e-6) / 650
+    np.testing.assert_allclose(windows[:, -1], newest, atol=1e-6)
+    np.testing.assert_allclose(np.diff(windows, axis=1), 1 / 650, atol=1e-6)  # contiguous, oldest first
+    steps = t[:, None] + np.arange(spec.chunk_size) * spec.action_dt
+    np.testing.assert_allclose(data.targets[:, :, 0], np.floor(steps * 50 + 1e-6) / 50, atol=1e-6)
+    np.testing.assert_allclose(data.targets[:, :, 1], -data.targets[:, :, 0])
+    for staleness in (0.0, 0.25):
+        got = data.features[data.feature_index(samples, np.full(len(data), staleness))][:, 0]
+        np.testing.assert_array_equal(got, np.maximum(np.floor((t - staleness) * 10 + 1e-6), 0))
+
+
+def test_a_different_vlm_or_pooling_gets_its_own_feature_cache(tiny_vlm_dir, tmp_path):
+    """The cache key is the feature function's identity: pooling, backend and every byte of the VLM's
+    files; features computed under one are never served for another."""
+    import shutil
+
+    from mobile_vla_ros.vlm.base import ExtractorConfig, create_extractor
+
+    base = ExtractorConfig(backend="kosmos2", pooling="last_token", model_path=str(tiny_vlm_dir))
+    key = train.vlm_key(base, tiny_vlm_dir)
+    assert train.vlm_key(base, tiny_vlm_dir) == key
+    assert train.vlm_key(ExtractorConfig(backend="kosmos2", pooling="mean_text", model_path=str(tiny_vlm_dir)),
+                         tiny_vlm_dir) != key
+    assert train.vlm_key(ExtractorConfig(backend="kosmos2_clip", pooling="last_token",
+                                         model_path=str(tiny_vlm_dir)), tiny_vlm_dir) != key
+    changed = tmp_path / "vlm"
+    shutil.copytree(tiny_vlm_dir, changed)
+    weights = next(p for p in changed.iterdir() if p.suffix == ".safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    assert train.vlm_key(base, changed) != key
+
+    rec = Recording()
+    rec.images = [(0.1 * i, np.full((32, 32, 3), 40 * i, np.uint8)) for i in range(3)]
+    rec.instructions = [(0.0, "go to the red cylinder")]
+    mean_text = ExtractorConfig(backend="kosmos2", pooling="mean_text", model_path=str(tiny_vlm_dir))
+    cache = tmp_path / "cache"
+    by_last = train.bag_features(rec, create_extractor(base), cache, key, "a")
+    by_mean = train.bag_features(rec, create_extractor(mean_text), cache, train.vlm_key(mean_text, tiny_vlm_dir), "a")
+    assert len(list(cache.rglob("*.npy"))) == 2 and not np.allclose(by_last, by_mean)
+    direct = create_extractor(mean_text).extract([rec.images[1][1]], "go to the red cylinder")[0]
+    np.testing.assert_allclose(by_mean[1], direct, atol=1e-6)  # computed by the pooling asked for
+    np.testing.assert_array_equal(train.bag_features(rec, None, cache, key, "a"), by_last)  # served, not run
+
+
 def test_train_writes_a_complete_model_that_beats_zero_action_and_resumes(sim_bags, tiny_vlm_dir, tmp_path, capsys):
     out, cache = tmp_path / "model", tmp_path / "cache"
     assert train.main(train_args(sim_bags, tiny_vlm_dir, out, cache, "--epochs", "3", "--staleness", "0.1,0.6")) == 0
@@ -95,6 +156,26 @@ def test_two_process_ddp_trains_the_same_model_as_one(sim_bags, tiny_vlm_dir, tm
     two = json.loads((tmp_path / "two" / "train_report.json").read_text())
     for a, b in zip(one["history"], two["history"]):
         assert b["mae_chunk"] == pytest.approx(a["mae_chunk"], rel=0.02, abs=2e-3)
+
+
+def test_a_wrench_model_is_trained_from_wrench_bags_and_runs_in_the_core(tiny_vlm_dir, tmp_path):
+    """The sensor type follows the bag (WrenchStamped on /sensor): model.yaml says wrench and the
+    action core the node runs takes wrench windows."""
+    for i in range(3):
+        write_episode_bag(tmp_path / "bags" / f"w{i}", seconds=3.0, seed=i, sensor="wrench")
+    out = tmp_path / "wrench_model"
+    assert train.main(train_args(tmp_path / "bags", tiny_vlm_dir, out, tmp_path / "cache", "--epochs", "1")) == 0
+    spec = ModelSpec.load(out)
+    assert spec.sensor_type == "wrench" and spec.motion_input is not None
+    from mobile_vla_ros.core.action_pipeline import ActionExpertCore
+
+    core = ActionExpertCore(spec, create_backend("onnxruntime", out, spec, None), 2.0, 0.05)
+    core.on_instruction("go", now=100.0)
+    core.on_features(np.zeros((1, spec.feature_dim), np.float32), source_stamp=100.0, now=100.0)
+    for j in range(70):
+        t = 100.0 + j / 650
+        core.on_sensor(t, [0.0, 0.0, -20.0, 0.0, 0.0, 0.1], now=t)
+    assert core.tick(100.0 + 69 / 650).chunk is not None
 
 
 def test_bad_bags_stop_with_one_line(tmp_path, tiny_vlm_dir):

@@ -1,10 +1,12 @@
-"""Which frames and instruction a VLM forward uses (vlm_node and the closed-loop simulation share it)."""
+"""Which frames and instruction a VLM forward uses, and when forwards run in virtual time (vlm_node,
+offline replay and the closed-loop simulation share it)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from mobile_vla_ros.core.vlm_schedule import CameraFrame, VlmScheduler
+from mobile_vla_ros.core.vlm_schedule import CameraFrame, VirtualTimeVlm, VlmScheduler
 
 RGB = np.zeros((2, 2, 3), np.uint8)
 
@@ -47,3 +49,52 @@ def test_a_forward_started_for_an_older_instruction_is_not_current():
     assert s.is_current(inputs)
     s.set_instruction("b", now=0.3)
     assert not s.is_current(inputs)
+    s.set_instruction("a", now=0.4)  # back to the old text: still a later instruction than the forward's
+    assert not s.is_current(inputs)
+
+
+class CountingExtractor:
+    """The real work is irrelevant here; what matters is which inputs each forward got."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, images, instruction):
+        self.calls.append((len(images), instruction))
+        return np.full((1, 4), len(self.calls), np.float32)
+
+
+def test_virtual_time_vlm_skips_busy_ticks_and_catches_up_when_the_forward_ends():
+    """Period 0.3 s, forward 0.5 s: each forward starts when the previous ends (catch-up), so they
+    come every 0.5 s -- without the catch-up they would wait for the next tick, every 0.6 s."""
+    extract = CountingExtractor()
+    vlm = VirtualTimeVlm(VlmScheduler(max_image_age=10.0), extract, latency=0.5)
+    vlm.schedule.set_instruction("go", now=0.0)
+    vlm.schedule.add_frame("camera", frame(0.0))
+    starts = []
+    for k in range(11):  # ticks at 0, 0.3, ..., 3.0
+        t = round(0.3 * k, 6)
+        while vlm.next_ready is not None and vlm.next_ready <= t:
+            vlm.finish()
+            if vlm.pending is not None:
+                starts.append(vlm.pending[0] - 0.5)
+        before = vlm.pending
+        vlm.tick(t)
+        if vlm.pending is not before and vlm.pending is not None:
+            starts.append(t)
+    assert starts == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0])
+    assert vlm.counts["forwards"] == 7 and vlm.counts["skipped_busy"] == 10  # every tick after the first
+
+
+def test_virtual_time_vlm_uses_the_node_rules_for_frames_and_instructions():
+    extract = CountingExtractor()
+    vlm = VirtualTimeVlm(VlmScheduler(max_image_age=0.5), extract, latency=1.0)
+    vlm.schedule.set_instruction("a", now=0.0)
+    vlm.add_frame("camera", frame(0.1), now=0.1)  # first usable frame after the instruction: starts now
+    assert vlm.next_ready == pytest.approx(1.1) and extract.calls == [(1, "a")]
+    vlm.schedule.set_instruction("b", now=0.3)
+    vlm.schedule.set_instruction("a", now=0.6)  # same text as the forward's, but a newer instruction
+    done = vlm.finish()
+    assert not done.current and done.inputs.instruction == "a"
+    vlm.tick(1.2)  # the newest frame (0.1) is 1.1 s old: older than max_image_age, no forward
+    assert vlm.pending is None and vlm.counts["skipped_no_input"] == 1

@@ -124,8 +124,15 @@ class TorchBackend:
         return out.float().cpu().numpy()
 
 
+def tensorrt_installed() -> bool:
+    """The TensorRT runtime, not just a `tensorrt` directory of type stubs (tensorrt-stubs installs one:
+    a namespace package without code, which imports but has no Builder or Runtime)."""
+    spec = importlib.util.find_spec("tensorrt")
+    return spec is not None and spec.origin is not None
+
+
 def tensorrt_usable() -> bool:
-    return _installed("tensorrt") and (_installed("cuda") or _installed("pycuda"))
+    return tensorrt_installed() and (_installed("cuda") or _installed("pycuda"))
 
 
 def create_backend(kind: str, model_dir: str | Path, spec: ModelSpec,

@@ -1,22 +1,33 @@
 """TensorRT runtime backend (TensorRT 10 Python API + cuda-python).
 
 Import-safe: tensorrt and cuda are imported only when a backend is created, so machines without
-them can import this package. Run path (TensorRT samples' common_runtime style): deserialize ->
+them can import this package. It also builds the engine (on the first start, or ahead of time with
+mobile-vla-build-engine). Run path (TensorRT samples' common_runtime style): deserialize ->
 execution context -> tensors bound by name with set_tensor_address -> execute_async_v3 on one
 stream, pinned host buffers, optional CUDA-graph capture of the whole enqueue.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib
-import importlib.util
+import time
 from pathlib import Path
 
 import numpy as np
 
-from .backends import BackendUnavailable, graph_inputs
-from .engine_cache import DEFAULT_CACHE, EngineKey, find_engine
-from .model_spec import ONNX_FILE, OUTPUT_ACTIONS, ModelSpec, ModelSpecError, file_sha256, input_shapes
+from .backends import BackendUnavailable, graph_inputs, tensorrt_installed
+from .engine_cache import DEFAULT_CACHE, PRECISIONS, EngineKey, find_engine, write_sidecar
+from .model_spec import INPUT_SENSOR, ONNX_FILE, OUTPUT_ACTIONS, ModelSpec, ModelSpecError, file_sha256, input_shapes
+
+
+def require_tensorrt() -> None:
+    """BackendUnavailable naming what to install, unless the TensorRT runtime is there. (Callers then
+    `import tensorrt` themselves, so type checkers see its API through tensorrt-stubs.)"""
+    if not tensorrt_installed():
+        raise BackendUnavailable(
+            "TensorRT is not installed (on Jetson it comes with JetPack: python3-libnvinfer; a tensorrt that is "
+            "only type stubs does not count); use backend onnxruntime or torch")
 
 
 def import_cudart():
@@ -54,10 +65,7 @@ def engine_key(model_dir: Path, precision: str, cudart, trt) -> EngineKey:
 class TensorRTBackend:
     def __init__(self, model_dir: Path, spec: ModelSpec, engine_cache_dir=None, log=None,
                  precision: str = "fp16", build_if_missing: bool = True, cuda_graph: bool = True) -> None:
-        if importlib.util.find_spec("tensorrt") is None:
-            raise BackendUnavailable(
-                "TensorRT is not installed (on Jetson it comes with JetPack: python3-libnvinfer); "
-                "use backend onnxruntime or torch")
+        require_tensorrt()
         import tensorrt as trt
 
         cudart = import_cudart()
@@ -68,8 +76,6 @@ class TensorRTBackend:
         if path is None:
             if not build_if_missing:
                 raise BackendUnavailable("no usable TensorRT engine: " + "; ".join(problems))
-            from ..tools.build_engine import build_engine
-
             log(f"building TensorRT {precision} engine ({'; '.join(problems)}) - this takes a while once")
             path, seconds = build_engine(model_dir, spec, cache_dir, precision=precision)
             log(f"TensorRT engine built in {seconds:.1f} s: {path}")
@@ -107,7 +113,7 @@ class TensorRTBackend:
             nbytes = int(np.prod(shape)) * 4
             host_ptr = check_cuda(cudart.cudaMallocHost(nbytes))
             self._host[name] = np.ctypeslib.as_array(
-                (np.ctypeslib.ctypes.c_float * int(np.prod(shape))).from_address(int(host_ptr))).reshape(shape)
+                (ctypes.c_float * int(np.prod(shape))).from_address(int(host_ptr))).reshape(shape)
             self._device[name] = (check_cuda(cudart.cudaMalloc(nbytes)), nbytes, host_ptr)
             if name != OUTPUT_ACTIONS:
                 self._context.set_input_shape(name, shape)
@@ -164,3 +170,110 @@ class TensorRTBackend:
             self._free()
         except Exception:
             pass
+
+
+# -- engine build (first start on the robot, or mobile-vla-build-engine ahead of time) ----------
+WORKSPACE_BYTES = 512 << 20  # the action expert needs little; Orin NX shares 16 GB with the VLM
+
+
+def _fragile(trt, layer) -> bool:
+    kinds = {trt.LayerType.NORMALIZATION, trt.LayerType.REDUCE, trt.LayerType.SOFTMAX}
+    if layer.type in kinds:
+        return True
+    if layer.type == trt.LayerType.ELEMENTWISE:
+        layer.__class__ = trt.IElementWiseLayer
+        return layer.op in (trt.ElementWiseOperation.POW, trt.ElementWiseOperation.DIV)
+    if layer.type == trt.LayerType.UNARY:
+        layer.__class__ = trt.IUnaryLayer
+        return layer.op in (trt.UnaryOperation.EXP, trt.UnaryOperation.LOG, trt.UnaryOperation.SQRT)
+    return False
+
+
+def build_engine(model_dir: Path, spec: ModelSpec, cache_dir: Path = DEFAULT_CACHE, precision: str = "fp16",
+                 max_batch: int = 8, calibration: dict[str, np.ndarray] | None = None) -> tuple[Path, float]:
+    """Build and cache the engine; returns its path and the build time in seconds."""
+    require_tensorrt()
+    import tensorrt as trt
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "int8" and calibration is None:
+        raise ValueError("int8 needs calibration data (--calib-bag)")
+    cudart = import_cudart()
+    cache_dir = Path(cache_dir).expanduser()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = engine_key(model_dir, precision, cudart, trt)
+    start = time.monotonic()
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    onnx_path = Path(model_dir) / ONNX_FILE
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ModelSpecError(f"{onnx_path}: TensorRT cannot parse it: {errors}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    timing_path = cache_dir / f"timing_sm{key.compute_capability.replace('.', '')}_trt{key.tensorrt_version}.cache"
+    timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
+    config.set_timing_cache(timing, ignore_mismatch=False)
+    profile = builder.create_optimization_profile()
+    for name, (_, *rest) in input_shapes(spec).items():
+        profile.set_shape(name, trt.Dims([1, *rest]), trt.Dims([1, *rest]), trt.Dims([max_batch, *rest]))
+    config.add_optimization_profile(profile)
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            if _fragile(trt, layer):
+                layer.precision = trt.float32
+                for j in range(layer.num_outputs):
+                    layer.set_output_type(j, trt.float32)
+    if precision == "int8" and calibration is not None:  # (checked above: int8 has calibration data)
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.int8_calibrator = _make_calibrator(trt, import_cudart(), calibration,
+                                                  cache_dir / f"{key.stem}.calib")
+        config.set_calibration_profile(profile)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ModelSpecError(f"{onnx_path}: TensorRT failed to build a {precision} engine (see the log above)")
+    path = key.engine_path(cache_dir)
+    path.write_bytes(bytes(serialized))
+    timing_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    seconds = time.monotonic() - start
+    write_sidecar(key, cache_dir, seconds, {"max_batch": max_batch, "workspace_bytes": WORKSPACE_BYTES})
+    return path, seconds
+
+
+def _make_calibrator(trt, cudart, data: dict[str, np.ndarray], cache_file: Path):
+    """Entropy calibrator over the recorded inputs, one sample per batch."""
+    class Calibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            super().__init__()
+            self.index = 0
+            self.count = len(data[INPUT_SENSOR])
+            self.device = {n: check_cuda(cudart.cudaMalloc(a[0].nbytes)) for n, a in data.items()}
+
+        def get_batch_size(self) -> int:
+            return 1
+
+        def get_batch(self, names):
+            if self.index >= self.count:
+                return None
+            h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+            for n in names:
+                sample = np.ascontiguousarray(data[n][self.index : self.index + 1], dtype=np.float32)
+                check_cuda(cudart.cudaMemcpy(self.device[n], sample.ctypes.data, sample.nbytes, h2d))
+            self.index += 1
+            return [int(self.device[n]) for n in names]
+
+        def read_calibration_cache(self):
+            return cache_file.read_bytes() if cache_file.is_file() else None
+
+        def write_calibration_cache(self, cache) -> None:
+            cache_file.write_bytes(bytes(cache))
+
+    return Calibrator()

@@ -1,6 +1,6 @@
 """Which images and instruction a VLM forward uses, and when a new instruction's first forward starts.
 
-Shared by vlm_node and the in-process closed-loop simulation, so both pick the same inputs:
+Shared by vlm_node, offline replay and the in-process closed loop, so all pick the same inputs:
 - the newest frame per camera, used only if it is at most `max_image_age` old and was captured
   after the current instruction arrived (an older frame may show the scene the old instruction
   was about);
@@ -12,7 +12,9 @@ Shared by vlm_node and the in-process closed-loop simulation, so both pick the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -89,3 +91,64 @@ class VlmScheduler:
     def is_current(self, inputs: ForwardInputs) -> bool:
         """False when the instruction changed while the forward ran (its features are for the old one)."""
         return inputs.epoch == self.epoch
+
+
+@dataclass(frozen=True)
+class FinishedForward:
+    ready: float  # when the features became usable (start + latency)
+    inputs: ForwardInputs
+    features: np.ndarray
+    current: bool  # False: the instruction changed while it ran, the features are for the old one
+
+
+@dataclass
+class VirtualTimeVlm:
+    """vlm_node's forward scheduling in virtual time, for offline replay and the in-process closed
+    loop: a forward starts on a VLM tick (or on the first usable frame after an instruction change)
+    and its features are usable `latency` later; a tick that finds it busy is skipped, and then the
+    next forward starts as soon as the busy one ends (vlm_node's catch-up). The forward itself runs
+    for real (`extract(images, instruction)`); only its duration is modelled. Times are ROS times."""
+
+    schedule: VlmScheduler
+    extract: Callable[[list[np.ndarray], str], np.ndarray]
+    latency: float
+    pending: tuple[float, ForwardInputs, np.ndarray] | None = None
+    counts: dict[str, int] = field(default_factory=lambda: {"forwards": 0, "skipped_busy": 0, "skipped_no_input": 0})
+    forward_seconds: list[float] = field(default_factory=list)  # the real extract() times
+    _skipped_during_job: bool = False
+
+    def tick(self, now: float) -> None:
+        if self.pending is not None:
+            self.counts["skipped_busy"] += 1
+            self._skipped_during_job = True
+            return
+        self._start(now)
+
+    def add_frame(self, camera: str, frame: CameraFrame, now: float) -> None:
+        if self.schedule.add_frame(camera, frame) and self.pending is None:
+            self._start(now)
+
+    @property
+    def next_ready(self) -> float | None:
+        return None if self.pending is None else self.pending[0]
+
+    def finish(self) -> FinishedForward:
+        """Complete the pending forward (at its ready time); a tick skipped meanwhile starts the next now."""
+        ready, inputs, features = self.pending
+        self.pending = None
+        done = FinishedForward(ready, inputs, features, self.schedule.is_current(inputs))
+        if self._skipped_during_job:
+            self._skipped_during_job = False
+            self._start(ready)
+        return done
+
+    def _start(self, now: float) -> None:
+        inputs, _ = self.schedule.select(now)
+        if inputs is None:
+            self.counts["skipped_no_input"] += 1
+            return
+        began = time.perf_counter()
+        features = np.asarray(self.extract([f.rgb for f in inputs.frames], inputs.instruction), dtype=np.float32)
+        self.forward_seconds.append(time.perf_counter() - began)
+        self.pending = (now + self.latency, inputs, features)
+        self.counts["forwards"] += 1

@@ -8,6 +8,7 @@ is reported back to the core, whose motion history integrates it (the motion sin
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -23,8 +24,10 @@ CMD_VEL_FRAME = "base_link"
 
 
 class CommandOutput:
-    def __init__(self, node: Node, core: ActionExpertCore, params: dict) -> None:
+    def __init__(self, node: Node, core: ActionExpertCore, params: dict, core_lock=None) -> None:
+        """`core_lock`: held around every use of the core, where another thread uses it too."""
         self.node, self.core, self.params = node, core, params
+        self._core_lock = core_lock or contextlib.nullcontext()
         dim = core.spec.action_dim
         self.executor = ChunkExecutor(dim, params["action_limits"], params["max_action_step"])
         self._stopped_since = time.monotonic()
@@ -56,22 +59,23 @@ class CommandOutput:
 
     def _on_tick(self) -> None:
         now = self.node.get_clock().now().nanoseconds * 1e-9
-        if not self.core.safety.stopped and self.core.check_inputs(now) is not None:
-            # The inputs went bad between two decisions: stop at this rate, not the decisions'.
-            self.node.get_logger().warning(f"safe stop: {self.core.safety.describe()}")
-            self.on_chunk(None, was_running=True)
-        if self.core.safety.stopped:
-            self.core.on_executed(self._zero)
-            if time.monotonic() - self._stopped_since <= self.params["zero_cmd_hold"]:
-                self.publish(self._zero)
-            return
-        command = self.executor.command(now)
-        self.core.on_executed(command)
-        self.publish(command)
+        with self._core_lock:
+            if not self.core.safety.stopped and self.core.check_inputs(now) is not None:
+                # The inputs went bad between two decisions: stop at this rate, not the decisions'.
+                self.node.get_logger().warning(f"safe stop: {self.core.safety.describe()}")
+                self.on_chunk(None, was_running=True)
+            stopped = self.core.safety.stopped
+            command = self._zero if stopped else self.executor.command(now)
+            self.core.on_executed(command)
+        if not stopped:
+            self.publish(command)
+        elif time.monotonic() - self._stopped_since <= self.params["zero_cmd_hold"]:
+            self.publish(self._zero)
 
     def _on_external_cmd_vel(self, msg) -> None:
         twist = msg.twist if isinstance(msg, TwistStamped) else msg
-        self.core.on_executed(twist_to_action(twist, self.params["twist_mapping"]))
+        with self._core_lock:
+            self.core.on_executed(twist_to_action(twist, self.params["twist_mapping"]))
 
     def publish(self, values: np.ndarray) -> None:
         twist = action_to_twist(values, self.params["twist_mapping"])

@@ -19,6 +19,7 @@ copies. Weights are random (seeded); latency does not depend on their values.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import platform
 import sys
@@ -168,17 +169,15 @@ def environment() -> dict:
     import onnxruntime
     import torch
 
+    from ..core.backends import tensorrt_installed
+
     env = {"python": platform.python_version(), "machine": platform.machine(), "processor": _cpu_name(),
            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
            "cpu_threads": torch.get_num_threads(), "tensorrt": "not installed"}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        import tensorrt
-
-        env["tensorrt"] = tensorrt.__version__
-    except ImportError:
-        pass
+    if tensorrt_installed():
+        env["tensorrt"] = importlib.import_module("tensorrt").__version__
     return env
 
 

@@ -3,11 +3,11 @@
 The pieces are those the nodes run: `VlmScheduler` (which frames and instruction a forward uses),
 the VLM extractor, `ActionExpertCore` (feature cache, sensor window, motion since the image,
 safety gates, backend) and `ChunkExecutor` (step by time, limits last). What the nodes get from
-threads and DDS is modelled in sim time: a forward's features arrive `vlm_latency` s after it
-started (the forward itself really runs), a VLM tick that finds the forward busy is skipped and
-the next forward starts when it ends, the action tick runs at `action_hz` and `cmd_vel` at
-`execute_hz`. Time stands still during a forward, so the result does not depend on this machine's
-speed: the same seed gives the same episode, faster than real time.
+threads and DDS is modelled in sim time: `VirtualTimeVlm` (shared with offline replay) makes a
+forward's features arrive `vlm_latency` s after it started (the forward itself really runs), skips a
+VLM tick that finds the forward busy and starts the next forward when it ends; the action tick runs
+at `action_hz` and `cmd_vel` at `execute_hz`. Time stands still during a forward, so the result does
+not depend on this machine's speed: the same seed gives the same episode, faster than real time.
 
 Modes: `async` (the two nodes: chunks at action_hz on the newest features) and `sync` (the
 synchronous loop of sync_baseline_node: the VLM ticks at SYNC_LOOP_VLM_HZ, every decision waits for
@@ -31,7 +31,7 @@ from ..core.chunk_executor import ChunkExecutor
 from ..core.model_spec import ModelSpec
 from ..core.motion import twist_components
 from ..core.params import ACTION_NODE_PARAMS, SYNC_LOOP_VLM_HZ, VLM_NODE_PARAMS, spec_by_name
-from ..core.vlm_schedule import CameraFrame, ForwardInputs, VlmScheduler
+from ..core.vlm_schedule import CameraFrame, VirtualTimeVlm, VlmScheduler
 from ..sim.episode import SimEpisode
 from ..sim.messages import SIM_EPOCH
 from ..sim.world import SimConfig, sample_task
@@ -73,18 +73,16 @@ class ClosedLoopEpisode:
     """One episode: the sim, the VLM schedule and the action core advanced event by event."""
 
     def __init__(self, task, sim_cfg: SimConfig, cfg: LoopConfig, spec: ModelSpec, backend, extractor) -> None:
-        self.cfg, self.spec, self.extractor = cfg, spec, extractor
+        self.cfg, self.spec = cfg, spec
         self.episode = SimEpisode(task, sim_cfg)
         self.core = ActionExpertCore(spec, backend, cfg.max_feature_age, cfg.max_sensor_gap, cfg.twist_mapping)
         self.executor = ChunkExecutor(spec.action_dim, cfg.action_limits, cfg.max_action_step)
         self.schedule = VlmScheduler(cfg.max_image_age)
+        self.vlm = VirtualTimeVlm(self.schedule, extractor.extract, cfg.vlm_latency)
         # The VLM timer's phase relative to the episode is arbitrary on a robot: drawn from the seed.
         self.vlm_phase = float(np.random.default_rng([task.seed, 7]).uniform(0, 1.0 / cfg.vlm_hz))
-        self.pending: tuple[float, ForwardInputs, np.ndarray] | None = None  # (ready at, inputs, features)
-        self.skipped = False
         self.command = np.zeros(spec.action_dim, dtype=np.float32)
         self.commands: list[np.ndarray] = []
-        self.forwards = 0
         self.chunks = 0
         self.ages: list[float] = []
         self.started = False
@@ -94,30 +92,12 @@ class ClosedLoopEpisode:
         return SIM_EPOCH + t
 
     # -- VLM ------------------------------------------------------------------------------------
-    def _start_forward(self, t: float) -> None:
-        inputs, _ = self.schedule.select(self.clock(t))
-        if inputs is None:
-            return
-        features = self.extractor.extract([f.rgb for f in inputs.frames], inputs.instruction).astype(np.float32)
-        self.pending = (t + self.cfg.vlm_latency, inputs, features)
-        self.forwards += 1
-
-    def _vlm_tick(self, t: float) -> None:
-        if self.pending is not None:
-            self.skipped = True
-            return
-        self._start_forward(t)
-
     def _finish_forward(self) -> None:
-        ready, inputs, features = self.pending
-        self.pending = None
-        if self.schedule.is_current(inputs):
-            self.core.on_features(features, inputs.newest.stamp, self.clock(ready))
+        done = self.vlm.finish()
+        if done.current:
+            self.core.on_features(done.features, done.inputs.newest.stamp, done.ready)
             if self.cfg.mode == "sync":
-                self._decide(ready)
-        if self.skipped:  # a tick found the forward busy: the next one starts now (vlm_node's catch-up)
-            self.skipped = False
-            self._start_forward(ready)
+                self._decide(done.ready - SIM_EPOCH)
 
     # -- action ---------------------------------------------------------------------------------
     def _decide(self, t: float) -> None:
@@ -144,8 +124,8 @@ class ClosedLoopEpisode:
             stamp = self.clock(event.t)
             if event.kind == "imu":
                 self.core.on_sensor(stamp, event.data, stamp)
-            elif self.schedule.add_frame("camera", CameraFrame(event.data, stamp, "camera")) and self.pending is None:
-                self._start_forward(event.t)
+            else:
+                self.vlm.add_frame("camera", CameraFrame(event.data, stamp, "camera"), stamp)
 
     def run(self) -> dict:
         cfg, episode = self.cfg, self.episode
@@ -159,8 +139,8 @@ class ClosedLoopEpisode:
             next_at.pop("action")
         while not episode.done:
             due = dict(next_at)
-            if self.pending is not None:
-                due["forward_done"] = self.pending[0]
+            if self.vlm.pending is not None:
+                due["forward_done"] = self.vlm.next_ready - SIM_EPOCH
             kind = min(due, key=due.get)
             t = due[kind]
             if not self.started and t >= cfg.episode_pause:
@@ -183,7 +163,7 @@ class ClosedLoopEpisode:
             elif kind == "action":
                 self._decide(t)
             else:
-                self._vlm_tick(t)
+                self.vlm.tick(self.clock(t))
         return self._summary()
 
     def _twist(self, command: np.ndarray) -> tuple[float, float]:
@@ -201,7 +181,7 @@ class ClosedLoopEpisode:
         cmds = np.asarray(self.commands) if self.commands else np.zeros((1, self.spec.action_dim))
         return {**result, "path_ratio": length / straight, "path_length": length,
                 "smoothness": float(np.mean(np.abs(np.diff(cmds, axis=0)))) if len(cmds) > 1 else 0.0,
-                "forwards": self.forwards, "chunks": self.chunks,
+                "forwards": self.vlm.counts["forwards"], "chunks": self.chunks,
                 "feature_age_p50": float(np.median(self.ages)) if self.ages else None}
 
     def close(self) -> None:

@@ -1,9 +1,10 @@
 """mobile-vla-eval: offline evaluation of a model on recorded rosbag2 bags (sqlite3 or mcap).
 
 Deterministic replay in bag time through the code the robot runs: the VLM extractor named by
-model.yaml runs on the bag's images at `--vlm-hz` (one forward at a time; a tick that finds it
-busy is skipped and the next forward starts when it ends, as in vlm_node), and its features become
-usable only `--vlm-latency` seconds after the forward started; the ActionExpertCore (feature cache,
+model.yaml runs on the bag's images, scheduled as vlm_node schedules it (core/vlm_schedule.py: the
+newest frame no older than `--max-image-age` and newer than the instruction, at `--vlm-hz`, one
+forward at a time, a tick that finds it busy skipped and the next forward started when it ends), and
+its features become usable only `--vlm-latency` seconds after the forward started; the ActionExpertCore (feature cache,
 sensor window, safety gates, backend) ticks at `--action-hz` on the window ending at each tick.
 Every chunk is compared with the recorded commands over its span (zero-order hold of `cmd_vel`).
 
@@ -25,6 +26,8 @@ import numpy as np
 
 from ..core.action_pipeline import ActionExpertCore
 from ..core.model_spec import ModelSpec, ModelSpecError
+from ..core.params import VLM_NODE_PARAMS, spec_by_name
+from ..core.vlm_schedule import CameraFrame, VirtualTimeVlm, VlmScheduler
 from .cli import comma_list, progress_bar, run_reporting_errors
 
 
@@ -43,6 +46,10 @@ class Recording:
     # What the robot executed (action vectors): the bag's executed-command topic when it has one
     # (record-sim writes the noisy executed command there), else the recorded commands themselves.
     executed: list[tuple[float, np.ndarray]] = field(default_factory=list)
+
+    def command_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The recorded commands as ([N] times, [N, D] values)."""
+        return np.array([t for t, _ in self.commands]), np.stack([v for _, v in self.commands])
 
 
 TWIST_TYPES = ("geometry_msgs/msg/Twist", "geometry_msgs/msg/TwistStamped")
@@ -66,15 +73,34 @@ def find_bags(paths: list[Path]) -> list[Path]:
     return bags
 
 
+SENSOR_MSGTYPES = {"imu": "sensor_msgs/msg/Imu", "wrench": "geometry_msgs/msg/WrenchStamped"}
+
+
+def sensor_type_of(bag: Path, topic: str) -> str:
+    """The model sensor_type ('imu' / 'wrench') of `topic` in `bag`."""
+    from rosbags.highlevel import AnyReader
+
+    try:
+        with AnyReader([Path(bag)]) as reader:
+            msgtypes = {c.topic: c.msgtype for c in reader.connections}
+    except Exception as exc:
+        raise BagError(f"{bag}: cannot be read as a rosbag2 or ROS 1 bag ({type(exc).__name__}: {exc})") from exc
+    if topic not in msgtypes:
+        raise BagError(f"{bag}: no topic {topic} for sensor (topics: {sorted(msgtypes)})")
+    found = [k for k, v in SENSOR_MSGTYPES.items() if v == msgtypes[topic]]
+    if not found:
+        raise BagError(f"{bag}: {topic} is {msgtypes[topic]}, expected one of {sorted(SENSOR_MSGTYPES.values())}")
+    return found[0]
+
+
 def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_mapping: list[str]) -> Recording:
     from rosbags.highlevel import AnyReader
 
     from ..core.images import ConversionError, decode_rgb
     from ..core.sensor_window import SAMPLE_FROM_MESSAGE
 
-    sensor_type = "sensor_msgs/msg/Imu" if spec.sensor_type == "imu" else "geometry_msgs/msg/WrenchStamped"
     expected = {"image": ("sensor_msgs/msg/Image",), "instruction": ("std_msgs/msg/String",),
-                "action": ACTION_TYPES, "sensor": (sensor_type,), "executed": ACTION_TYPES}
+                "action": ACTION_TYPES, "sensor": (SENSOR_MSGTYPES[spec.sensor_type],), "executed": ACTION_TYPES}
     rec = Recording()
     try:
         reader = AnyReader([Path(bag)])
@@ -116,7 +142,9 @@ def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_map
             elif role == "executed":
                 rec.executed += _commands(msg, connection.msgtype, stamp, spec.action_names, twist_mapping)
             else:
-                rec.commands += _commands(msg, connection.msgtype, stamp, spec.action_names, twist_mapping)
+                add_commands(rec.commands, stamp, _commands(msg, connection.msgtype, stamp, spec.action_names,
+                                                            twist_mapping),
+                             plan=connection.msgtype.endswith("JointTrajectory"))
     except BagError:
         raise
     except Exception as exc:
@@ -125,7 +153,7 @@ def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_map
         reader.close()
     for series in (rec.images, rec.sensor, rec.instructions):
         series.sort(key=lambda item: item[0])
-    # Stable: of two commands for the same time (overlapping chunks), the later-recorded one wins.
+    # Stable: of two commands for the same time, the later-recorded one wins.
     rec.commands.sort(key=lambda item: item[0])
     rec.executed.sort(key=lambda item: item[0])
     if not rec.executed:
@@ -133,6 +161,27 @@ def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_map
     if not rec.sensor or not rec.commands:
         raise BagError(f"{bag}: needs messages on {topics['sensor']} and {topics['action']}")
     return rec
+
+
+def commands_over(times: np.ndarray, values: np.ndarray, starts: np.ndarray, steps: int,
+                  dt: float) -> tuple[np.ndarray, np.ndarray]:
+    """What was commanded at each step of chunks starting at `starts` ([N] s): the recorded command in
+    force at start + k*dt (zero-order hold), [N, steps, D], and whether the recording covers the whole
+    chunk ([N] bool). One rule for offline replay, live replay and training targets."""
+    at = np.asarray(starts, dtype=np.float64)[:, None] + np.arange(steps) * dt
+    idx = np.clip(np.searchsorted(times, at, side="right") - 1, 0, len(times) - 1)
+    covered = (at[:, 0] >= times[0]) & (at[:, -1] <= times[-1])
+    return values[idx], covered
+
+
+def add_commands(commands: list[tuple[float, np.ndarray]], stamp: float,
+                 new: list[tuple[float, np.ndarray]], plan: bool) -> None:
+    """Append a message's commands (messages in recording order). A `plan` (a JointTrajectory
+    action chunk) replaces what earlier plans said for the time after its stamp, as the robot's
+    executor switches to the newest chunk: overlapping chunks must not interleave their steps."""
+    while plan and commands and commands[-1][0] > stamp:
+        commands.pop()
+    commands += new
 
 
 def _commands(msg, msgtype: str, stamp: float, action_names: list[str],
@@ -172,6 +221,7 @@ class ReplayConfig:
     max_feature_age: float
     max_sensor_gap: float
     twist_mapping: tuple[str, ...] = ("linear.x", "angular.z")
+    max_image_age: float = float(spec_by_name(VLM_NODE_PARAMS)["max_image_age"].default)
 
 
 def replay(rec: Recording, spec: ModelSpec, backend, extractor, cfg: ReplayConfig, instruction: str | None,
@@ -190,74 +240,48 @@ def replay(rec: Recording, spec: ModelSpec, backend, extractor, cfg: ReplayConfi
     events += [(start + k * action_period, 4, "action_tick", None)
                for k in range(1, int((end - start) / action_period) + 1)]
     events.sort(key=lambda e: (e[0], e[1]))
-    command_times = np.array([t for t, _ in rec.commands])
-    command_values = np.stack([v for _, v in rec.commands])
-
-    instruction_now, instruction_since, image = None, float("-inf"), None
-    pending: list[tuple[float, np.ndarray, float, str]] = []  # (usable at, features, image stamp, instruction)
-    busy_until, skipped_during_job = float("-inf"), False
-    forward_seconds: list[float] = []
+    command_times, command_values = rec.command_arrays()
+    # The VLM side as vlm_node schedules it (frames, instruction epochs, skip-if-busy, catch-up).
+    vlm = VirtualTimeVlm(VlmScheduler(cfg.max_image_age), extractor.extract, cfg.vlm_latency)
     ticks: list[dict] = []
     reasons: Counter = Counter()
-    vlm = {"forwards": 0, "skipped_busy": 0, "skipped_no_input": 0}
-
-    def start_forward(t: float) -> None:
-        nonlocal busy_until
-        if image is None or instruction_now is None or image[0] < instruction_since:
-            vlm["skipped_no_input"] += 1
-            return
-        began = time.perf_counter()
-        features = extractor.extract([image[1]], instruction_now).astype(np.float32)
-        forward_seconds.append(time.perf_counter() - began)
-        busy_until = t + cfg.vlm_latency
-        pending.append((busy_until, features, image[0], instruction_now))
-        vlm["forwards"] += 1
 
     def deliver(until: float) -> None:
-        nonlocal skipped_during_job
-        while pending and pending[0][0] <= until:
-            done, features, image_stamp, text = pending.pop(0)
-            if text == instruction_now:
-                core.on_features(features, image_stamp, done)
-            if skipped_during_job:  # catch-up: the next forward starts when this one ends
-                skipped_during_job = False
-                start_forward(done)
+        while vlm.next_ready is not None and vlm.next_ready <= until:
+            done = vlm.finish()
+            if done.current:
+                core.on_features(done.features, done.inputs.newest.stamp, done.ready)
 
     for i, (t, _, kind, payload) in enumerate(events):
         deliver(t)
         if kind == "instruction":
-            if payload != instruction_now:
-                instruction_now, instruction_since = payload, t
-                core.on_instruction(payload, t)
+            vlm.schedule.set_instruction(payload, t)
+            core.on_instruction(payload, t)
         elif kind == "image":
-            image = (t, payload)
+            vlm.add_frame("camera", CameraFrame(payload, t, "camera"), t)
         elif kind == "executed":
             core.on_executed(payload)
         elif kind == "sensor":
             core.on_sensor(t, payload, t)
         elif kind == "vlm_tick":
-            if t < busy_until:
-                vlm["skipped_busy"] += 1
-                skipped_during_job = True
-            else:
-                start_forward(t)
+            vlm.tick(t)
         else:
             result = core.tick(t)
             if result.chunk is None:
                 reasons[result.reason.value] += 1
                 continue
-            steps = t + np.arange(spec.chunk_size) * spec.action_dt
-            if steps[-1] > command_times[-1] or steps[0] < command_times[0]:
+            target, covered = commands_over(command_times, command_values, np.array([t]), spec.chunk_size,
+                                            spec.action_dt)
+            if not covered[0]:
                 reasons["no recorded command for the whole chunk"] += 1
                 continue
-            idx = np.searchsorted(command_times, steps, side="right") - 1
-            ticks.append({"t": t, "pred": result.chunk.actions, "target": command_values[idx],
+            ticks.append({"t": t, "pred": result.chunk.actions, "target": target[0],
                           "feature_age": result.feature_age, "stamp": result.chunk.stamp, "motion": result.motion})
         if progress is not None and i % 2000 == 0:
             progress(i / len(events))
     if progress is not None:
         progress(1.0)
-    return {"ticks": ticks, "no_chunk": dict(reasons), "vlm": vlm, "forward_seconds": forward_seconds,
+    return {"ticks": ticks, "no_chunk": dict(reasons), "vlm": vlm.counts, "forward_seconds": vlm.forward_seconds,
             "action_ticks": sum(1 for e in events if e[2] == "action_tick")}
 
 
@@ -310,7 +334,7 @@ def _ages(m: dict) -> str:
     return f"{ages['p50']:.2f} / {ages['max']:.2f}" if ages else "-"
 
 
-def plot(result: dict, spec: ModelSpec, path: Path) -> None:
+def plot(result: dict, spec: ModelSpec, path: Path, title: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -334,8 +358,10 @@ def plot(result: dict, spec: ModelSpec, path: Path) -> None:
     axes[-1].scatter(ages, err, s=4)
     axes[-1].set_xlabel("feature age at use (s)")
     axes[-1].set_ylabel("chunk MAE")
-    axes[0].set_title(f"vlm_hz {result['vlm_hz']}, VLM latency {result['vlm_latency']:.3f} s")
+    axes[0].set_title(f"{title + ': ' if title else ''}vlm_hz {result['vlm_hz']}, "
+                      f"VLM latency {result['vlm_latency']:.3f} s")
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -353,6 +379,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--vlm-latency", default="auto",
                     help="seconds from forward start to usable features; auto = median forward time measured here")
     ap.add_argument("--max-feature-age", type=float, default=2.0)
+    ap.add_argument("--max-image-age", type=float, default=ReplayConfig.max_image_age,
+                    help="vlm_node's max_image_age: older frames are not used")
     ap.add_argument("--max-sensor-gap", type=float, default=0.05)
     ap.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
     ap.add_argument("--image-topic", default="/camera/image_raw")
@@ -415,8 +443,10 @@ def _run(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for hz in args.vlm_hz:
-        cfg = ReplayConfig(hz, args.action_hz, latency, args.max_feature_age, args.max_sensor_gap, tuple(mapping))
+        cfg = ReplayConfig(hz, args.action_hz, latency, args.max_feature_age, args.max_sensor_gap, tuple(mapping),
+                           args.max_image_age)
         ticks, no_chunk, vlm, passes = [], Counter(), Counter(), [[] for _ in range(args.loops)]
+        by_bag: dict[str, list[dict]] = {}
         for bag, rec in recordings:
             if args.live:
                 out = _live(args, rec, spec, Path(model_dir), hz, latency, extractor)
@@ -427,6 +457,7 @@ def _run(args) -> int:
                              progress=lambda f, name=bag.name, hz=hz: progress_bar(f"vlm_hz {hz} {name}", f))
                 print()
             ticks += out["ticks"]
+            by_bag[bag.name] = out["ticks"]
             no_chunk.update(out["no_chunk"])
             vlm.update(out["vlm"])
         result = {"vlm_hz": hz, "vlm_latency": latency, "action_hz": args.action_hz, "metrics": metrics(
@@ -437,7 +468,10 @@ def _run(args) -> int:
             for k, m in enumerate(result["passes"]):
                 mae = m["mae"]["chunk"]["overall"] if m.get("chunks") else float("nan")
                 print(f"vlm_hz {hz} pass {k + 1}/{args.loops}: {m['chunks']} chunks, chunk MAE {mae:.4f}")
-        plot(result, spec, args.out / f"eval_vlm_hz_{hz}.png")
+        for name, bag_ticks in by_bag.items():  # one figure per bag: their time axes are unrelated
+            path = args.out / f"eval_vlm_hz_{hz}.png" if len(by_bag) == 1 else \
+                args.out / "plots" / f"eval_vlm_hz_{hz}_{name}.png"
+            plot({**result, "ticks": bag_ticks}, spec, path, title=name)
         results.append(result)
     table = markdown(results, spec)
     print(table)

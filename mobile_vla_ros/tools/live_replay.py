@@ -20,7 +20,7 @@ import numpy as np
 
 from ..core.model_spec import ModelSpec
 from .bringup import NodeProcess
-from .evaluate import Recording
+from .evaluate import Recording, commands_over
 
 
 def live_replay(rec: Recording, spec: ModelSpec, model_dir: Path, vlm_model_path: str, vlm_hz: float,
@@ -106,20 +106,19 @@ def live_replay(rec: Recording, spec: ModelSpec, model_dir: Path, vlm_model_path
         for p in procs:
             p.stop()
         observer.destroy()
-    command_times = np.array([t for t, _ in rec.commands])
-    command_values = np.stack([v for _, v in rec.commands])
+    command_times, command_values = rec.command_arrays()
     per_pass = []
     for wall0, wall1 in passes:
         ticks = []
         for arrival, (t, actions) in chunks.since(wall0):
             if arrival > wall1:
                 break
-            steps = t + np.arange(spec.chunk_size) * spec.action_dt
-            if steps[-1] > command_times[-1] or steps[0] < command_times[0]:
+            target, covered = commands_over(command_times, command_values, np.array([t]), spec.chunk_size,
+                                            spec.action_dt)
+            if not covered[0]:
                 continue
             shown = [stamp for a, stamp in features.since(wall0) if a <= arrival]
-            idx = np.searchsorted(command_times, steps, side="right") - 1
-            ticks.append({"t": t, "pred": actions, "target": command_values[idx],
+            ticks.append({"t": t, "pred": actions, "target": target[0],
                           "feature_age": t - shown[-1] if shown else float("nan")})
         per_pass.append(ticks)
     return {"ticks": [t for ticks in per_pass for t in ticks], "passes": per_pass}

@@ -1,10 +1,10 @@
 """sync_baseline_node: the synchronous VLA loop the seed documents start from, as the baseline of
-`mobile-vla-bench loop --sync`. Not for robots.
+`mobile-vla-bench loop --sync` and `bringup --sim --mode sync`. Not for robots.
 
 Every chunk waits for a fresh VLM forward on the newest image: forward -> action expert on the
-sensor window ending now -> publish -> next forward at once. It is the VLM node (same extractor,
-same `simulated_latency`) whose finished forward directly drives the action node's core (same
-model, backend and safety gates), so the two modes differ only in the scheduling.
+sensor window ending now -> publish -> next forward at once. It is composed of the VLM node's VLM
+side (same extractor, schedule, `simulated_latency`) and the action node's core (same model,
+backend and safety gates) and command output, so the two modes differ only in the scheduling.
 """
 
 from __future__ import annotations
@@ -12,9 +12,13 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.node import Node
+from sensor_msgs.msg import Image
 from trajectory_msgs.msg import JointTrajectory
 
 from ..action_expert_node import load_action_core
+from ..core.model_spec import ModelSpecError
 from ..core.params import ACTION_NODE_PARAMS, VLM_NODE_PARAMS
 from ..core.safety import StopReason
 from ..core.sensor_window import PushResult
@@ -22,27 +26,46 @@ from ..core.stats import RateMeter
 from ..core.vlm_schedule import ForwardInputs
 from ..ros.command_output import CommandOutput
 from ..ros.conversions import SENSOR_MESSAGES, chunk_to_trajectory, stamp_to_sec
-from ..ros.node_support import RELIABLE_QOS, SENSOR_QOS, run_node
-from ..vlm_node import VlmNode
+from ..ros.node_support import (
+    LATCHED_QOS,
+    RELIABLE_QOS,
+    SENSOR_QOS,
+    declare_from_specs,
+    diagnostics,
+    install_live_parameters,
+    run_node,
+)
+from ..ros.vlm_runner import VlmRunner
+from ..vlm.base import VlmLoadError
+from ..vlm_node import publish_features
 
 _VLM_NAMES = {s.name for s in VLM_NODE_PARAMS}
 SYNC_BASELINE_PARAMS = VLM_NODE_PARAMS + tuple(s for s in ACTION_NODE_PARAMS if s.name not in _VLM_NAMES)
 
 
-class SyncBaselineNode(VlmNode):
+class SyncBaselineNode(Node):
     def __init__(self) -> None:
-        super().__init__("sync_baseline_node", SYNC_BASELINE_PARAMS)
+        super().__init__("sync_baseline_node")
+        self.params = declare_from_specs(self, SYNC_BASELINE_PARAMS)
         self.core = load_action_core(self.params, self.get_logger().info)
         # The sensor callback (executor thread) and the forward's completion (worker thread) share the core.
         self._core_lock = threading.Lock()
         self.chunk_rate = RateMeter()
         self.sensor_rate = RateMeter()
         self.chunk_pub = self.create_publisher(JointTrajectory, "action_chunk", RELIABLE_QOS)
+        self.features_pub = self.create_publisher(Image, "vl_features", LATCHED_QOS)
         # Each decision's chunk is executed on cmd_vel like the action node's; after it the robot
         # waits (zero) for the next decision: the synchronous loop's behaviour on a robot.
-        self.output = CommandOutput(self, self.core, self.params)
+        self.output = CommandOutput(self, self.core, self.params, self._core_lock)
         msg_type, self._to_sample = SENSOR_MESSAGES[self.params["sensor_type"]]
         self.create_subscription(msg_type, "sensor", self._on_sensor, SENSOR_QOS)
+        self.vlm = VlmRunner(self, self.params, self._decide)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(1.0, self._publish_diagnostics)
+        install_live_parameters(self, SYNC_BASELINE_PARAMS, self.params, None, self.vlm.apply_live)
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_sensor(self, msg) -> None:
         with self._core_lock:
@@ -50,15 +73,14 @@ class SyncBaselineNode(VlmNode):
         if result is PushResult.ACCEPTED:
             self.sensor_rate.tick()
 
-    def _on_features_ready(self, features: np.ndarray, inputs: ForwardInputs) -> None:
-        super()._on_features_ready(features, inputs)
-        newest = inputs.newest
-        with self._lock:
-            instruction, since = self.schedule.instruction, self.schedule.instruction_since
+    def _decide(self, features: np.ndarray, inputs: ForwardInputs) -> None:
+        """In the worker thread: each finished forward drives the action core once."""
+        publish_features(self.features_pub, features, inputs)
+        instruction, since = self.vlm.instruction()
         with self._core_lock:
             now = self._now()
             self.core.on_instruction(instruction, since)  # the VLM side's arrival time: same instruction identity
-            self.core.on_features(features, newest.stamp, now)
+            self.core.on_features(features, inputs.newest.stamp, now)
             previous = self.core.safety.reason
             result = self.core.tick(now)
             self.output.on_chunk(result.chunk, was_running=previous is StopReason.NONE)
@@ -66,15 +88,21 @@ class SyncBaselineNode(VlmNode):
             self.chunk_pub.publish(chunk_to_trajectory(result.chunk, self.core.spec.action_names))
             self.chunk_rate.tick()
 
-    def _diagnostic_values(self) -> dict:
-        return {**super()._diagnostic_values(), "chunk_rate_hz": self.chunk_rate.rate(),
-                "chunks_published": self.chunk_rate.total, "sensor_accepted": self.sensor_rate.total,
-                "safe_stop_reason": self.core.safety.describe()}
+    def _publish_diagnostics(self) -> None:
+        level = DiagnosticStatus.OK if self.vlm.running and not self.core.safety.stopped else DiagnosticStatus.WARN
+        values = {**self.vlm.diagnostic_values(), "chunk_rate_hz": self.chunk_rate.rate(),
+                  "chunks_published": self.chunk_rate.total, "sensor_accepted": self.sensor_rate.total,
+                  "safe_stop_reason": self.core.safety.describe()}
+        self.diag_pub.publish(diagnostics(self, level, self.vlm.status, values))
+
+    def destroy_node(self) -> None:
+        self.vlm.shutdown()
+        super().destroy_node()
 
 
 def main(args=None) -> int:
     return run_node(SyncBaselineNode, args, on_shutdown=lambda node: node.output.publish_zero()
-                    if isinstance(node, SyncBaselineNode) else None)
+                    if isinstance(node, SyncBaselineNode) else None, startup_errors=(VlmLoadError, ModelSpecError))
 
 
 if __name__ == "__main__":

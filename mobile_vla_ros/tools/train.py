@@ -37,8 +37,18 @@ import numpy as np
 
 from ..core.model_spec import ModelSpec, ModelSpecError, Normalization
 from ..core.motion import MOTION_INPUT, MotionHistory, extend_from_streams, twist_components
+from ..core.sensor_window import SENSOR_CHANNELS
 from .cli import comma_list, progress_bar, run_reporting_errors
-from .evaluate import EXECUTED_TOPIC, BagError, Recording, find_bags, read_recording
+from .evaluate import (
+    EXECUTED_TOPIC,
+    SENSOR_MSGTYPES,
+    BagError,
+    Recording,
+    commands_over,
+    find_bags,
+    read_recording,
+    sensor_type_of,
+)
 
 STATE_FILE = "train_state.pt"
 
@@ -133,23 +143,20 @@ def build_dataset(recordings: list[Recording], features: list[np.ndarray], spec:
             executed = np.array([twist_components(v, twist_mapping) for _, v in rec.executed])
             extend_from_streams(history, spec.sensor_type, st + b * BAG_GAP, np.stack([v for _, v in rec.sensor]),
                                 np.array([t for t, _ in rec.executed]) + b * BAG_GAP, executed)
-        ct = np.array([t for t, _ in rec.commands])
-        cv = np.stack([v for _, v in rec.commands])
+        ct, cv = rec.command_arrays()
         start = max(st[width - 1], it[0]) if len(st) >= width else np.inf
         stop = ct[-1] - (k - 1) * dt
         t = np.arange(start, stop, sample_dt)
         if len(t) == 0:
             continue
         ends = np.searchsorted(st, t, side="right")
-        steps = t[:, None] + np.arange(k) * dt
-        cmd_idx = np.clip(np.searchsorted(ct, steps, side="right") - 1, 0, len(ct) - 1)
         image_times.append(it + b * BAG_GAP)
         feats.append(f)
         sensor.append(np.stack([v for _, v in rec.sensor]))
         image_first.append(np.full(len(t), n_img))
         window_end.append(ends + n_sensor)
         times.append(t + b * BAG_GAP)
-        targets.append(cv[cmd_idx])
+        targets.append(commands_over(ct, cv, t, k, dt)[0])
         n_img += len(it)
         n_sensor += len(st)
     if not times:
@@ -336,6 +343,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--staleness", default="auto", help="auto | fresh | MIN,MAX seconds")
     ap.add_argument("--vlm-hz", type=float, default=3.33, help="deployment VLM rate, for --staleness auto")
     ap.add_argument("--vlm-latency", type=float, default=0.05, help="deployment VLM latency (s), for auto")
+    ap.add_argument("--sensor-type", default="auto", choices=["auto", *SENSOR_MSGTYPES],
+                    help="imu or wrench; auto: the message type of --sensor-topic in the first bag")
     ap.add_argument("--sensor-window", type=int, default=65)
     ap.add_argument("--sensor-hz", type=float, default=650.0)
     ap.add_argument("--chunk-size", type=int, default=8)
@@ -393,15 +402,17 @@ def _run(args) -> int:
         extractor = create_extractor(cfg)
     except VlmLoadError as exc:
         raise ValueError(str(exc)) from exc
-    spec = ModelSpec(name=args.name or args.out.name, feature_dim=extractor.feature_dim, sensor_type="imu",
+    bags = find_bags(args.bags)
+    sensor_type = sensor_type_of(bags[0], args.sensor_topic) if args.sensor_type == "auto" else args.sensor_type
+    channels = len(SENSOR_CHANNELS[sensor_type])
+    spec = ModelSpec(name=args.name or args.out.name, feature_dim=extractor.feature_dim, sensor_type=sensor_type,
                      sensor_window=args.sensor_window, sensor_hz=args.sensor_hz, chunk_size=args.chunk_size,
                      action_names=list(args.action_names), action_dt=args.action_dt,
-                     normalization=Normalization([0.0] * 6, [1.0] * 6, [0.0] * len(args.action_names),
+                     normalization=Normalization([0.0] * channels, [1.0] * channels, [0.0] * len(args.action_names),
                                                  [1.0] * len(args.action_names)),
                      vlm_backend=args.vlm_backend, vlm_pooling=args.pooling, staleness_range=lo_hi,
                      motion_input=MOTION_INPUT if args.motion_input else None,
                      architecture={"hidden_dim": args.hidden_dim})
-    bags = find_bags(args.bags)
     if args.val_bags:
         val_bags = find_bags(args.val_bags)
     else:
