@@ -89,8 +89,9 @@ def markdown(r: dict, first_run: dict | None) -> str:
              f"({r['total'].get('killed', 0)} killed, {r['total'].get('survived', 0)} survived, "
              f"{r['total'].get('equivalent', 0)} equivalent)."]
     if first_run:
+        first = first_run["total"]
         lines.append(f"First run, before the tests it prompted: {100 * first_run['score']:.1f} % "
-                     f"({first_run['total'].get('killed', 0)} killed, {first_run['total'].get('survived', 0)} survived).")
+                     f"({first.get('killed', 0)} killed, {first.get('survived', 0)} survived).")
     lines += ["", "| file | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for f, c in sorted(r["per_file"].items()):
         lines.append(f"| {f} | " + " | ".join(str(c.get(k, 0)) for k in cols) + " |")

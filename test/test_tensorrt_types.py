@@ -43,12 +43,14 @@ def mypy(stubs: Path, *files: str) -> list[str]:
 
 def test_the_tensorrt_backend_and_builder_type_check_against_tensorrt_10_13(tmp_path):
     stubs = stub_dir(tmp_path)
-    # The check has teeth: a call the API does not have is reported.
+    # The check has teeth: TensorRT 8's execute_async_v2 with bindings, gone in TensorRT 10, is reported.
     probe = tmp_path / "probe.py"
-    probe.write_text("import tensorrt as trt\ntrt.Builder(trt.Logger(trt.Logger.WARNING)).build_engine_v9()\n")
-    assert any('"Builder" has no attribute "build_engine_v9"' in line for line in mypy(stubs, str(probe)))
-    errors = [line for line in mypy(stubs, "mobile_vla_ros/core/tensorrt_backend.py")
-              if line.startswith("mobile_vla_ros/")]
+    probe.write_text("import tensorrt as trt\n"
+                     "engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(b'')\n"
+                     "engine.create_execution_context().execute_async_v2(bindings=[0], stream_handle=0)\n")
+    assert any('has no attribute "execute_async_v2"' in line for line in mypy(stubs, str(probe)))
+    errors = [line for line in mypy(stubs, "mobile_vla_ros/core/tensorrt_backend.py",
+                                    "mobile_vla_ros/tools/build_engine.py") if line.startswith("mobile_vla_ros/")]
     assert errors == [], "\n".join(errors)
 
 

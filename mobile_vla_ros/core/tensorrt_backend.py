@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import importlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,89 @@ def engine_key(model_dir: Path, precision: str, cudart, trt) -> EngineKey:
     return EngineKey(file_sha256(onnx_path), name, capability, trt.__version__, precision)
 
 
+class CudaIo:
+    """The CUDA half of the runtime, independent of TensorRT: pinned host and device buffers per tensor
+    (re-made when the batch changes), copies in, `execute(stream)`, copy out on one stream, and the
+    whole enqueue captured once as a CUDA graph and replayed. TensorRTBackend passes the engine's
+    enqueue as `execute` and binds each buffer to its tensor in `bind(name, shape, device_ptr)`."""
+
+    def __init__(self, cudart, shapes: Callable[[int], dict[str, tuple[int, ...]]], inputs: list[str], output: str,
+                 execute: Callable[[object], None], bind: Callable[[str, tuple[int, ...], int], None] | None = None,
+                 cuda_graph: bool = True) -> None:
+        self._cudart, self._shapes, self._inputs, self._output = cudart, shapes, inputs, output
+        self._execute, self._bind, self._use_graph = execute, bind, cuda_graph
+        self.stream = check_cuda(cudart.cudaStreamCreate())
+        self.batch = 0
+        self._host: dict[str, np.ndarray] = {}
+        self._device: dict[str, tuple[int, int, int]] = {}  # name -> (device ptr, bytes, pinned host ptr)
+        self._graph_exec = None
+        self.graph_captures = 0
+
+    def device_ptr(self, name: str) -> int:
+        return int(self._device[name][0])
+
+    def _allocate(self, batch: int) -> None:
+        """Pinned host + device buffers for `batch`, bound by tensor name; re-done when the batch changes."""
+        cudart = self._cudart
+        self._free()
+        for name, shape in self._shapes(batch).items():
+            count = int(np.prod(shape))
+            host_ptr = check_cuda(cudart.cudaMallocHost(count * 4))
+            self._host[name] = np.ctypeslib.as_array(
+                (ctypes.c_float * count).from_address(int(host_ptr))).reshape(shape)
+            self._device[name] = (int(check_cuda(cudart.cudaMalloc(count * 4))), count * 4, int(host_ptr))
+            if self._bind is not None:
+                self._bind(name, tuple(shape), self.device_ptr(name))
+        self.batch = batch
+        self._graph_exec = None
+
+    def _enqueue(self) -> None:
+        cudart = self._cudart
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        for name in self._inputs:
+            dev, nbytes, host = self._device[name]
+            check_cuda(cudart.cudaMemcpyAsync(dev, host, nbytes, h2d, self.stream))
+        self._execute(self.stream)
+        dev, nbytes, host = self._device[self._output]
+        check_cuda(cudart.cudaMemcpyAsync(host, dev, nbytes, d2h, self.stream))
+
+    def _capture_graph(self) -> None:
+        """Record copy-in, execute and copy-out once; later calls replay the graph (less CPU launch time)."""
+        cudart = self._cudart
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
+        check_cuda(cudart.cudaStreamBeginCapture(self.stream, mode))
+        self._enqueue()
+        graph = check_cuda(cudart.cudaStreamEndCapture(self.stream))
+        self._graph_exec = check_cuda(cudart.cudaGraphInstantiate(graph, 0))
+        self.graph_captures += 1
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        batch = next(iter(feeds.values())).shape[0]
+        if batch != self.batch:
+            self._allocate(batch)
+            self._enqueue()  # the first run also warms up before a graph is captured
+            check_cuda(self._cudart.cudaStreamSynchronize(self.stream))
+        for name, value in feeds.items():
+            self._host[name][...] = value
+        if self._use_graph and self._graph_exec is None:
+            self._capture_graph()
+        if self._graph_exec is not None:
+            check_cuda(self._cudart.cudaGraphLaunch(self._graph_exec, self.stream))
+        else:
+            self._enqueue()
+        check_cuda(self._cudart.cudaStreamSynchronize(self.stream))
+        return self._host[self._output].copy()
+
+    def _free(self) -> None:
+        for dev, _, host in self._device.values():
+            self._cudart.cudaFree(dev)
+            self._cudart.cudaFreeHost(host)
+        self._device, self._host = {}, {}
+
+    def close(self) -> None:
+        self._free()
+
+
 class TensorRTBackend:
     def __init__(self, model_dir: Path, spec: ModelSpec, engine_cache_dir=None, log=None,
                  precision: str = "fp16", build_if_missing: bool = True, cuda_graph: bool = True) -> None:
@@ -79,97 +163,51 @@ class TensorRTBackend:
             log(f"building TensorRT {precision} engine ({'; '.join(problems)}) - this takes a while once")
             path, seconds = build_engine(model_dir, spec, cache_dir, precision=precision)
             log(f"TensorRT engine built in {seconds:.1f} s: {path}")
-        self._trt, self._cudart = trt, cudart
+        self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
-        self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(path.read_bytes())
-        if self._engine is None:
+        engine = trt.Runtime(self._logger).deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
             raise ModelSpecError(f"{path}: TensorRT could not deserialize the engine")
+        self._engine = engine
         self._check_io(spec, path)
-        self._context = self._engine.create_execution_context()
-        self._stream = check_cuda(cudart.cudaStreamCreate())
+        self._context = engine.create_execution_context()
         self._spec = spec
-        self._batch = 0
-        self._graph_exec = None
-        self._use_graph = cuda_graph
+        self._io = CudaIo(cudart, lambda batch: io_shapes(spec, batch), list(input_shapes(spec)), OUTPUT_ACTIONS,
+                          self._execute, self._bind, cuda_graph)
         self.name = f"tensorrt-{precision}"
 
     def _check_io(self, spec: ModelSpec, path: Path) -> None:
-        trt = self._trt
-        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        inputs = sorted(n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-        outputs = sorted(n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        trt, engine = self._trt, self._engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = sorted(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        outputs = sorted(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
         want = sorted(input_shapes(spec))
         if inputs != want or outputs != [OUTPUT_ACTIONS]:
             raise ModelSpecError(f"{path}: I/O tensors expected inputs {want} "
                                  f"and outputs {[OUTPUT_ACTIONS]}, got {inputs} and {outputs}")
 
-    def _allocate(self, batch: int) -> None:
-        """Pinned host + device buffers for `batch`, bound by tensor name; re-done when the batch changes."""
-        cudart, spec = self._cudart, self._spec
-        shapes = {**input_shapes(spec, batch), OUTPUT_ACTIONS: (batch, spec.chunk_size, spec.action_dim)}
-        self._free()
-        self._host, self._device = {}, {}
-        for name, shape in shapes.items():
-            nbytes = int(np.prod(shape)) * 4
-            host_ptr = check_cuda(cudart.cudaMallocHost(nbytes))
-            self._host[name] = np.ctypeslib.as_array(
-                (ctypes.c_float * int(np.prod(shape))).from_address(int(host_ptr))).reshape(shape)
-            self._device[name] = (check_cuda(cudart.cudaMalloc(nbytes)), nbytes, host_ptr)
-            if name != OUTPUT_ACTIONS:
-                self._context.set_input_shape(name, shape)
-            self._context.set_tensor_address(name, int(self._device[name][0]))
-        self._batch = batch
-        self._graph_exec = None
+    def _bind(self, name: str, shape: tuple[int, ...], device_ptr: int) -> None:
+        if name != OUTPUT_ACTIONS and not self._context.set_input_shape(name, shape):
+            raise ModelSpecError(f"TensorRT engine rejects input {name} of shape {list(shape)}")
+        self._context.set_tensor_address(name, device_ptr)
 
-    def _enqueue(self) -> None:
-        cudart = self._cudart
-        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        for name in input_shapes(self._spec):
-            dev, nbytes, host = self._device[name]
-            check_cuda(cudart.cudaMemcpyAsync(dev, host, nbytes, h2d, self._stream))
-        if not self._context.execute_async_v3(int(self._stream)):
+    def _execute(self, stream) -> None:
+        if not self._context.execute_async_v3(int(stream)):
             raise RuntimeError("TensorRT execute_async_v3 failed")
-        dev, nbytes, host = self._device[OUTPUT_ACTIONS]
-        check_cuda(cudart.cudaMemcpyAsync(host, dev, nbytes, d2h, self._stream))
-
-    def _capture_graph(self) -> None:
-        """Record copy-in, engine and copy-out once; later calls replay the graph (less CPU launch time)."""
-        cudart = self._cudart
-        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
-        check_cuda(cudart.cudaStreamBeginCapture(self._stream, mode))
-        self._enqueue()
-        graph = check_cuda(cudart.cudaStreamEndCapture(self._stream))
-        self._graph_exec = check_cuda(cudart.cudaGraphInstantiate(graph, 0))
 
     def run(self, vl_features: np.ndarray, sensor_window: np.ndarray, motion: np.ndarray | None = None) -> np.ndarray:
-        feeds = graph_inputs(self._spec, vl_features, sensor_window, motion)
-        batch = vl_features.shape[0]
-        if batch != self._batch:
-            self._allocate(batch)
-            self._enqueue()  # first run also warms up before a graph is captured
-            check_cuda(self._cudart.cudaStreamSynchronize(self._stream))
-        for name, value in feeds.items():
-            self._host[name][...] = value
-        if self._use_graph and self._graph_exec is None:
-            self._capture_graph()
-        if self._graph_exec is not None:
-            check_cuda(self._cudart.cudaGraphLaunch(self._graph_exec, self._stream))
-        else:
-            self._enqueue()
-        check_cuda(self._cudart.cudaStreamSynchronize(self._stream))
-        return self._host[OUTPUT_ACTIONS].copy()
-
-    def _free(self) -> None:
-        for dev, _, host in getattr(self, "_device", {}).values():
-            self._cudart.cudaFree(dev)
-            self._cudart.cudaFreeHost(host)
-        self._device = {}
+        return self._io.run(graph_inputs(self._spec, vl_features, sensor_window, motion))
 
     def __del__(self) -> None:
         try:
-            self._free()
+            self._io.close()
         except Exception:
             pass
+
+
+def io_shapes(spec: ModelSpec, batch: int) -> dict[str, tuple[int, ...]]:
+    """Every engine tensor (inputs, then the output) with its shape at `batch`."""
+    return {**input_shapes(spec, batch), OUTPUT_ACTIONS: (batch, spec.chunk_size, spec.action_dim)}
 
 
 # -- engine build (first start on the robot, or mobile-vla-build-engine ahead of time) ----------

@@ -7,6 +7,8 @@
   mobile-vla-bench loop        the real nodes closed over synthetic sources: async vs the synchronous
                                baseline, per VLM latency (period, end-to-end latency, feature age,
                                sensor loss, CPU and RSS per node), measured from outside the nodes
+  mobile-vla-bench doctor      what this machine has for the nodes, and what the configured backends
+                               still need, with the install line for each (exit 1 when something is)
   mobile-vla-bench soak        the async pipeline for --minutes: RSS over time, deadline misses,
                                safe stops, crashes (--cpu-burners N adds competing processes;
                                --faults injects clock jumps, a vlm_node kill, a sensor stall and
@@ -243,6 +245,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="LATENCY@VLM_HZ, comma-separated; LATENCY 'cpu' = the stand-in VLM's measured forward")
     closed.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
     closed.add_argument("--out", type=Path, default=Path("bench_results/closed_loop.json"))
+    doctor = sub.add_parser("doctor", help="what this machine has for the nodes and what the configured backends "
+                                           "still need, with install lines")
+    doctor.add_argument("--params-file", type=Path, action="append", default=None,
+                        help="the nodes' parameter files (default: config/robot.yaml)")
+    doctor.add_argument("--out", type=Path, default=None, help="also write the report as JSON")
     soak = sub.add_parser("soak", help="long run of the async pipeline: RSS, deadline misses, stops, crashes")
     soak.add_argument("--minutes", type=float, default=10.0)
     soak.add_argument("--cpu-burners", type=int, default=0, help="processes spinning on the CPU meanwhile")
@@ -260,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.what in ("loop", "soak"):
         return system_bench(args)
+    if args.what == "doctor":
+        from ..paths import share_dir
+        from .doctor import main as doctor
+
+        return doctor(args.params_file or [share_dir() / "config" / "robot.yaml"], args.out)
     if args.what == "vlm":
         return vlm_bench(args)
     if args.what == "closed-loop":
