@@ -24,7 +24,7 @@ class ActionExpertConfig:
     chunk_size: int = 8
     action_dim: int = 2
     hidden_dim: int = 128
-    head: str = "conv_mlp"  # "conv_mlp" (default) | "recurrent" (the seeds' LSTM 2048->4096 + MLP shape)
+    head: str = "conv_mlp"  # "conv_mlp" (default) | "recurrent" (an LSTM 2048->4096 + MLP: the reference shape)
     recurrent_hidden: int = 4096
     recurrent_steps: int = 8  # the sensor window is encoded into this many tokens for the LSTM
     motion_dim: int = 0  # > 0: a third input, the motion since the features' source image (core/motion.py)

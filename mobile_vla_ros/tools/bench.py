@@ -1,7 +1,7 @@
 """mobile-vla-bench: reproducible latency benchmarks; prints a table and writes JSON.
 
   mobile-vla-bench inference   action expert: backend x precision x batch, p50/p99 latency, for the
-                               default head and the seeds' recurrent head (reference row)
+                               default head and the recurrent LSTM head (reference row)
   mobile-vla-bench vlm         VLM extractors at full size (random weights) on the GPU, 1 and 5 views:
                                ours (CUDA graph) vs the plain transformers forward, same run
   mobile-vla-bench loop        the real nodes closed over synthetic sources: async vs the synchronous

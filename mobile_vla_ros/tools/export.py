@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     shape.add_argument("--action-dt", type=float, default=0.0125)
     shape.add_argument("--hidden-dim", type=int, default=128)
     shape.add_argument("--head", choices=["conv_mlp", "recurrent"], default="conv_mlp",
-                       help="recurrent = the seeds' LSTM 2048->4096 + MLP shape")
+                       help="recurrent = an LSTM 2048->4096 + MLP (the reference shape)")
     shape.add_argument("--vlm-backend", default="kosmos2")
     shape.add_argument("--vlm-pooling", default="last_token")
     return ap

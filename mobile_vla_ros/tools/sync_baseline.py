@@ -1,4 +1,4 @@
-"""sync_baseline_node: the synchronous VLA loop the seed documents start from, as the baseline of
+"""sync_baseline_node: the synchronous VLA loop (each decision waits for a fresh forward), the baseline of
 `mobile-vla-bench loop --sync` and `bringup --sim --mode sync`. Not for robots.
 
 Every chunk waits for a fresh VLM forward on the newest image: forward -> action expert on the
