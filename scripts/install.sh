@@ -13,14 +13,20 @@ if ! ldconfig -p | grep -q libOSMesa; then
         echo "install.sh: warning: libOSMesa missing; run 'sudo apt-get install libosmesa6' for the simulator" >&2
     fi
 fi
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
+# The default environment is .venv (ROS 2 Kilted); `install.sh --jazzy` makes .venv-jazzy (ROS 2 Jazzy,
+# the same ML stack), which the CI's second-distro test runs the ROS-facing tests in.
+VENV=.venv REQUIREMENTS=requirements/dev.txt
+if [ "${1:-}" = "--jazzy" ]; then
+    VENV=.venv-jazzy REQUIREMENTS=requirements/jazzy.txt
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/dev.txt
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e .
 # Type stubs of TensorRT 10.13 for the static check of the TensorRT code (TensorRT itself cannot be
 # installed here); --no-deps: the stubs declare a dependency on tensorrt, which cannot install.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps tensorrt-stubs==10.13.0.35.1
-.venv/bin/python -c "import rclpy, torch, transformers, onnxruntime, mujoco, mobile_vla_ros" \
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps tensorrt-stubs==10.13.0.35.1
+"$VENV/bin/python" -c "import rclpy, torch, transformers, onnxruntime, mujoco, mobile_vla_ros" \
     || { echo "install.sh: the environment does not import; see the pip output above" >&2; exit 1; }
-echo "install.sh: ready (.venv: $(.venv/bin/python --version), torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"
+echo "install.sh: ready ($VENV: $("$VENV/bin/python" --version), torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)'))"

@@ -118,3 +118,76 @@ def test_the_executor_rate_gate_check_stops_between_ticks_without_running_the_mo
     assert stop.reason is StopReason.SENSOR_GAP and core.safety.stopped and core.safety.stop_events == 1
     assert core.tick(newest + 0.06).reason is StopReason.SENSOR_GAP and core.safety.stop_events == 1
     assert len(core.backend.inputs) == calls
+
+
+# -- survivors of the mutation run (docs/mutation/report.md), pinned by behaviour -----------------
+def test_limits_clamp_both_signs_and_count_exactly_what_they_changed():
+    ex = ChunkExecutor(2, [0.5, 0.1], [10.0, 10.0])
+    ex.set_chunk(ActionChunk(0.0, 0.0125, np.tile(np.array([[-0.9, 0.1]], np.float32), (8, 1))))
+    out = ex.command(0.0)
+    assert out.dtype == np.float32 and out.tolist() == pytest.approx([-0.5, 0.1])
+    # -0.9 was clamped; 0.1 equals its limit (float32 vs the limit as given) and is not counted.
+    assert ex.clamped_values == 1 and ex.rate_limited_values == 0
+
+
+def test_the_rate_limit_holds_going_down_too_and_an_exact_step_is_not_limited():
+    ex = ChunkExecutor(1, [1.0], [0.1])
+    ex.set_chunk(ActionChunk(0.0, 0.0125, np.full((8, 1), 0.1, np.float32)))
+    assert ex.command(0.0).tolist() == pytest.approx([0.1]) and ex.rate_limited_values == 0  # exactly one step
+    ex.set_chunk(ActionChunk(0.1, 0.0125, np.full((8, 1), -0.9, np.float32)))
+    assert ex.command(0.1).tolist() == pytest.approx([0.0])  # down by one step, not to -0.9 at once
+    assert ex.rate_limited_values == 1
+
+
+def test_steps_past_the_chunk_are_counted_each_and_limits_name_the_parameter():
+    ex = ChunkExecutor(2, [1.0, 1.0], [10.0, 10.0])
+    ex.set_chunk(ActionChunk(0.0, 0.0125, np.full((8, 2), 0.3, np.float32)))
+    assert ex.command(0.2).tolist() == [0.0, 0.0] and ex.command(0.3).tolist() == [0.0, 0.0]
+    assert ex.exhausted_steps == 2
+    assert ex.reset_to_zero().dtype == np.float32
+    with pytest.raises(ValueError, match=r"^action_limits: expected 2 values \(one per action\), got 1$"):
+        ex.set_limits([1.0], [1.0, 1.0])
+    with pytest.raises(ValueError, match=r"^max_action_step: expected 2 values \(one per action\), got 3$"):
+        ex.set_limits([1.0, 1.0], [1.0, 1.0, 1.0])
+
+
+def test_a_chunk_two_steps_ahead_of_the_clock_gives_no_step():
+    chunk = ActionChunk(10.0, 0.0125, np.ones((8, 2), np.float32))
+    assert chunk.step_index(10.0 - 0.5 * 0.0125) == 0  # jitter of less than a step: step 0
+    assert chunk.step_index(10.0 - 1.5 * 0.0125) < 0  # more than a step ahead: none
+
+
+def test_a_jump_clears_the_motion_and_the_executed_command_and_keeps_watching_the_clock():
+    from test_time_faults import feed, running_core
+
+    core = running_core()
+    core.on_executed(np.array([0.5, 0.0], np.float32))  # driving forward at 0.5 m/s
+    t = T0 + 50.0
+    core.clock_jumped(t)  # as rclpy's jump callback calls it (not through a clock reading)
+    assert core.motion.oldest_time() is None  # the old timeline's motion is gone
+    feed(core, t, 80)
+    core.on_features(np.zeros((1, 64), np.float32), source_stamp=t, now=t + 80 * DT)
+    result = core.tick(t + 80 * DT)
+    assert result.chunk is not None and result.motion[1] == 0.0  # no forward motion until a new command
+    core.watch_clock(t - 5.0)  # a second jump right after: compared with the first jump's time
+    assert core.clock_jumps == 2
+
+
+def test_a_stop_found_between_ticks_describes_its_reason():
+    core, _ = ramp_core()
+    newest = T0 + 99 * DT
+    core.tick(newest)
+    core.check_inputs(newest + 0.052)
+    assert core.safety.describe() == "sensor gap longer than max_sensor_gap (gap 52 ms > 50 ms)"
+
+
+def test_a_restarted_timeline_never_revives_a_forward_of_an_older_instruction():
+    from mobile_vla_ros.core.vlm_schedule import CameraFrame, VlmScheduler
+
+    s = VlmScheduler(max_image_age=1.0)
+    s.set_instruction("a", now=0.0)
+    s.add_frame("camera", CameraFrame(np.zeros((2, 2, 3), np.uint8), 0.1, "camera"))
+    old, _ = s.select(now=0.2)
+    s.set_instruction("b", now=0.3)  # the forward for "a" is no longer current...
+    s.restart_timeline(now=0.4)  # ...and a clock jump does not make it current again
+    assert not s.is_current(old)
