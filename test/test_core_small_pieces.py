@@ -195,3 +195,56 @@ def test_the_engine_sidecar_records_the_build(tmp_path):
     assert record["build_seconds"] == 12.35 and record["max_batch"] == 8 and record["precision"] == "fp16"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", record["built_at"])
     assert text.startswith('{\n  "onnx_sha256"')  # indented: a person reads it on the robot
+
+
+def image(encoding: str, w: int, h: int, step: int, data: bytes):
+    return NS(encoding=encoding, width=w, height=h, step=step, data=data)
+
+
+def test_images_decode_per_encoding_with_row_padding():
+    from mobile_vla_ros.core.images import decode_rgb
+
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    padded = np.concatenate([rgb.reshape(2, 9), np.full((2, 3), 255, np.uint8)], axis=1)  # step 12 > 9
+    out = decode_rgb(image("rgb8", 3, 2, 12, padded.tobytes()))
+    assert out.dtype == np.uint8 and np.array_equal(out, rgb) and out.flags.c_contiguous
+    assert np.array_equal(decode_rgb(image("bgr8", 3, 2, 9, rgb[:, :, ::-1].tobytes())), rgb)
+    rgba = np.concatenate([rgb, np.full((2, 3, 1), 7, np.uint8)], axis=2)
+    assert np.array_equal(decode_rgb(image("rgba8", 3, 2, 12, rgba.tobytes())), rgb)
+    bgra = np.concatenate([rgb[:, :, ::-1], np.full((2, 3, 1), 7, np.uint8)], axis=2)
+    assert np.array_equal(decode_rgb(image("bgra8", 3, 2, 12, bgra.tobytes())), rgb)
+    mono = np.array([[1, 2, 3], [4, 5, 6]], np.uint8)
+    assert np.array_equal(decode_rgb(image("mono8", 3, 2, 3, mono.tobytes())), np.repeat(mono[:, :, None], 3, axis=2))
+
+
+def test_bad_images_are_rejected_with_the_reason():
+    from mobile_vla_ros.core.images import MAX_IMAGE_PIXELS, ConversionError, check_image
+
+    cases = [(image("yuv422", 2, 2, 4, bytes(8)), "unsupported encoding 'yuv422' (supported: rgb8, bgr8, rgba8, "
+                                                   "bgra8, mono8)"),
+             (image("rgb8", 0, 2, 0, b""), "image size 0x2 outside 1..16777216 pixels"),
+             (image("rgb8", 2, 0, 6, b""), "image size 2x0 outside 1..16777216 pixels"),
+             (image("rgb8", 4097, 4096, 4097 * 3, b""), f"image size 4097x4096 outside 1..{MAX_IMAGE_PIXELS} pixels"),
+             (image("rgb8", 2, 2, 5, bytes(10)), "step 5 < width 2 x 3 bytes"),
+             (image("rgb8", 2, 2, 6, bytes(11)), "data has 11 bytes, expected step 6 x height 2 = 12")]
+    for msg, reason in cases:
+        with pytest.raises(ConversionError) as err:
+            check_image(msg)
+        assert str(err.value) == reason
+    assert check_image(image("rgb8", 4096, 4096, 4096 * 3, bytes(4096 * 4096 * 3))) == 3  # the largest allowed
+    assert check_image(image("mono8", 1, 1, 1, bytes(1))) == 1
+
+
+def test_a_recording_extends_the_history_with_the_gyro_or_the_held_command():
+    from mobile_vla_ros.core.motion import MotionHistory, extend_from_streams
+
+    times = np.arange(0, 651) / 650
+    samples = np.zeros((651, 6))
+    samples[:, 2] = 0.2  # gyro z
+    commands = np.array([[1.0, 0.9], [0.5, 0.9]])  # forward, yaw rate: 1 m/s, then 0.5 m/s from 0.5 s
+    imu = extend_from_streams(MotionHistory(10.0, 650.0), "imu", times, samples, np.array([0.0, 0.5]), commands)
+    wrench = extend_from_streams(MotionHistory(10.0, 650.0), "wrench", times, samples, np.array([0.0, 0.5]), commands)
+    _, dx_imu, _, yaw_imu = imu.motion_since(0.0, 1.0)
+    _, _, _, yaw_wrench = wrench.motion_since(0.0, 1.0)
+    assert yaw_imu == pytest.approx(0.2, abs=1e-3) and yaw_wrench == pytest.approx(0.9, abs=1e-3)
+    assert dx_imu == pytest.approx(0.75, abs=0.02)  # 0.5 s at 1 m/s + 0.5 s at 0.5 m/s (on a gentle arc)
