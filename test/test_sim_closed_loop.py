@@ -73,5 +73,5 @@ def test_episodes_that_reset_the_clock_go_through_the_jump_path_and_still_succee
     report = bringup_sim(tmp_path / "out", "--episodes", "3", *[a for f in (config / "robot.yaml", config / "sim.yaml",
                                                                           extra) for a in ("--params-file", str(f))])
     assert sum(e["success"] for e in report["episodes"]) >= 1
-    assert report["diagnostics"]["action_expert_node"]["clock_jumps"] == "2"
-    assert report["diagnostics"]["vlm_node"]["clock_jumps"] == "2"
+    for node in ("action_expert_node", "vlm_node"):  # each reset went through the jump path
+        assert int(report["diagnostics"][node]["clock_jumps"]) >= 2, report["diagnostics"][node]

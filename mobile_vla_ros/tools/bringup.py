@@ -210,10 +210,10 @@ def _sim(args, params_files: list[Path]) -> int:
 
 SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
     "vlm_node": ("feature_rate_hz", "vlm_hz", "forward_latency_p50_ms", "forward_latency_p99_ms",
-                 "skipped_busy", "images_rejected"),
+                 "skipped_busy", "images_rejected", "clock_jumps"),
     "action_expert_node": ("chunk_rate_hz", "action_hz", "sensor_rate_hz", "feature_age_s",
                            "inference_latency_p50_ms", "inference_latency_p99_ms", "backend",
-                           "safe_stop_events", "safe_stop_reason"),
+                           "safe_stop_events", "safe_stop_reason", "clock_jumps"),
     "sync_baseline_node": ("chunk_rate_hz", "feature_rate_hz", "forward_latency_p50_ms", "sensor_accepted",
                            "safe_stop_reason"),
 }
