@@ -169,7 +169,8 @@ def test_live_safety_parameters_take_effect(probe, processes):
         wait_for(lambda: len(chunks.since(t_good)) >= 3, 10, f"chunks after {name}={good}")
         return stopped_at
 
-    stopped = stop_and_resume("max_feature_age", 0.05, 2.0, "older than max_feature_age")
+    # 0.01 s (the minimum): older than any features can be, so the node cannot flap back to running.
+    stopped = stop_and_resume("max_feature_age", 0.01, 2.0, "older than max_feature_age")
     assert not [m for t, m in twists.since(stopped + 0.1) if t < stopped + 1.4 and moving(m)]
 
     hold = 0.3
