@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from mobile_vla_ros.sim.episode import SimEpisode, expert_command, run_baseline
+from mobile_vla_ros.sim.episode import Expert, SimEpisode, run_baseline
 from mobile_vla_ros.sim.world import SimConfig, SimRobot, sample_task
 
 
@@ -82,10 +82,10 @@ def test_tasks_are_seeded_and_varied():
 def test_expert_succeeds_and_baselines_do_not():
     for seed in range(5):
         episode = SimEpisode(sample_task(seed), render=False)
-        k = 0
+        expert, k = Expert(), 0
         while not episode.done:
             k += 1
-            episode.advance(*expert_command(episode.robot), k / 50)
+            episode.advance(*expert.command(episode.robot), k / 50)
         result = episode.result()
         episode.close()
         assert result.success and result.duration < 10.0 and result.final_distance <= 0.45
@@ -121,9 +121,18 @@ def test_record_sim_writes_readable_bags_and_resumes(tmp_path):
     assert 1 / np.median(np.diff(imu)) == pytest.approx(650, rel=0.01)
     assert 1 / np.median(np.diff(stamps["/camera/image_raw"])) == pytest.approx(15, rel=0.05)
     mtime = (tmp_path / "episode_00007" / "metadata.yaml").stat().st_mtime
-    assert record_sim.main(["--episodes", "3", "--seed", "7", "--out", str(tmp_path), "--storage", "sqlite3"]) == 0
+    # Resumed with two worker processes and the training paraphrases: 7 and 8 are kept, 9 and 10 recorded.
+    assert record_sim.main(["--episodes", "4", "--seed", "7", "--out", str(tmp_path), "--storage", "sqlite3",
+                            "--workers", "2", "--paraphrases"]) == 0
     assert (tmp_path / "episode_00007" / "metadata.yaml").stat().st_mtime == mtime  # kept, not re-recorded
-    assert (tmp_path / "episode_00009" / "metadata.yaml").is_file()
+    summary = json.loads((tmp_path / "episodes.json").read_text())
+    assert sorted(summary) == ["10", "7", "8", "9"]
+    for seed in (9, 10):
+        with AnyReader([tmp_path / f"episode_{seed:05d}"]) as reader:
+            conn = next(c for c in reader.connections if c.topic == "/instruction")
+            (_, _, raw), = list(reader.messages([conn]))
+            assert reader.deserialize(raw, conn.msgtype).data == \
+                sample_task(seed, SimConfig(paraphrases=True)).instruction == summary[str(seed)]["instruction"]
 
 
 def test_record_sim_rejects_bad_arguments(tmp_path):

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from mobile_vla_ros.sim.episode import SEARCH_RATE, expert_command_at, run_baseline
-from mobile_vla_ros.sim.world import HELD_OUT_PHRASINGS, PHRASINGS, SimConfig, sample_task, wrap_angle
+from mobile_vla_ros.sim.episode import IN_VIEW, SEARCH_RATE, Expert, SimEpisode, expert_command_at, run_baseline
+from mobile_vla_ros.sim.world import HELD_OUT_PHRASINGS, PARAPHRASES, PHRASINGS, SimConfig, sample_task, wrap_angle
 
 HARD = SimConfig.for_evaluation("hard")
 
@@ -37,6 +37,23 @@ def test_hard_tasks_start_with_the_target_out_of_view_beside_a_same_colour_distr
     assert sample_task(1000, HARD) == sample_task(1000, HARD)
 
 
+def test_training_paraphrases_change_only_the_words_and_never_give_a_held_out_phrasing():
+    assert not set(PARAPHRASES) & set(HELD_OUT_PHRASINGS) and not set(PARAPHRASES) & set(PHRASINGS)
+    used = set()
+    for task_set in ("standard", "hard"):
+        for seed in range(40):
+            plain = sample_task(seed, SimConfig(task_set=task_set))
+            varied = sample_task(seed, SimConfig(task_set=task_set, paraphrases=True))
+            assert varied.objects == plain.objects and varied.target == plain.target and varied.start == plain.start
+            target = varied.target_object
+            held_out = {p.format(color=target.color, shape=target.shape) for p in HELD_OUT_PHRASINGS}
+            assert varied.instruction not in held_out
+            used.add(varied.instruction in {p.format(color=target.color, shape=target.shape) for p in PARAPHRASES})
+    assert used == {True, False}  # both the plain phrasings and the paraphrases occur
+    with pytest.raises(ValueError, match="exclude each other"):
+        SimConfig(held_out_phrasings=True, paraphrases=True)
+
+
 def test_the_standard_set_is_unchanged_by_the_hard_one():
     task = sample_task(1000)
     assert task.instruction in {p.format(color=task.target_object.color, shape=task.target_object.shape)
@@ -45,13 +62,33 @@ def test_the_standard_set_is_unchanged_by_the_hard_one():
     assert all(abs(bearing_and_distance(task, o)[0]) < half_fov for o in task.objects)
 
 
-def test_the_expert_searches_one_way_for_targets_behind_and_steers_back_to_ones_just_out_of_view():
-    assert expert_command_at(math.radians(-120), 2.0) == (0.0, SEARCH_RATE)
-    assert expert_command_at(math.radians(120), 2.0) == (0.0, SEARCH_RATE)
-    v, w = expert_command_at(math.radians(-20), 2.0)
+def test_the_expert_searches_one_way_until_it_has_seen_the_target_then_steers_back_the_short_way():
+    expert = Expert()
+    # Unseen, on either side and even just outside the view: search counter-clockwise.
+    for bearing in (-120, 120, -60, 60, -31):
+        assert expert_command_at(math.radians(bearing), 2.0, expert.observe(math.radians(bearing))) == \
+            (0.0, SEARCH_RATE)
+    assert not expert.target_seen
+    assert expert.observe(IN_VIEW) and expert.observe(math.radians(-120))  # seen once: remembered
+    v, w = expert_command_at(math.radians(-20), 2.0, True)
     assert w < 0 and v > 0
-    v, w = expert_command_at(math.radians(-60), 2.0)  # out of view on the right: turn back, not round
+    v, w = expert_command_at(math.radians(-60), 2.0, True)  # turned past it on the right: back, not round
     assert w == -1.0 and v < 0.05  # (almost) in place
+    assert expert_command_at(math.radians(-150), 2.0, True)[1] == -1.0
+
+
+def test_the_expert_solves_the_hard_set():
+    durations = []
+    for seed in range(1000, 1006):
+        episode, expert, k = SimEpisode(sample_task(seed, HARD), HARD, render=False), Expert(), 0
+        while not episode.done:
+            k += 1
+            episode.advance(*expert.command(episode.robot), k / 50)
+        result = episode.result()
+        episode.close()
+        assert result.success, seed
+        durations.append(result.duration)
+    assert max(durations) < 0.8 * HARD.time_limit  # room for a policy's detours
 
 
 @pytest.mark.parametrize("policy", ["zero", "random"])

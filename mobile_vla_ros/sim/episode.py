@@ -97,23 +97,38 @@ class SimEpisode:
         self.robot.close()
 
 
-SEARCH_RATE = 0.6  # rad/s, counter-clockwise, while the target is beside or behind the robot
-SEARCH_BEYOND = math.radians(90)  # |bearing| beyond which the expert searches instead of steering
+SEARCH_RATE = 0.6  # rad/s, counter-clockwise, until the target has been in view
+# |bearing| within which the camera shows the target: half the 75 deg field of view less a margin, so
+# the target is inside the image, not cut by its edge.
+IN_VIEW = math.radians(30)
 
 
-def expert_command(robot: SimRobot) -> tuple[float, float]:
-    """Privileged scripted expert at the robot's current pose (see expert_command_at)."""
-    return expert_command_at(robot.target_bearing(), robot.target_distance())
+class Expert:
+    """Privileged scripted expert with the memory a camera agent has. Until the target has been in
+    view it searches by turning counter-clockwise in place: a policy cannot know on which side an
+    unseen target lies, so the expert does only what a policy can learn (one way round), and does not
+    steer towards a target it could not have seen. Once seen, it steers to the target's position
+    (known from then on, as the policy knows it from the features of that image plus the motion since)
+    by the shorter way: a policy that turned past the target turns back, it does not go round."""
+
+    def __init__(self) -> None:
+        self.target_seen = False
+
+    def observe(self, bearing: float) -> bool:
+        """Update the memory with the target's current bearing; returns whether it has been seen."""
+        self.target_seen = self.target_seen or abs(bearing) <= IN_VIEW
+        return self.target_seen
+
+    def command(self, robot: SimRobot) -> tuple[float, float]:
+        """The command at the robot's current pose (updates the memory)."""
+        bearing = robot.target_bearing()
+        return expert_command_at(bearing, robot.target_distance(), self.observe(bearing))
 
 
-def expert_command_at(bearing: float, distance: float) -> tuple[float, float]:
-    """Turn towards the target (P on bearing), drive when roughly aligned, slow down near it. With the
-    target beside or behind (beyond SEARCH_BEYOND) the expert searches by turning counter-clockwise in
-    place: a camera-only policy cannot know on which side an unseen target lies, so the expert mostly
-    does what such a policy can learn (one way round). Up to 90 deg it steers back towards the target
-    even out of view: a policy that saw the target and knows from the motion input that it has turned
-    past it must learn to turn back, not to go round (a 1.5 s VLM otherwise spirals in place)."""
-    if abs(bearing) > SEARCH_BEYOND:
+def expert_command_at(bearing: float, distance: float, target_seen: bool = True) -> tuple[float, float]:
+    """Search (turn counter-clockwise) while the target has not been seen; otherwise turn towards it
+    (P on bearing), drive when roughly aligned, slow down near it."""
+    if not target_seen:
         return 0.0, SEARCH_RATE
     w = float(np.clip(1.8 * bearing, -ACTION_LIMITS[1], ACTION_LIMITS[1]))
     v = float(np.clip(0.5 * distance + 0.1, 0.0, 0.45)) * max(0.0, math.cos(bearing)) ** 4

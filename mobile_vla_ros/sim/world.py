@@ -17,6 +17,14 @@ COLORS = {"red": (0.85, 0.1, 0.1), "green": (0.1, 0.7, 0.15), "blue": (0.1, 0.25
 SHAPES = ("cylinder", "box")
 PHRASINGS = ("go to the {color} {shape}", "drive to the {color} {shape}", "move towards the {color} {shape}",
              "navigate to the {color} {shape}", "approach the {color} object")
+# Training data only (recordings and grounding renders, with paraphrases=True): more ways of saying it, with
+# the object in other places and words after it, so the stand-in VLM learns to find the colour and shape
+# anywhere in an instruction. None of them is a held-out phrasing below.
+PARAPHRASES = ("the {color} {shape} is where you should go", "get close to the {color} {shape} and wait there",
+               "look for the {color} {shape} and drive over", "could you reach the {color} {shape}",
+               "stop beside the {color} {shape}", "go near the {color} {shape} please",
+               "target: {color} {shape}", "drive until you reach the {color} {shape}",
+               "locate the {color} {shape} then approach it", "make your way to the {color} {shape}")
 # Never used in training data: the hard set's evaluation phrasings.
 HELD_OUT_PHRASINGS = ("head over to the {color} {shape}", "please drive up to the {color} {shape}",
                       "find the {color} {shape} and stop next to it", "your goal is the {color} {shape}")
@@ -64,10 +72,13 @@ class SimConfig:
     # colour and the other shape.
     task_set: str = "standard"
     held_out_phrasings: bool = False  # phrase instructions with HELD_OUT_PHRASINGS (evaluation of the hard set)
+    paraphrases: bool = False  # training data: PHRASINGS + PARAPHRASES (the task's objects are the same)
 
     def __post_init__(self) -> None:
         if self.task_set not in TASK_SETS:
             raise ValueError(f"task_set: expected one of {', '.join(TASK_SETS)}, got {self.task_set!r}")
+        if self.held_out_phrasings and self.paraphrases:
+            raise ValueError("held_out_phrasings (evaluation) and paraphrases (training) exclude each other")
 
     @classmethod
     def for_evaluation(cls, task_set: str = "standard", time_limit: float | None = None, **fields) -> SimConfig:
@@ -90,7 +101,8 @@ def sample_task(seed: int, cfg: SimConfig | None = None) -> Task:
 
 
 def _phrase(rng: np.random.Generator, cfg: SimConfig, obj: SimObject, colour_unique: bool) -> str:
-    phrasings = HELD_OUT_PHRASINGS if cfg.held_out_phrasings else PHRASINGS
+    phrasings = HELD_OUT_PHRASINGS if cfg.held_out_phrasings else PHRASINGS + PARAPHRASES if cfg.paraphrases \
+        else PHRASINGS
     if not colour_unique:  # "the red object" would be ambiguous
         phrasings = tuple(p for p in phrasings if "{shape}" in p)
     return phrasings[int(rng.integers(len(phrasings)))].format(color=obj.color, shape=obj.shape)

@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         for split, seed, n in (("train", args.seed, args.episodes), ("val", VAL_SEED, args.val_episodes)):
             out = args.work / f"{split}_{task_set}"
             if record_sim.main(["--episodes", str(n), "--seed", str(seed), "--out", str(out), "--task-set", task_set,
-                                "--expert-delay-max", str(args.expert_delay_max)]) != 0:
+                                "--expert-delay-max", str(args.expert_delay_max),
+                                "--paraphrases", "--workers", str(os.cpu_count() or 1)]) != 0:
                 return 1
             bags[split].append(str(out))
     common = ["--bags", *bags["train"], "--val-bags", *bags["val"], "--vlm-model-path", str(vlm_dir),

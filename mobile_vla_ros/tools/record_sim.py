@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..sim import cannot_simulate
-from ..sim.episode import ACTION_LIMITS, SimEpisode, expert_command, expert_command_at
+from ..sim.episode import ACTION_LIMITS, Expert, SimEpisode, expert_command_at
 from ..sim.messages import FRAMES, ORIENTATION_UNKNOWN, SIM_EPOCH, TOPICS, split_stamp, task_json, yaw_quaternion
 from ..sim.world import TASK_SETS, TIME_LIMITS, SimConfig, sample_task
 from .cli import progress_bar
@@ -99,7 +99,8 @@ def record_episode(seed: int, out: Path, storage: str, cfg: SimConfig, action_no
     task = sample_task(seed, cfg)
     rng = np.random.default_rng(seed + 15485863)
     delay_steps = int(round(rng.uniform(0.0, expert_delay_max) * CONTROL_HZ)) if expert_delay_max > 0 else 0
-    seen: list[tuple[float, float]] = []  # (bearing, distance) at each control step
+    expert = Expert()
+    states: list[tuple[float, float, bool]] = []  # (bearing, distance, target seen) at each control step
     limits = np.array(ACTION_LIMITS)
     noise = np.zeros(2)
     episode = SimEpisode(task, cfg)
@@ -110,10 +111,10 @@ def record_episode(seed: int, out: Path, storage: str, cfg: SimConfig, action_no
         k = 0
         while not episode.done:
             t = k / CONTROL_HZ
-            v, w = expert_command(episode.robot)
-            bag.command(t, v, w)
-            seen.append((episode.robot.target_bearing(), episode.robot.target_distance()))
-            acted = expert_command_at(*seen[max(0, len(seen) - 1 - delay_steps)])
+            bearing, distance = episode.robot.target_bearing(), episode.robot.target_distance()
+            states.append((bearing, distance, expert.observe(bearing)))
+            bag.command(t, *expert_command_at(*states[-1]))
+            acted = expert_command_at(*states[max(0, len(states) - 1 - delay_steps)])
             bag.pose(t, *episode.robot.pose())
             # Ornstein-Uhlenbeck noise (0.5 s correlation) on the executed command only.
             noise += -noise * (1.0 / CONTROL_HZ / 0.5) + rng.standard_normal(2) * action_noise * limits * 0.2
@@ -151,7 +152,17 @@ def _parser() -> argparse.ArgumentParser:
                     help="hard: targets beside/behind the robot, same-colour distractors, up to 4 m "
                          "(training phrasings; the evaluation of the hard set uses held-out ones)")
     ap.add_argument("--time-limit", type=float, default=None, help="s per episode (default: the task set's)")
+    ap.add_argument("--paraphrases", action="store_true",
+                    help="phrase instructions with the training paraphrases too (training data; never the "
+                         "hard set's held-out evaluation phrasings)")
+    ap.add_argument("--workers", type=int, default=1, help="episodes recorded in parallel (processes)")
     return ap
+
+
+def _record_job(job: tuple) -> tuple[int, dict]:
+    seed, bag, storage, cfg, action_noise, expert_delay_max = job
+    shutil.rmtree(bag, ignore_errors=True)  # an interrupted, incomplete bag
+    return seed, record_episode(seed, bag, storage, cfg, action_noise, expert_delay_max)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,20 +171,29 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"mobile-vla-record-sim: error: {reason}", file=sys.stderr)
         return 2
-    cfg = SimConfig(time_limit=args.time_limit or TIME_LIMITS[args.task_set], task_set=args.task_set)
+    cfg = SimConfig(time_limit=args.time_limit or TIME_LIMITS[args.task_set], task_set=args.task_set,
+                    paraphrases=args.paraphrases)
     args.out.mkdir(parents=True, exist_ok=True)
     summary_path = args.out / "episodes.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     began = time.monotonic()
-    for i in range(args.episodes):
-        seed = args.seed + i
-        bag = args.out / f"episode_{seed:05d}"
-        if _complete(bag) and str(seed) in summary:
-            continue
-        shutil.rmtree(bag, ignore_errors=True)  # an interrupted, incomplete bag
-        summary[str(seed)] = record_episode(seed, bag, args.storage, cfg, args.action_noise, args.expert_delay_max)
-        summary_path.write_text(json.dumps(summary, indent=1))
-        progress_bar(f"recording {args.episodes} episodes", (i + 1) / args.episodes)
+    seeds = range(args.seed, args.seed + args.episodes)
+    jobs = [(seed, args.out / f"episode_{seed:05d}", args.storage, cfg, args.action_noise, args.expert_delay_max)
+            for seed in seeds if not (_complete(args.out / f"episode_{seed:05d}") and str(seed) in summary)]
+
+    def record_all():
+        if args.workers <= 1 or len(jobs) <= 1:
+            yield from map(_record_job, jobs)
+            return
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(min(args.workers, len(jobs))) as pool:
+            yield from pool.imap_unordered(_record_job, jobs)
+
+    for done_count, (seed, episode) in enumerate(record_all(), start=args.episodes - len(jobs) + 1):
+        summary[str(seed)] = episode
+        summary_path.write_text(json.dumps(summary, indent=1, sort_keys=True))
+        progress_bar(f"recording {args.episodes} episodes", done_count / args.episodes)
     print()
     done = [summary[str(args.seed + i)] for i in range(args.episodes)]
     print(f"{len(done)} episodes in {args.out} ({args.storage}), expert success "

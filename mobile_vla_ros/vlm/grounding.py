@@ -71,7 +71,8 @@ def _render_tasks(seed: int, per_task: int, indices: range) -> list[tuple[int, l
     for i in indices:
         rng = np.random.default_rng([seed, i])
         hard = i % 2 == 1
-        task = sample_task(FIRST_TASK_SEED + seed * 100_000 + i, SimConfig(task_set="hard" if hard else "standard"))
+        task = sample_task(FIRST_TASK_SEED + seed * 100_000 + i,
+                           SimConfig(task_set="hard" if hard else "standard", paraphrases=True))
         frames = []
         with SimRobot(task) as robot:
             target = task.target_object
