@@ -17,7 +17,8 @@ from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
 from .core.action_pipeline import ActionExpertCore
-from .core.backends import BackendUnavailable, create_backend
+from .core.backend_factory import create_backend
+from .core.backends import BackendUnavailable
 from .core.model_spec import ModelSpec, ModelSpecError, check_params
 from .core.params import ACTION_NODE_PARAMS
 from .core.safety import StopReason

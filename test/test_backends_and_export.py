@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mobile_vla_ros.core.backends import BackendUnavailable, OnnxRuntimeBackend, TorchBackend, create_backend
+from mobile_vla_ros.core.backend_factory import create_backend
+from mobile_vla_ros.core.backends import BackendUnavailable, OnnxRuntimeBackend, TorchBackend
 from mobile_vla_ros.core.model_spec import ModelSpec, ModelSpecError, check_params
 from mobile_vla_ros.core.motion import MOTION_INPUT
 from mobile_vla_ros.models.action_expert import ActionExpert, ActionExpertConfig

@@ -347,7 +347,8 @@ def test_virtual_time_vlm_reports_its_forwards_and_catches_up_once():
 
 # -- backends and model.yaml ---------------------------------------------------------------------
 def test_each_cpu_backend_by_name_and_auto_falls_back_to_onnxruntime_here():
-    from mobile_vla_ros.core.backends import create_backend, tensorrt_usable
+    from mobile_vla_ros.core.backend_factory import create_backend
+    from mobile_vla_ros.core.backends import tensorrt_usable
 
     spec = ModelSpec.load(default_model_dir())
     f = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
@@ -365,7 +366,8 @@ def test_each_cpu_backend_by_name_and_auto_falls_back_to_onnxruntime_here():
 def test_when_no_backend_can_run_the_model_the_error_lists_each_reason(tmp_path):
     import shutil
 
-    from mobile_vla_ros.core.backends import BackendUnavailable, create_backend, tensorrt_usable
+    from mobile_vla_ros.core.backend_factory import create_backend
+    from mobile_vla_ros.core.backends import BackendUnavailable, tensorrt_usable
 
     if tensorrt_usable():
         pytest.skip("TensorRT would be tried first on this machine")

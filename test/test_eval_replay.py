@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from bag_fixtures import write_episode_bag
 
-from mobile_vla_ros.tools import evaluate
+from mobile_vla_ros.tools import evaluate, recordings
 
 EVAL = [sys.executable, "-m", "mobile_vla_ros.tools.evaluate"]
 
@@ -74,11 +74,11 @@ def test_joint_trajectory_chunks_expand_to_timed_actions():
 
     points = [NS(positions=[0.1 * k, -k], time_from_start=NS(sec=0, nanosec=int(k * 12.5e6))) for k in range(3)]
     msg = NS(joint_names=["angular_z", "linear_x"], points=points)
-    out = evaluate._commands(msg, "trajectory_msgs/msg/JointTrajectory", 5.0, ["linear_x", "angular_z"], [])
+    out = recordings._commands(msg, "trajectory_msgs/msg/JointTrajectory", 5.0, ["linear_x", "angular_z"], [])
     assert [t for t, _ in out] == pytest.approx([5.0, 5.0125, 5.025])
     assert out[2][1].tolist() == pytest.approx([-2.0, 0.2])
-    with pytest.raises(evaluate.BagError, match=r"no joint\(s\) \['linear_x'\]"):
-        evaluate._commands(NS(name=["wheel"], velocity=[1.0], position=[]), "sensor_msgs/msg/JointState", 0.0,
+    with pytest.raises(recordings.BagError, match=r"no joint\(s\) \['linear_x'\]"):
+        recordings._commands(NS(name=["wheel"], velocity=[1.0], position=[]), "sensor_msgs/msg/JointState", 0.0,
                            ["linear_x"], [])
 
 
@@ -88,7 +88,7 @@ def test_overlapping_chunks_hand_over_at_the_newer_chunks_stamp():
     commands = []
     for c in range(4):
         stamp = 10.0 + 0.055 * c
-        evaluate.add_commands(commands, stamp, [(stamp + (k + 1) * 0.0125, np.array([c, k], np.float32))
+        recordings.add_commands(commands, stamp, [(stamp + (k + 1) * 0.0125, np.array([c, k], np.float32))
                                                 for k in range(8)], plan=True)
     times = np.array([t for t, _ in commands])
     assert np.all(np.diff(times) > 0)
@@ -98,7 +98,7 @@ def test_overlapping_chunks_hand_over_at_the_newer_chunks_stamp():
     assert commands[-1][1].tolist() == [3, 7]
     twists = []
     for k in range(3):  # instantaneous commands never remove anything
-        evaluate.add_commands(twists, 10.0 - 0.01 * k, [(10.0 - 0.01 * k, np.zeros(2, np.float32))], plan=False)
+        recordings.add_commands(twists, 10.0 - 0.01 * k, [(10.0 - 0.01 * k, np.zeros(2, np.float32))], plan=False)
     assert len(twists) == 3
 
 

@@ -15,7 +15,8 @@ def image_to_text_ratio(model_dir) -> float:
     """Mean |image latent| / mean |token embedding| of a tiny Kosmos-2."""
     import torch
 
-    from mobile_vla_ros.vlm.base import ExtractorConfig, create_extractor
+    from mobile_vla_ros.vlm.base import ExtractorConfig
+    from mobile_vla_ros.vlm.factory import create_extractor
 
     ex = create_extractor(ExtractorConfig(backend="kosmos2", pooling="last_token", model_path=str(model_dir),
                                           device="cpu", dtype="fp32"))
@@ -51,7 +52,8 @@ def test_labels_follow_the_robot_pose():
 
 
 def test_grounding_pretraining_runs_and_saves_a_loadable_kosmos2(tmp_path):
-    from mobile_vla_ros.vlm.base import ExtractorConfig, create_extractor
+    from mobile_vla_ros.vlm.base import ExtractorConfig
+    from mobile_vla_ros.vlm.factory import create_extractor
 
     frames = grounding.render_frames(6, 2, seed=0, workers=2)
     serial = grounding.render_frames(6, 2, seed=0)  # parallel rendering gives the same frames in the same order

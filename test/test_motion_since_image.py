@@ -107,8 +107,10 @@ def test_one_recorded_stream_gives_the_same_motion_in_core_replay_and_training(t
     """The node's core (streamed sample by sample, as the node and offline replay feed it) and
     training (one batch per bag) compute the motion with the same function and agree."""
     from mobile_vla_ros.tools import record_sim, train
-    from mobile_vla_ros.tools.evaluate import EXECUTED_TOPIC, ReplayConfig, read_recording, replay
-    from mobile_vla_ros.vlm.base import ExtractorConfig, create_extractor
+    from mobile_vla_ros.tools.evaluate import ReplayConfig, replay
+    from mobile_vla_ros.tools.recordings import EXECUTED_TOPIC, read_recording
+    from mobile_vla_ros.vlm.base import ExtractorConfig
+    from mobile_vla_ros.vlm.factory import create_extractor
 
     assert record_sim.main(["--episodes", "1", "--seed", "31", "--out", str(tmp_path), "--expert-delay-max",
                             "1.0"]) == 0

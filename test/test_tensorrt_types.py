@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mobile_vla_ros.core.backends import create_backend, tensorrt_installed
+from mobile_vla_ros.core.backend_factory import create_backend
+from mobile_vla_ros.core.backends import tensorrt_installed
 from mobile_vla_ros.core.model_spec import ModelSpec
 from mobile_vla_ros.paths import default_model_dir
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from bag_fixtures import write_episode_bag
 
-from mobile_vla_ros.core.backends import create_backend
+from mobile_vla_ros.core.backend_factory import create_backend
 from mobile_vla_ros.core.model_spec import ModelSpec
 from mobile_vla_ros.tools import record_sim, train
-from mobile_vla_ros.tools.evaluate import Recording
+from mobile_vla_ros.tools.recordings import Recording
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,8 @@ def test_a_different_vlm_or_pooling_gets_its_own_feature_cache(tiny_vlm_dir, tmp
     files; features computed under one are never served for another."""
     import shutil
 
-    from mobile_vla_ros.vlm.base import ExtractorConfig, create_extractor
+    from mobile_vla_ros.vlm.base import ExtractorConfig
+    from mobile_vla_ros.vlm.factory import create_extractor
 
     base = ExtractorConfig(backend="kosmos2", pooling="last_token", model_path=str(tiny_vlm_dir))
     key = train.vlm_key(base, tiny_vlm_dir)

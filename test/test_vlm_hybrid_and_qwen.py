@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from mobile_vla_ros.vlm.base import ExtractorConfig, VlmLoadError, create_extractor
+from mobile_vla_ros.vlm.base import ExtractorConfig, VlmLoadError
+from mobile_vla_ros.vlm.factory import create_extractor
 
 RNG = np.random.default_rng(0)
 IMAGE_A = RNG.integers(0, 255, (224, 224, 3), dtype=np.uint8)

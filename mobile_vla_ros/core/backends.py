@@ -1,7 +1,7 @@
 """Inference backends of the action expert behind one interface: run(features, window) -> actions.
 
-Backends: TensorRT (robot; see tensorrt_backend), ONNX Runtime (CPU, or CUDA when available),
-PyTorch. `auto` picks TensorRT > ONNX Runtime > PyTorch by what is importable and present.
+Backends: TensorRT (robot; tensorrt_backend), ONNX Runtime (CPU, or CUDA when available), PyTorch;
+backend_factory.create_backend picks one (`auto`: TensorRT > ONNX Runtime > PyTorch by what is present).
 Every backend checks its graph against model.yaml when it is created.
 """
 
@@ -133,29 +133,3 @@ def tensorrt_installed() -> bool:
 
 def tensorrt_usable() -> bool:
     return tensorrt_installed() and (_installed("cuda") or _installed("pycuda"))
-
-
-def create_backend(kind: str, model_dir: str | Path, spec: ModelSpec,
-                   engine_cache_dir: str | Path | None = None, log=None) -> InferenceBackend:
-    """Create the backend `kind` (auto|tensorrt|onnxruntime|torch) for the model in `model_dir`."""
-    model_dir = Path(model_dir)
-    if kind == "tensorrt":
-        from .tensorrt_backend import TensorRTBackend
-
-        return TensorRTBackend(model_dir, spec, engine_cache_dir, log=log)
-    if kind == "onnxruntime":
-        return OnnxRuntimeBackend(model_dir, spec)
-    if kind == "torch":
-        return TorchBackend(model_dir, spec)
-    if kind != "auto":
-        raise ValueError(f"backend: {kind!r} is not one of auto, tensorrt, onnxruntime, torch")
-    tried = []
-    for candidate in ("tensorrt", "onnxruntime", "torch"):
-        if candidate == "tensorrt" and not tensorrt_usable():
-            tried.append("tensorrt: not installed")
-            continue
-        try:
-            return create_backend(candidate, model_dir, spec, engine_cache_dir, log)
-        except BackendUnavailable as exc:
-            tried.append(f"{candidate}: {exc}")
-    raise BackendUnavailable("no backend can run this model: " + "; ".join(tried))

@@ -25,7 +25,8 @@ from ..core.stats import LatencyStats, RateMeter
 from ..core.validation import ClockWatch, check_stamp
 from ..core.vlm_schedule import CameraFrame, ForwardInputs, VlmScheduler
 from ..paths import default_model_dir, resolve_dir
-from ..vlm.base import ExtractorConfig, create_extractor
+from ..vlm.base import ExtractorConfig
+from ..vlm.factory import create_extractor
 from .conversions import ConversionError, image_to_rgb, stamp_to_sec
 from .node_support import LATCHED_INPUT_QOS, SENSOR_QOS, StartupError, valid_instruction, watch_clock_jumps
 

@@ -34,7 +34,8 @@ def measured_forward_seconds(model_dir: Path, repeats: int = 20) -> float:
     """Median forward of the model's VLM on a sim frame on this machine (the CPU stand-in's latency)."""
     from ..core.model_spec import ModelSpec
     from ..sim.world import SimRobot, sample_task
-    from ..vlm.base import ExtractorConfig, create_extractor
+    from ..vlm.base import ExtractorConfig
+    from ..vlm.factory import create_extractor
 
     spec = ModelSpec.load(model_dir)
     extractor = create_extractor(ExtractorConfig(backend=spec.vlm_backend, pooling=spec.vlm_pooling,

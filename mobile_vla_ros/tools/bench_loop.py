@@ -24,7 +24,7 @@ import numpy as np
 from ..core.params import SYNC_LOOP_VLM_HZ
 from ..paths import share_dir
 from ..ros.conversions import stamp_to_sec
-from .bringup import NodeProcess, yaml_params
+from .processes import NodeProcess, yaml_params
 from .ros_observer import Observer, ProcessSampler, wait_for
 
 ASYNC, SYNC = "async", "sync"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench import measure
+from .timing import measure
 
 INSTRUCTION = "go to the red cylinder on the left of the green box"
 
@@ -95,7 +95,8 @@ def vlm_rows(backends: list[str], views: list[int], iters: int, max_seconds: flo
 
     import torch
 
-    from ..vlm.base import ExtractorConfig, create_extractor
+    from ..vlm.base import ExtractorConfig
+    from ..vlm.factory import create_extractor
 
     rng = np.random.default_rng(0)
     rows = []

@@ -12,90 +12,14 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from ..params_files import first_params_file_error
 from ..paths import share_dir
+from .processes import node_command, shutdown
 
 NODES = ("vlm_node", "action_expert_node")
-
-
-def node_command(module: str, params_files: list[Path], namespace: str, log_level: str,
-                 extra_ros_args: list[str] = ()) -> list[str]:
-    cmd = [sys.executable, "-m", f"mobile_vla_ros.{module}", "--ros-args"]
-    for f in params_files:
-        cmd += ["--params-file", str(f)]
-    if namespace:
-        cmd += ["-r", f"__ns:={namespace if namespace.startswith('/') else '/' + namespace}"]
-    cmd += ["--log-level", log_level, *extra_ros_args]
-    return cmd
-
-
-class NodeProcess:
-    """One node as a child process: `python -m mobile_vla_ros.<module> --ros-args ...`, its parameters
-    from `params` (written to a YAML file) and/or `params_files`, its output in a log file.
-    `stop` always ends it: SIGINT first (the node shuts down cleanly), kill after `timeout`."""
-
-    def __init__(self, module: str, params: dict | None = None, node_name: str | None = None,
-                 extra_args: list[str] = (), params_files: list[Path] = (), namespace: str = "",
-                 log_level: str = "info", log_dir: Path | None = None) -> None:
-        self.module = module
-        self.node_name = node_name or module.split(".")[-1]
-        files = list(params_files)
-        if params:
-            fd, path = tempfile.mkstemp(suffix=".yaml", prefix=f"{self.node_name}_", dir=log_dir)
-            with os.fdopen(fd, "w") as fh:
-                yaml.safe_dump({f"/**/{self.node_name}": {"ros__parameters": params}}, fh)
-            files.append(Path(path))
-        cmd = node_command(module, files, namespace, log_level, list(extra_args))
-        self.log = tempfile.NamedTemporaryFile(prefix=f"{self.node_name}_", suffix=".log", delete=False, dir=log_dir)
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def output(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def rss_kb(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def wait(self, timeout: float) -> int:
-        return self.proc.wait(timeout=timeout)
-
-
-def yaml_params(files: list[Path], nodes: tuple[str, ...]) -> dict:
-    """Parameters the `nodes` get from ROS 2 parameter files (`/**`, `/**/node` or `node` keys), merged
-    in file order (later files win), for a process that does the work of several nodes."""
-    merged: dict = {}
-    for f in files:
-        data = yaml.safe_load(f.read_text()) or {}
-        for key, section in data.items():
-            if key.rsplit("/", 1)[-1] in (*nodes, "**"):
-                merged.update((section or {}).get("ros__parameters", {}))
-    return merged
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -156,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.synthetic:  # everything runs on this machine: keep DDS discovery on loopback
         env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
         os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    from .ros_observer import DiagnosticsMonitor  # imports rclpy: only when nodes run
+
     monitor = DiagnosticsMonitor() if args.duration > 0 else None
     procs: dict[str, subprocess.Popen] = {}
     stop = {"requested": False}
@@ -206,57 +132,6 @@ def _sim(args, params_files: list[Path]) -> int:
         print(f"mobile-vla-bringup: error: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
-    "vlm_node": ("feature_rate_hz", "vlm_hz", "forward_latency_p50_ms", "forward_latency_p99_ms",
-                 "skipped_busy", "images_rejected", "clock_jumps"),
-    "action_expert_node": ("chunk_rate_hz", "action_hz", "sensor_rate_hz", "feature_age_s",
-                           "inference_latency_p50_ms", "inference_latency_p99_ms", "backend",
-                           "safe_stop_events", "safe_stop_reason", "clock_jumps"),
-    "sync_baseline_node": ("chunk_rate_hz", "feature_rate_hz", "forward_latency_p50_ms", "sensor_accepted",
-                           "safe_stop_reason"),
-}
-
-
-class DiagnosticsMonitor:
-    """Listens to /diagnostics in this process and keeps the newest status of each node."""
-
-    def __init__(self) -> None:
-        from .ros_observer import Observer
-
-        # A private context without rclpy signal handlers: Ctrl-C must reach bring-up's own handler.
-        self._observer = Observer("bringup_monitor", own_context=True)
-        self._observer.diagnostics()
-
-    def summary(self, nodes: tuple[str, ...]) -> str:
-        lines = ["", "mobile-vla-bringup summary (last diagnostics of each node)"]
-        for node in nodes:
-            keys = SUMMARY_KEYS[node]
-            values = self._observer.latest_diagnostics(node)
-            if not values:
-                lines.append(f"  {node}: no diagnostics received")
-                continue
-            lines.append(f"  {node}:")
-            lines += [f"    {key:<26} {values.get(key, '-')}" for key in keys]
-        return "\n".join(lines)
-
-    def close(self) -> None:
-        self._observer.destroy()
-
-
-def shutdown(procs: dict[str, subprocess.Popen], timeout: float = 10.0) -> None:
-    """SIGINT everything but the action node first, then the action node (it sends the final zero)."""
-    order = sorted(procs, key=lambda n: n == "action_expert_node")
-    for name in order:
-        proc = procs[name]
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 if __name__ == "__main__":

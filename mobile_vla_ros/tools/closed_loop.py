@@ -190,8 +190,9 @@ class ClosedLoopEpisode:
 
 def run_episodes(seeds: list[int], sim_cfg: SimConfig, cfg: LoopConfig, model_dir, progress=None) -> list[dict]:
     """Closed-loop episodes for `seeds` with the model in `model_dir` (ONNX Runtime, CPU VLM)."""
-    from ..core.backends import create_backend
-    from ..vlm.base import ExtractorConfig, create_extractor
+    from ..core.backend_factory import create_backend
+    from ..vlm.base import ExtractorConfig
+    from ..vlm.factory import create_extractor
 
     spec = ModelSpec.load(model_dir)
     backend = create_backend("onnxruntime", model_dir, spec)

@@ -156,7 +156,7 @@ def format_report(r: dict) -> str:
 
 
 def params_from(files: list[Path]) -> dict:
-    from .bringup import yaml_params
+    from .processes import yaml_params
 
     return yaml_params(files, ("vlm_node", "action_expert_node"))
 

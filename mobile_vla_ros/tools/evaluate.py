@@ -19,7 +19,7 @@ import argparse
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,188 +29,7 @@ from ..core.model_spec import ModelSpec, ModelSpecError
 from ..core.params import VLM_NODE_PARAMS, spec_by_name
 from ..core.vlm_schedule import CameraFrame, VirtualTimeVlm, VlmScheduler
 from .cli import comma_list, progress_bar, run_reporting_errors
-
-
-class BagError(RuntimeError):
-    """The bag cannot be evaluated (unreadable, missing topic, wrong type); one line for the user."""
-
-
-@dataclass
-class Recording:
-    """A bag's inputs and recorded commands, time-sorted, times in seconds (header stamps)."""
-
-    images: list[tuple[float, np.ndarray]] = field(default_factory=list)
-    sensor: list[tuple[float, np.ndarray]] = field(default_factory=list)
-    instructions: list[tuple[float, str]] = field(default_factory=list)
-    commands: list[tuple[float, np.ndarray]] = field(default_factory=list)
-    # What the robot executed (action vectors): the bag's executed-command topic when it has one
-    # (record-sim writes the noisy executed command there), else the recorded commands themselves.
-    executed: list[tuple[float, np.ndarray]] = field(default_factory=list)
-
-    def command_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """The recorded commands as ([N] times, [N, D] values)."""
-        return np.array([t for t, _ in self.commands]), np.stack([v for _, v in self.commands])
-
-
-TWIST_TYPES = ("geometry_msgs/msg/Twist", "geometry_msgs/msg/TwistStamped")
-EXECUTED_TOPIC = "/sim/executed_cmd_vel"
-ACTION_TYPES = (*TWIST_TYPES, "trajectory_msgs/msg/JointTrajectory", "sensor_msgs/msg/JointState")
-
-
-def find_bags(paths: list[Path]) -> list[Path]:
-    """Bag directories among `paths` (a bag, or a directory of bags), sorted within each path."""
-    bags = []
-    for path in paths:
-        if (path / "metadata.yaml").is_file() or path.is_file():  # a rosbag2 directory or a ROS 1 .bag file
-            bags.append(path)
-        elif path.is_dir():
-            found = sorted([p.parent for p in path.glob("*/metadata.yaml")] + list(path.glob("*.bag")))
-            if not found:
-                raise BagError(f"{path}: no rosbag2 bags (directories with metadata.yaml) inside")
-            bags += found
-        else:
-            raise BagError(f"{path}: no such bag or directory")
-    return bags
-
-
-SENSOR_MSGTYPES = {"imu": "sensor_msgs/msg/Imu", "wrench": "geometry_msgs/msg/WrenchStamped"}
-
-
-def sensor_type_of(bag: Path, topic: str) -> str:
-    """The model sensor_type ('imu' / 'wrench') of `topic` in `bag`."""
-    from rosbags.highlevel import AnyReader
-
-    try:
-        with AnyReader([Path(bag)]) as reader:
-            msgtypes = {c.topic: c.msgtype for c in reader.connections}
-    except Exception as exc:
-        raise BagError(f"{bag}: cannot be read as a rosbag2 or ROS 1 bag ({type(exc).__name__}: {exc})") from exc
-    if topic not in msgtypes:
-        raise BagError(f"{bag}: no topic {topic} for sensor (topics: {sorted(msgtypes)})")
-    found = [k for k, v in SENSOR_MSGTYPES.items() if v == msgtypes[topic]]
-    if not found:
-        raise BagError(f"{bag}: {topic} is {msgtypes[topic]}, expected one of {sorted(SENSOR_MSGTYPES.values())}")
-    return found[0]
-
-
-def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_mapping: list[str]) -> Recording:
-    from rosbags.highlevel import AnyReader
-
-    from ..core.images import ConversionError, decode_rgb
-    from ..core.sensor_window import SAMPLE_FROM_MESSAGE
-
-    expected = {"image": ("sensor_msgs/msg/Image",), "instruction": ("std_msgs/msg/String",),
-                "action": ACTION_TYPES, "sensor": (SENSOR_MSGTYPES[spec.sensor_type],), "executed": ACTION_TYPES}
-    rec = Recording()
-    try:
-        reader = AnyReader([Path(bag)])
-        reader.open()
-    except Exception as exc:  # rosbags raises several types for missing/truncated/corrupt bags
-        raise BagError(f"{bag}: cannot be read as a rosbag2 or ROS 1 bag ({type(exc).__name__}: {exc})") from exc
-    try:
-        by_topic = {c.topic: c for c in reader.connections}
-        if topics.get("executed") not in by_topic:  # optional: bags without it use the action topic
-            topics = {k: v for k, v in topics.items() if k != "executed"}
-        for role, topic in topics.items():
-            if role == "instruction" and topic not in by_topic:
-                continue  # the instruction may come from --instruction instead
-            if topic not in by_topic:
-                raise BagError(f"{bag}: no topic {topic} for {role} (topics: {', '.join(sorted(by_topic))})")
-            if by_topic[topic].msgtype not in expected[role]:
-                raise BagError(f"{bag}: {topic} is {by_topic[topic].msgtype}, expected {' or '.join(expected[role])}")
-        role_of = {topic: role for role, topic in topics.items()}
-        connections = [by_topic[t] for t in role_of if t in by_topic]
-        to_sample = SAMPLE_FROM_MESSAGE[spec.sensor_type]
-        for connection, bag_ns, raw in reader.messages(connections=connections):
-            msg = reader.deserialize(raw, connection.msgtype)
-            role = role_of[connection.topic]
-            header = getattr(msg, "header", None)
-            # One formula for header and bag times, so the same instant gives the same float.
-            sec, nanosec = divmod(bag_ns, 1_000_000_000)
-            if header is not None and (header.stamp.sec or header.stamp.nanosec):
-                sec, nanosec = header.stamp.sec, header.stamp.nanosec
-            stamp = sec + nanosec * 1e-9
-            if role == "image":
-                try:
-                    rec.images.append((stamp, decode_rgb(msg)))
-                except ConversionError:
-                    continue  # as in vlm_node: a bad image is dropped
-            elif role == "sensor":
-                rec.sensor.append((stamp, np.asarray(to_sample(msg), dtype=np.float32)))
-            elif role == "instruction":
-                rec.instructions.append((stamp, msg.data.strip()))
-            elif role == "executed":
-                rec.executed += _commands(msg, connection.msgtype, stamp, spec.action_names, twist_mapping)
-            else:
-                add_commands(rec.commands, stamp, _commands(msg, connection.msgtype, stamp, spec.action_names,
-                                                            twist_mapping),
-                             plan=connection.msgtype.endswith("JointTrajectory"))
-    except BagError:
-        raise
-    except Exception as exc:
-        raise BagError(f"{bag}: read failed ({type(exc).__name__}: {exc}); truncated or corrupt?") from exc
-    finally:
-        reader.close()
-    for series in (rec.images, rec.sensor, rec.instructions):
-        series.sort(key=lambda item: item[0])
-    # Stable: of two commands for the same time, the later-recorded one wins.
-    rec.commands.sort(key=lambda item: item[0])
-    rec.executed.sort(key=lambda item: item[0])
-    if not rec.executed:
-        rec.executed = list(rec.commands)
-    if not rec.sensor or not rec.commands:
-        raise BagError(f"{bag}: needs messages on {topics['sensor']} and {topics['action']}")
-    return rec
-
-
-def commands_over(times: np.ndarray, values: np.ndarray, starts: np.ndarray, steps: int,
-                  dt: float) -> tuple[np.ndarray, np.ndarray]:
-    """What was commanded at each step of chunks starting at `starts` ([N] s): the recorded command in
-    force at start + k*dt (zero-order hold), [N, steps, D], and whether the recording covers the whole
-    chunk ([N] bool). One rule for offline replay, live replay and training targets."""
-    at = np.asarray(starts, dtype=np.float64)[:, None] + np.arange(steps) * dt
-    idx = np.clip(np.searchsorted(times, at, side="right") - 1, 0, len(times) - 1)
-    covered = (at[:, 0] >= times[0]) & (at[:, -1] <= times[-1])
-    return values[idx], covered
-
-
-def add_commands(commands: list[tuple[float, np.ndarray]], stamp: float,
-                 new: list[tuple[float, np.ndarray]], plan: bool) -> None:
-    """Append a message's commands (messages in recording order). A `plan` (a JointTrajectory
-    action chunk) replaces what earlier plans said for the time after its stamp, as the robot's
-    executor switches to the newest chunk: overlapping chunks must not interleave their steps."""
-    while plan and commands and commands[-1][0] > stamp:
-        commands.pop()
-    commands += new
-
-
-def _commands(msg, msgtype: str, stamp: float, action_names: list[str],
-              twist_mapping: list[str]) -> list[tuple[float, np.ndarray]]:
-    """Recorded actions as (time, values in action_names order):
-    Twist/TwistStamped via twist_mapping; JointTrajectory (an action_chunk: point k at stamp +
-    time_from_start, later chunks overriding earlier ones where they overlap); JointState (velocity
-    per joint, or position when there are no velocities)."""
-    if msgtype in TWIST_TYPES:
-        twist = msg.twist if hasattr(msg, "twist") else msg
-        return [(stamp, np.array([_field(twist, f) for f in twist_mapping], dtype=np.float32))]
-    names = list(msg.joint_names if msgtype.endswith("JointTrajectory") else msg.name)
-    missing = [n for n in action_names if n not in names]
-    if missing:
-        raise BagError(f"{msgtype} has no joint(s) {missing} (joints: {names}); the model's actions are "
-                       f"{action_names}")
-    order = [names.index(n) for n in action_names]
-    if msgtype.endswith("JointTrajectory"):
-        return [(stamp + p.time_from_start.sec + p.time_from_start.nanosec * 1e-9,
-                 np.asarray(p.positions, dtype=np.float32)[order]) for p in msg.points]
-    values = msg.velocity if len(msg.velocity) else msg.position
-    return [(stamp, np.asarray(values, dtype=np.float32)[order])]
-
-
-def _field(twist, name: str) -> float:
-    if not name:
-        return 0.0
-    group, axis = name.split(".")
-    return float(getattr(getattr(twist, group), axis))
+from .recordings import EXECUTED_TOPIC, BagError, Recording, commands_over, find_bags, read_recording
 
 
 @dataclass
@@ -410,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from ..core.backends import create_backend
+    from ..core.backend_factory import create_backend
     from ..paths import default_model_dir
-    from ..vlm.base import ExtractorConfig, VlmLoadError, create_extractor
+    from ..vlm.base import ExtractorConfig, VlmLoadError
+    from ..vlm.factory import create_extractor
 
     model_dir = args.model_dir or default_model_dir()
     spec = ModelSpec.load(model_dir)

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core.model_spec import ModelSpec
-from .bringup import NodeProcess
-from .evaluate import Recording, commands_over
+from .processes import NodeProcess
+from .recordings import Recording, commands_over
 
 
 def live_replay(rec: Recording, spec: ModelSpec, model_dir: Path, vlm_model_path: str, vlm_hz: float,

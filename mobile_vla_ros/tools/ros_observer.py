@@ -199,3 +199,38 @@ class ProcessSampler:
                 t0, cpu0 = self._last[name]
                 self.samples[name].append((now, 100.0 * (cpu - cpu0) / max(now - t0, 1e-6), rss))
             self._last[name] = (now, cpu)
+
+
+SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
+    "vlm_node": ("feature_rate_hz", "vlm_hz", "forward_latency_p50_ms", "forward_latency_p99_ms",
+                 "skipped_busy", "images_rejected", "clock_jumps"),
+    "action_expert_node": ("chunk_rate_hz", "action_hz", "sensor_rate_hz", "feature_age_s",
+                           "inference_latency_p50_ms", "inference_latency_p99_ms", "backend",
+                           "safe_stop_events", "safe_stop_reason", "clock_jumps"),
+    "sync_baseline_node": ("chunk_rate_hz", "feature_rate_hz", "forward_latency_p50_ms", "sensor_accepted",
+                           "safe_stop_reason"),
+}
+
+
+class DiagnosticsMonitor:
+    """Listens to /diagnostics in this process and keeps the newest status of each node."""
+
+    def __init__(self) -> None:
+        # A private context without rclpy signal handlers: Ctrl-C must reach bring-up's own handler.
+        self._observer = Observer("bringup_monitor", own_context=True)
+        self._observer.diagnostics()
+
+    def summary(self, nodes: tuple[str, ...]) -> str:
+        lines = ["", "mobile-vla-bringup summary (last diagnostics of each node)"]
+        for node in nodes:
+            keys = SUMMARY_KEYS[node]
+            values = self._observer.latest_diagnostics(node)
+            if not values:
+                lines.append(f"  {node}: no diagnostics received")
+                continue
+            lines.append(f"  {node}:")
+            lines += [f"    {key:<26} {values.get(key, '-')}" for key in keys]
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        self._observer.destroy()

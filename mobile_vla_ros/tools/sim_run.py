@@ -13,8 +13,9 @@ from pathlib import Path
 
 from ..core.params import SYNC_LOOP_VLM_HZ
 from ..sim.world import SimConfig
-from .bringup import SUMMARY_KEYS, NodeProcess, yaml_params
 from .cli import progress_bar
+from .processes import NodeProcess, yaml_params
+from .ros_observer import SUMMARY_KEYS
 
 POLICY_NODES = ("vlm_node", "action_expert_node")
 SYNC_NODE = "sync_baseline_node"

@@ -39,7 +39,7 @@ from ..core.model_spec import ModelSpec, ModelSpecError, Normalization
 from ..core.motion import MOTION_INPUT, MotionHistory, extend_from_streams, twist_components
 from ..core.sensor_window import SENSOR_CHANNELS
 from .cli import comma_list, progress_bar, run_reporting_errors
-from .evaluate import (
+from .recordings import (
     EXECUTED_TOPIC,
     SENSOR_MSGTYPES,
     BagError,
@@ -384,7 +384,8 @@ def _run(args) -> int:
     import torch
 
     from ..paths import default_model_dir
-    from ..vlm.base import ExtractorConfig, VlmLoadError, create_extractor
+    from ..vlm.base import ExtractorConfig, VlmLoadError
+    from ..vlm.factory import create_extractor
     from .export import write_model_dir
 
     dist = init_distributed()

@@ -18,7 +18,6 @@ from typing import Protocol
 import numpy as np
 
 from ..core.params import FEATURE_POOLINGS as POOLINGS
-from ..core.params import VLM_BACKENDS
 
 CONFIG_FILES = ("config.json", "preprocessor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "tokenizer.model", "vocab.json")
@@ -127,19 +126,3 @@ def dtype_kwarg(dtype) -> dict:
 
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
-
-
-def create_extractor(config: ExtractorConfig) -> FeatureExtractor:
-    if config.backend == "kosmos2":
-        from .kosmos2 import Kosmos2Extractor
-
-        return Kosmos2Extractor(config)
-    if config.backend == "kosmos2_clip":
-        from .kosmos2_clip import Kosmos2ClipExtractor
-
-        return Kosmos2ClipExtractor(config)
-    if config.backend == "qwen2_5_vl":
-        from .qwen2_5_vl import Qwen25VLExtractor
-
-        return Qwen25VLExtractor(config)
-    raise VlmLoadError(f"vlm_backend: {config.backend!r} is not one of {', '.join(VLM_BACKENDS)}")

@@ -202,7 +202,8 @@ def build_grounded_vlm(out: Path, tasks: int, epochs: int, seed: int = 0, device
 
     import torch
 
-    from .base import ExtractorConfig, create_extractor
+    from .base import ExtractorConfig
+    from .factory import create_extractor
     from .tiny import build_tiny_kosmos2
 
     began = time.monotonic()

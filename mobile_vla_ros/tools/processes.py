@@ -1,0 +1,102 @@
+"""Nodes as child processes (what bring-up, the benchmarks and live replay start): the command line
+of `python -m mobile_vla_ros.<module> --ros-args ...`, a process with its log and a clean stop, and
+the parameters a set of ROS 2 parameter files gives a node."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+
+def node_command(module: str, params_files: list[Path], namespace: str, log_level: str,
+                 extra_ros_args: list[str] = ()) -> list[str]:
+    cmd = [sys.executable, "-m", f"mobile_vla_ros.{module}", "--ros-args"]
+    for f in params_files:
+        cmd += ["--params-file", str(f)]
+    if namespace:
+        cmd += ["-r", f"__ns:={namespace if namespace.startswith('/') else '/' + namespace}"]
+    cmd += ["--log-level", log_level, *extra_ros_args]
+    return cmd
+
+
+class NodeProcess:
+    """One node as a child process: `python -m mobile_vla_ros.<module> --ros-args ...`, its parameters
+    from `params` (written to a YAML file) and/or `params_files`, its output in a log file.
+    `stop` always ends it: SIGINT first (the node shuts down cleanly), kill after `timeout`."""
+
+    def __init__(self, module: str, params: dict | None = None, node_name: str | None = None,
+                 extra_args: list[str] = (), params_files: list[Path] = (), namespace: str = "",
+                 log_level: str = "info", log_dir: Path | None = None) -> None:
+        self.module = module
+        self.node_name = node_name or module.split(".")[-1]
+        files = list(params_files)
+        if params:
+            fd, path = tempfile.mkstemp(suffix=".yaml", prefix=f"{self.node_name}_", dir=log_dir)
+            with os.fdopen(fd, "w") as fh:
+                yaml.safe_dump({f"/**/{self.node_name}": {"ros__parameters": params}}, fh)
+            files.append(Path(path))
+        cmd = node_command(module, files, namespace, log_level, list(extra_args))
+        self.log = tempfile.NamedTemporaryFile(prefix=f"{self.node_name}_", suffix=".log", delete=False, dir=log_dir)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+
+def yaml_params(files: list[Path], nodes: tuple[str, ...]) -> dict:
+    """Parameters the `nodes` get from ROS 2 parameter files (`/**`, `/**/node` or `node` keys), merged
+    in file order (later files win), for a process that does the work of several nodes."""
+    merged: dict = {}
+    for f in files:
+        data = yaml.safe_load(f.read_text()) or {}
+        for key, section in data.items():
+            if key.rsplit("/", 1)[-1] in (*nodes, "**"):
+                merged.update((section or {}).get("ros__parameters", {}))
+    return merged
+
+
+def shutdown(procs: dict[str, subprocess.Popen], timeout: float = 10.0) -> None:
+    """SIGINT everything but the action node first, then the action node (it sends the final zero)."""
+    order = sorted(procs, key=lambda n: n == "action_expert_node")
+    for name in order:
+        proc = procs[name]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
