@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from mobile_vla_ros.core.safety import feature_age_limit
 from mobile_vla_ros.paths import default_model_dir
 from mobile_vla_ros.sim.world import SimConfig
-from mobile_vla_ros.tools.closed_loop import LoopConfig, feature_age_limit, run_episodes
+from mobile_vla_ros.tools.closed_loop import LoopConfig, run_episodes
 
 SIM = SimConfig(time_limit=6.0)
 

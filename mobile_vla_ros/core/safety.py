@@ -1,8 +1,11 @@
-"""Why the robot is stopped: one reason at a time, with change detection for one log line per change."""
+"""Why the robot is stopped: one reason at a time, with change detection for one log line per change;
+and how old features may get for a VLM of a given latency and rate."""
 
 from __future__ import annotations
 
 import enum
+
+from .params import ACTION_NODE_PARAMS, spec_by_name
 
 
 class StopReason(enum.Enum):
@@ -40,3 +43,10 @@ class SafetyState:
 
     def describe(self) -> str:
         return self.reason.value + (f" ({self.detail})" if self.detail else "")
+
+
+def feature_age_limit(vlm_latency: float, vlm_hz: float) -> float:
+    """max_feature_age for a VLM of this latency and rate (the one rule the benchmarks and the
+    in-process closed loop use; never below the node's default): features are up to latency + one period
+    old when the next ones arrive; twice the latency plus a period leaves room for one late forward."""
+    return max(float(spec_by_name(ACTION_NODE_PARAMS)["max_feature_age"].default), 2 * vlm_latency + 1.0 / vlm_hz)

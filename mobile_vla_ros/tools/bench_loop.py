@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.params import SYNC_LOOP_VLM_HZ
+from ..core.safety import feature_age_limit
 from ..paths import share_dir
 from ..ros.conversions import stamp_to_sec
 from .processes import NodeProcess, yaml_params
@@ -47,15 +48,20 @@ def config_files() -> list[Path]:
     return [share_dir() / "config" / "robot.yaml", share_dir() / "config" / "desktop.yaml"]
 
 
+def vlm_hz_of(cfg: LoopConfig) -> float:
+    """The async loop's VLM rate: one forward after another, at most 10 Hz."""
+    return min(10.0, 1.0 / cfg.vlm_latency)
+
+
 def max_feature_age(cfg: LoopConfig) -> float:
     # Features are reused for up to one VLM period after a forward of `vlm_latency`: the gate must let
     # that through, or the benchmark would measure safe stops instead of the loop.
-    return max(2.0, 2.0 * cfg.vlm_latency + 1.0)
+    return feature_age_limit(cfg.vlm_latency, vlm_hz_of(cfg))
 
 
 def vlm_process(cfg: LoopConfig, log_dir: Path | None = None) -> NodeProcess:
     """The async loop's vlm_node (also how the soak restarts it after killing it)."""
-    return NodeProcess("vlm_node", {"simulated_latency": cfg.vlm_latency, "vlm_hz": min(10.0, 1.0 / cfg.vlm_latency),
+    return NodeProcess("vlm_node", {"simulated_latency": cfg.vlm_latency, "vlm_hz": vlm_hz_of(cfg),
                                     "use_sim_time": cfg.sim_time}, params_files=config_files(), log_dir=log_dir)
 
 

@@ -31,6 +31,7 @@ from ..core.chunk_executor import ChunkExecutor
 from ..core.model_spec import ModelSpec
 from ..core.motion import twist_components
 from ..core.params import ACTION_NODE_PARAMS, SYNC_LOOP_VLM_HZ, VLM_NODE_PARAMS, spec_by_name
+from ..core.safety import feature_age_limit
 from ..core.vlm_schedule import CameraFrame, VirtualTimeVlm, VlmScheduler
 from ..sim.episode import SimEpisode
 from ..sim.messages import SIM_EPOCH
@@ -39,12 +40,6 @@ from ..sim.world import SimConfig, sample_task
 MODES = ("async", "sync")
 _ACTION = spec_by_name(ACTION_NODE_PARAMS)
 _VLM = spec_by_name(VLM_NODE_PARAMS)
-
-
-def feature_age_limit(vlm_latency: float, vlm_hz: float) -> float:
-    """max_feature_age for a VLM of this latency and rate: features are up to latency + one period
-    old when the next ones arrive; twice the latency plus a period leaves room for one late forward."""
-    return max(float(_ACTION["max_feature_age"].default), 2 * vlm_latency + 1.0 / vlm_hz)
 
 
 @dataclass

@@ -26,25 +26,34 @@ import threading
 import time
 from dataclasses import asdict
 
+from ..core.params import ACTION_NODE_PARAMS, spec_by_name
 from ..ros.conversions import stamp_to_sec
 from .bench_loop import (
     ASYNC,
     LoopConfig,
     LoopObserver,
     chunk_statistics,
+    config_files,
     max_feature_age,
     process_summary,
     running_system,
     vlm_process,
 )
+from .processes import yaml_params
 from .ros_observer import ProcessSampler, diagnostics_of, wait_for
 
 FAULTS = ("clock_back", "clock_forward", "vlm_kill", "sensor_stall", "malformed_burst")
 CLOCK_JUMP = 10.0
 SENSOR_STALL = 2.0
-MAX_SENSOR_GAP = 0.05  # config/robot.yaml's value, which the soak's nodes run with
 DELIVERY = 0.02  # s: the observer and the node get the same message a few ms apart
 RECOVERY_TIMEOUT = 60.0
+
+
+def configured_max_sensor_gap() -> float:
+    """max_sensor_gap as the soak's action node runs it: from the parameter files, else the default."""
+    configured = yaml_params(config_files(), ("action_expert_node",)).get("max_sensor_gap")
+    return float(configured if configured is not None
+                 else spec_by_name(ACTION_NODE_PARAMS)["max_sensor_gap"].default)
 
 
 class ClockTracker:
@@ -119,6 +128,7 @@ class FaultInjector:
         self.clock_offset = 0.0
         self.restarted_at: float | None = None  # the last vlm_node restart
         self.windows: list[tuple[float, float]] = []  # (start, end) of each fault incl. recovery
+        self.max_sensor_gap = configured_max_sensor_gap()
 
     def inject(self, fault: str) -> dict:
         start = time.monotonic()
@@ -144,7 +154,7 @@ class FaultInjector:
         time.sleep(2.0)  # watch the new timeline's chunks for a while
         # Every chunk after the jump is built on a window of the clock's present: not ahead, not old.
         wrong = [(arrival, stamp) for arrival, (_, stamp, _) in self.obs.chunks.since(due + DELIVERY)
-                 if not (self.obs.clock.sim_at(arrival) - MAX_SENSOR_GAP - 0.1 <= stamp
+                 if not (self.obs.clock.sim_at(arrival) - self.max_sensor_gap - 0.1 <= stamp
                          <= self.obs.clock.sim_at(arrival) + DELIVERY)]
         return self._measure(due, due, recovered, wrong_chunks=len(wrong)) | {"jump_s": jump}
 
@@ -171,7 +181,7 @@ class FaultInjector:
     def sensor_stall(self) -> dict:
         t_request = time.monotonic()  # the stall starts between request and reply: the earliest bound
         self._set("synthetic_sources", "sensor_enabled", False)
-        due = t_request + MAX_SENSOR_GAP
+        due = t_request + self.max_sensor_gap
         time.sleep(SENSOR_STALL)
         t_end = time.monotonic()
         late = [a for a, _ in self.obs.chunks.since(due + self.action_period + DELIVERY) if a < t_end]
