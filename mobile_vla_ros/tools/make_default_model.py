@@ -3,13 +3,14 @@
   python -m mobile_vla_ros.tools.make_default_model --out models/default [--device cuda]
 
 1. the stand-in VLM: a tiny Kosmos-2 (patch 16, 64-dim) built with `trainable_init`, grounding-
-   pretrained on 32,000 seeded renders of standard and hard tasks (vlm/grounding.py; 9 min on one H100
-   with MUJOCO_GL=egl, about 1.5 h on 2 CPU cores) and saved to OUT/vlm; `--vlm DIR` uses an already
-   grounded one instead;
+   pretrained on 28,000 seeded renders of standard and hard tasks, instructions with the training
+   paraphrases (vlm/grounding.py; 6 min on one H200 with MUJOCO_GL=egl and 16 cores, hours on 2 CPU
+   cores) and saved to OUT/vlm; `--vlm DIR` uses an already grounded one instead;
 2. mobile-vla-record-sim: expert episodes of both task sets, seeds 0..N-1 for training and 900.. for
    validation (`mobile-vla-bringup --sim` evaluates on seeds from 1000, renders use 2000+: never trained
-   on); the base executes the expert's command for a state up to 1.5 s old (as a policy on stale images
-   drives) plus correlated noise, while the label is the expert's command for the current state;
+   on), in parallel processes, phrased with the training paraphrases too; the base executes the expert's
+   command for a state up to 1.5 s old (as a policy on stale images drives) plus correlated noise, while
+   the label is the expert's command for the current state;
 3. mobile-vla-train on those bags with that VLM: the motion since the image as a third input, feature
    ages drawn uniformly over 0-3.5 s (every deployment from the CPU stand-in at 3.33 Hz to a 1.5 s VLM at
    0.59 Hz, whose features are up to 3.2 s old) -> OUT; the same without the motion input ->
@@ -36,8 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--val-episodes", type=int, default=30)
     ap.add_argument("--vlm", type=Path, default=None, help="an already grounded stand-in VLM directory")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="for grounding")
-    ap.add_argument("--grounding-tasks", type=int, default=4000)
-    ap.add_argument("--grounding-epochs", type=int, default=55)
+    ap.add_argument("--grounding-tasks", type=int, default=3500)
+    ap.add_argument("--grounding-epochs", type=int, default=40)
     ap.add_argument("--epochs", type=int, default=30, help="action-expert epochs")
     ap.add_argument("--staleness", default="0.0,3.5", help="feature ages trained on (s): the whole deployment range")
     ap.add_argument("--expert-delay-max", type=float, default=1.5)
