@@ -1,6 +1,6 @@
 """Closed-loop system benchmarks: the real nodes as separate processes over real DDS, fed by
 `synthetic_sources`, measured from outside the nodes by an Observer (topic arrivals, /diagnostics)
-and a ProcessSampler (/proc).
+and a ProcessSampler (psutil).
 
   loop   async (vlm_node + action_expert_node) vs the synchronous baseline (sync_baseline_node)
   (the soak, `soak.py`, runs the same system for minutes)

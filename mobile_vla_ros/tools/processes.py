@@ -57,10 +57,9 @@ class NodeProcess:
         return self.proc.poll() is None
 
     def rss_kb(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
+        import psutil
+
+        return psutil.Process(self.pid).memory_info().rss // 1024
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int:
         if self.proc.poll() is None:

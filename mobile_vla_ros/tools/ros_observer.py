@@ -1,6 +1,6 @@
 """Watching a running system from outside its nodes: an rclpy node in the calling process that
 records what arrives on topics (monotonic arrival time + message), reads /diagnostics and calls
-parameter services, plus CPU/RSS sampling of node processes from /proc.
+parameter services, plus CPU/RSS sampling of node processes (psutil).
 
 Used by bring-up (summary), the loop and soak benchmarks, and the system tests, so all of them
 measure the same way.
@@ -8,11 +8,9 @@ measure the same way.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
@@ -160,11 +158,8 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, poll: flo
     raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
 class ProcessSampler:
-    """CPU % (of one core) and RSS of processes, from /proc; `sample()` appends one point per process."""
+    """CPU % (of one core) and RSS of processes (psutil); `sample()` appends one point per process."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = dict(pids)
@@ -174,14 +169,15 @@ class ProcessSampler:
     @staticmethod
     def read(pid: int) -> tuple[float, float] | None:
         """(CPU seconds used so far, RSS in MB), None when the process is gone."""
+        import psutil
+
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                cpu, rss = proc.cpu_times(), proc.memory_info().rss
+        except psutil.Error:
             return None
-        cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime + stime
-        rss_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-        return cpu, rss_kb / 1024.0
+        return cpu.user + cpu.system, rss / 2**20
 
     def replace(self, name: str, pid: int) -> None:
         """`name` now runs as a new process (restarted): its series goes on from the new one."""
