@@ -20,6 +20,7 @@ from .core.action_pipeline import ActionExpertCore
 from .core.backend_factory import create_backend
 from .core.backends import BackendUnavailable
 from .core.model_spec import ModelSpec, ModelSpecError, check_params
+from .core.names import CHUNK_TOPIC, FEATURES_TOPIC
 from .core.params import ACTION_NODE_PARAMS
 from .core.safety import StopReason
 from .core.scheduling import period_from_hz
@@ -68,12 +69,12 @@ class ActionExpertNode(Node):
         self.sensor_rate = RateMeter()
         self.counts = {"sensor_rejected": 0, "instructions_rejected": 0}
 
-        self.chunk_pub = self.create_publisher(JointTrajectory, "action_chunk", RELIABLE_QOS)
+        self.chunk_pub = self.create_publisher(JointTrajectory, CHUNK_TOPIC, RELIABLE_QOS)
         self.output = CommandOutput(self, self.core, p)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         msg_type, self._to_sample = SENSOR_MESSAGES[p["sensor_type"]]
         self.create_subscription(msg_type, "sensor", self._on_sensor, SENSOR_QOS)
-        self.create_subscription(Image, "vl_features", self._on_features, LATCHED_INPUT_QOS)
+        self.create_subscription(Image, FEATURES_TOPIC, self._on_features, LATCHED_INPUT_QOS)
         self.create_subscription(String, "instruction", self._on_instruction, LATCHED_INPUT_QOS)
         self._action_timer = self.create_timer(period_from_hz(p["action_hz"]), self._on_action_tick)
         self.create_timer(1.0, self._publish_diagnostics)

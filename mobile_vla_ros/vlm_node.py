@@ -13,6 +13,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from .core.model_spec import ModelSpecError
+from .core.names import FEATURES_TOPIC
 from .core.params import VLM_NODE_PARAMS
 from .core.vlm_schedule import ForwardInputs
 from .ros.conversions import features_to_image, sec_to_stamp
@@ -31,7 +32,7 @@ class VlmNode(Node):
     def __init__(self) -> None:
         super().__init__("vlm_node")
         self.params = declare_from_specs(self, VLM_NODE_PARAMS)
-        self.features_pub = self.create_publisher(Image, "vl_features", LATCHED_QOS)
+        self.features_pub = self.create_publisher(Image, FEATURES_TOPIC, LATCHED_QOS)
         self.vlm = VlmRunner(self, self.params, lambda f, inputs: publish_features(self.features_pub, f, inputs))
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0, self._publish_diagnostics)

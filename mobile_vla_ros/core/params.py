@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .names import IMAGE_TOPIC
+
 DOUBLE, INTEGER, BOOL, STRING, STRING_ARRAY, DOUBLE_ARRAY = (
     "double",
     "integer",
@@ -102,7 +104,7 @@ VLM_NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("action_model_dir", STRING, "", "Model directory of the action expert fed by these features: "
               "its model.yaml must name this vlm_backend, feature_pooling and feature dim, else start-up "
               "stops. Empty: models/default of this package; 'none': no check."),
-    ParamSpec("image_topics", STRING_ARRAY, ["camera/image_raw"], "Camera topics; several = multi-view "
+    ParamSpec("image_topics", STRING_ARRAY, [IMAGE_TOPIC], "Camera topics; several = multi-view "
               "(one batched forward, per-view features averaged)."),
     ParamSpec("max_image_age", DOUBLE, 0.5, "Images older than this (s, ROS time) are not used.",
               0.01, 60.0, live=True),

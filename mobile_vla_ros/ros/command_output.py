@@ -17,10 +17,11 @@ from rclpy.node import Node
 
 from ..core.action_pipeline import ActionExpertCore
 from ..core.chunk_executor import ActionChunk, ChunkExecutor
+from ..core.names import BASE_FRAME, CMD_VEL_TOPIC
 from ..core.scheduling import period_from_hz
 from .conversions import action_to_twist, stamped, twist_to_action
 
-CMD_VEL_FRAME = "base_link"
+CMD_VEL_FRAME = BASE_FRAME
 
 
 class CommandOutput:
@@ -33,13 +34,13 @@ class CommandOutput:
         self._stopped_since = time.monotonic()
         self._zero = np.zeros(dim, dtype=np.float32)
         twist_type = TwistStamped if params["twist_stamped"] else Twist
-        self.publisher = node.create_publisher(twist_type, "cmd_vel", 10) if params["execute_chunks"] else None
+        self.publisher = node.create_publisher(twist_type, CMD_VEL_TOPIC, 10) if params["execute_chunks"] else None
         self._timer = None
         if self.publisher is not None:
             self._timer = node.create_timer(period_from_hz(params["execute_hz"]), self._on_tick)
         elif core.spec.motion_input:
             # Something else executes the chunks: its cmd_vel is the motion the model must be told about.
-            node.create_subscription(twist_type, "cmd_vel", self._on_external_cmd_vel, 10)
+            node.create_subscription(twist_type, CMD_VEL_TOPIC, self._on_external_cmd_vel, 10)
 
     def apply_live(self, changes: dict) -> None:
         p = self.params

@@ -8,14 +8,15 @@ import math
 
 import numpy as np
 
+from ..core import names as N
 from .episode import EpisodeResult
 from .world import Task
 
-# Relative names, as the policy nodes use them (contract); sim-only topics live under sim/.
-TOPICS = {"image": "camera/image_raw", "sensor": "sensor", "instruction": "instruction", "cmd_vel": "cmd_vel",
-          "pose": "sim/ground_truth_pose", "task": "sim/task", "episode_result": "sim/episode_result",
-          "executed_cmd_vel": "sim/executed_cmd_vel"}
-FRAMES = {"image": "camera", "sensor": "imu", "pose": "map"}
+# Relative names (core/names.py), as the nodes use them; sim-only topics live under sim/.
+TOPICS = {"image": N.IMAGE_TOPIC, "sensor": N.SENSOR_TOPIC, "instruction": N.INSTRUCTION_TOPIC,
+          "cmd_vel": N.CMD_VEL_TOPIC, "pose": N.SIM_POSE_TOPIC, "task": N.SIM_TASK_TOPIC,
+          "episode_result": N.SIM_EPISODE_RESULT_TOPIC, "executed_cmd_vel": N.SIM_EXECUTED_CMD_VEL_TOPIC}
+FRAMES = {"image": N.CAMERA_FRAME, "sensor": N.SENSOR_FRAME, "pose": N.MAP_FRAME}
 # Bags and the sim clock start here, not at zero: stamps near zero are treated as "unset" by some tools.
 SIM_EPOCH = 1000.0
 

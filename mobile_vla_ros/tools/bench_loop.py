@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.names import CHUNK_TOPIC, FEATURES_TOPIC
 from ..core.params import SYNC_LOOP_VLM_HZ
 from ..core.safety import feature_age_limit
 from ..paths import share_dir
@@ -103,8 +104,8 @@ class LoopObserver(Observer):
         from trajectory_msgs.msg import JointTrajectory
 
         super().__init__("bench_loop_observer", own_context=True, sim_time=sim_time)
-        self.chunks = self.record(JointTrajectory, "action_chunk", 10, self._chunk_item)
-        self.features = self.record(Image, "vl_features", transform=lambda m: stamp_to_sec(m.header.stamp))
+        self.chunks = self.record(JointTrajectory, CHUNK_TOPIC, 10, self._chunk_item)
+        self.features = self.record(Image, FEATURES_TOPIC, transform=lambda m: stamp_to_sec(m.header.stamp))
         self.diagnostics()
 
     def _chunk_item(self, msg) -> tuple[float, float, int]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..params_files import first_params_file_error
 from ..paths import share_dir
+from ..sim.world import TASK_SETS
 from .processes import node_command, shutdown
 
 NODES = ("vlm_node", "action_expert_node")
@@ -43,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--mode", choices=["async", "sync"], default="async",
                     help="--sim: async = vlm_node + action_expert_node; sync = the synchronous baseline loop "
                          "(sync_baseline_node: every decision waits for a VLM forward), same parameter files")
-    ap.add_argument("--task-set", choices=["standard", "hard"], default="standard",
+    ap.add_argument("--task-set", choices=TASK_SETS, default="standard",
                     help="--sim: hard = targets beside/behind the robot, same-colour distractors, up to 4 m, "
                          "instruction phrasings never trained on (time limit 30 s)")
     ap.add_argument("--synthetic", action="store_true",

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..core.backends import BackendUnavailable
 from ..core.engine_cache import DEFAULT_CACHE
 from ..core.model_spec import ONNX_FILE, ModelSpec, ModelSpecError
+from ..core.names import SENSOR_TOPIC, bag_topic
 from ..core.tensorrt_backend import build_engine
 from .recorded_inputs import recorded_inputs
 
@@ -30,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     precision.add_argument("--fp32", action="store_true")
     precision.add_argument("--int8", action="store_true", help="INT8 (+FP16) calibrated on --calib-bag")
     ap.add_argument("--calib-bag", type=Path, help="rosbag2 directory (sqlite3 or mcap) for INT8 calibration")
-    ap.add_argument("--sensor-topic", default="/sensor")
+    ap.add_argument("--sensor-topic", default=bag_topic(SENSOR_TOPIC))
     ap.add_argument("--features-topic", default="/vl_features")
     ap.add_argument("--engine-cache-dir", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--max-batch", type=int, default=8)

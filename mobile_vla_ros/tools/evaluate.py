@@ -26,6 +26,7 @@ import numpy as np
 
 from ..core.action_pipeline import ActionExpertCore
 from ..core.model_spec import ModelSpec, ModelSpecError
+from ..core.names import CMD_VEL_TOPIC, IMAGE_TOPIC, INSTRUCTION_TOPIC, SENSOR_TOPIC, bag_topic
 from ..core.params import VLM_NODE_PARAMS, spec_by_name
 from ..core.vlm_schedule import CameraFrame, VirtualTimeVlm, VlmScheduler
 from .cli import comma_list, progress_bar, run_reporting_errors
@@ -202,10 +203,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="vlm_node's max_image_age: older frames are not used")
     ap.add_argument("--max-sensor-gap", type=float, default=0.05)
     ap.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
-    ap.add_argument("--image-topic", default="/camera/image_raw")
-    ap.add_argument("--sensor-topic", default="/sensor")
-    ap.add_argument("--instruction-topic", default="/instruction")
-    ap.add_argument("--action-topic", default="/cmd_vel",
+    ap.add_argument("--image-topic", default=bag_topic(IMAGE_TOPIC))
+    ap.add_argument("--sensor-topic", default=bag_topic(SENSOR_TOPIC))
+    ap.add_argument("--instruction-topic", default=bag_topic(INSTRUCTION_TOPIC))
+    ap.add_argument("--action-topic", default=bag_topic(CMD_VEL_TOPIC),
                     help="recorded actions: Twist or TwistStamped (--twist-mapping), JointTrajectory (e.g. "
                          "/action_chunk) or JointState (joints named as the model's action_names)")
     ap.add_argument("--executed-topic", default=EXECUTED_TOPIC,

@@ -23,6 +23,7 @@ from ..core.model_spec import (
     ModelSpecError,
     Normalization,
 )
+from ..core.names import SENSOR_TOPIC, bag_topic
 from ..core.sensor_window import SENSOR_CHANNELS
 
 MAX_FP32_ERROR = 1e-4
@@ -103,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", type=Path, required=True, help="model directory to write")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--verify-bag", type=Path, help="also verify on the inputs recorded in this rosbag2 bag")
-    ap.add_argument("--sensor-topic", default="/sensor", help="with --verify-bag")
+    ap.add_argument("--sensor-topic", default=bag_topic(SENSOR_TOPIC), help="with --verify-bag")
     ap.add_argument("--features-topic", default="/vl_features", help="with --verify-bag")
     shape = ap.add_argument_group("shape (with --random-init)")
     shape.add_argument("--feature-dim", type=int, default=64)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.model_spec import ModelSpec
+from ..core.names import CHUNK_TOPIC, CMD_VEL_TOPIC, FEATURES_TOPIC, IMAGE_TOPIC, SENSOR_TOPIC
 from .processes import NodeProcess
 from .recordings import Recording, commands_over
 
@@ -46,16 +47,16 @@ def live_replay(rec: Recording, spec: ModelSpec, model_dir: Path, vlm_model_path
     from .ros_observer import Observer
 
     observer = Observer("live_replay", own_context=True)
-    chunks = observer.record(JointTrajectory, "action_chunk", 100,
+    chunks = observer.record(JointTrajectory, CHUNK_TOPIC, 100,
                              lambda m: (stamp_to_sec(m.header.stamp), trajectory_to_actions(m)))
-    features = observer.record(Image, "vl_features", 10, lambda m: stamp_to_sec(m.header.stamp))
+    features = observer.record(Image, FEATURES_TOPIC, 10, lambda m: stamp_to_sec(m.header.stamp))
     node = observer.node
     clock_pub = node.create_publisher(Clock, "/clock", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
-    image_pub = node.create_publisher(Image, "camera/image_raw", SENSOR_QOS)
+    image_pub = node.create_publisher(Image, IMAGE_TOPIC, SENSOR_QOS)
     sensor_pub = node.create_publisher(Imu, "sensor", SENSOR_QOS)
     instruction_pub = node.create_publisher(String, "instruction", LATCHED_QOS)
     # The robot's executed commands: the node (execute_chunks false) integrates them into the motion input.
-    cmd_pub = node.create_publisher(Twist, "cmd_vel", 10)
+    cmd_pub = node.create_publisher(Twist, CMD_VEL_TOPIC, 10)
     start = rec.sensor[0][0]
     common = {"use_sim_time": True}
     procs = [
@@ -71,8 +72,8 @@ def live_replay(rec: Recording, spec: ModelSpec, model_dir: Path, vlm_model_path
     try:
         # Hold the clock before the bag while the nodes start and discover us.
         deadline = time.monotonic() + 60
-        while node.count_subscribers("sensor") < 1 or node.count_subscribers("camera/image_raw") < 1 \
-                or node.count_publishers("action_chunk") < 1:
+        while node.count_subscribers(SENSOR_TOPIC) < 1 or node.count_subscribers(IMAGE_TOPIC) < 1 \
+                or node.count_publishers(CHUNK_TOPIC) < 1:
             if time.monotonic() > deadline or not all(p.alive() for p in procs):
                 raise RuntimeError("the nodes did not come up:\n" + "\n".join(p.output()[-1500:] for p in procs))
             clock_pub.publish(Clock(clock=sec_to_stamp(start - 1.0)))

@@ -8,11 +8,12 @@ import numpy as np
 
 from ..core.model_spec import INPUT_FEATURES, INPUT_SENSOR, ModelSpec, ModelSpecError
 from ..core.motion import MotionHistory
+from ..core.names import CMD_VEL_TOPIC, bag_topic
 from ..core.sensor_window import SAMPLE_FROM_MESSAGE, PushResult, SensorWindow
 
 
 def recorded_inputs(bag: Path, spec: ModelSpec, sensor_topic: str, features_topic: str,
-                    command_topic: str = "/cmd_vel", limit: int = 500) -> dict[str, np.ndarray]:
+                    command_topic: str = bag_topic(CMD_VEL_TOPIC), limit: int = 500) -> dict[str, np.ndarray]:
     """Model inputs recorded in a rosbag2 bag (sqlite3 or mcap): non-overlapping sensor windows, the
     latest recorded VL features at the end of each (zeros before the first) and, for models with the
     motion input, the motion since those features' image (gyro and the Twist commands on

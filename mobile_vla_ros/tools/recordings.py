@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.model_spec import ModelSpec
+from ..core.names import SIM_EXECUTED_CMD_VEL_TOPIC, bag_topic
 
 
 class BagError(RuntimeError):
@@ -35,7 +36,7 @@ class Recording:
 
 
 TWIST_TYPES = ("geometry_msgs/msg/Twist", "geometry_msgs/msg/TwistStamped")
-EXECUTED_TOPIC = "/sim/executed_cmd_vel"
+EXECUTED_TOPIC = bag_topic(SIM_EXECUTED_CMD_VEL_TOPIC)
 ACTION_TYPES = (*TWIST_TYPES, "trajectory_msgs/msg/JointTrajectory", "sensor_msgs/msg/JointState")
 
 

@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import asdict
 
+from ..core.names import CMD_VEL_TOPIC, FEATURES_TOPIC, SENSOR_FRAME
 from ..core.params import ACTION_NODE_PARAMS, spec_by_name
 from ..ros.conversions import stamp_to_sec
 from .bench_loop import (
@@ -99,12 +100,12 @@ class SoakObserver(LoopObserver):
         from ..ros.node_support import LATCHED_QOS, SENSOR_QOS
 
         super().__init__(sim_time=sim_time)
-        self.commands = self.record(Twist, "cmd_vel", 100, lambda m: m.linear.x == 0.0 and m.angular.z == 0.0)
+        self.commands = self.record(Twist, CMD_VEL_TOPIC, 100, lambda m: m.linear.x == 0.0 and m.angular.z == 0.0)
         self.clock = ClockTracker()
         self.node.create_subscription(Clock, "/clock", self.clock,
                                       QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
         self.bad_sensor = self.node.create_publisher(Imu, "sensor", SENSOR_QOS)
-        self.bad_features = self.node.create_publisher(Image, "vl_features", LATCHED_QOS)
+        self.bad_features = self.node.create_publisher(Image, FEATURES_TOPIC, LATCHED_QOS)
         self.bad_instruction = self.node.create_publisher(String, "instruction", LATCHED_QOS)
 
     def first_zero_after(self, t: float) -> float | None:
@@ -199,7 +200,7 @@ class FaultInjector:
         t0 = time.monotonic()
         for i in range(n_sensor):  # half non-finite with a current stamp, half without a stamp
             msg = Imu(header=Header(stamp=sec_to_stamp(self.obs.clock.sim_at(time.monotonic())) if i % 2 else
-                                    sec_to_stamp(0.0), frame_id="imu_link"))
+                                    sec_to_stamp(0.0), frame_id=SENSOR_FRAME))
             msg.angular_velocity.z = float("nan") if i % 2 else 0.0
             self.obs.bad_sensor.publish(msg)
             if i % 10 == 0:

@@ -19,6 +19,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from ..action_expert_node import load_action_core
 from ..core.model_spec import ModelSpecError
+from ..core.names import CHUNK_TOPIC, FEATURES_TOPIC
 from ..core.params import ACTION_NODE_PARAMS, VLM_NODE_PARAMS
 from ..core.safety import StopReason
 from ..core.sensor_window import PushResult
@@ -52,8 +53,8 @@ class SyncBaselineNode(Node):
         self._core_lock = threading.Lock()
         self.chunk_rate = RateMeter()
         self.sensor_rate = RateMeter()
-        self.chunk_pub = self.create_publisher(JointTrajectory, "action_chunk", RELIABLE_QOS)
-        self.features_pub = self.create_publisher(Image, "vl_features", LATCHED_QOS)
+        self.chunk_pub = self.create_publisher(JointTrajectory, CHUNK_TOPIC, RELIABLE_QOS)
+        self.features_pub = self.create_publisher(Image, FEATURES_TOPIC, LATCHED_QOS)
         # Each decision's chunk is executed on cmd_vel like the action node's; after it the robot
         # waits (zero) for the next decision: the synchronous loop's behaviour on a robot.
         self.output = CommandOutput(self, self.core, self.params, self._core_lock)

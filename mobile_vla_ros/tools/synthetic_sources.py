@@ -26,6 +26,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, Imu
 from std_msgs.msg import Header, String
 
+from ..core.names import CAMERA_FRAME, IMAGE_TOPIC, SENSOR_FRAME
 from ..ros.conversions import rgb_to_image, sec_to_stamp
 from ..ros.node_support import LATCHED_QOS, SENSOR_QOS, diagnostics, run_node
 
@@ -40,7 +41,7 @@ class SyntheticSources(Node):
         self.declare_parameter("sensor_hz", 650.0)
         self.declare_parameter("sensor_type", "imu")
         self.declare_parameter("image_size", 224)
-        self.declare_parameter("image_topic", "camera/image_raw")
+        self.declare_parameter("image_topic", IMAGE_TOPIC)
         self.declare_parameter("instruction", "go to the red cylinder")
         self.declare_parameter("camera_enabled", True)
         self.declare_parameter("sensor_enabled", True)
@@ -99,7 +100,7 @@ class SyntheticSources(Node):
         x, y = self._grid
         rgb = np.stack([(np.sin(6 * x + t) + 1) * 127, (np.cos(4 * y - t) + 1) * 127,
                         np.full_like(x, (math.sin(t) + 1) * 127)], axis=-1).astype(np.uint8)
-        self.image_pub.publish(rgb_to_image(rgb, self._stamp(), "camera_link"))
+        self.image_pub.publish(rgb_to_image(rgb, self._stamp(), CAMERA_FRAME))
         self.images_sent += 1
 
     def _publish_diagnostics(self) -> None:
@@ -128,7 +129,7 @@ class SyntheticSources(Node):
                 self.sensor_sent += 1
 
     def _sensor_message(self):
-        header = Header(stamp=self._stamp(), frame_id="imu_link")
+        header = Header(stamp=self._stamp(), frame_id=SENSOR_FRAME)
         t = time.monotonic()
         if self.sensor_type == "imu":
             msg = Imu(header=header)

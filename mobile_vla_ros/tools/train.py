@@ -37,6 +37,8 @@ import numpy as np
 
 from ..core.model_spec import ModelSpec, ModelSpecError, Normalization
 from ..core.motion import MOTION_INPUT, MotionHistory, extend_from_streams, twist_components
+from ..core.names import CMD_VEL_TOPIC, IMAGE_TOPIC, INSTRUCTION_TOPIC, SENSOR_TOPIC, bag_topic
+from ..core.params import FEATURE_POOLINGS, VLM_BACKENDS
 from ..core.sensor_window import SENSOR_CHANNELS
 from .cli import comma_list, progress_bar, run_reporting_errors
 from .recordings import (
@@ -337,9 +339,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--val-fraction", type=float, default=0.2)
     ap.add_argument("--out", type=Path, required=True, help="model directory to write (models/<name>)")
     ap.add_argument("--vlm-model-path", type=Path, default=None, help="default: models/default/vlm")
-    ap.add_argument("--vlm-backend", default="kosmos2", choices=["kosmos2", "kosmos2_clip", "qwen2_5_vl"])
+    ap.add_argument("--vlm-backend", default="kosmos2", choices=VLM_BACKENDS)
     ap.add_argument("--clip-model-path", default="")
-    ap.add_argument("--pooling", default="last_token", choices=["last_token", "mean_text", "mean_image"])
+    ap.add_argument("--pooling", default="last_token", choices=FEATURE_POOLINGS)
     ap.add_argument("--staleness", default="auto", help="auto | fresh | MIN,MAX seconds")
     ap.add_argument("--vlm-hz", type=float, default=3.33, help="deployment VLM rate, for --staleness auto")
     ap.add_argument("--vlm-latency", type=float, default=0.05, help="deployment VLM latency (s), for auto")
@@ -351,10 +353,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--action-dt", type=float, default=0.0125)
     ap.add_argument("--action-names", type=comma_list(), default="linear_x,angular_z")
     ap.add_argument("--twist-mapping", type=comma_list(), default="linear.x,angular.z")
-    ap.add_argument("--image-topic", default="/camera/image_raw")
-    ap.add_argument("--sensor-topic", default="/sensor")
-    ap.add_argument("--instruction-topic", default="/instruction")
-    ap.add_argument("--action-topic", default="/cmd_vel")
+    ap.add_argument("--image-topic", default=bag_topic(IMAGE_TOPIC))
+    ap.add_argument("--sensor-topic", default=bag_topic(SENSOR_TOPIC))
+    ap.add_argument("--instruction-topic", default=bag_topic(INSTRUCTION_TOPIC))
+    ap.add_argument("--action-topic", default=bag_topic(CMD_VEL_TOPIC))
     ap.add_argument("--executed-topic", default=EXECUTED_TOPIC,
                     help="Twist commands the robot executed, for the motion since the image (default: what "
                          "mobile-vla-record-sim writes); bags without it use --action-topic")
