@@ -386,79 +386,24 @@ def _run(args) -> int:
     import torch
 
     from ..paths import default_model_dir
-    from ..vlm.base import ExtractorConfig, VlmLoadError
-    from ..vlm.factory import create_extractor
     from .export import write_model_dir
 
     dist = init_distributed()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world))
-    if len(args.action_names) != len(args.twist_mapping):
-        raise ValueError(f"--twist-mapping: expected {len(args.action_names)} fields (one per action name), "
-                         f"got {len(args.twist_mapping)}")
-    if args.batch_size % dist.world:
-        raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {dist.world} processes")
+    _check_args(args, dist)
     lo_hi = staleness_range(args.staleness, args.vlm_hz, args.vlm_latency)
     vlm_path = args.vlm_model_path or default_model_dir() / "vlm"
-    cfg = ExtractorConfig(backend=args.vlm_backend, pooling=args.pooling, model_path=str(vlm_path),
-                          clip_model_path=args.clip_model_path, device="cpu", dtype="fp32")
-    try:
-        extractor = create_extractor(cfg)
-    except VlmLoadError as exc:
-        raise ValueError(str(exc)) from exc
+    extractor, key = _extractor(args, vlm_path)
     bags = find_bags(args.bags)
-    sensor_type = sensor_type_of(bags[0], args.sensor_topic) if args.sensor_type == "auto" else args.sensor_type
-    channels = len(SENSOR_CHANNELS[sensor_type])
-    spec = ModelSpec(name=args.name or args.out.name, feature_dim=extractor.feature_dim, sensor_type=sensor_type,
-                     sensor_window=args.sensor_window, sensor_hz=args.sensor_hz, chunk_size=args.chunk_size,
-                     action_names=list(args.action_names), action_dt=args.action_dt,
-                     normalization=Normalization([0.0] * channels, [1.0] * channels, [0.0] * len(args.action_names),
-                                                 [1.0] * len(args.action_names)),
-                     vlm_backend=args.vlm_backend, vlm_pooling=args.pooling, staleness_range=lo_hi,
-                     motion_input=MOTION_INPUT if args.motion_input else None,
-                     architecture={"hidden_dim": args.hidden_dim})
-    if args.val_bags:
-        val_bags = find_bags(args.val_bags)
-    else:
-        n_val = max(1, round(len(bags) * args.val_fraction))
-        if n_val >= len(bags):
-            raise ValueError(f"need at least 2 bags to hold some out for validation, got {len(bags)}")
-        bags, val_bags = bags[:-n_val], bags[-n_val:]
-    topics = {"image": args.image_topic, "sensor": args.sensor_topic, "instruction": args.instruction_topic,
-              "action": args.action_topic, "executed": args.executed_topic}
-    key = vlm_key(cfg, vlm_path)
-    datasets = []
-    for group, label in ((bags, "train"), (val_bags, "val")):
-        recs, feats = [], []
-        for i, bag in enumerate(group):
-            rec = read_recording(bag, spec, topics, list(args.twist_mapping))
-            if not rec.images:
-                raise BagError(f"{bag}: no usable images on {args.image_topic}")
-            if not rec.instructions:
-                raise BagError(f"{bag}: no instruction on {args.instruction_topic}")
-            if dist.rank == 0:
-                feats.append(bag_features(rec, extractor, args.cache_dir, key, f"{label} {i + 1}/{len(group)}"))
-                _drop_pixels(rec)
-            recs.append(rec)
-        dist.barrier()  # rank 0 filled the cache; the others read it
-        if dist.rank != 0:
-            feats = [bag_features(rec, extractor, args.cache_dir, key, "") for rec in recs]
-            for rec in recs:
-                _drop_pixels(rec)
-        datasets.append(build_dataset(recs, feats, spec, args.sample_dt, list(args.twist_mapping)))
-    train, val = datasets
+    spec = _initial_spec(args, extractor.feature_dim, sensor_type_of(bags[0], args.sensor_topic)
+                         if args.sensor_type == "auto" else args.sensor_type, lo_hi)
+    bags, val_bags = _split(args, bags)
+    train, val = (_dataset(args, group, label, spec, extractor, key, dist)
+                  for group, label in ((bags, "train"), (val_bags, "val")))
     if dist.rank == 0:
         print(f"\n{len(bags)} training bags ({len(train)} samples), {len(val_bags)} validation bags "
               f"({len(val)} samples); staleness {lo_hi[0]:.3f}-{lo_hi[1]:.3f} s; {dist.world} process(es)")
-    spec.normalization = Normalization(
-        sensor_mean=train.sensor.mean(axis=0).tolist(), sensor_std=(train.sensor.std(axis=0) + 1e-3).tolist(),
-        action_mean=train.targets.reshape(-1, spec.action_dim).mean(axis=0).tolist(),
-        action_std=(train.targets.reshape(-1, spec.action_dim).std(axis=0) + 1e-3).tolist())
-    if spec.motion_input:  # statistics of the motion input under the training staleness distribution
-        every = np.arange(len(train))
-        draw = np.random.default_rng(args.seed).uniform(*lo_hi, len(train))
-        motion = train.motion(every, train.feature_index(every, draw))
-        spec.normalization.motion_mean = motion.mean(axis=0).tolist()
-        spec.normalization.motion_std = (motion.std(axis=0) + 1e-3).tolist()
+    spec.normalization = _normalization(train, spec, lo_hi, args.seed)
     trainer = Trainer(args, spec, train, val, dist)
     args.out.mkdir(parents=True, exist_ok=True)
     state_path = args.out / STATE_FILE
@@ -474,6 +419,90 @@ def _run(args) -> int:
     if dist.world > 1:
         torch.distributed.destroy_process_group()
     return 0
+
+
+def _check_args(args, dist) -> None:
+    if len(args.action_names) != len(args.twist_mapping):
+        raise ValueError(f"--twist-mapping: expected {len(args.action_names)} fields (one per action name), "
+                         f"got {len(args.twist_mapping)}")
+    if args.batch_size % dist.world:
+        raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {dist.world} processes")
+
+
+def _extractor(args, vlm_path: Path):
+    """The VLM the features come from (CPU, FP32: the cache must not depend on the machine) and the
+    identity of its feature function (the cache key)."""
+    from ..vlm.base import ExtractorConfig, VlmLoadError
+    from ..vlm.factory import create_extractor
+
+    cfg = ExtractorConfig(backend=args.vlm_backend, pooling=args.pooling, model_path=str(vlm_path),
+                          clip_model_path=args.clip_model_path, device="cpu", dtype="fp32")
+    try:
+        return create_extractor(cfg), vlm_key(cfg, vlm_path)
+    except VlmLoadError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _initial_spec(args, feature_dim: int, sensor_type: str, lo_hi: tuple[float, float]) -> ModelSpec:
+    """model.yaml from the arguments, with identity normalisation until the data's is known."""
+    channels, actions = len(SENSOR_CHANNELS[sensor_type]), len(args.action_names)
+    return ModelSpec(name=args.name or args.out.name, feature_dim=feature_dim, sensor_type=sensor_type,
+                     sensor_window=args.sensor_window, sensor_hz=args.sensor_hz, chunk_size=args.chunk_size,
+                     action_names=list(args.action_names), action_dt=args.action_dt,
+                     normalization=Normalization([0.0] * channels, [1.0] * channels, [0.0] * actions,
+                                                 [1.0] * actions),
+                     vlm_backend=args.vlm_backend, vlm_pooling=args.pooling, staleness_range=lo_hi,
+                     motion_input=MOTION_INPUT if args.motion_input else None,
+                     architecture={"hidden_dim": args.hidden_dim})
+
+
+def _split(args, bags: list[Path]) -> tuple[list[Path], list[Path]]:
+    """Training and validation bags: --val-bags, else the last --val-fraction of --bags."""
+    if args.val_bags:
+        return bags, find_bags(args.val_bags)
+    n_val = max(1, round(len(bags) * args.val_fraction))
+    if n_val >= len(bags):
+        raise ValueError(f"need at least 2 bags to hold some out for validation, got {len(bags)}")
+    return bags[:-n_val], bags[-n_val:]
+
+
+def _dataset(args, group: list[Path], label: str, spec: ModelSpec, extractor, key: str, dist) -> Dataset:
+    """Read the bags and their VL features (rank 0 fills the feature cache, the others read it)."""
+    topics = {"image": args.image_topic, "sensor": args.sensor_topic, "instruction": args.instruction_topic,
+              "action": args.action_topic, "executed": args.executed_topic}
+    recs, feats = [], []
+    for i, bag in enumerate(group):
+        rec = read_recording(bag, spec, topics, list(args.twist_mapping))
+        if not rec.images:
+            raise BagError(f"{bag}: no usable images on {args.image_topic}")
+        if not rec.instructions:
+            raise BagError(f"{bag}: no instruction on {args.instruction_topic}")
+        if dist.rank == 0:
+            feats.append(bag_features(rec, extractor, args.cache_dir, key, f"{label} {i + 1}/{len(group)}"))
+            _drop_pixels(rec)
+        recs.append(rec)
+    dist.barrier()
+    if dist.rank != 0:
+        feats = [bag_features(rec, extractor, args.cache_dir, key, "") for rec in recs]
+        for rec in recs:
+            _drop_pixels(rec)
+    return build_dataset(recs, feats, spec, args.sample_dt, list(args.twist_mapping))
+
+
+def _normalization(train: Dataset, spec: ModelSpec, lo_hi: tuple[float, float], seed: int) -> Normalization:
+    """Input and output statistics of the training set; the motion input's under the training
+    staleness distribution."""
+    norm = Normalization(
+        sensor_mean=train.sensor.mean(axis=0).tolist(), sensor_std=(train.sensor.std(axis=0) + 1e-3).tolist(),
+        action_mean=train.targets.reshape(-1, spec.action_dim).mean(axis=0).tolist(),
+        action_std=(train.targets.reshape(-1, spec.action_dim).std(axis=0) + 1e-3).tolist())
+    if spec.motion_input:
+        every = np.arange(len(train))
+        draw = np.random.default_rng(seed).uniform(*lo_hi, len(train))
+        motion = train.motion(every, train.feature_index(every, draw))
+        norm.motion_mean = motion.mean(axis=0).tolist()
+        norm.motion_std = (motion.std(axis=0) + 1e-3).tolist()
+    return norm
 
 
 def _drop_pixels(rec: Recording) -> None:
