@@ -232,8 +232,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     from ..core.backend_factory import create_backend
     from ..paths import default_model_dir
-    from ..vlm.base import ExtractorConfig, VlmLoadError
-    from ..vlm.factory import create_extractor
 
     model_dir = args.model_dir or default_model_dir()
     spec = ModelSpec.load(model_dir)
@@ -241,8 +239,32 @@ def _run(args) -> int:
     if len(mapping) != spec.action_dim:
         raise ValueError(f"--twist-mapping: expected {spec.action_dim} fields (one per {spec.action_names}), "
                          f"got {len(mapping)}")
-    topics = {"image": args.image_topic, "sensor": args.sensor_topic, "instruction": args.instruction_topic,
-              "action": args.action_topic, "executed": args.executed_topic}
+    if args.loops < 1 or (args.loops > 1 and not args.live):
+        raise ValueError(f"--loops: expected 1, or more with --live, got {args.loops}")
+    extractor = _extractor(args, spec, model_dir)
+    backend = create_backend(args.backend, Path(model_dir), spec, None)
+    recordings = _recordings(args, spec, mapping)
+    latency = _latency(args.vlm_latency, extractor, recordings[0][1])
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for hz in args.vlm_hz:
+        cfg = ReplayConfig(hz, args.action_hz, latency, args.max_feature_age, args.max_sensor_gap, tuple(mapping),
+                           args.max_image_age)
+        result, by_bag = _evaluate_rate(args, recordings, spec, Path(model_dir), backend, extractor, cfg)
+        for name, bag_ticks in by_bag.items():  # one figure per bag: their time axes are unrelated
+            path = args.out / f"eval_vlm_hz_{hz}.png" if len(by_bag) == 1 else \
+                args.out / "plots" / f"eval_vlm_hz_{hz}_{name}.png"
+            plot({**result, "ticks": bag_ticks}, spec, path, title=name)
+        results.append(result)
+    _write_report(args, model_dir, spec, results)
+    return 0
+
+
+def _extractor(args, spec: ModelSpec, model_dir):
+    """The VLM model.yaml names (weights from --vlm-model-path or the model's vlm/), checked against it."""
+    from ..vlm.base import ExtractorConfig, VlmLoadError
+    from ..vlm.factory import create_extractor
+
     try:
         extractor = create_extractor(ExtractorConfig(
             backend=spec.vlm_backend, pooling=spec.vlm_pooling, clip_model_path=args.clip_model_path,
@@ -251,49 +273,53 @@ def _run(args) -> int:
         raise ValueError(str(exc)) from exc
     if extractor.feature_dim != spec.feature_dim:
         raise ValueError(f"VLM feature dim {extractor.feature_dim} != model.yaml feature_dim {spec.feature_dim}")
-    backend = create_backend(args.backend, Path(model_dir), spec, None)
+    return extractor
+
+
+def _recordings(args, spec: ModelSpec, mapping: list[str]) -> list[tuple[Path, Recording]]:
+    """Every bag read (and checked for images and an instruction) before any replay starts."""
+    topics = {"image": args.image_topic, "sensor": args.sensor_topic, "instruction": args.instruction_topic,
+              "action": args.action_topic, "executed": args.executed_topic}
     recordings = [(bag, read_recording(bag, spec, topics, mapping)) for bag in find_bags(args.bag)]
-    if args.loops < 1 or (args.loops > 1 and not args.live):
-        raise ValueError(f"--loops: expected 1, or more with --live, got {args.loops}")
     for bag, rec in recordings:
         if not rec.images:
             raise BagError(f"{bag}: no usable images on {args.image_topic}")
         if not rec.instructions and args.instruction is None:
             raise BagError(f"{bag}: no {args.instruction_topic} messages; pass --instruction")
-    latency = _latency(args.vlm_latency, extractor, recordings[0][1])
-    args.out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for hz in args.vlm_hz:
-        cfg = ReplayConfig(hz, args.action_hz, latency, args.max_feature_age, args.max_sensor_gap, tuple(mapping),
-                           args.max_image_age)
-        ticks, no_chunk, vlm, passes = [], Counter(), Counter(), [[] for _ in range(args.loops)]
-        by_bag: dict[str, list[dict]] = {}
-        for bag, rec in recordings:
-            if args.live:
-                out = _live(args, rec, spec, Path(model_dir), hz, latency, extractor)
-                for k, pass_ticks in enumerate(out["passes"]):
-                    passes[k] += pass_ticks
-            else:
-                out = replay(rec, spec, backend, extractor, cfg, args.instruction,
-                             progress=lambda f, name=bag.name, hz=hz: progress_bar(f"vlm_hz {hz} {name}", f))
-                print()
-            ticks += out["ticks"]
-            by_bag[bag.name] = out["ticks"]
-            no_chunk.update(out["no_chunk"])
-            vlm.update(out["vlm"])
-        result = {"vlm_hz": hz, "vlm_latency": latency, "action_hz": args.action_hz, "metrics": metrics(
-            ticks, spec.action_names), "no_chunk": dict(no_chunk), "vlm": dict(vlm), "ticks": ticks,
-            "mode": "live" if args.live else "offline"}
-        if args.loops > 1:
-            result["passes"] = [metrics(p, spec.action_names) for p in passes]
-            for k, m in enumerate(result["passes"]):
-                mae = m["mae"]["chunk"]["overall"] if m.get("chunks") else float("nan")
-                print(f"vlm_hz {hz} pass {k + 1}/{args.loops}: {m['chunks']} chunks, chunk MAE {mae:.4f}")
-        for name, bag_ticks in by_bag.items():  # one figure per bag: their time axes are unrelated
-            path = args.out / f"eval_vlm_hz_{hz}.png" if len(by_bag) == 1 else \
-                args.out / "plots" / f"eval_vlm_hz_{hz}_{name}.png"
-            plot({**result, "ticks": bag_ticks}, spec, path, title=name)
-        results.append(result)
+    return recordings
+
+
+def _evaluate_rate(args, recordings, spec: ModelSpec, model_dir: Path, backend, extractor,
+                   cfg: ReplayConfig) -> tuple[dict, dict[str, list[dict]]]:
+    """Every bag at one VLM rate (offline or live): the scored result and the ticks per bag."""
+    hz = cfg.vlm_hz
+    ticks, no_chunk, vlm, passes = [], Counter(), Counter(), [[] for _ in range(args.loops)]
+    by_bag: dict[str, list[dict]] = {}
+    for bag, rec in recordings:
+        if args.live:
+            out = _live(args, rec, spec, model_dir, hz, cfg.vlm_latency, extractor)
+            for k, pass_ticks in enumerate(out["passes"]):
+                passes[k] += pass_ticks
+        else:
+            out = replay(rec, spec, backend, extractor, cfg, args.instruction,
+                         progress=lambda f, name=bag.name: progress_bar(f"vlm_hz {hz} {name}", f))
+            print()
+        ticks += out["ticks"]
+        by_bag[bag.name] = out["ticks"]
+        no_chunk.update(out["no_chunk"])
+        vlm.update(out["vlm"])
+    result = {"vlm_hz": hz, "vlm_latency": cfg.vlm_latency, "action_hz": args.action_hz, "metrics": metrics(
+        ticks, spec.action_names), "no_chunk": dict(no_chunk), "vlm": dict(vlm), "ticks": ticks,
+        "mode": "live" if args.live else "offline"}
+    if args.loops > 1:
+        result["passes"] = [metrics(p, spec.action_names) for p in passes]
+        for k, m in enumerate(result["passes"]):
+            mae = m["mae"]["chunk"]["overall"] if m.get("chunks") else float("nan")
+            print(f"vlm_hz {hz} pass {k + 1}/{args.loops}: {m['chunks']} chunks, chunk MAE {mae:.4f}")
+    return result, by_bag
+
+
+def _write_report(args, model_dir, spec: ModelSpec, results: list[dict]) -> None:
     table = markdown(results, spec)
     print(table)
     (args.out / "eval.md").write_text(f"# mobile-vla-eval\n\nmodel: {model_dir}\nbags: "
@@ -302,7 +328,6 @@ def _run(args) -> int:
     (args.out / "eval.json").write_text(json.dumps({"model_dir": str(model_dir), "bags": [str(b) for b in args.bag],
                                                     "results": summary}, indent=2))
     print(f"wrote {args.out}/eval.json, eval.md, eval_vlm_hz_*.png")
-    return 0
 
 
 def _live(args, rec: Recording, spec: ModelSpec, model_dir: Path, hz: float, latency: float, extractor) -> dict:
