@@ -89,3 +89,14 @@ def test_sample_to_imu_is_the_inverse_of_imu_sample_and_marks_orientation_unknow
     assert list(imu_sample(msg)) == pytest.approx(sample)
     assert msg.orientation_covariance[0] == -1.0 and msg.header.frame_id == "imu"
     assert msg.header.stamp.sec == 12 and msg.header.stamp.nanosec == 500_000_000
+
+
+@pytest.mark.parametrize("sensor_type", ["imu", "wrench"])
+def test_a_sample_published_as_its_sensor_message_reads_back_the_same(sensor_type):
+    from mobile_vla_ros.ros.conversions import SENSOR_MESSAGES, sample_to_message
+
+    sample = np.array([0.5, -1.25, 2.0, 9.75, -0.125, 3.5], np.float32)
+    msg = sample_to_message(sensor_type, sample, sec_to_stamp(3.25), "imu_link")
+    message_type, to_sample = SENSOR_MESSAGES[sensor_type]
+    assert isinstance(msg, message_type) and msg.header.frame_id == "imu_link"
+    np.testing.assert_array_equal(to_sample(msg), sample)

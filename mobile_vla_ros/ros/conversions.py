@@ -61,6 +61,19 @@ def sample_to_imu(sample, stamp: Time, frame_id: str, orientation_unknown: bool 
     return msg
 
 
+def sample_to_wrench(sample, stamp: Time, frame_id: str) -> WrenchStamped:
+    """[force xyz, torque xyz] -> geometry_msgs/WrenchStamped (the inverse of wrench_sample)."""
+    msg = WrenchStamped(header=Header(stamp=stamp, frame_id=frame_id))
+    msg.wrench.force.x, msg.wrench.force.y, msg.wrench.force.z = (float(v) for v in sample[:3])
+    msg.wrench.torque.x, msg.wrench.torque.y, msg.wrench.torque.z = (float(v) for v in sample[3:6])
+    return msg
+
+
+def sample_to_message(sensor_type: str, sample, stamp: Time, frame_id: str):
+    """A sensor sample as the message of `sensor_type` (imu | wrench)."""
+    return sample_to_imu(sample, stamp, frame_id) if sensor_type == "imu" else sample_to_wrench(sample, stamp, frame_id)
+
+
 def rgb_to_image(rgb: np.ndarray, stamp: Time, frame_id: str) -> Image:
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     h, w = rgb.shape[:2]

@@ -336,7 +336,8 @@ def _live(args, rec: Recording, spec: ModelSpec, model_dir: Path, hz: float, lat
     forward = _latency("auto", extractor, rec)
     out = live_replay(rec, spec, model_dir, args.vlm_model_path or str(model_dir / "vlm"), hz, args.action_hz,
                       max(0.0, latency - forward), args.max_feature_age, args.max_sensor_gap, args.instruction,
-                      log_dir=args.out, twist_mapping=tuple(args.twist_mapping.split(",")), loops=args.loops)
+                      log_dir=args.out, twist_mapping=tuple(args.twist_mapping.split(",")), loops=args.loops,
+                      backend=args.backend)
     return {**out, "no_chunk": {}, "vlm": {}}
 
 
