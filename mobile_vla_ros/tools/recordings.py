@@ -77,13 +77,10 @@ def sensor_type_of(bag: Path, topic: str) -> str:
 
 
 def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_mapping: list[str]) -> Recording:
+    """The bag's messages on `topics` (roles image, sensor, instruction, action, executed), checked
+    against the model; stamps from headers (else the bag's receive time). Any bag problem: BagError."""
     from rosbags.highlevel import AnyReader
 
-    from ..core.images import ConversionError, decode_rgb
-    from ..core.sensor_window import SAMPLE_FROM_MESSAGE
-
-    expected = {"image": ("sensor_msgs/msg/Image",), "instruction": ("std_msgs/msg/String",),
-                "action": ACTION_TYPES, "sensor": (SENSOR_MSGTYPES[spec.sensor_type],), "executed": ACTION_TYPES}
     rec = Recording()
     try:
         reader = AnyReader([Path(bag)])
@@ -91,43 +88,12 @@ def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_map
     except Exception as exc:  # rosbags raises several types for missing/truncated/corrupt bags
         raise BagError(f"{bag}: cannot be read as a rosbag2 or ROS 1 bag ({type(exc).__name__}: {exc})") from exc
     try:
-        by_topic = {c.topic: c for c in reader.connections}
-        if topics.get("executed") not in by_topic:  # optional: bags without it use the action topic
-            topics = {k: v for k, v in topics.items() if k != "executed"}
-        for role, topic in topics.items():
-            if role == "instruction" and topic not in by_topic:
-                continue  # the instruction may come from --instruction instead
-            if topic not in by_topic:
-                raise BagError(f"{bag}: no topic {topic} for {role} (topics: {', '.join(sorted(by_topic))})")
-            if by_topic[topic].msgtype not in expected[role]:
-                raise BagError(f"{bag}: {topic} is {by_topic[topic].msgtype}, expected {' or '.join(expected[role])}")
+        topics = _checked_topics(bag, {c.topic: c.msgtype for c in reader.connections}, topics, spec)
         role_of = {topic: role for role, topic in topics.items()}
-        connections = [by_topic[t] for t in role_of if t in by_topic]
-        to_sample = SAMPLE_FROM_MESSAGE[spec.sensor_type]
+        connections = [c for c in reader.connections if c.topic in role_of]
         for connection, bag_ns, raw in reader.messages(connections=connections):
             msg = reader.deserialize(raw, connection.msgtype)
-            role = role_of[connection.topic]
-            header = getattr(msg, "header", None)
-            # One formula for header and bag times, so the same instant gives the same float.
-            sec, nanosec = divmod(bag_ns, 1_000_000_000)
-            if header is not None and (header.stamp.sec or header.stamp.nanosec):
-                sec, nanosec = header.stamp.sec, header.stamp.nanosec
-            stamp = sec + nanosec * 1e-9
-            if role == "image":
-                try:
-                    rec.images.append((stamp, decode_rgb(msg)))
-                except ConversionError:
-                    continue  # as in vlm_node: a bad image is dropped
-            elif role == "sensor":
-                rec.sensor.append((stamp, np.asarray(to_sample(msg), dtype=np.float32)))
-            elif role == "instruction":
-                rec.instructions.append((stamp, msg.data.strip()))
-            elif role == "executed":
-                rec.executed += _commands(msg, connection.msgtype, stamp, spec.action_names, twist_mapping)
-            else:
-                add_commands(rec.commands, stamp, _commands(msg, connection.msgtype, stamp, spec.action_names,
-                                                            twist_mapping),
-                             plan=connection.msgtype.endswith("JointTrajectory"))
+            _add(rec, role_of[connection.topic], msg, connection.msgtype, _stamp(msg, bag_ns), spec, twist_mapping)
     except BagError:
         raise
     except Exception as exc:
@@ -144,6 +110,52 @@ def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_map
     if not rec.sensor or not rec.commands:
         raise BagError(f"{bag}: needs messages on {topics['sensor']} and {topics['action']}")
     return rec
+
+
+def _checked_topics(bag: Path, msgtypes: dict[str, str], topics: dict[str, str], spec: ModelSpec) -> dict[str, str]:
+    """The roles the bag has, each topic of an accepted type; the executed-command topic and the
+    instruction are optional (the action topic and --instruction stand in for them)."""
+    expected = {"image": ("sensor_msgs/msg/Image",), "instruction": ("std_msgs/msg/String",),
+                "action": ACTION_TYPES, "sensor": (SENSOR_MSGTYPES[spec.sensor_type],), "executed": ACTION_TYPES}
+    if topics.get("executed") not in msgtypes:
+        topics = {k: v for k, v in topics.items() if k != "executed"}
+    for role, topic in topics.items():
+        if role == "instruction" and topic not in msgtypes:
+            continue
+        if topic not in msgtypes:
+            raise BagError(f"{bag}: no topic {topic} for {role} (topics: {', '.join(sorted(msgtypes))})")
+        if msgtypes[topic] not in expected[role]:
+            raise BagError(f"{bag}: {topic} is {msgtypes[topic]}, expected {' or '.join(expected[role])}")
+    return {role: topic for role, topic in topics.items() if topic in msgtypes}
+
+
+def _stamp(msg, bag_ns: int) -> float:
+    """The header stamp, else the bag's receive time; one formula, so one instant gives one float."""
+    sec, nanosec = divmod(bag_ns, 1_000_000_000)
+    header = getattr(msg, "header", None)
+    if header is not None and (header.stamp.sec or header.stamp.nanosec):
+        sec, nanosec = header.stamp.sec, header.stamp.nanosec
+    return sec + nanosec * 1e-9
+
+
+def _add(rec: Recording, role: str, msg, msgtype: str, stamp: float, spec: ModelSpec, twist_mapping: list[str]) -> None:
+    from ..core.images import ConversionError, decode_rgb
+    from ..core.sensor_window import SAMPLE_FROM_MESSAGE
+
+    if role == "image":
+        try:
+            rec.images.append((stamp, decode_rgb(msg)))
+        except ConversionError:
+            pass  # as in vlm_node: a bad image is dropped
+    elif role == "sensor":
+        rec.sensor.append((stamp, np.asarray(SAMPLE_FROM_MESSAGE[spec.sensor_type](msg), dtype=np.float32)))
+    elif role == "instruction":
+        rec.instructions.append((stamp, msg.data.strip()))
+    elif role == "executed":
+        rec.executed += _commands(msg, msgtype, stamp, spec.action_names, twist_mapping)
+    else:
+        add_commands(rec.commands, stamp, _commands(msg, msgtype, stamp, spec.action_names, twist_mapping),
+                     plan=msgtype.endswith("JointTrajectory"))
 
 
 def commands_over(times: np.ndarray, values: np.ndarray, starts: np.ndarray, steps: int,
