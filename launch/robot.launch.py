@@ -11,10 +11,9 @@ CPU VLM) after params_file, and sets use_sim_time on every node (sim_node publis
 import os
 
 from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch_ros.actions import Node
-
-from launch import LaunchDescription
 
 
 def _nodes(context):
