@@ -25,23 +25,20 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "mutation"
 EQUIVALENT = DOCS / "equivalent.yaml"
-STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
-          24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "caught by type check",
-          -11: "segfault", -9: "segfault", None: "not checked"}
-
-
 def mutmut(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("mutmut")
     return subprocess.run([str(exe), *args], cwd=ROOT, check=not capture, text=True, capture_output=capture)
 
 
 def results() -> dict[str, tuple[str, str]]:
-    """mutant name -> (status, source file), from mutmut's .meta files."""
+    """mutant name -> (status, source file), from mutmut's .meta files and mutmut's own exit-code table."""
+    from mutmut.__main__ import status_by_exit_code
+
     out = {}
     for meta in sorted((ROOT / "mutants").rglob("*.py.meta")):
         source = str(meta.relative_to(ROOT / "mutants"))[: -len(".meta")]
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            out[name] = (STATUS.get(code, "suspicious"), source)
+            out[name] = (status_by_exit_code.get(code, "suspicious"), source)
     return out
 
 
