@@ -19,6 +19,7 @@ from sensor_msgs.msg import Image
 from trajectory_msgs.msg import JointTrajectory
 
 from mobile_vla_ros.ros.conversions import stamp_to_sec
+from mobile_vla_ros.tools.soak import ClockTracker
 
 SENSOR_HZ, WINDOW = 650.0, 65
 VLM_HZ = 3.0
@@ -30,17 +31,6 @@ RESUME_BOUND = WINDOW / SENSOR_HZ + 1.0 / VLM_HZ + 0.5
 DELIVERY = 0.02  # the probe and the node receive the same /clock message a few ms apart
 
 
-def clock_at(clock_items: list[tuple[float, float]], t: float) -> float:
-    """The newest /clock value the probe had received at monotonic time t."""
-    value = None
-    for arrival, sec in clock_items:
-        if arrival > t:
-            break
-        value = sec
-    assert value is not None, "no /clock before this instant"
-    return value
-
-
 def jump_and_check(probe, clocks, chunks, twists, features, offset: float) -> dict:
     """Set the source's clock offset, find the jump in the /clock stream, and check the rules."""
     before = clocks.since(0.0)[-1][1]
@@ -49,16 +39,18 @@ def jump_and_check(probe, clocks, chunks, twists, features, offset: float) -> di
     wait_for(lambda: any(abs(v - before) > JUMP / 2 for _, v in clocks.since(t_set)), 5, "the jump on /clock")
     t_jump, new_clock = next((t, v) for t, v in clocks.since(t_set) if abs(v - before) > JUMP / 2)
     wait_for(lambda: len(chunks.since(t_jump)) >= 10, 15, "chunks to resume after the jump")
-    clock_items = clocks.since(t_jump - 1.0)
+    clock = ClockTracker()  # the sim time at an arrival, as the soak benchmark estimates it
+    for arrival, sec in clocks.since(t_jump - 1.0):
+        clock.add(arrival, sec)
 
     # Nothing from the wrong timeline: every chunk's window ends within [clock - gap, clock] and every
     # chunk follows features of the new timeline.
     first_new_features = next(t for t, stamp in features.since(t_jump) if stamp >= new_clock - 0.5)
     after = chunks.since(t_jump + DELIVERY)
     for arrival, stamp in after:
-        clock = clock_at(clock_items, arrival)
-        assert clock - MAX_SENSOR_GAP - 0.1 <= stamp <= clock + DELIVERY, \
-            f"chunk stamped {stamp:.3f} with the clock at {clock:.3f} (jump to {new_clock:.3f})"
+        now = clock.sim_at(arrival)
+        assert now - MAX_SENSOR_GAP - 0.1 <= stamp <= now + DELIVERY, \
+            f"chunk stamped {stamp:.3f} with the clock at {now:.3f} (jump to {new_clock:.3f})"
         assert arrival >= first_new_features - DELIVERY, "a chunk before any features of the new timeline"
 
     # Zero within one action period; only zeros until the first chunk of the new timeline.

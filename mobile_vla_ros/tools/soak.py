@@ -65,12 +65,15 @@ class ClockTracker:
         self.changes: list[tuple[float, float]] = []  # (arrival, new offset)
 
     def __call__(self, msg) -> None:
-        now = time.monotonic()
-        offset = stamp_to_sec(msg.clock) - now
+        self.add(time.monotonic(), stamp_to_sec(msg.clock))
+
+    def add(self, arrival: float, sim: float) -> None:
+        """One /clock reading `sim` that arrived at monotonic time `arrival`."""
+        offset = sim - arrival
         with self.lock:
             # Delivery jitter moves the offset by ms; a jump moves it by seconds.
             if not self.changes or abs(offset - self.changes[-1][1]) > 0.5:
-                self.changes.append((now, offset))
+                self.changes.append((arrival, offset))
 
     def sim_at(self, t: float) -> float:
         """Sim time at monotonic time t, as the clock then ran."""
