@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mobile_vla_ros.tools.processes import NodeProcess
+from mobile_vla_ros.tools.bringup.processes import NodeProcess
 from mobile_vla_ros.tools.ros_observer import Observer, Recorder, diagnostics_of, wait_for
 
 REPO = Path(__file__).resolve().parents[1]

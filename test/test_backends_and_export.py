@@ -14,9 +14,9 @@ from mobile_vla_ros.core.model_spec import ModelSpec, ModelSpecError, check_para
 from mobile_vla_ros.core.motion import MOTION_INPUT
 from mobile_vla_ros.models.action_expert import ActionExpert, ActionExpertConfig
 from mobile_vla_ros.paths import default_model_dir
-from mobile_vla_ros.tools.export import verify_onnx, write_model_dir
+from mobile_vla_ros.tools.deploy.export import verify_onnx, write_model_dir
 
-EXPORT = [sys.executable, "-m", "mobile_vla_ros.tools.export"]
+EXPORT = [sys.executable, "-m", "mobile_vla_ros.tools.deploy.export"]
 
 
 def test_export_cli_round_trip_within_1e4_on_100_inputs(tmp_path):

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from mobile_vla_ros.tools import bench
+from mobile_vla_ros.tools.bench import cli as bench
 
 VLM_LATENCY = 0.3
 

@@ -10,7 +10,7 @@ import pytest
 from ros_harness import REPO, wait_for
 from trajectory_msgs.msg import JointTrajectory
 
-BRINGUP = [sys.executable, "-m", "mobile_vla_ros.tools.bringup"]
+BRINGUP = [sys.executable, "-m", "mobile_vla_ros.tools.bringup.cli"]
 
 
 @pytest.mark.timeout(120)

@@ -1,4 +1,4 @@
-"""The in-process closed loop (tools/closed_loop.py) that the closed-loop benchmark runs on: it is
+"""The in-process closed loop (tools/simulation/closed_loop.py) that the closed-loop benchmark runs on: it is
 deterministic, it models the VLM latency in sim time, and its sync mode decides once per forward."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 from mobile_vla_ros.core.safety import feature_age_limit
 from mobile_vla_ros.paths import default_model_dir
 from mobile_vla_ros.sim.world import SimConfig
-from mobile_vla_ros.tools.closed_loop import LoopConfig, run_episodes
+from mobile_vla_ros.tools.simulation.closed_loop import LoopConfig, run_episodes
 
 SIM = SimConfig(time_limit=6.0)
 

@@ -8,7 +8,7 @@ import torch
 
 from mobile_vla_ros.core.backends import tensorrt_installed
 from mobile_vla_ros.paths import share_dir
-from mobile_vla_ros.tools import bench
+from mobile_vla_ros.tools.bench import cli as bench
 
 CONFIG = share_dir() / "config"
 

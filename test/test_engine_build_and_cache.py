@@ -12,7 +12,7 @@ from bag_fixtures import write_imu_bag
 from mobile_vla_ros.core.engine_cache import EngineKey, find_engine, write_sidecar
 from mobile_vla_ros.core.model_spec import INPUT_FEATURES, INPUT_SENSOR, ModelSpec, ModelSpecError
 from mobile_vla_ros.paths import default_model_dir
-from mobile_vla_ros.tools.recorded_inputs import recorded_inputs
+from mobile_vla_ros.tools.deploy.recorded_inputs import recorded_inputs
 
 KEY = EngineKey("ab" * 32, "Orin (nvgpu)", "8.7", "10.3.0", "fp16")
 
@@ -39,7 +39,7 @@ def test_find_engine_checks_the_sidecar(tmp_path):
 
 # The build CLI as on a machine without TensorRT, whatever this one has: `import tensorrt` fails.
 WITHOUT_TENSORRT = ("import runpy, sys; sys.modules['tensorrt'] = None; sys.argv[0] = 'build_engine'; "
-                    "runpy.run_module('mobile_vla_ros.tools.build_engine', run_name='__main__')")
+                    "runpy.run_module('mobile_vla_ros.tools.deploy.build_engine', run_name='__main__')")
 
 
 def test_build_engine_cli_without_tensorrt_is_a_clear_error(tmp_path):
@@ -48,7 +48,7 @@ def test_build_engine_cli_without_tensorrt_is_a_clear_error(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert "TensorRT is not installed" in result.stderr and "Traceback" not in result.stderr
-    result = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.build_engine", "--model-dir",
+    result = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.deploy.build_engine", "--model-dir",
                              str(tmp_path), "--int8"], capture_output=True, text=True)
     assert result.returncode == 1 and "model.yaml: missing" in result.stderr
 
@@ -71,7 +71,7 @@ def test_missing_topic_in_bag_is_named(tmp_path):
 
 def test_export_verifies_on_recorded_inputs_too(tmp_path):
     bag = write_imu_bag(tmp_path / "bag", "mcap", samples=650, feature_value=0.5)
-    result = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.export", "--random-init", "--out",
+    result = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.deploy.export", "--random-init", "--out",
                              str(tmp_path / "m"), "--verify-bag", str(bag)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "over 100 random inputs + 10 recorded ones" in result.stdout

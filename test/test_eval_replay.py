@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from bag_fixtures import write_episode_bag
 
-from mobile_vla_ros.tools import evaluate, recordings
+from mobile_vla_ros.tools import recordings
+from mobile_vla_ros.tools.evaluation import evaluate
 
-EVAL = [sys.executable, "-m", "mobile_vla_ros.tools.evaluate"]
+EVAL = [sys.executable, "-m", "mobile_vla_ros.tools.evaluation.evaluate"]
 
 
 @pytest.fixture(scope="module")

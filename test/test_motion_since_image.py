@@ -106,9 +106,10 @@ class _Recording:
 def test_one_recorded_stream_gives_the_same_motion_in_core_replay_and_training(tmp_path, tiny_vlm_dir):
     """The node's core (streamed sample by sample, as the node and offline replay feed it) and
     training (one batch per bag) compute the motion with the same function and agree."""
-    from mobile_vla_ros.tools import record_sim, train
-    from mobile_vla_ros.tools.evaluate import ReplayConfig, replay
+    from mobile_vla_ros.tools.evaluation.evaluate import ReplayConfig, replay
     from mobile_vla_ros.tools.recordings import EXECUTED_TOPIC, read_recording
+    from mobile_vla_ros.tools.simulation import record_sim
+    from mobile_vla_ros.tools.training import train
     from mobile_vla_ros.vlm.base import ExtractorConfig
     from mobile_vla_ros.vlm.factory import create_extractor
 

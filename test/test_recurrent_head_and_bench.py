@@ -11,8 +11,8 @@ import torch
 from mobile_vla_ros.core.backends import OnnxRuntimeBackend, TorchBackend
 from mobile_vla_ros.core.model_spec import ModelSpec
 from mobile_vla_ros.models.action_expert import ActionExpertConfig, RecurrentActionExpert, build_action_expert
-from mobile_vla_ros.tools.bench import bench_spec
-from mobile_vla_ros.tools.export import write_model_dir
+from mobile_vla_ros.tools.bench.cli import bench_spec
+from mobile_vla_ros.tools.deploy.export import write_model_dir
 
 
 def test_recurrent_head_round_trip_through_onnx(tmp_path):
@@ -40,7 +40,7 @@ def test_seed_shape_has_the_documented_size():
 
 def test_inference_benchmark_writes_rows_for_each_backend(tmp_path):
     out = tmp_path / "inference.json"
-    result = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.bench", "inference", "--heads", "conv_mlp",
+    result = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.bench.cli", "inference", "--heads", "conv_mlp",
                              "--batches", "1,4", "--iters", "50", "--max-seconds", "1", "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -71,7 +71,7 @@ def test_fp16_matches_fp32_within_1e2_normalised_on_gpu():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
 @pytest.mark.parametrize("motion_input", [None, "motion_since_image"])
 def test_cuda_graph_runner_matches_onnxruntime_on_gpu(tmp_path, motion_input):
-    from mobile_vla_ros.tools.bench import TorchCudaRunner
+    from mobile_vla_ros.tools.bench.cli import TorchCudaRunner
 
     spec = bench_spec(feature_dim=2048, head="conv_mlp")
     spec.motion_input = motion_input

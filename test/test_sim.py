@@ -98,7 +98,7 @@ def test_expert_succeeds_and_baselines_do_not():
 def test_record_sim_writes_readable_bags_and_resumes(tmp_path):
     from rosbags.highlevel import AnyReader
 
-    from mobile_vla_ros.tools import record_sim
+    from mobile_vla_ros.tools.simulation import record_sim
 
     assert record_sim.main(["--episodes", "2", "--seed", "7", "--out", str(tmp_path), "--storage", "sqlite3"]) == 0
     summary = json.loads((tmp_path / "episodes.json").read_text())
@@ -136,8 +136,8 @@ def test_record_sim_writes_readable_bags_and_resumes(tmp_path):
 
 
 def test_record_sim_rejects_bad_arguments(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.record_sim", "--episodes", "0", "--out",
-                           str(tmp_path)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.simulation.record_sim", "--episodes", "0",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--episodes must be >= 1" in proc.stderr and "Traceback" not in proc.stderr
 
 

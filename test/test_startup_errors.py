@@ -95,7 +95,7 @@ def test_a_malformed_parameter_file_ends_in_one_line_naming_file_and_line(tmp_pa
     bad.write_text("/**/action_expert_node:\n  ros__parameters:\n    action_hz: [10.0\n    backend: auto\n")
     commands = [[sys.executable, "-m", f"mobile_vla_ros.{m}", "--ros-args", "--params-file", str(bad)]
                 for m in ("action_expert_node", "vlm_node")]
-    commands.append([sys.executable, "-m", "mobile_vla_ros.tools.bringup", "--params-file", str(bad)])
+    commands.append([sys.executable, "-m", "mobile_vla_ros.tools.bringup.cli", "--params-file", str(bad)])
     for command in commands:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
         lines = proc.stderr.strip().splitlines()

@@ -80,7 +80,7 @@ def test_the_checker_finds_a_circle_and_a_lazy_import():
     assert circles(graph) == [["a", "b", "c"]]
     edges = import_graph()
     # bringup imports sim_run only inside a function: still an edge.
-    assert "mobile_vla_ros.tools.sim_run" in edges["mobile_vla_ros.tools.bringup"]
+    assert "mobile_vla_ros.tools.bringup.sim_job" in edges["mobile_vla_ros.tools.bringup.cli"]
 
 
 def test_no_import_circles():

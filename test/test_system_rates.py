@@ -19,7 +19,7 @@ VLM_CPU = {"device": "cpu", "dtype": "fp32"}
 
 
 def start_system(processes, vlm_params=None, action_params=None, sources_params=None):
-    processes.append(NodeProcess("tools.synthetic_sources", sources_params or {}))
+    processes.append(NodeProcess("tools.bringup.synthetic_sources", sources_params or {}))
     processes.append(NodeProcess("vlm_node", {**VLM_CPU, **(vlm_params or {})}))
     processes.append(NodeProcess("action_expert_node", action_params or {}))
 

@@ -26,7 +26,7 @@ VLM = {"device": "cpu", "dtype": "fp32", "vlm_hz": 3.0}
 def test_sigterm_publishes_a_final_zero_command(probe, processes):
     chunks = probe.record(JointTrajectory, "action_chunk", 10)
     twists = probe.record(Twist, "cmd_vel", 10)
-    processes.append(NodeProcess("tools.synthetic_sources", {}))
+    processes.append(NodeProcess("tools.bringup.synthetic_sources", {}))
     processes.append(NodeProcess("vlm_node", VLM))
     action = NodeProcess("action_expert_node", {"max_action_step": [10.0, 10.0]})
     processes.append(action)
@@ -47,7 +47,7 @@ def test_sigterm_publishes_a_final_zero_command(probe, processes):
 def test_killed_vlm_node_stops_the_robot_and_a_restart_resumes(probe, processes):
     chunks = probe.record(JointTrajectory, "action_chunk", 10)
     twists = probe.record(Twist, "cmd_vel", 10)
-    processes.append(NodeProcess("tools.synthetic_sources", {}))
+    processes.append(NodeProcess("tools.bringup.synthetic_sources", {}))
     vlm = NodeProcess("vlm_node", VLM)
     processes.append(vlm)
     processes.append(NodeProcess("action_expert_node", {"max_feature_age": 1.0}))
@@ -105,7 +105,7 @@ def _malformed_features(probe):
 def test_malformed_message_flood_is_dropped_and_counted_while_chunks_keep_flowing(probe, processes):
     chunks = probe.record(JointTrajectory, "action_chunk", 10)
     diags = probe.diagnostics()
-    processes.append(NodeProcess("tools.synthetic_sources", {}))
+    processes.append(NodeProcess("tools.bringup.synthetic_sources", {}))
     processes.append(NodeProcess("vlm_node", VLM))
     processes.append(NodeProcess("action_expert_node", {}))
     wait_for(lambda: chunks.count() >= 10, 60, "chunks before the flood")

@@ -54,7 +54,7 @@ def test_stale_features_and_sensor_gap_stop_then_recover(probe, processes):
     chunks = probe.record(JointTrajectory, "action_chunk", 10)
     twists = probe.record(Twist, "cmd_vel", 10)
     diags = probe.diagnostics()
-    processes.append(NodeProcess("tools.synthetic_sources", {}))
+    processes.append(NodeProcess("tools.bringup.synthetic_sources", {}))
     processes.append(NodeProcess("vlm_node", {"device": "cpu", "dtype": "fp32", "vlm_hz": 3.0,
                                               "max_image_age": 0.3}))
     processes.append(NodeProcess("action_expert_node", {"max_feature_age": MAX_FEATURE_AGE,
@@ -97,7 +97,7 @@ def test_model_emitting_nan_publishes_no_chunk_commands_zero_and_reports_error(p
     twists = probe.record(Twist, "cmd_vel", 10)
     features = probe.record(Image, "vl_features")
     diags = probe.diagnostics()
-    processes.append(NodeProcess("tools.synthetic_sources", {}))
+    processes.append(NodeProcess("tools.bringup.synthetic_sources", {}))
     processes.append(NodeProcess("vlm_node", {"device": "cpu", "dtype": "fp32", "vlm_hz": 3.0}))
     # The model is non-finite from the first tick, so the node never leaves the stopped state: hold the
     # zero command longer than the test so the probe sees it however late DDS discovery completes.

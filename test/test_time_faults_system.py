@@ -19,7 +19,7 @@ from sensor_msgs.msg import Image
 from trajectory_msgs.msg import JointTrajectory
 
 from mobile_vla_ros.ros.conversions import stamp_to_sec
-from mobile_vla_ros.tools.soak import ClockTracker
+from mobile_vla_ros.tools.bench.soak import ClockTracker
 
 SENSOR_HZ, WINDOW = 650.0, 65
 VLM_HZ = 3.0
@@ -76,7 +76,7 @@ def test_clock_jumps_back_and_forward_stop_then_resume_on_the_new_timeline(probe
     features = probe.record(Image, "vl_features", transform=lambda m: stamp_to_sec(m.header.stamp))
     diags = probe.diagnostics()
     sim = {"use_sim_time": True}
-    processes.append(NodeProcess("tools.synthetic_sources", {"publish_clock": True, "sensor_hz": SENSOR_HZ}))
+    processes.append(NodeProcess("tools.bringup.synthetic_sources", {"publish_clock": True, "sensor_hz": SENSOR_HZ}))
     processes.append(NodeProcess("vlm_node", {**sim, "device": "cpu", "dtype": "fp32", "vlm_hz": VLM_HZ}))
     processes.append(NodeProcess("action_expert_node", {**sim, "max_sensor_gap": MAX_SENSOR_GAP,
                                                         "max_feature_age": MAX_FEATURE_AGE}))

@@ -14,8 +14,9 @@ from bag_fixtures import write_episode_bag
 
 from mobile_vla_ros.core.backend_factory import create_backend
 from mobile_vla_ros.core.model_spec import ModelSpec
-from mobile_vla_ros.tools import record_sim, train
 from mobile_vla_ros.tools.recordings import Recording
+from mobile_vla_ros.tools.simulation import record_sim
+from mobile_vla_ros.tools.training import train
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +149,7 @@ def test_two_process_ddp_trains_the_same_model_as_one(sim_bags, tiny_vlm_dir, tm
     assert train.main(train_args(sim_bags, tiny_vlm_dir, tmp_path / "one", tmp_path / "cache", *common)) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                           str(29500 + os.getpid() % 1000), "-m", "mobile_vla_ros.tools.train",
+                           str(29500 + os.getpid() % 1000), "-m", "mobile_vla_ros.tools.training.train",
                            *train_args(sim_bags, tiny_vlm_dir, tmp_path / "two", tmp_path / "cache", *common)],
                           capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -181,9 +182,9 @@ def test_a_wrench_model_is_trained_from_wrench_bags_and_runs_in_the_core(tiny_vl
 
 def test_bad_bags_stop_with_one_line(tmp_path, tiny_vlm_dir):
     def run(*args):
-        proc = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.train", "--out", str(tmp_path / "m"),
-                               "--vlm-model-path", str(tiny_vlm_dir), *args], capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.training.train", "--out",
+                               str(tmp_path / "m"), "--vlm-model-path", str(tiny_vlm_dir), *args],
+                              capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         return proc.stderr.strip().splitlines()[-1]
 

@@ -20,8 +20,8 @@ from mobile_vla_ros.core.backend_factory import create_backend
 from mobile_vla_ros.core.model_spec import ModelSpec
 from mobile_vla_ros.core.params import VLM_NODE_PARAMS
 from mobile_vla_ros.paths import default_model_dir, share_dir
-from mobile_vla_ros.tools.evaluate import ReplayConfig, replay
-from mobile_vla_ros.tools.processes import yaml_params
+from mobile_vla_ros.tools.bringup.processes import yaml_params
+from mobile_vla_ros.tools.evaluation.evaluate import ReplayConfig, replay
 from mobile_vla_ros.tools.recordings import Recording
 from mobile_vla_ros.vlm.base import ExtractorConfig
 from mobile_vla_ros.vlm.factory import create_extractor

@@ -11,11 +11,11 @@ import math
 import time
 from pathlib import Path
 
-from ..core.params import SYNC_LOOP_VLM_HZ
-from ..sim.world import SimConfig
-from .cli import progress_bar
+from ...core.params import SYNC_LOOP_VLM_HZ
+from ...sim.world import SimConfig
+from ..cli import progress_bar
+from ..ros_observer import SUMMARY_KEYS
 from .processes import NodeProcess, yaml_params
-from .ros_observer import SUMMARY_KEYS
 
 POLICY_NODES = ("vlm_node", "action_expert_node")
 SYNC_NODE = "sync_baseline_node"
@@ -31,7 +31,7 @@ def policy_processes(mode: str, params_files: list[Path], namespace: str, log_le
     params = yaml_params(params_files, POLICY_NODES)
     params.pop("action_hz", None)  # a decision per forward, not per tick
     params["vlm_hz"] = SYNC_LOOP_VLM_HZ
-    return {SYNC_NODE: NodeProcess("tools.sync_baseline", params, node_name=SYNC_NODE, namespace=namespace,
+    return {SYNC_NODE: NodeProcess("tools.bringup.sync_baseline", params, node_name=SYNC_NODE, namespace=namespace,
                                    log_level=log_level, log_dir=out)}
 
 
@@ -41,8 +41,8 @@ def run_closed_loop(params_files: list[Path], episodes: int, seed: int, out: Pat
     """Run the nodes against the simulator for `episodes` episodes; return the report dict."""
     from std_msgs.msg import String
 
-    from ..sim.messages import TOPICS
-    from .ros_observer import Observer
+    from ...sim.messages import TOPICS
+    from ..ros_observer import Observer
 
     out.mkdir(parents=True, exist_ok=True)
     sim_params = {"seed": seed, "episodes": episodes, "task_set": task_set}
@@ -88,8 +88,8 @@ def run_closed_loop(params_files: list[Path], episodes: int, seed: int, out: Pat
 
 
 def baselines(episodes: list[dict], cfg: SimConfig) -> dict[str, list[dict]]:
-    from ..sim.episode import run_baseline
-    from ..sim.world import sample_task
+    from ...sim.episode import run_baseline
+    from ...sim.world import sample_task
 
     return {policy: [run_baseline(sample_task(e["seed"], cfg), policy, cfg).to_dict() for e in episodes]
             for policy in ("zero", "random")}
@@ -119,7 +119,7 @@ def plot_trajectories(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..sim.world import COLORS
+    from ...sim.world import COLORS
 
     rows = report["episodes"]
     cols = min(5, max(1, len(rows)))

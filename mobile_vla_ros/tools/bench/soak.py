@@ -26,10 +26,12 @@ import threading
 import time
 from dataclasses import asdict
 
-from ..core.names import CMD_VEL_TOPIC, FEATURES_TOPIC, SENSOR_FRAME
-from ..core.params import ACTION_NODE_PARAMS, spec_by_name
-from ..ros.conversions import stamp_to_sec
-from .bench_loop import (
+from ...core.names import CMD_VEL_TOPIC, FEATURES_TOPIC, SENSOR_FRAME
+from ...core.params import ACTION_NODE_PARAMS, spec_by_name
+from ...ros.conversions import stamp_to_sec
+from ..bringup.processes import yaml_params
+from ..ros_observer import ProcessSampler, diagnostics_of, wait_for
+from .loop import (
     ASYNC,
     LoopConfig,
     LoopObserver,
@@ -40,8 +42,6 @@ from .bench_loop import (
     running_system,
     vlm_process,
 )
-from .processes import yaml_params
-from .ros_observer import ProcessSampler, diagnostics_of, wait_for
 
 FAULTS = ("clock_back", "clock_forward", "vlm_kill", "sensor_stall", "malformed_burst")
 CLOCK_JUMP = 10.0
@@ -100,7 +100,7 @@ class SoakObserver(LoopObserver):
         from sensor_msgs.msg import Image, Imu
         from std_msgs.msg import String
 
-        from ..ros.node_support import LATCHED_QOS, SENSOR_QOS
+        from ...ros.node_support import LATCHED_QOS, SENSOR_QOS
 
         super().__init__(sim_time=sim_time)
         self.commands = self.record(Twist, CMD_VEL_TOPIC, 100, lambda m: m.linear.x == 0.0 and m.angular.z == 0.0)
@@ -197,7 +197,7 @@ class FaultInjector:
         from sensor_msgs.msg import Image, Imu
         from std_msgs.msg import Header, String
 
-        from ..ros.conversions import sec_to_stamp
+        from ...ros.conversions import sec_to_stamp
 
         before = self._fresh_diagnostics()
         t0 = time.monotonic()

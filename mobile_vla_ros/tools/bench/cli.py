@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.backends import graph_inputs
-from ..core.model_spec import ModelSpec, Normalization, input_shapes
-from .cli import comma_list, progress_bar
+from ...core.backends import graph_inputs
+from ...core.model_spec import ModelSpec, Normalization, input_shapes
+from ..cli import comma_list, progress_bar
 from .timing import measure
 
 
@@ -97,7 +97,7 @@ def make_runners(model, spec: ModelSpec, model_dir: Path) -> list[tuple[str, str
     """(backend, precision, batch -> run function) for every backend usable on this machine."""
     import torch
 
-    from ..core.backends import OnnxRuntimeBackend, TorchBackend, tensorrt_usable
+    from ...core.backends import OnnxRuntimeBackend, TorchBackend, tensorrt_usable
 
     runners: list[tuple[str, str, Callable[[int], Callable]]] = [
         ("onnxruntime-cpu", "fp32", lambda b: OnnxRuntimeBackend(model_dir, spec, use_cuda=False).run),
@@ -110,7 +110,7 @@ def make_runners(model, spec: ModelSpec, model_dir: Path) -> list[tuple[str, str
             ("torch-cuda+graph", "fp16", lambda b: TorchCudaRunner(model, b, spec, torch.float16, True).run),
         ]
     if tensorrt_usable():
-        from ..core.tensorrt_backend import TensorRTBackend
+        from ...core.tensorrt_backend import TensorRTBackend
 
         runners.append(("tensorrt", "fp16", lambda b: TensorRTBackend(model_dir, spec, model_dir).run))
     return runners
@@ -120,8 +120,8 @@ def inference_rows(heads: list[str], batches: list[int], feature_dim: int, iters
                    max_seconds: float, log=print) -> list[dict]:
     import torch
 
-    from ..models.action_expert import ActionExpertConfig, build_action_expert
-    from .export import write_model_dir
+    from ...models.action_expert import ActionExpertConfig, build_action_expert
+    from ..deploy.export import write_model_dir
 
     rows = []
     rng = np.random.default_rng(0)
@@ -157,7 +157,7 @@ def environment() -> dict:
     import onnxruntime
     import torch
 
-    from ..core.backends import tensorrt_installed
+    from ...core.backends import tensorrt_installed
 
     env = {"python": platform.python_version(), "machine": platform.machine(), "processor": _cpu_name(),
            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what in ("loop", "soak"):
         return system_bench(args)
     if args.what == "doctor":
-        from ..paths import share_dir
+        from ...paths import share_dir
         from .doctor import main as doctor
 
         return doctor(args.params_file or [share_dir() / "config" / "robot.yaml"], args.out)
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 def vlm_bench(args) -> int:
     import torch
 
-    from .bench_vlm import vlm_rows, vlm_table
+    from .vlm import vlm_rows, vlm_table
 
     if not torch.cuda.is_available():
         print("mobile-vla-bench: error: vlm needs a CUDA GPU (full-size VLMs on a CPU take seconds per forward)",
@@ -290,9 +290,9 @@ def vlm_bench(args) -> int:
 def closed_loop_bench(args) -> int:
     import os
 
-    from ..paths import default_model_dir
-    from ..sim import cannot_simulate
-    from . import bench_closed_loop as C
+    from ...paths import default_model_dir
+    from ...sim import cannot_simulate
+    from . import closed_loop as C
 
     reason = cannot_simulate(args.episodes)
     bad_modes = [m for m in args.modes if m not in C.MODES]
@@ -334,7 +334,7 @@ def closed_loop_bench(args) -> int:
 def system_bench(args) -> int:
     import os
 
-    from . import bench_loop as B
+    from . import loop as B
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # every node runs on this machine
     env = environment()

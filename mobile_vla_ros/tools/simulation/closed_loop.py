@@ -26,16 +26,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.action_pipeline import ActionExpertCore
-from ..core.chunk_executor import ChunkExecutor
-from ..core.model_spec import ModelSpec
-from ..core.motion import twist_components
-from ..core.params import ACTION_NODE_PARAMS, SYNC_LOOP_VLM_HZ, VLM_NODE_PARAMS, spec_by_name
-from ..core.safety import feature_age_limit
-from ..core.vlm_schedule import CameraFrame, VirtualTimeVlm, VlmScheduler
-from ..sim.episode import SimEpisode
-from ..sim.messages import SIM_EPOCH
-from ..sim.world import SimConfig, sample_task
+from ...core.action_pipeline import ActionExpertCore
+from ...core.chunk_executor import ChunkExecutor
+from ...core.model_spec import ModelSpec
+from ...core.motion import twist_components
+from ...core.params import ACTION_NODE_PARAMS, SYNC_LOOP_VLM_HZ, VLM_NODE_PARAMS, spec_by_name
+from ...core.safety import feature_age_limit
+from ...core.vlm_schedule import CameraFrame, VirtualTimeVlm, VlmScheduler
+from ...sim.episode import SimEpisode
+from ...sim.messages import SIM_EPOCH
+from ...sim.world import SimConfig, sample_task
 
 MODES = ("async", "sync")
 _ACTION = spec_by_name(ACTION_NODE_PARAMS)
@@ -185,9 +185,9 @@ class ClosedLoopEpisode:
 
 def run_episodes(seeds: list[int], sim_cfg: SimConfig, cfg: LoopConfig, model_dir, progress=None) -> list[dict]:
     """Closed-loop episodes for `seeds` with the model in `model_dir` (ONNX Runtime, CPU VLM)."""
-    from ..core.backend_factory import create_backend
-    from ..vlm.base import ExtractorConfig
-    from ..vlm.factory import create_extractor
+    from ...core.backend_factory import create_backend
+    from ...vlm.base import ExtractorConfig
+    from ...vlm.factory import create_extractor
 
     spec = ModelSpec.load(model_dir)
     backend = create_backend("onnxruntime", model_dir, spec)

@@ -1,7 +1,7 @@
 """`mobile-vla-bench closed-loop`: how well the robot is controlled as the VLM gets slower.
 
 For each (VLM latency, vlm_hz) setting, mode and task set, the same held-out seeds are driven
-closed loop in sim time by the robot's code (tools/closed_loop.py): `sync` (every decision waits
+closed loop in sim time by the robot's code (tools/simulation/closed_loop.py): `sync` (every decision waits
 for a forward), `async-no-motion` (the two nodes, a model without the motion input) and
 `async-motion` (the two nodes, the shipped model with it). Reports success, mean time to target,
 path length / straight-line distance and command smoothness (mean |change| of the executed
@@ -32,10 +32,10 @@ class Run:
 
 def measured_forward_seconds(model_dir: Path, repeats: int = 20) -> float:
     """Median forward of the model's VLM on a sim frame on this machine (the CPU stand-in's latency)."""
-    from ..core.model_spec import ModelSpec
-    from ..sim.world import SimRobot, sample_task
-    from ..vlm.base import ExtractorConfig
-    from ..vlm.factory import create_extractor
+    from ...core.model_spec import ModelSpec
+    from ...sim.world import SimRobot, sample_task
+    from ...vlm.base import ExtractorConfig
+    from ...vlm.factory import create_extractor
 
     spec = ModelSpec.load(model_dir)
     extractor = create_extractor(ExtractorConfig(backend=spec.vlm_backend, pooling=spec.vlm_pooling,
@@ -52,8 +52,8 @@ def measured_forward_seconds(model_dir: Path, repeats: int = 20) -> float:
 
 
 def _run_one(job: tuple[Run, float, list[int], dict[str, str]]) -> dict:
-    from ..sim.world import SimConfig
-    from .closed_loop import LoopConfig, run_episodes
+    from ...sim.world import SimConfig
+    from ..simulation.closed_loop import LoopConfig, run_episodes
 
     run, latency, seeds, models = job
     model = models["no_motion"] if run.mode == "async-no-motion" else models["motion"]

@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..params_files import first_params_file_error
-from ..paths import share_dir
-from ..sim.world import TASK_SETS
+from ...params_files import first_params_file_error
+from ...paths import share_dir
+from ...sim.world import TASK_SETS
 from .processes import node_command, shutdown
 
 NODES = ("vlm_node", "action_expert_node")
@@ -75,13 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = {name: node_command(name, params_files, args.namespace, args.log_level) for name in NODES}
     if args.synthetic:
         commands["synthetic_sources"] = node_command(
-            "tools.synthetic_sources", [], args.namespace, args.log_level,
+            "tools.bringup.synthetic_sources", [], args.namespace, args.log_level,
             ["-p", f"instruction:={args.instruction}"])
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.synthetic:  # everything runs on this machine: keep DDS discovery on loopback
         env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
         os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    from .ros_observer import DiagnosticsMonitor  # imports rclpy: only when nodes run
+    from ..ros_observer import DiagnosticsMonitor  # imports rclpy: only when nodes run
 
     monitor = DiagnosticsMonitor() if args.duration > 0 else None
     procs: dict[str, subprocess.Popen] = {}
@@ -116,13 +116,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sim(args, params_files: list[Path]) -> int:
-    from ..sim import cannot_simulate
+    from ...sim import cannot_simulate
 
     reason = cannot_simulate(args.episodes)
     if reason:
         print(f"mobile-vla-bringup: error: {reason}", file=sys.stderr)
         return 2
-    from .sim_run import sim_job
+    from .sim_job import sim_job
 
     # Everything runs on this machine: keep DDS discovery on loopback.
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")

@@ -15,7 +15,7 @@ bags with a fixed staleness draw, early stopping, a resumable checkpoint per epo
 Writes action_expert.pt + action_expert.onnx (verified against PyTorch) + model.yaml into --out,
 and the VLM it was trained with into --out/vlm, so the directory is a complete model.
 
-`torchrun --nproc_per_node=N -m mobile_vla_ros.tools.train ...` trains with DistributedDataParallel
+`torchrun --nproc_per_node=N -m mobile_vla_ros.tools.training.train ...` trains with DistributedDataParallel
 (gloo on CPU, NCCL on GPU): every rank draws the same global shuffle and staleness, takes its
 share of each batch (batch size / N), and gradients are averaged, so N processes take the same
 steps as one.
@@ -35,13 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.model_spec import ModelSpec, ModelSpecError, Normalization
-from ..core.motion import MOTION_INPUT, MotionHistory, extend_from_streams, twist_components
-from ..core.names import CMD_VEL_TOPIC, IMAGE_TOPIC, INSTRUCTION_TOPIC, SENSOR_TOPIC, bag_topic
-from ..core.params import FEATURE_POOLINGS, VLM_BACKENDS
-from ..core.sensor_window import SENSOR_CHANNELS
-from .cli import comma_list, progress_bar, run_reporting_errors
-from .recordings import (
+from ...core.model_spec import ModelSpec, ModelSpecError, Normalization
+from ...core.motion import MOTION_INPUT, MotionHistory, extend_from_streams, twist_components
+from ...core.names import CMD_VEL_TOPIC, IMAGE_TOPIC, INSTRUCTION_TOPIC, SENSOR_TOPIC, bag_topic
+from ...core.params import FEATURE_POOLINGS, VLM_BACKENDS
+from ...core.sensor_window import SENSOR_CHANNELS
+from ..cli import comma_list, progress_bar, run_reporting_errors
+from ..recordings import (
     EXECUTED_TOPIC,
     SENSOR_MSGTYPES,
     BagError,
@@ -186,7 +186,7 @@ class Trainer:
     def __init__(self, args, spec: ModelSpec, train: Dataset, val: Dataset, dist) -> None:
         import torch
 
-        from ..models.action_expert import ActionExpertConfig, build_action_expert
+        from ...models.action_expert import ActionExpertConfig, build_action_expert
 
         self.torch, self.args, self.spec, self.train, self.val, self.dist = torch, args, spec, train, val, dist
         torch.manual_seed(args.seed)
@@ -385,8 +385,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     import torch
 
-    from ..paths import default_model_dir
-    from .export import write_model_dir
+    from ...paths import default_model_dir
+    from ..deploy.export import write_model_dir
 
     dist = init_distributed()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world))
@@ -432,8 +432,8 @@ def _check_args(args, dist) -> None:
 def _extractor(args, vlm_path: Path):
     """The VLM the features come from (CPU, FP32: the cache must not depend on the machine) and the
     identity of its feature function (the cache key)."""
-    from ..vlm.base import ExtractorConfig, VlmLoadError
-    from ..vlm.factory import create_extractor
+    from ...vlm.base import ExtractorConfig, VlmLoadError
+    from ...vlm.factory import create_extractor
 
     cfg = ExtractorConfig(backend=args.vlm_backend, pooling=args.pooling, model_path=str(vlm_path),
                           clip_model_path=args.clip_model_path, device="cpu", dtype="fp32")

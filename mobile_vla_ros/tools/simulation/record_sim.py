@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sim import cannot_simulate
-from ..sim.episode import ACTION_LIMITS, Expert, SimEpisode, expert_command_at
-from ..sim.messages import FRAMES, ORIENTATION_UNKNOWN, SIM_EPOCH, TOPICS, split_stamp, task_json, yaw_quaternion
-from ..sim.world import TASK_SETS, TIME_LIMITS, SimConfig, sample_task
-from .cli import progress_bar
+from ...sim import cannot_simulate
+from ...sim.episode import ACTION_LIMITS, Expert, SimEpisode, expert_command_at
+from ...sim.messages import FRAMES, ORIENTATION_UNKNOWN, SIM_EPOCH, TOPICS, split_stamp, task_json, yaw_quaternion
+from ...sim.world import TASK_SETS, TIME_LIMITS, SimConfig, sample_task
+from ..cli import progress_bar
 
 CONTROL_HZ = 50.0
 

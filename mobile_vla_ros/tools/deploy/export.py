@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.model_spec import (
+from ...core.model_spec import (
     INPUT_FEATURES,
     INPUT_SENSOR,
     ONNX_FILE,
@@ -23,8 +23,8 @@ from ..core.model_spec import (
     ModelSpecError,
     Normalization,
 )
-from ..core.names import SENSOR_TOPIC, bag_topic
-from ..core.sensor_window import SENSOR_CHANNELS
+from ...core.names import SENSOR_TOPIC, bag_topic
+from ...core.sensor_window import SENSOR_CHANNELS
 
 MAX_FP32_ERROR = 1e-4
 
@@ -54,7 +54,7 @@ def verify_onnx(model, model_dir: Path, spec: ModelSpec, samples: int = 100, see
     every recorded input when given."""
     import torch
 
-    from ..core.backends import OnnxRuntimeBackend
+    from ...core.backends import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(model_dir, spec, use_cuda=False)
     rng = np.random.default_rng(seed)
@@ -82,7 +82,7 @@ def verify_onnx(model, model_dir: Path, spec: ModelSpec, samples: int = 100, see
 def write_model_dir(model, spec: ModelSpec, out: Path, extra: dict | None = None,
                     recorded: dict[str, np.ndarray] | None = None) -> float:
     """Write checkpoint, ONNX and model.yaml into `out`; return the verified max abs error."""
-    from ..models.action_expert import save_checkpoint
+    from ...models.action_expert import save_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
     spec.normalization = model.normalization()
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import torch
 
-    from ..models.action_expert import ActionExpertConfig, build_action_expert, load_checkpoint
+    from ...models.action_expert import ActionExpertConfig, build_action_expert, load_checkpoint
 
     try:
         if args.checkpoint is not None:

@@ -20,9 +20,9 @@ import platform
 import sys
 from pathlib import Path
 
-from ..core.backends import tensorrt_installed
-from ..core.engine_cache import DEFAULT_CACHE
-from ..paths import default_model_dir, resolve_dir
+from ...core.backends import tensorrt_installed
+from ...core.engine_cache import DEFAULT_CACHE
+from ...paths import default_model_dir, resolve_dir
 
 # Where each piece comes from on the robot (JetPack 6 = CUDA 12.6, Python 3.10, aarch64).
 INSTALL = {
@@ -156,7 +156,7 @@ def format_report(r: dict) -> str:
 
 
 def params_from(files: list[Path]) -> dict:
-    from .processes import yaml_params
+    from ..bringup.processes import yaml_params
 
     return yaml_params(files, ("vlm_node", "action_expert_node"))
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.model_spec import INPUT_FEATURES, INPUT_SENSOR, ModelSpec, ModelSpecError
-from ..core.motion import MotionHistory
-from ..core.names import CMD_VEL_TOPIC, bag_topic
-from ..core.sensor_window import SAMPLE_FROM_MESSAGE, PushResult, SensorWindow
+from ...core.model_spec import INPUT_FEATURES, INPUT_SENSOR, ModelSpec, ModelSpecError
+from ...core.motion import MotionHistory
+from ...core.names import CMD_VEL_TOPIC, bag_topic
+from ...core.sensor_window import SAMPLE_FROM_MESSAGE, PushResult, SensorWindow
 
 
 def recorded_inputs(bag: Path, spec: ModelSpec, sensor_topic: str, features_topic: str,

@@ -1,6 +1,6 @@
 """Produce models/default (and the ablation models/no_motion) from scratch with fixed seeds:
 
-  python -m mobile_vla_ros.tools.make_default_model --out models/default [--device cuda]
+  python -m mobile_vla_ros.tools.training.make_default_model --out models/default [--device cuda]
 
 1. the stand-in VLM: a tiny Kosmos-2 (patch 16, 64-dim) built with `trainable_init`, grounding-
    pretrained on 28,000 seeded renders of standard and hard tasks, instructions with the training
@@ -29,7 +29,7 @@ VAL_SEED = 900
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m mobile_vla_ros.tools.make_default_model", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m mobile_vla_ros.tools.training.make_default_model", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("models/default"))
     ap.add_argument("--work", type=Path, default=Path("default_model_work"), help="bags and intermediate files")
@@ -50,9 +50,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from ..sim.world import TASK_SETS
-    from ..vlm.grounding import build_grounded_vlm
-    from . import record_sim, train
+    from ...sim.world import TASK_SETS
+    from ...vlm.grounding import build_grounded_vlm
+    from ..simulation import record_sim
+    from . import train
 
     vlm_dir = args.out / "vlm"
     if args.vlm is not None:

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.action_pipeline import ActionExpertCore
-from ..core.model_spec import ModelSpec, ModelSpecError
-from ..core.names import CMD_VEL_TOPIC, IMAGE_TOPIC, INSTRUCTION_TOPIC, SENSOR_TOPIC, bag_topic
-from ..core.params import VLM_NODE_PARAMS, spec_by_name
-from ..core.vlm_schedule import CameraFrame, VirtualTimeVlm, VlmScheduler
-from .cli import comma_list, progress_bar, run_reporting_errors
-from .recordings import EXECUTED_TOPIC, BagError, Recording, commands_over, find_bags, read_recording
+from ...core.action_pipeline import ActionExpertCore
+from ...core.model_spec import ModelSpec, ModelSpecError
+from ...core.names import CMD_VEL_TOPIC, IMAGE_TOPIC, INSTRUCTION_TOPIC, SENSOR_TOPIC, bag_topic
+from ...core.params import VLM_NODE_PARAMS, spec_by_name
+from ...core.vlm_schedule import CameraFrame, VirtualTimeVlm, VlmScheduler
+from ..cli import comma_list, progress_bar, run_reporting_errors
+from ..recordings import EXECUTED_TOPIC, BagError, Recording, commands_over, find_bags, read_recording
 
 
 @dataclass
@@ -230,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from ..core.backend_factory import create_backend
-    from ..paths import default_model_dir
+    from ...core.backend_factory import create_backend
+    from ...paths import default_model_dir
 
     model_dir = args.model_dir or default_model_dir()
     spec = ModelSpec.load(model_dir)
@@ -262,8 +262,8 @@ def _run(args) -> int:
 
 def _extractor(args, spec: ModelSpec, model_dir):
     """The VLM model.yaml names (weights from --vlm-model-path or the model's vlm/), checked against it."""
-    from ..vlm.base import ExtractorConfig, VlmLoadError
-    from ..vlm.factory import create_extractor
+    from ...vlm.base import ExtractorConfig, VlmLoadError
+    from ...vlm.factory import create_extractor
 
     try:
         extractor = create_extractor(ExtractorConfig(

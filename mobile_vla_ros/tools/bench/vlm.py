@@ -23,7 +23,7 @@ INSTRUCTION = "go to the red cylinder on the left of the green box"
 
 
 def _build(backend: str, root: Path) -> dict:
-    from ..vlm.tiny import build_tiny_clip_vision, build_tiny_kosmos2, build_tiny_qwen2_5_vl
+    from ...vlm.tiny import build_tiny_clip_vision, build_tiny_kosmos2, build_tiny_qwen2_5_vl
 
     if backend == "qwen2_5_vl":
         return {"model_path": str(build_tiny_qwen2_5_vl(root / "qwen", full_size=True))}
@@ -63,7 +63,7 @@ def _eager_forward(extractor, backend: str, images: list[np.ndarray]):
 def _measure_views(extractor, backend: str, images: list[np.ndarray], iters: int, max_seconds: float):
     import torch
 
-    from ..vlm.static_forward import StaticForward
+    from ...vlm.static_forward import StaticForward
 
     prepared = extractor.prepare(images, INSTRUCTION)
     graph_forward = extractor.fast_forward if backend == "qwen2_5_vl" else extractor.forward
@@ -95,8 +95,8 @@ def vlm_rows(backends: list[str], views: list[int], iters: int, max_seconds: flo
 
     import torch
 
-    from ..vlm.base import ExtractorConfig
-    from ..vlm.factory import create_extractor
+    from ...vlm.base import ExtractorConfig
+    from ...vlm.factory import create_extractor
 
     rng = np.random.default_rng(0)
     rows = []

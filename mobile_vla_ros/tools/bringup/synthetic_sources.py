@@ -26,9 +26,9 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, Imu
 from std_msgs.msg import Header, String
 
-from ..core.names import CAMERA_FRAME, IMAGE_TOPIC, SENSOR_FRAME
-from ..ros.conversions import rgb_to_image, sec_to_stamp
-from ..ros.node_support import LATCHED_QOS, SENSOR_QOS, diagnostics, run_node
+from ...core.names import CAMERA_FRAME, IMAGE_TOPIC, SENSOR_FRAME
+from ...ros.conversions import rgb_to_image, sec_to_stamp
+from ...ros.node_support import LATCHED_QOS, SENSOR_QOS, diagnostics, run_node
 
 CLOCK_PERIOD = 0.004  # s between /clock messages (250 Hz, as sim_node)
 CLOCK_EPOCH = 1000.0  # s: sim time starts here, so a 10 s jump back stays positive

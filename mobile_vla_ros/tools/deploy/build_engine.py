@@ -14,11 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..core.backends import BackendUnavailable
-from ..core.engine_cache import DEFAULT_CACHE
-from ..core.model_spec import ONNX_FILE, ModelSpec, ModelSpecError
-from ..core.names import SENSOR_TOPIC, bag_topic
-from ..core.tensorrt_backend import build_engine
+from ...core.backends import BackendUnavailable
+from ...core.engine_cache import DEFAULT_CACHE
+from ...core.model_spec import ONNX_FILE, ModelSpec, ModelSpecError
+from ...core.names import SENSOR_TOPIC, bag_topic
+from ...core.tensorrt_backend import build_engine
 from .recorded_inputs import recorded_inputs
 
 

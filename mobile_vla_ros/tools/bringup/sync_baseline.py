@@ -17,17 +17,17 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from trajectory_msgs.msg import JointTrajectory
 
-from ..action_expert_node import load_action_core
-from ..core.model_spec import ModelSpecError
-from ..core.names import CHUNK_TOPIC, FEATURES_TOPIC
-from ..core.params import ACTION_NODE_PARAMS, VLM_NODE_PARAMS
-from ..core.safety import StopReason
-from ..core.sensor_window import PushResult
-from ..core.stats import RateMeter
-from ..core.vlm_schedule import ForwardInputs
-from ..ros.command_output import CommandOutput
-from ..ros.conversions import SENSOR_MESSAGES, chunk_to_trajectory, stamp_to_sec
-from ..ros.node_support import (
+from ...action_expert_node import load_action_core
+from ...core.model_spec import ModelSpecError
+from ...core.names import CHUNK_TOPIC, FEATURES_TOPIC
+from ...core.params import ACTION_NODE_PARAMS, VLM_NODE_PARAMS
+from ...core.safety import StopReason
+from ...core.sensor_window import PushResult
+from ...core.stats import RateMeter
+from ...core.vlm_schedule import ForwardInputs
+from ...ros.command_output import CommandOutput
+from ...ros.conversions import SENSOR_MESSAGES, chunk_to_trajectory, stamp_to_sec
+from ...ros.node_support import (
     LATCHED_QOS,
     RELIABLE_QOS,
     SENSOR_QOS,
@@ -36,9 +36,9 @@ from ..ros.node_support import (
     install_live_parameters,
     run_node,
 )
-from ..ros.vlm_runner import VlmRunner
-from ..vlm.base import VlmLoadError
-from ..vlm_node import publish_features
+from ...ros.vlm_runner import VlmRunner
+from ...vlm.base import VlmLoadError
+from ...vlm_node import publish_features
 
 _VLM_NAMES = {s.name for s in VLM_NODE_PARAMS}
 SYNC_BASELINE_PARAMS = VLM_NODE_PARAMS + tuple(s for s in ACTION_NODE_PARAMS if s.name not in _VLM_NAMES)

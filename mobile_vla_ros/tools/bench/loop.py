@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.names import CHUNK_TOPIC, FEATURES_TOPIC
-from ..core.params import SYNC_LOOP_VLM_HZ
-from ..core.safety import feature_age_limit
-from ..paths import share_dir
-from ..ros.conversions import stamp_to_sec
-from .processes import NodeProcess, yaml_params
-from .ros_observer import Observer, ProcessSampler, wait_for
+from ...core.names import CHUNK_TOPIC, FEATURES_TOPIC
+from ...core.params import SYNC_LOOP_VLM_HZ
+from ...core.safety import feature_age_limit
+from ...paths import share_dir
+from ...ros.conversions import stamp_to_sec
+from ..bringup.processes import NodeProcess, yaml_params
+from ..ros_observer import Observer, ProcessSampler, wait_for
 
 ASYNC, SYNC = "async", "sync"
 
@@ -83,9 +83,9 @@ def start_nodes(cfg: LoopConfig, log_dir: Path | None = None) -> dict[str, NodeP
         for key in ("execute_chunks", "execute_hz", "twist_stamped", "twist_mapping", "action_limits",
                     "max_action_step", "zero_cmd_hold"):
             params.pop(key, None)
-        procs["sync_baseline_node"] = NodeProcess("tools.sync_baseline", params, node_name="sync_baseline_node",
+        procs["sync_baseline_node"] = NodeProcess("tools.bringup.sync_baseline", params, node_name="sync_baseline_node",
                                                   log_dir=log_dir)
-    procs["synthetic_sources"] = NodeProcess("tools.synthetic_sources", {"sensor_hz": cfg.sensor_hz,
+    procs["synthetic_sources"] = NodeProcess("tools.bringup.synthetic_sources", {"sensor_hz": cfg.sensor_hz,
                                                                          "publish_clock": cfg.sim_time},
                                              log_dir=log_dir)
     return procs

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.model_spec import ModelSpec
-from ..core.names import (
+from ...core.model_spec import ModelSpec
+from ...core.names import (
     CAMERA_FRAME,
     CHUNK_TOPIC,
     CMD_VEL_TOPIC,
@@ -29,8 +29,8 @@ from ..core.names import (
     SENSOR_FRAME,
     SENSOR_TOPIC,
 )
-from .processes import NodeProcess
-from .recordings import Recording, commands_over
+from ..bringup.processes import NodeProcess
+from ..recordings import Recording, commands_over
 
 
 def live_replay(rec: Recording, spec: ModelSpec, model_dir: Path, vlm_model_path: str, vlm_hz: float,
@@ -44,8 +44,8 @@ def live_replay(rec: Recording, spec: ModelSpec, model_dir: Path, vlm_model_path
     from sensor_msgs.msg import Image
     from trajectory_msgs.msg import JointTrajectory
 
-    from ..ros.conversions import stamp_to_sec, trajectory_to_actions
-    from .ros_observer import Observer
+    from ...ros.conversions import stamp_to_sec, trajectory_to_actions
+    from ..ros_observer import Observer
 
     observer = Observer("live_replay", own_context=True)
     chunks = observer.record(JointTrajectory, CHUNK_TOPIC, 100,
@@ -93,8 +93,8 @@ class _Player:
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
 
-        from ..ros.conversions import SENSOR_MESSAGES
-        from ..ros.node_support import LATCHED_QOS, SENSOR_QOS
+        from ...ros.conversions import SENSOR_MESSAGES
+        from ...ros.node_support import LATCHED_QOS, SENSOR_QOS
 
         self.node, self.sensor_type, self.twist_mapping = node, sensor_type, twist_mapping
         self.Clock, self.String = Clock, String
@@ -106,7 +106,7 @@ class _Player:
         self.cmd_vel = node.create_publisher(Twist, CMD_VEL_TOPIC, 10)
 
     def publish_clock(self, t: float) -> None:
-        from ..ros.conversions import sec_to_stamp
+        from ...ros.conversions import sec_to_stamp
 
         self.clock.publish(self.Clock(clock=sec_to_stamp(t)))
 
@@ -124,7 +124,7 @@ class _Player:
     def play(self, rec: Recording, instructions: list[tuple[float, str]]) -> tuple[float, float]:
         """One pass; /clock starts just before the bag (from the second pass on: a jump back).
         Returns the pass's first and last wall time."""
-        from ..ros.conversions import action_to_twist, rgb_to_image, sample_to_message, sec_to_stamp
+        from ...ros.conversions import action_to_twist, rgb_to_image, sample_to_message, sec_to_stamp
 
         start = rec.sensor[0][0]
         events = [(t, 0, "instruction", v) for t, v in instructions] + [(t, 1, "image", v) for t, v in rec.images] \

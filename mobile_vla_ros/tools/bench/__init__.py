@@ -1,0 +1,1 @@
+"""Benchmarks (`mobile-vla-bench`): inference, VLM, control loop, soak, closed loop, doctor."""

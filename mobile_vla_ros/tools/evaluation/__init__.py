@@ -1,0 +1,1 @@
+"""Offline and live replay of bags against a model (`mobile-vla-eval`)."""

@@ -1,0 +1,1 @@
+"""Training the action expert (`mobile-vla-train`) and producing the shipped model."""
