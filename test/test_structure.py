@@ -79,7 +79,7 @@ def test_the_checker_finds_a_circle_and_a_lazy_import():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert circles(graph) == [["a", "b", "c"]]
     edges = import_graph()
-    # bringup imports sim_run only inside a function: still an edge.
+    # bring-up imports the sim job only inside a function: still an edge.
     assert "mobile_vla_ros.tools.bringup.sim_job" in edges["mobile_vla_ros.tools.bringup.cli"]
 
 

@@ -48,7 +48,7 @@ def run_closed_loop(params_files: list[Path], episodes: int, seed: int, out: Pat
     sim_params = {"seed": seed, "episodes": episodes, "task_set": task_set}
     if time_limit is not None:
         sim_params["time_limit"] = time_limit
-    observer = Observer("sim_run_observer", own_context=True)
+    observer = Observer("sim_job_observer", own_context=True)
     topic = (f"/{namespace.strip('/')}/" if namespace else "") + TOPICS["episode_result"]
     results = observer.record(String, topic, 100, lambda msg: json.loads(msg.data))
     observer.diagnostics()
