@@ -68,12 +68,16 @@ class ClockTracker:
         self.add(time.monotonic(), stamp_to_sec(msg.clock))
 
     def add(self, arrival: float, sim: float) -> None:
-        """One /clock reading `sim` that arrived at monotonic time `arrival`."""
+        """One /clock reading `sim` that arrived at monotonic time `arrival`. Between jumps the offset is
+        the largest seen: a reading delivered late gives a smaller one, so the largest is the closest to
+        the clock's (on a loaded machine the first reading after a jump can be tens of ms late)."""
         offset = sim - arrival
         with self.lock:
             # Delivery jitter moves the offset by ms; a jump moves it by seconds.
             if not self.changes or abs(offset - self.changes[-1][1]) > 0.5:
                 self.changes.append((arrival, offset))
+            elif offset > self.changes[-1][1]:
+                self.changes[-1] = (self.changes[-1][0], offset)
 
     def sim_at(self, t: float) -> float:
         """Sim time at monotonic time t, as the clock then ran."""
@@ -156,19 +160,21 @@ class FaultInjector:
         due = self.obs.clock.jump_after(t_request)
         recovered = self.obs.first_chunk_after(due + DELIVERY, RECOVERY_TIMEOUT)
         time.sleep(2.0)  # watch the new timeline's chunks for a while
-        # Every chunk after the jump is built on a window of the clock's present: not ahead, not old.
-        wrong = [(arrival, stamp) for arrival, (_, stamp, _) in self.obs.chunks.since(due + DELIVERY)
+        # Every chunk from one action period after the jump on (the node's own reaction time, as for the
+        # zero command) is built on a window of the clock's present: not ahead, not old.
+        wrong = [(arrival, stamp) for arrival, (_, stamp, _) in self.obs.chunks.since(due + self.action_period)
                  if not (self.obs.clock.sim_at(arrival) - self.max_sensor_gap - 0.1 <= stamp
                          <= self.obs.clock.sim_at(arrival) + DELIVERY)]
         return self._measure(due, due, recovered, wrong_chunks=len(wrong)) | {"jump_s": jump}
 
     def vlm_kill(self) -> dict:
-        features = self.obs.features.since(0.0)
-        newest_stamp = features[-1][1] if features else math.nan
         self.procs["vlm_node"].stop(signal.SIGKILL)
         t_kill = time.monotonic()
-        # The node stops when the newest features it holds get older than max_feature_age (those in
-        # flight at the kill may reach it slightly after the observer's newest).
+        # The node stops when the newest features it holds get older than max_feature_age. Features
+        # published just before the kill may still be in flight: the newest is read once they arrived.
+        time.sleep(0.5)
+        features = self.obs.features.since(0.0)
+        newest_stamp = features[-1][1] if features else math.nan
         due = self.obs.clock.monotonic_at(newest_stamp + max_feature_age(self.cfg))
         time.sleep(max(0.0, due - time.monotonic()) + 1.0)
         late = [a for a, _ in self.obs.chunks.since(due + self.action_period + DELIVERY)]
