@@ -144,6 +144,15 @@ def test_train_writes_a_complete_model_that_beats_zero_action_and_resumes(sim_ba
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
 
 
+def test_sim_expert_labels_train_on_record_sim_bags(sim_bags, tiny_vlm_dir, tmp_path):
+    out = tmp_path / "informed"
+    assert train.main(train_args(sim_bags, tiny_vlm_dir, out, tmp_path / "cache", "--epochs", "2",
+                                 "--staleness", "0,3.5", "--labels", "sim-expert")) == 0
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["labels"] == "sim-expert" and report["best_val_mae_chunk"] < report["val_zero_action_mae"]
+    assert "sim-expert labels" in ModelSpec.load(out).notes
+
+
 def test_two_process_ddp_trains_the_same_model_as_one(sim_bags, tiny_vlm_dir, tmp_path):
     common = ["--epochs", "3", "--staleness", "fresh"]
     assert train.main(train_args(sim_bags, tiny_vlm_dir, tmp_path / "one", tmp_path / "cache", *common)) == 0
@@ -194,3 +203,6 @@ def test_bad_bags_stop_with_one_line(tmp_path, tiny_vlm_dir):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "metadata.yaml").write_text("not: a bag")
     assert "cannot be read" in run("--bags", str(tmp_path / "broken"), str(no_instruction[0]))
+    robot_bags = [write_episode_bag(tmp_path / f"r{i}") for i in range(2)]  # a robot's bags: no ground truth
+    assert "--labels sim-expert needs the simulator's ground truth (/sim/ground_truth_pose, /sim/task)" in run(
+        "--bags", *map(str, robot_bags), "--labels", "sim-expert")

@@ -101,6 +101,10 @@ SEARCH_RATE = 0.6  # rad/s, counter-clockwise, until the target has been in view
 # |bearing| within which the camera shows the target: half the 75 deg field of view less a margin, so
 # the target is inside the image, not cut by its edge.
 IN_VIEW = math.radians(30)
+# The most a search turns past the image it acts on (rad), less than the 60 deg band of IN_VIEW: a
+# policy that reuses an image for 1.7 s turns one step, waits for the next image and cannot turn
+# past a target between two images; at a 0.3 s VLM the step is never reached.
+SEARCH_STEP = 0.9
 
 
 class Expert:
@@ -125,14 +129,71 @@ class Expert:
         return expert_command_at(bearing, robot.target_distance(), self.observe(bearing))
 
 
+def steer_command(bearing, distance) -> tuple[np.ndarray, np.ndarray]:
+    """(v, w) towards the target (elementwise on arrays): P on bearing, drive when roughly aligned,
+    slow down near it."""
+    bearing, distance = np.asarray(bearing, dtype=np.float64), np.asarray(distance, dtype=np.float64)
+    w = np.clip(1.8 * bearing, -ACTION_LIMITS[1], ACTION_LIMITS[1])
+    v = np.clip(0.5 * distance + 0.1, 0.0, 0.45) * np.maximum(0.0, np.cos(bearing)) ** 4
+    return v, w
+
+
 def expert_command_at(bearing: float, distance: float, target_seen: bool = True) -> tuple[float, float]:
-    """Search (turn counter-clockwise) while the target has not been seen; otherwise turn towards it
-    (P on bearing), drive when roughly aligned, slow down near it."""
+    """Search (turn counter-clockwise) while the target has not been seen; otherwise steer to it."""
     if not target_seen:
         return 0.0, SEARCH_RATE
-    w = float(np.clip(1.8 * bearing, -ACTION_LIMITS[1], ACTION_LIMITS[1]))
-    v = float(np.clip(0.5 * distance + 0.1, 0.0, 0.45)) * max(0.0, math.cos(bearing)) ** 4
-    return v, w
+    v, w = steer_command(bearing, distance)
+    return float(v), float(w)
+
+
+def image_informed_command(bearing, distance, target_in_image, yaw_since_image) -> tuple[np.ndarray, np.ndarray]:
+    """The expert's command with the information of one image, as the action expert has it (elementwise).
+
+    `target_in_image`: the target was within IN_VIEW in the image the features come from; then steer
+    to where it is now (the image's bearing less the motion since, which the policy is given).
+    Otherwise search: turn counter-clockwise until `yaw_since_image` reaches SEARCH_STEP, then hold
+    still until a newer image arrives. Every branch depends only on what the policy sees, so the
+    labels are learnable at any feature age, where the memory `Expert` acts on sightings the policy's
+    (older) image does not show."""
+    v, w = steer_command(bearing, distance)
+    in_image = np.asarray(target_in_image, dtype=bool)
+    search_w = np.where(np.asarray(yaw_since_image) < SEARCH_STEP, SEARCH_RATE, 0.0)
+    return np.where(in_image, v, 0.0), np.where(in_image, w, search_w)
+
+
+def run_informed_expert(task: Task, cfg: SimConfig | None = None, vlm_latency: float = 0.0,
+                        vlm_hz: float = 3.33, control_hz: float = 10.0) -> EpisodeResult:
+    """Drive an episode with `image_informed_command` on the images a VLM of this latency and rate
+    delivers (a forward starts at a VLM tick that finds the VLM idle, on the newest image; its result
+    arrives `vlm_latency` s later): what the action expert is trained to imitate, followed exactly.
+    The robot stands still until the first result."""
+    episode = SimEpisode(task, cfg, render=False)
+    robot = episode.robot
+    period = 1.0 / vlm_hz
+    try:
+        in_flight: tuple[float, bool, float] | None = None  # (arrival, target in image, yaw at the image)
+        latest: tuple[float, bool, float] | None = None
+        k = tick = 0
+        while not episode.done:
+            now = k / control_hz
+            if in_flight is not None and in_flight[0] <= now + 1e-9:
+                latest, in_flight = in_flight, None
+            while tick * period <= now + 1e-9:
+                if in_flight is None:
+                    in_flight = (tick * period + vlm_latency, abs(robot.target_bearing()) <= IN_VIEW,
+                                 robot.unwrapped_yaw)
+                tick += 1
+            if in_flight is not None and in_flight[0] <= now + 1e-9:
+                latest, in_flight = in_flight, None
+            v = w = 0.0
+            if latest is not None:
+                v, w = map(float, image_informed_command(robot.target_bearing(), robot.target_distance(),
+                                                         latest[1], robot.unwrapped_yaw - latest[2]))
+            k += 1
+            episode.advance(v, w, k / control_hz)
+        return episode.result()
+    finally:
+        episode.close()
 
 
 def run_baseline(task: Task, policy: str, cfg: SimConfig | None = None, control_hz: float = 10.0) -> EpisodeResult:

@@ -251,6 +251,11 @@ class SimRobot:
         x, y, yaw = self.data.qpos[:3]
         return float(x), float(y), wrap_angle(float(yaw))
 
+    @property
+    def unwrapped_yaw(self) -> float:
+        """Yaw summed over the episode (not wrapped): differences give the turn between two times."""
+        return float(self.data.qpos[2])
+
     def velocity(self) -> tuple[float, float]:
         """Body-frame forward speed and yaw rate."""
         vx, vy, w = self.data.qvel[:3]

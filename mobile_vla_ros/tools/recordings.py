@@ -5,13 +5,15 @@ from the bag), and `commands_over` aligns the recorded commands with a chunk's s
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..core.model_spec import ModelSpec
-from ..core.names import SIM_EXECUTED_CMD_VEL_TOPIC, bag_topic
+from ..core.names import SIM_EXECUTED_CMD_VEL_TOPIC, SIM_POSE_TOPIC, SIM_TASK_TOPIC, bag_topic
 
 
 class BagError(RuntimeError):
@@ -29,6 +31,9 @@ class Recording:
     # What the robot executed (action vectors): the bag's executed-command topic when it has one
     # (record-sim writes the noisy executed command there), else the recorded commands themselves.
     executed: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    # Simulator ground truth, when asked for and present (record-sim bags): base (x, y, yaw) and the task.
+    poses: list[tuple[float, tuple[float, float, float]]] = field(default_factory=list)
+    task: dict | None = None
 
     def command_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The recorded commands as ([N] times, [N, D] values)."""
@@ -37,6 +42,9 @@ class Recording:
 
 TWIST_TYPES = ("geometry_msgs/msg/Twist", "geometry_msgs/msg/TwistStamped")
 EXECUTED_TOPIC = bag_topic(SIM_EXECUTED_CMD_VEL_TOPIC)
+# Roles a bag may lack: the executed commands (the action topic stands in) and the sim's ground truth.
+SIM_TRUTH_TOPICS = {"pose": bag_topic(SIM_POSE_TOPIC), "task": bag_topic(SIM_TASK_TOPIC)}
+OPTIONAL_ROLES = ("executed", *SIM_TRUTH_TOPICS)
 ACTION_TYPES = (*TWIST_TYPES, "trajectory_msgs/msg/JointTrajectory", "sensor_msgs/msg/JointState")
 
 
@@ -77,7 +85,8 @@ def sensor_type_of(bag: Path, topic: str) -> str:
 
 
 def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_mapping: list[str]) -> Recording:
-    """The bag's messages on `topics` (roles image, sensor, instruction, action, executed), checked
+    """The bag's messages on `topics` (roles image, sensor, instruction, action, executed; pose and
+    task for the simulator's ground truth), checked
     against the model; stamps from headers (else the bag's receive time). Any bag problem: BagError."""
     from rosbags.highlevel import AnyReader
 
@@ -100,7 +109,7 @@ def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_map
         raise BagError(f"{bag}: read failed ({type(exc).__name__}: {exc}); truncated or corrupt?") from exc
     finally:
         reader.close()
-    for series in (rec.images, rec.sensor, rec.instructions):
+    for series in (rec.images, rec.sensor, rec.instructions, rec.poses):
         series.sort(key=lambda item: item[0])
     # Stable: of two commands for the same time, the later-recorded one wins.
     rec.commands.sort(key=lambda item: item[0])
@@ -113,12 +122,12 @@ def read_recording(bag: Path, spec: ModelSpec, topics: dict[str, str], twist_map
 
 
 def _checked_topics(bag: Path, msgtypes: dict[str, str], topics: dict[str, str], spec: ModelSpec) -> dict[str, str]:
-    """The roles the bag has, each topic of an accepted type; the executed-command topic and the
-    instruction are optional (the action topic and --instruction stand in for them)."""
+    """The roles the bag has, each topic of an accepted type; the OPTIONAL_ROLES and the instruction
+    may be missing (the action topic and --instruction stand in for them; the caller checks the truth)."""
     expected = {"image": ("sensor_msgs/msg/Image",), "instruction": ("std_msgs/msg/String",),
-                "action": ACTION_TYPES, "sensor": (SENSOR_MSGTYPES[spec.sensor_type],), "executed": ACTION_TYPES}
-    if topics.get("executed") not in msgtypes:
-        topics = {k: v for k, v in topics.items() if k != "executed"}
+                "action": ACTION_TYPES, "sensor": (SENSOR_MSGTYPES[spec.sensor_type],), "executed": ACTION_TYPES,
+                "pose": ("geometry_msgs/msg/PoseStamped",), "task": ("std_msgs/msg/String",)}
+    topics = {k: v for k, v in topics.items() if k not in OPTIONAL_ROLES or v in msgtypes}
     for role, topic in topics.items():
         if role == "instruction" and topic not in msgtypes:
             continue
@@ -153,6 +162,12 @@ def _add(rec: Recording, role: str, msg, msgtype: str, stamp: float, spec: Model
         rec.instructions.append((stamp, msg.data.strip()))
     elif role == "executed":
         rec.executed += _commands(msg, msgtype, stamp, spec.action_names, twist_mapping)
+    elif role == "pose":
+        q = msg.pose.orientation
+        yaw = math.atan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z))
+        rec.poses.append((stamp, (msg.pose.position.x, msg.pose.position.y, yaw)))
+    elif role == "task":
+        rec.task = json.loads(msg.data)
     else:
         add_commands(rec.commands, stamp, _commands(msg, msgtype, stamp, spec.action_names, twist_mapping),
                      plan=msgtype.endswith("JointTrajectory"))

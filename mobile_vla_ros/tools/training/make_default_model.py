@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--epochs", type=int, default=30, help="action-expert epochs")
     ap.add_argument("--staleness", default="0.0,3.5", help="feature ages trained on (s): the whole deployment range")
     ap.add_argument("--expert-delay-max", type=float, default=1.5)
+    ap.add_argument("--labels", default="sim-expert", choices=["recorded", "sim-expert"],
+                    help="mobile-vla-train --labels: the expert with the information of each sample's image")
     ap.add_argument("--no-motion-out", type=Path, default=Path("models/no_motion"),
                     help="the same model without the motion input ('' to skip)")
     ap.add_argument("--seed", type=int, default=0)
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             bags[split].append(str(out))
     common = ["--bags", *bags["train"], "--val-bags", *bags["val"], "--vlm-model-path", str(vlm_dir),
               "--epochs", str(args.epochs), "--patience", "6", "--sample-dt", "0.04", "--staleness", args.staleness,
-              "--hidden-dim", "256",
+              "--hidden-dim", "256", "--labels", args.labels,
               "--seed", str(args.seed), "--cache-dir", str(args.work / "feature_cache")]
     code = train.main([*common, "--out", str(args.out), "--name", args.out.name])
     if code == 0 and str(args.no_motion_out):

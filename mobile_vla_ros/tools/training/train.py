@@ -40,10 +40,12 @@ from ...core.motion import MOTION_INPUT, MotionHistory, extend_from_streams, twi
 from ...core.names import CMD_VEL_TOPIC, IMAGE_TOPIC, INSTRUCTION_TOPIC, SENSOR_TOPIC, bag_topic
 from ...core.params import FEATURE_POOLINGS, VLM_BACKENDS
 from ...core.sensor_window import SENSOR_CHANNELS
+from ...sim.expert_labels import EXPERT_FIELDS, InformedLabels
 from ..cli import comma_list, progress_bar, run_reporting_errors
 from ..recordings import (
     EXECUTED_TOPIC,
     SENSOR_MSGTYPES,
+    SIM_TRUTH_TOPICS,
     BagError,
     Recording,
     commands_over,
@@ -53,6 +55,7 @@ from ..recordings import (
 )
 
 STATE_FILE = "train_state.pt"
+LABEL_SOURCES = ("recorded", "sim-expert")
 
 
 def vlm_key(extractor_config, model_path: Path) -> str:
@@ -108,11 +111,24 @@ class Dataset:
     sensor: np.ndarray         # [N_sensor, C]
     window_end: np.ndarray     # [S] index one past the window's newest sample
     times: np.ndarray          # [S] shifted sample times
-    targets: np.ndarray        # [S, K, D]
+    targets: np.ndarray        # [S, K, D] the recorded commands over each sample's chunk
     motion_history: MotionHistory | None = None  # all bags end to end, shifted times (motion-input models)
+    # --labels sim-expert: labels from the expert with the information of each sample's image, and
+    # the action dimensions' columns in its (v, w).
+    informed: InformedLabels | None = None
+    informed_columns: list[int] | None = None
+    action_dt: float = 0.0
 
     def __len__(self) -> int:
         return len(self.times)
+
+    def labels(self, samples: np.ndarray, image_index: np.ndarray) -> np.ndarray:
+        """[S, K, D] action labels of `samples` whose features come from `image_index`: the recorded
+        commands, or with --labels sim-expert what the expert would do knowing only that image."""
+        if self.informed is None:
+            return self.targets[samples]
+        chunks = self.informed.chunks(samples, image_index, self.targets.shape[1], self.action_dt)
+        return chunks[..., self.informed_columns].astype(np.float32)
 
     def motion(self, samples: np.ndarray, image_index: np.ndarray) -> np.ndarray:
         """[S, 4] motion from each sample's feature image to the sample time, as the node computes it."""
@@ -131,8 +147,9 @@ BAG_GAP = 1.0e6  # s: larger than any bag
 
 
 def build_dataset(recordings: list[Recording], features: list[np.ndarray], spec: ModelSpec,
-                  sample_dt: float, twist_mapping: list[str]) -> Dataset:
+                  sample_dt: float, twist_mapping: list[str], labels: str = "recorded") -> Dataset:
     image_times, image_first, feats, sensor, window_end, times, targets = [], [], [], [], [], [], []
+    informed = []
     n_img = n_sensor = 0
     width, k, dt = spec.sensor_window, spec.chunk_size, spec.action_dt
     history = None
@@ -159,13 +176,33 @@ def build_dataset(recordings: list[Recording], features: list[np.ndarray], spec:
         window_end.append(ends + n_sensor)
         times.append(t + b * BAG_GAP)
         targets.append(commands_over(ct, cv, t, k, dt)[0])
+        if labels == "sim-expert":
+            informed.append(_informed_labels(rec, b, it, t))
         n_img += len(it)
         n_sensor += len(st)
     if not times:
         raise BagError("no training samples: bags shorter than one sensor window plus one chunk")
-    return Dataset(np.concatenate(image_times), np.concatenate(image_first), np.concatenate(feats).astype(np.float32),
-                   np.concatenate(sensor).astype(np.float32), np.concatenate(window_end), np.concatenate(times),
-                   np.concatenate(targets).astype(np.float32), history)
+    dataset = Dataset(np.concatenate(image_times), np.concatenate(image_first),
+                      np.concatenate(feats).astype(np.float32), np.concatenate(sensor).astype(np.float32),
+                      np.concatenate(window_end), np.concatenate(times), np.concatenate(targets).astype(np.float32),
+                      history, action_dt=dt)
+    if labels == "sim-expert":
+        unknown = [f for f in twist_mapping if f not in EXPERT_FIELDS]
+        if unknown:
+            raise ValueError(f"--labels sim-expert: the sim expert commands {', '.join(EXPERT_FIELDS)}; "
+                             f"--twist-mapping has {', '.join(unknown)}")
+        dataset.informed = InformedLabels.concatenate(informed)
+        dataset.informed_columns = [EXPERT_FIELDS.index(f) for f in twist_mapping]
+    return dataset
+
+
+def _informed_labels(rec: Recording, index: int, image_times: np.ndarray, sample_times: np.ndarray) -> InformedLabels:
+    if not rec.poses or rec.task is None:
+        raise BagError(f"bag {index + 1}: --labels sim-expert needs the simulator's ground truth "
+                       f"({', '.join(SIM_TRUTH_TOPICS.values())}), which mobile-vla-record-sim writes")
+    target = rec.task["objects"][rec.task["target"]]
+    return InformedLabels.of_episode(np.array([t for t, _ in rec.poses]), np.array([p for _, p in rec.poses]),
+                                     (target["x"], target["y"], target["radius"]), image_times, sample_times)
 
 
 def staleness_range(value: str, vlm_hz: float, vlm_latency: float) -> tuple[float, float]:
@@ -219,7 +256,7 @@ class Trainer:
         if self.spec.motion_input:
             inputs.append(data.motion(samples, image))
         return ([t.from_numpy(np.ascontiguousarray(x)).to(self.device) for x in inputs],
-                t.from_numpy(data.targets[samples]).to(self.device))
+                t.from_numpy(data.labels(samples, image)).to(self.device))
 
     def run_epoch(self) -> float:
         """One epoch; every rank draws the same permutation and staleness and takes its share."""
@@ -360,6 +397,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--executed-topic", default=EXECUTED_TOPIC,
                     help="Twist commands the robot executed, for the motion since the image (default: what "
                          "mobile-vla-record-sim writes); bags without it use --action-topic")
+    ap.add_argument("--labels", choices=LABEL_SOURCES, default="recorded",
+                    help="recorded: the commands on --action-topic; sim-expert (bags of mobile-vla-record-sim): "
+                         "what the sim expert does knowing only the sample's image and the motion since it, "
+                         "recomputed for every staleness draw")
     ap.add_argument("--motion-input", action=argparse.BooleanOptionalAction, default=True,
                     help="give the model the motion since the features' image as a third input (default); "
                          "--no-motion-input trains a two-input model")
@@ -470,6 +511,8 @@ def _dataset(args, group: list[Path], label: str, spec: ModelSpec, extractor, ke
     """Read the bags and their VL features (rank 0 fills the feature cache, the others read it)."""
     topics = {"image": args.image_topic, "sensor": args.sensor_topic, "instruction": args.instruction_topic,
               "action": args.action_topic, "executed": args.executed_topic}
+    if args.labels == "sim-expert":
+        topics |= SIM_TRUTH_TOPICS
     recs, feats = [], []
     for i, bag in enumerate(group):
         rec = read_recording(bag, spec, topics, list(args.twist_mapping))
@@ -486,20 +529,20 @@ def _dataset(args, group: list[Path], label: str, spec: ModelSpec, extractor, ke
         feats = [bag_features(rec, extractor, args.cache_dir, key, "") for rec in recs]
         for rec in recs:
             _drop_pixels(rec)
-    return build_dataset(recs, feats, spec, args.sample_dt, list(args.twist_mapping))
+    return build_dataset(recs, feats, spec, args.sample_dt, list(args.twist_mapping), args.labels)
 
 
 def _normalization(train: Dataset, spec: ModelSpec, lo_hi: tuple[float, float], seed: int) -> Normalization:
     """Input and output statistics of the training set; the motion input's under the training
     staleness distribution."""
+    every = np.arange(len(train))
+    images = train.feature_index(every, np.random.default_rng(seed).uniform(*lo_hi, len(train)))
+    actions = train.labels(every, images).reshape(-1, spec.action_dim)
     norm = Normalization(
         sensor_mean=train.sensor.mean(axis=0).tolist(), sensor_std=(train.sensor.std(axis=0) + 1e-3).tolist(),
-        action_mean=train.targets.reshape(-1, spec.action_dim).mean(axis=0).tolist(),
-        action_std=(train.targets.reshape(-1, spec.action_dim).std(axis=0) + 1e-3).tolist())
+        action_mean=actions.mean(axis=0).tolist(), action_std=(actions.std(axis=0) + 1e-3).tolist())
     if spec.motion_input:
-        every = np.arange(len(train))
-        draw = np.random.default_rng(seed).uniform(*lo_hi, len(train))
-        motion = train.motion(every, train.feature_index(every, draw))
+        motion = train.motion(every, images)
         norm.motion_mean = motion.mean(axis=0).tolist()
         norm.motion_std = (motion.std(axis=0) + 1e-3).tolist()
     return norm
@@ -513,15 +556,18 @@ def _drop_pixels(rec: Recording) -> None:
 def _write_outputs(args, spec, trainer, train, val, vlm_path: Path, write_model_dir) -> None:
     model = trainer.model.cpu()
     model.load_state_dict(trainer.best_state)
-    baseline = np.abs(val.targets).mean()
+    every = np.arange(len(val))
+    labels = val.labels(every, val.feature_index(every, trainer.val_staleness))  # what validation scored against
+    baseline = np.abs(labels).mean()
     mean_action = np.asarray(spec.normalization.action_mean, dtype=np.float32)
-    spec.notes = (f"trained by mobile-vla-train on {len(train)} samples; best val MAE (chunk) {trainer.best:.4f} "
-                  f"(zero action {baseline:.4f}, mean action {np.abs(val.targets - mean_action).mean():.4f})")
+    spec.notes = (f"trained by mobile-vla-train ({args.labels} labels) on {len(train)} samples; best val MAE "
+                  f"(chunk) {trainer.best:.4f} (zero action {baseline:.4f}, mean action "
+                  f"{np.abs(labels - mean_action).mean():.4f})")
     error = write_model_dir(model, spec, args.out, extra={"history": trainer.history})
     if Path(vlm_path).resolve() != (args.out / "vlm").resolve():
         shutil.copytree(vlm_path, args.out / "vlm", dirs_exist_ok=True)
     report = {"best_val_mae_chunk": trainer.best, "val_zero_action_mae": float(baseline),
-              "val_mean_action_mae": float(np.abs(val.targets - mean_action).mean()),
+              "val_mean_action_mae": float(np.abs(labels - mean_action).mean()), "labels": args.labels,
               "staleness_range": list(spec.staleness_range), "epochs": trainer.epoch, "history": trainer.history,
               "onnx_max_abs_error": error}
     (args.out / "train_report.json").write_text(json.dumps(report, indent=1))

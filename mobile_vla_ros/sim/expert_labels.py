@@ -1,0 +1,92 @@
+"""Action labels for recorded simulator episodes from the expert that knows what the policy knows.
+
+A training sample gives the action expert the features of one image (taken `feature age` s before
+the sample) and the motion since it. The expert recorded in the bag acted on its memory of every
+sighting, so where the sample's image predates the sighting (or the robot has since turned past
+the target) its label asks for a turn the sample's inputs cannot explain; at a 1.5 s VLM that
+is most of the search. `informed_chunks` relabels a sample with `image_informed_command` instead:
+whether the target was in that image, where it is now (ground truth, which the policy infers from
+the image and the motion since) and how far the robot has turned since the image. Over the chunk the
+command is rolled out on a unicycle model from the sample's pose, as the recorded labels cover the
+chunk's span. Pure numpy; the trainer builds the arrays from the bag's ground-truth topics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .episode import IN_VIEW, image_informed_command
+
+# The Twist fields the sim expert commands, in the order of its (v, w) labels.
+EXPERT_FIELDS = ("linear.x", "angular.z")
+
+
+def bearing_and_distance(x, y, yaw, target) -> tuple[np.ndarray, np.ndarray]:
+    """Bearing of the target's centre from the base (rad, wrapped) and distance to its surface (m);
+    `target` [..., 3] is (x, y, radius), as `SimRobot.target_bearing` / `target_distance`."""
+    dx, dy = target[..., 0] - x, target[..., 1] - y
+    bearing = (np.arctan2(dy, dx) - yaw + np.pi) % (2 * np.pi) - np.pi
+    return bearing, np.hypot(dx, dy) - target[..., 2]
+
+
+def target_in_view(x, y, yaw, target) -> np.ndarray:
+    """Whether an image taken at this pose shows the target (within IN_VIEW of the camera axis)."""
+    return np.abs(bearing_and_distance(x, y, yaw, target)[0]) <= IN_VIEW
+
+
+def informed_chunks(pose: np.ndarray, target: np.ndarray, in_image: np.ndarray, yaw_at_image: np.ndarray,
+                    steps: int, dt: float) -> np.ndarray:
+    """[B, steps, 2] (v, w) labels for samples at `pose` [B, 3] (x, y, unwrapped yaw) whose features
+    come from an image that showed the target (`in_image` [B]) taken at unwrapped yaw `yaw_at_image`."""
+    x, y, yaw = (np.array(pose[:, i], dtype=np.float64) for i in range(3))
+    out = np.empty((len(pose), steps, 2))
+    for k in range(steps):
+        bearing, distance = bearing_and_distance(x, y, yaw, target)
+        v, w = image_informed_command(bearing, distance, in_image, yaw - yaw_at_image)
+        out[:, k, 0], out[:, k, 1] = v, w
+        # Exact arc for constant (v, w) over one step; straight where w ~ 0.
+        dyaw = w * dt
+        turning = np.abs(dyaw) > 1e-9
+        safe_w = np.where(turning, w, 1.0)
+        x = x + np.where(turning, v / safe_w * (np.sin(yaw + dyaw) - np.sin(yaw)), v * dt * np.cos(yaw))
+        y = y + np.where(turning, -v / safe_w * (np.cos(yaw + dyaw) - np.cos(yaw)), v * dt * np.sin(yaw))
+        yaw = yaw + dyaw
+    return out
+
+
+@dataclass
+class InformedLabels:
+    """What `informed_chunks` needs for a dataset's samples and images (global indices, as the
+    trainer's concatenated arrays)."""
+
+    sample_pose: np.ndarray          # [S, 3] x, y, unwrapped yaw at each sample time
+    sample_target: np.ndarray        # [S, 3] target x, y, radius of the sample's episode
+    image_shows_target: np.ndarray   # [N_img] bool
+    image_yaw: np.ndarray            # [N_img] unwrapped yaw when the image was taken
+
+    @classmethod
+    def of_episode(cls, pose_times: np.ndarray, poses: np.ndarray, target: tuple[float, float, float],
+                   image_times: np.ndarray, sample_times: np.ndarray) -> InformedLabels:
+        """From one episode's ground-truth poses [N, 3] (yaw wrapped, as recorded at 50 Hz) at
+        increasing `pose_times`, its target and the times of its images and samples."""
+        yaw = np.unwrap(poses[:, 2])  # the base turns at most 0.02 rad between poses
+
+        def at(times):
+            return np.stack([np.interp(times, pose_times, poses[:, 0]), np.interp(times, pose_times, poses[:, 1]),
+                             np.interp(times, pose_times, yaw)], axis=1)
+
+        image_pose, target_row = at(image_times), np.asarray(target, dtype=np.float64)
+        return cls(at(sample_times), np.tile(target_row, (len(sample_times), 1)),
+                   target_in_view(*image_pose.T, target_row), image_pose[:, 2])
+
+    @classmethod
+    def concatenate(cls, parts: list[InformedLabels]) -> InformedLabels:
+        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in
+                     ("sample_pose", "sample_target", "image_shows_target", "image_yaw")))
+
+    def chunks(self, samples: np.ndarray, image_index: np.ndarray, steps: int, dt: float) -> np.ndarray:
+        """[B, steps, 2] (v, w) labels of `samples` acting on the images `image_index`."""
+        return informed_chunks(self.sample_pose[samples], self.sample_target[samples],
+                               self.image_shows_target[image_index], self.image_yaw[image_index], steps, dt)
