@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
@@ -33,8 +32,8 @@ from .ros.node_support import (
     LATCHED_INPUT_QOS,
     RELIABLE_QOS,
     SENSOR_QOS,
+    ManagedNode,
     StartupError,
-    declare_from_specs,
     diagnostics,
     install_live_parameters,
     run_node,
@@ -56,48 +55,85 @@ def load_action_core(p: dict, log) -> ActionExpertCore:
     return ActionExpertCore(spec, backend, p["max_feature_age"], p["max_sensor_gap"], p["twist_mapping"])
 
 
-class ActionExpertNode(Node):
-    def __init__(self) -> None:
-        super().__init__("action_expert_node")
-        self.params = declare_from_specs(self, ACTION_NODE_PARAMS)
-        p = self.params
-        self.core = load_action_core(p, self.get_logger().info)
-        spec = self.core.spec
-        self.spec = spec
+class ActionExpertNode(ManagedNode):
+    """Managed: configure checks model.yaml against the parameters, loads the backend and subscribes
+    (the sensor window and features fill while inactive); activate starts the decisions and the
+    execution on `cmd_vel`; deactivate stops both with a zero `cmd_vel` at once (the model stays loaded)."""
 
+    def __init__(self) -> None:
+        # Before the base class: a parameter error there destroys the node, which calls _release.
+        self.core: ActionExpertCore | None = None
+        self.spec = self.output = self.chunk_pub = self._action_timer = self._jump_handle = None
+        self._inputs: list = []
+        super().__init__("action_expert_node", ACTION_NODE_PARAMS,
+                         configure_errors=(ModelSpecError, BackendUnavailable))
         self.chunk_rate = RateMeter()
         self.sensor_rate = RateMeter()
         self.counts = {"sensor_rejected": 0, "instructions_rejected": 0}
-
-        self.chunk_pub = self.create_publisher(JointTrajectory, CHUNK_TOPIC, RELIABLE_QOS)
-        self.output = CommandOutput(self, self.core, p)
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        msg_type, self._to_sample = SENSOR_MESSAGES[p["sensor_type"]]
-        self.create_subscription(msg_type, "sensor", self._on_sensor, SENSOR_QOS)
-        self.create_subscription(Image, FEATURES_TOPIC, self._on_features, LATCHED_INPUT_QOS)
-        self.create_subscription(String, "instruction", self._on_instruction, LATCHED_INPUT_QOS)
-        self._action_timer = self.create_timer(period_from_hz(p["action_hz"]), self._on_action_tick)
-        self.create_timer(1.0, self._publish_diagnostics)
         self._jumps_seen = 0
-        self._jump_handle = watch_clock_jumps(self, self._on_clock_jump)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(1.0, self._publish_diagnostics)
         install_live_parameters(self, ACTION_NODE_PARAMS, self.params, self._check_live, self._apply_live)
+
+    def _configure(self) -> None:
+        p = self.params
+        self.core = load_action_core(p, self.get_logger().info)
+        self.spec = self.core.spec
+        self._jumps_seen = self.core.clock_jumps
+        self.chunk_pub = self.create_lifecycle_publisher(JointTrajectory, CHUNK_TOPIC, RELIABLE_QOS)
+        self.output = CommandOutput(self, self.core, p)
+        msg_type, self._to_sample = SENSOR_MESSAGES[p["sensor_type"]]
+        self._inputs = [self.create_subscription(msg_type, "sensor", self._on_sensor, SENSOR_QOS),
+                        self.create_subscription(Image, FEATURES_TOPIC, self._on_features, LATCHED_INPUT_QOS),
+                        self.create_subscription(String, "instruction", self._on_instruction, LATCHED_INPUT_QOS)]
+        self._jump_handle = watch_clock_jumps(self, self._on_clock_jump)
+
+    def _activate(self) -> None:
+        self.output.start()
+        self._action_timer = self.create_timer(period_from_hz(self.params["action_hz"]), self._on_action_tick)
+
+    def _deactivate(self) -> None:
+        if self._action_timer is not None:
+            self.destroy_timer(self._action_timer)
+            self._action_timer = None
+        self.output.stop()  # zero cmd_vel now
+
+    def _release(self) -> None:
+        for subscription in self._inputs:
+            self.destroy_subscription(subscription)
+        self._inputs, self._jump_handle = [], None
+        if self.output is not None:
+            self.output.close()
+            self.output = None
+        if self.chunk_pub is not None:
+            self.destroy_lifecycle_publisher(self.chunk_pub)
+            self.chunk_pub = None
+        if self.core is not None:
+            close = getattr(self.core.backend, "close", None)
+            if close is not None:
+                close()  # TensorRT: device buffers and the engine
+            self.core = self.spec = None
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
     # -- parameters -----------------------------------------------------------------------------
     def _check_live(self, values: dict) -> str | None:
+        if self.spec is None:
+            return None  # unconfigured: configure checks them against model.yaml
         problems = check_params(self.spec, values)
         return "; ".join(problems) if problems else None
 
     def _apply_live(self, changes: dict) -> None:
         core, p = self.core, self.params
+        self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
+        if core is None:
+            return  # unconfigured: configure reads them
         core.set_limits(p["max_feature_age"], p["max_sensor_gap"])
         self.output.apply_live(changes)
-        if "action_hz" in changes:
+        if "action_hz" in changes and self._action_timer is not None:
             self.destroy_timer(self._action_timer)
             self._action_timer = self.create_timer(period_from_hz(p["action_hz"]), self._on_action_tick)
-        self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
 
     # -- clock jumps ----------------------------------------------------------------------------
     def _on_clock_jump(self, jump=None) -> None:
@@ -154,17 +190,19 @@ class ActionExpertNode(Node):
             self.chunk_pub.publish(chunk_to_trajectory(result.chunk, self.spec.action_names))
             self.chunk_rate.tick()
 
-    def publish_zero(self) -> None:
-        self.output.publish_zero()
-
     def _publish_diagnostics(self) -> None:
+        status = self.lifecycle_diagnostics()
+        if status is not None and self.core is None:
+            self.diag_pub.publish(diagnostics(self, *status, {"lifecycle_state": self.lifecycle_state}))
+            return
         core, safety = self.core, self.core.safety
         level = DiagnosticStatus.OK if not safety.stopped else DiagnosticStatus.WARN
         if safety.reason in (StopReason.INFERENCE_ERROR, StopReason.NON_FINITE_OUTPUT):
             level = DiagnosticStatus.ERROR
         age = core.features.age(self._now())
         values = {
-            "backend": core.backend.name, "action_hz": self.params["action_hz"],
+            "lifecycle_state": self.lifecycle_state, "backend": core.backend.name,
+            "action_hz": self.params["action_hz"],
             "chunk_rate_hz": self.chunk_rate.rate(), "sensor_rate_hz": self.sensor_rate.rate(),
             "sensor_accepted": self.sensor_rate.total,
             "feature_age_s": float("nan") if age is None else age,
@@ -178,17 +216,15 @@ class ActionExpertNode(Node):
             "rate_limited_values": self.output.executor.rate_limited_values,
             "exhausted_chunk_steps": self.output.executor.exhausted_steps, "clock_jumps": core.clock_jumps,
         }
-        self.diag_pub.publish(diagnostics(self, level, safety.describe(), values))
+        message = safety.describe()
+        if status is not None:  # configured, inactive
+            level, message = status
+        self.diag_pub.publish(diagnostics(self, level, message, values))
 
 
 def main(args=None) -> int:
-    return run_node(ActionExpertNode, args, on_shutdown=_on_shutdown,
-                    startup_errors=(ModelSpecError, BackendUnavailable))
-
-
-def _on_shutdown(node: Node) -> None:
-    if isinstance(node, ActionExpertNode):
-        node.publish_zero()
+    # Shutdown goes through the lifecycle: an active node deactivates, which sends the final zero.
+    return run_node(ActionExpertNode, args, startup_errors=(ModelSpecError, BackendUnavailable))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""ROS 2 parameter files checked before anything starts: rcl reports a malformed file as a
+"""ROS 2 parameter files: the order the nodes load them in (one rule for `robot.launch.py` and
+`mobile-vla-bringup`), and a check before anything starts: rcl reports a malformed file as a
 traceback ("failed to initialize rcl: Couldn't parse params file"); this names the file and line."""
 
 from __future__ import annotations
@@ -7,6 +8,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
+
+SIM_PARAMS_FILE = "sim.yaml"
+
+
+def params_file_order(files: Sequence[Path], use_sim: bool, config_dir: Path) -> list[Path]:
+    """The parameter files in load order (a later file overrides an earlier one): the base file
+    (default config/robot.yaml), then with the simulated robot config/sim.yaml (its clock, CPU VLM,
+    autostart), then the remaining files, so a user's overrides (e.g. sim_slow_vlm.yaml) win over
+    sim.yaml. A sim.yaml the user listed keeps its place."""
+    files = [Path(f) for f in files] or [config_dir / "robot.yaml"]
+    if use_sim and not any(f.name == SIM_PARAMS_FILE for f in files):
+        files.insert(1, config_dir / SIM_PARAMS_FILE)
+    return files
 
 
 def params_files_in(argv: Sequence[str]) -> list[Path]:

@@ -14,7 +14,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ROS_FACING = ["test/test_system_rates.py", "test/test_system_reliability.py", "test/test_system_safe_stop.py",
-              "test/test_time_faults_system.py", "test/test_startup_errors.py", "test/test_bringup.py"]
+              "test/test_time_faults_system.py", "test/test_startup_errors.py", "test/test_bringup.py",
+              "test/test_lifecycle_system.py"]
 # Failed once on Jazzy in a loaded CI run (no max_feature_age stop reason within 5 s), passed in a
 # local Jazzy run; it runs on Kilted in the main suite. Open question, named in the closing note.
 NOT_ON_JAZZY_YET = ["--deselect", "test/test_system_rates.py::test_live_safety_parameters_take_effect"]

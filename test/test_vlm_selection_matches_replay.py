@@ -99,7 +99,10 @@ class NodeHarness:
             "vlm_hz": VLM_HZ, "max_image_age": MAX_IMAGE_AGE, "simulated_latency": 0.0}
         self.features: list[float] = []
         self.runner = VlmRunner(self.node, params, lambda f, inputs: self.features.append(inputs.newest.stamp))
-        self.runner._tick_timer.cancel()
+        self.runner.start()
+        self.runner._tick_timer.cancel()  # the replay's tick times drive _on_tick instead
+        self.spin()  # start()'s immediate tick, before the stream (no input yet: counted, not replayed)
+        self.runner.counts["skipped_no_input"] = 0
         self.gate = threading.Semaphore(0)
         self.started: list[float] = []  # ROS time each forward started
         self.recorded = Recorded(self.runner.extractor.extract, before=self._hold)

@@ -88,7 +88,13 @@ def validate(spec: ParamSpec, value: Any) -> str | None:
     return None
 
 
+# Both nodes are managed (lifecycle) nodes; this decides whether they arm themselves.
+AUTOSTART = ParamSpec("autostart", BOOL, True, "Configure and activate at start-up. false: the node waits "
+                      "unconfigured until the operator runs `ros2 lifecycle set <node> configure`, then "
+                      "`activate`; nothing is published before (the arm step).")
+
 VLM_NODE_PARAMS: tuple[ParamSpec, ...] = (
+    AUTOSTART,
     ParamSpec("vlm_hz", DOUBLE, 3.33, "Rate of VLM forwards (Hz). A tick is skipped while a forward "
               "is still running.", 0.1, 10.0, live=True),
     ParamSpec("vlm_backend", STRING, "kosmos2", "VLM feature extractor.", choices=VLM_BACKENDS),
@@ -115,6 +121,7 @@ VLM_NODE_PARAMS: tuple[ParamSpec, ...] = (
 )
 
 ACTION_NODE_PARAMS: tuple[ParamSpec, ...] = (
+    AUTOSTART,
     ParamSpec("action_hz", DOUBLE, 10.0, "Rate of action-expert inferences / published chunks (Hz).",
               1.0, 50.0, live=True),
     ParamSpec("sensor_type", STRING, "imu", "imu: sensor_msgs/Imu; wrench: geometry_msgs/WrenchStamped.",

@@ -4,6 +4,8 @@ Every `execute_hz` tick checks the core's input gates (so a stop takes effect wi
 period, not one decision period) and publishes the newest chunk's step for now (ChunkExecutor: limits
 last), or, while the core is stopped, zero for `zero_cmd_hold` seconds and then nothing. The command executed
 is reported back to the core, whose motion history integrates it (the motion since the image).
+`start` begins the ticks and `stop` ends them with a zero command (a managed node's activate and
+deactivate); on a lifecycle node `cmd_vel` is a lifecycle publisher, silent while inactive.
 """
 
 from __future__ import annotations
@@ -34,13 +36,38 @@ class CommandOutput:
         self._stopped_since = time.monotonic()
         self._zero = np.zeros(dim, dtype=np.float32)
         twist_type = TwistStamped if params["twist_stamped"] else Twist
-        self.publisher = node.create_publisher(twist_type, CMD_VEL_TOPIC, 10) if params["execute_chunks"] else None
-        self._timer = None
-        if self.publisher is not None:
-            self._timer = node.create_timer(period_from_hz(params["execute_hz"]), self._on_tick)
+        self.publisher = self._subscription = self._timer = None
+        if params["execute_chunks"]:
+            create = getattr(node, "create_lifecycle_publisher", node.create_publisher)
+            self.publisher = create(twist_type, CMD_VEL_TOPIC, 10)
         elif core.spec.motion_input:
             # Something else executes the chunks: its cmd_vel is the motion the model must be told about.
-            node.create_subscription(twist_type, CMD_VEL_TOPIC, self._on_external_cmd_vel, 10)
+            self._subscription = node.create_subscription(twist_type, CMD_VEL_TOPIC, self._on_external_cmd_vel, 10)
+
+    def start(self) -> None:
+        """Execute chunks from now on, starting from zero (the rate limiter ramps up from rest)."""
+        self.on_chunk(None, was_running=True)
+        if self.publisher is not None and self._timer is None:
+            self._timer = self.node.create_timer(period_from_hz(self.params["execute_hz"]), self._on_tick)
+
+    def stop(self) -> None:
+        """No more ticks; a zero command now, so the robot does not keep the last velocity."""
+        if self._timer is not None:
+            self.node.destroy_timer(self._timer)
+            self._timer = None
+        self.on_chunk(None, was_running=True)
+        self.publish_zero()
+
+    def close(self) -> None:
+        """Stop and free the publisher/subscription (a managed node's cleanup)."""
+        self.stop()
+        if self.publisher is not None:
+            destroy = getattr(self.node, "destroy_lifecycle_publisher", self.node.destroy_publisher)
+            destroy(self.publisher)
+            self.publisher = None
+        if self._subscription is not None:
+            self.node.destroy_subscription(self._subscription)
+            self._subscription = None
 
     def apply_live(self, changes: dict) -> None:
         p = self.params

@@ -1,5 +1,5 @@
-"""rclpy glue shared by both nodes: parameters declared from the core specs, live-change
-validation, QoS profiles, diagnostics messages, and the common `main` wrapper.
+"""rclpy glue shared by both nodes: the managed-node (lifecycle) base, parameters declared from the
+core specs, live-change validation, QoS profiles, diagnostics messages, and the common `main` wrapper.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -102,6 +103,112 @@ def install_live_parameters(node: Node, specs: tuple[P.ParamSpec, ...], current:
     node.add_on_set_parameters_callback(on_set)
 
 
+class ManagedNode(LifecycleNode):
+    """A lifecycle node (`ros2 lifecycle set <node> configure|activate|deactivate|cleanup|shutdown`).
+
+    configure: `_configure` checks the parameters and loads what the node needs (models, inputs); a
+    failure is logged, kept in `configure_error` for /diagnostics, undone, and leaves the node
+    unconfigured and alive. activate: the lifecycle publishers are enabled, then `_activate` starts
+    the timers. deactivate: `_deactivate` stops them and sends what must go out last (a zero
+    `cmd_vel`), then the publishers are disabled. cleanup / shutdown: `_release` frees what
+    configure loaded. With the `autostart` parameter, `run_node` configures and activates it at once.
+    """
+
+    def __init__(self, name: str, specs: tuple[P.ParamSpec, ...],
+                 configure_errors: tuple[type[BaseException], ...] = ()) -> None:
+        super().__init__(name)
+        self.specs = specs
+        self.params = declare_from_specs(self, specs)
+        self.configure_errors = (StartupError, *configure_errors)
+        self.configure_error: str | None = None
+        self.lifecycle_state = "unconfigured"
+
+    # Hooks of the concrete node.
+    def _configure(self) -> None:
+        raise NotImplementedError
+
+    def _activate(self) -> None:
+        raise NotImplementedError
+
+    def _deactivate(self) -> None:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def active(self) -> bool:
+        return self.lifecycle_state == "active"
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            problems = [r for s in self.specs if (r := P.validate(s, self.params[s.name])) is not None]
+            if problems:
+                raise StartupError("; ".join(problems))
+            self._configure()
+        except Exception as exc:  # rclpy would turn it into a silent ERROR transition
+            expected = isinstance(exc, self.configure_errors)
+            self.configure_error = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"configure failed, staying unconfigured: {exc}")
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        self.configure_error = None
+        self.lifecycle_state = "inactive"
+        self.get_logger().info("configured (inactive): `ros2 lifecycle set` activate to start publishing")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        result = super().on_activate(state)  # enables the lifecycle publishers
+        self._activate()
+        self.lifecycle_state = "active"
+        self.get_logger().info("active")
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()  # its last messages go out before the publishers are disabled
+        self.lifecycle_state = "inactive"
+        self.get_logger().info("inactive: publishing stopped, models stay loaded")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.lifecycle_state = "unconfigured"
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.active:
+            self._deactivate()
+        self._release()
+        self.lifecycle_state = "finalized"
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f"error in a transition from {state.label}: releasing, back to unconfigured")
+        if self.active:
+            self._deactivate()
+        self._release()
+        self.lifecycle_state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def lifecycle_diagnostics(self) -> tuple[bytes, str] | None:
+        """(level, message) while not active (the node's own status otherwise)."""
+        if self.lifecycle_state == "active":
+            return None
+        if self.configure_error is not None:
+            return DiagnosticStatus.ERROR, f"unconfigured: {self.configure_error}"
+        return DiagnosticStatus.WARN, f"{self.lifecycle_state}: not publishing (ros2 lifecycle set to change)"
+
+    def autostart(self) -> bool:
+        """configure + activate when the `autostart` parameter says so; False if configure failed."""
+        if not self.params.get("autostart", False):
+            self.get_logger().info("autostart is false: waiting unconfigured for `ros2 lifecycle set "
+                                   f"{self.get_fully_qualified_name()} configure`, then activate")
+            return True
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            return False
+        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+
 def valid_instruction(node: Node, msg, max_length: int, counts: dict[str, int]) -> str | None:
     """The stripped instruction text, or None after counting and logging (throttled) why it was dropped."""
     text = msg.data.strip()
@@ -181,6 +288,9 @@ def run_node(factory: Callable[[], Node], args=None, on_shutdown: Callable[[Node
     logger = rclpy.logging.get_logger("mobile_vla_ros")
     try:
         node = factory()
+        if isinstance(node, ManagedNode) and not node.autostart():
+            # Started by autostart (launch, bring-up): fail fast, as a launch file's user expects.
+            raise StartupError(node.configure_error or "activate failed")
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():
@@ -196,6 +306,11 @@ def run_node(factory: Callable[[], Node], args=None, on_shutdown: Callable[[Node
         if executor is not None:
             executor.shutdown(timeout_sec=1.0)
         if node is not None:
+            if isinstance(node, ManagedNode) and node.lifecycle_state != "finalized":
+                # Through the lifecycle: an active node deactivates (its final zero cmd_vel) and releases.
+                if node.trigger_shutdown() != TransitionCallbackReturn.SUCCESS:
+                    logger.error("shutdown transition failed")
+                    code = code or 1
             if on_shutdown is not None:
                 on_shutdown(node)  # a failure here must not look like a clean exit: it propagates
             try:

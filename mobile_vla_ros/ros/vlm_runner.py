@@ -5,7 +5,9 @@ sync_baseline_node (whose finished forward drives the action core directly).
 Callbacks only store the newest image per camera; a timer at `vlm_hz` hands one forward at a time to
 a worker thread (a tick that finds it busy is skipped and counted, and the next forward starts as
 soon as the busy one ends), and `on_features(features, inputs)` runs in the worker thread with every
-finished forward that is still current (same instruction, same timeline).
+finished forward that is still current (same instruction, same timeline). `start`/`stop` begin and
+end the forwards (vlm_node's activate/deactivate); inputs are kept meanwhile, so the first forward
+after activate uses the newest image at once.
 """
 
 from __future__ import annotations
@@ -58,11 +60,26 @@ class VlmRunner:
                        "forward_errors": 0, "discarded_old_instruction": 0, "clock_jumps": 0}
         self.status = "waiting for instruction and images"
 
-        for topic in p["image_topics"]:
-            node.create_subscription(Image, topic, lambda msg, t=topic: self._on_image(t, msg), SENSOR_QOS)
-        node.create_subscription(String, "instruction", self._on_instruction, LATCHED_INPUT_QOS)
-        self._tick_timer = node.create_timer(period_from_hz(p["vlm_hz"]), self._on_tick)
+        self._subscriptions = [node.create_subscription(Image, topic, lambda msg, t=topic: self._on_image(t, msg),
+                                                        SENSOR_QOS) for topic in p["image_topics"]]
+        self._subscriptions.append(node.create_subscription(String, "instruction", self._on_instruction,
+                                                            LATCHED_INPUT_QOS))
+        self._tick_timer = None
+        self._running = False
         self._jump_handle = watch_clock_jumps(node, lambda jump: self._restart_timeline(self._now()))
+
+    def start(self) -> None:
+        if not self._running:
+            self._running = True
+            self._tick_timer = self.node.create_timer(period_from_hz(self.params["vlm_hz"]), self._on_tick)
+            self._retick.trigger()  # the first forward now, not one period later
+
+    def stop(self) -> None:
+        """No new forwards; one in flight finishes (its result is not published while inactive)."""
+        self._running = False
+        if self._tick_timer is not None:
+            self.node.destroy_timer(self._tick_timer)
+            self._tick_timer = None
 
     def _check_action_model(self) -> None:
         """The features must be what the action expert was trained on: same backend, pooling and width."""
@@ -91,7 +108,7 @@ class VlmRunner:
     def apply_live(self, changes: dict) -> None:
         with self.lock:
             self.schedule.max_image_age = self.params["max_image_age"]
-        if "vlm_hz" in changes:
+        if "vlm_hz" in changes and self._running:
             self.node.destroy_timer(self._tick_timer)
             self._tick_timer = self.node.create_timer(period_from_hz(changes["vlm_hz"]), self._on_tick)
             self.node.get_logger().info(f"vlm_hz -> {changes['vlm_hz']}")
@@ -144,7 +161,7 @@ class VlmRunner:
 
     # -- forward --------------------------------------------------------------------------------
     def _on_tick(self) -> None:
-        if self.worker.skip_if_busy():
+        if not self._running or self.worker.skip_if_busy():  # a retick after stop starts nothing
             return
         now = self._read_clock()
         with self.lock:
@@ -194,4 +211,11 @@ class VlmRunner:
         }
 
     def shutdown(self) -> None:
+        """Stop, wait for a forward in flight, free the subscriptions."""
+        self.stop()
         self.worker.shutdown(wait=True)
+        for subscription in self._subscriptions:
+            self.node.destroy_subscription(subscription)
+        self._subscriptions = []
+        self.node.destroy_guard_condition(self._retick)
+        self._jump_handle = None

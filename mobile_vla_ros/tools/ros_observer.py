@@ -137,6 +137,20 @@ class Observer:
         return self._call(DescribeParameters, f"{node}/describe_parameters",
                           DescribeParameters.Request(names=[name]), timeout).descriptors[0]
 
+    def change_state(self, node: str, transition: str, timeout: float = 30.0) -> bool:
+        """`ros2 lifecycle set <node> <transition>` (configure, activate, deactivate, cleanup, shutdown)."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+
+        request = ChangeState.Request(transition=Transition(label=transition))
+        return self._call(ChangeState, f"{node}/change_state", request, timeout).success
+
+    def lifecycle_state(self, node: str, timeout: float = 5.0) -> str:
+        """`ros2 lifecycle get <node>`: the state's label (unconfigured, inactive, active, finalized)."""
+        from lifecycle_msgs.srv import GetState
+
+        return self._call(GetState, f"{node}/get_state", GetState.Request(), timeout).current_state.label
+
     def ros_now(self) -> float:
         return self.node.get_clock().now().nanoseconds * 1e-9
 

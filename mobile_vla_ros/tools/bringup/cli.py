@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from ...params_files import first_params_file_error
+from ...params_files import first_params_file_error, params_file_order
 from ...paths import share_dir
 from ...sim.world import TASK_SETS
 from .processes import node_command, shutdown
@@ -34,8 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--sim", action="store_true",
                     help="closed loop with the MuJoCo simulated robot: run --episodes seeded episodes, print success "
                          "rate (beside zero/random-action baselines), rates, feature age and latency, write "
-                         "--out/report.json and trajectories.png. config/sim.yaml is added after --params-file "
-                         "(default config/robot.yaml) unless given among them")
+                         "--out/report.json and trajectories.png. config/sim.yaml is added after the first "
+                         "--params-file (default config/robot.yaml) unless given among them, as robot.launch.py "
+                         "use_sim:=true does")
     ap.add_argument("--episodes", type=int, default=20, help="--sim: episodes to run")
     ap.add_argument("--seed", type=int, default=1000, help="--sim: first episode's task seed (held out from the "
                                                            "training seeds 0-999)")
@@ -57,11 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     config = share_dir() / "config"
-    params_files = args.params_file or [config / "robot.yaml"]
-    if args.sim and not any(f.name == "sim.yaml" for f in params_files):
-        # The nodes must run on the simulator's clock: sim.yaml (use_sim_time, sim_node, CPU VLM) goes last
-        # unless the user placed it themselves (then files after it can override it).
-        params_files = [*params_files, config / "sim.yaml"]
+    params_files = params_file_order(args.params_file or [], args.sim, config)
     for f in params_files:
         if not f.is_file():
             print(f"mobile-vla-bringup: error: --params-file {f}: no such file", file=sys.stderr)

@@ -20,7 +20,7 @@ from trajectory_msgs.msg import JointTrajectory
 from ...action_expert_node import load_action_core
 from ...core.model_spec import ModelSpecError
 from ...core.names import CHUNK_TOPIC, FEATURES_TOPIC
-from ...core.params import ACTION_NODE_PARAMS, VLM_NODE_PARAMS
+from ...core.params import ACTION_NODE_PARAMS, AUTOSTART, VLM_NODE_PARAMS
 from ...core.safety import StopReason
 from ...core.sensor_window import PushResult
 from ...core.stats import RateMeter
@@ -41,7 +41,9 @@ from ...vlm.base import VlmLoadError
 from ...vlm_node import publish_features
 
 _VLM_NAMES = {s.name for s in VLM_NODE_PARAMS}
-SYNC_BASELINE_PARAMS = VLM_NODE_PARAMS + tuple(s for s in ACTION_NODE_PARAMS if s.name not in _VLM_NAMES)
+# A plain node (a benchmark baseline, not for robots): it runs from the start, without the lifecycle.
+SYNC_BASELINE_PARAMS = tuple(s for s in VLM_NODE_PARAMS if s is not AUTOSTART) + tuple(
+    s for s in ACTION_NODE_PARAMS if s.name not in _VLM_NAMES)
 
 
 class SyncBaselineNode(Node):
@@ -58,9 +60,11 @@ class SyncBaselineNode(Node):
         # Each decision's chunk is executed on cmd_vel like the action node's; after it the robot
         # waits (zero) for the next decision: the synchronous loop's behaviour on a robot.
         self.output = CommandOutput(self, self.core, self.params, self._core_lock)
+        self.output.start()
         msg_type, self._to_sample = SENSOR_MESSAGES[self.params["sensor_type"]]
         self.create_subscription(msg_type, "sensor", self._on_sensor, SENSOR_QOS)
         self.vlm = VlmRunner(self, self.params, self._decide)
+        self.vlm.start()
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0, self._publish_diagnostics)
         install_live_parameters(self, SYNC_BASELINE_PARAMS, self.params, None, self.vlm.apply_live)
