@@ -48,3 +48,25 @@ def test_bringup_reports_a_node_that_fails_to_start(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "chunk_size: expected 8 (model.yaml), got 4" in result.stderr
     assert "action_expert_node exited with code 2" in result.stderr
+
+
+def test_launch_and_bringup_order_parameter_files_by_one_rule(tmp_path):
+    """`params_file_order` (robot.launch.py and mobile-vla-bringup): the base file, sim.yaml right after
+    it with the simulated robot, then the overrides, so an override wins over sim.yaml."""
+    from mobile_vla_ros.params_files import params_file_order
+
+    config = REPO / "config"
+    robot, slow = config / "robot.yaml", config / "sim_slow_vlm.yaml"
+    assert params_file_order([], False, config) == [robot]
+    assert params_file_order([], True, config) == [robot, config / "sim.yaml"]
+    assert params_file_order([robot, slow], True, config) == [robot, config / "sim.yaml", slow]
+    own_sim = tmp_path / "sim.yaml"
+    assert params_file_order([robot, slow, own_sim], True, config) == [robot, slow, own_sim]  # kept in place
+    assert params_file_order([robot, slow], False, config) == [robot, slow]
+    # What the nodes get from that order: the override's VLM latency, sim.yaml's clock and autostart.
+    from mobile_vla_ros.tools.bringup.processes import yaml_params
+
+    params = yaml_params(params_file_order([robot, slow], True, config), ("vlm_node",))
+    assert params["simulated_latency"] == 1.5 and params["use_sim_time"] is True and params["autostart"] is True
+    action = yaml_params(params_file_order([robot], False, config), ("action_expert_node",))
+    assert action["autostart"] is False  # on the robot the operator arms the action expert
