@@ -60,3 +60,18 @@ def test_soak_with_faults_stops_within_an_action_period_and_recovers_from_each(t
             assert fault["dropped"]["features"] > 0 and fault["dropped"]["sensor"] > 0, fault
     assert result["deadline_miss_percent"] < 5.0  # outside the faults' windows
     assert set(result["rss"]) >= {"action_expert_node", "synthetic_sources"}
+
+
+def test_closed_loop_benchmark_reports_the_expert_upper_bound_beside_the_policy(tmp_path, capsys):
+    """`mobile-vla-bench closed-loop` end to end on two hard episodes at a 1.5 s VLM: the trained-on
+    rule with ground-truth perception (`expert`) reaches both targets; the shipped model's row comes
+    from the same seeds; JSON, Markdown and PNG are written."""
+    out = tmp_path / "closed_loop.json"
+    assert bench.main(["closed-loop", "--episodes", "2", "--task-sets", "hard", "--modes", "expert,async-motion",
+                       "--settings", "1.5@0.59", "--workers", "1", "--out", str(out)]) == 0
+    rows = {r["mode"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["expert"]["successes"] == 2 and rows["expert"]["model_dir"] == "none (ground truth)"
+    assert rows["expert"]["smoothness"] is None and rows["async-motion"]["smoothness"] > 0
+    assert [e["seed"] for e in rows["async-motion"]["episodes"]] == [e["seed"] for e in rows["expert"]["episodes"]]
+    assert "| hard | 1.5 s | 0.59 | expert | 2/2 (100 %) |" in out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").stat().st_size > 0

@@ -3,9 +3,11 @@
 For each (VLM latency, vlm_hz) setting, mode and task set, the same held-out seeds are driven
 closed loop in sim time by the robot's code (tools/simulation/closed_loop.py): `sync` (every decision waits
 for a forward), `async-no-motion` (the two nodes, a model without the motion input) and
-`async-motion` (the two nodes, the shipped model with it). Reports success, mean time to target,
-path length / straight-line distance and command smoothness (mean |change| of the executed
-command per cmd_vel step); Markdown + JSON + one PNG. Runs are spread over processes.
+`async-motion` (the two nodes, the shipped model with it), and `expert`: the rule the model is
+trained on, with ground-truth perception, on the images that VLM delivers (an upper bound: what is
+left between it and `async-motion` is perception and imitation error, not latency). Reports success,
+mean time to target, path length / straight-line distance and command smoothness (mean |change| of
+the executed command per cmd_vel step); Markdown + JSON + one PNG. Runs are spread over processes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import numpy as np
 
 CPU_STAND_IN = "cpu"  # the latency of the shipped stand-in VLM's real forward on this machine
 DEFAULT_SETTINGS = ((CPU_STAND_IN, 3.33), (0.3, 3.33), (0.3, 1.0), (1.5, 0.59))
-MODES = ("sync", "async-no-motion", "async-motion")
+EXPERT = "expert"
+MODES = ("sync", "async-no-motion", "async-motion", EXPERT)
 
 
 @dataclass(frozen=True)
@@ -53,14 +56,18 @@ def measured_forward_seconds(model_dir: Path, repeats: int = 20) -> float:
 
 def _run_one(job: tuple[Run, float, list[int], dict[str, str]]) -> dict:
     from ...sim.world import SimConfig
-    from ..simulation.closed_loop import LoopConfig, run_episodes
+    from ..simulation.closed_loop import LoopConfig, informed_expert_episodes, run_episodes
 
     run, latency, seeds, models = job
     model = models["no_motion"] if run.mode == "async-no-motion" else models["motion"]
     sim_cfg = SimConfig.for_evaluation(run.task_set)
-    cfg = LoopConfig(mode="sync" if run.mode == "sync" else "async", vlm_hz=run.vlm_hz, vlm_latency=latency)
     began = time.monotonic()
-    episodes = run_episodes(seeds, sim_cfg, cfg, Path(model))
+    if run.mode == EXPERT:
+        model = "none (ground truth)"
+        episodes = informed_expert_episodes(seeds, sim_cfg, latency, run.vlm_hz)
+    else:
+        cfg = LoopConfig(mode="sync" if run.mode == "sync" else "async", vlm_hz=run.vlm_hz, vlm_latency=latency)
+        episodes = run_episodes(seeds, sim_cfg, cfg, Path(model))
     return {**asdict(run), "latency_s": latency, "model_dir": model, "episodes": episodes,
             **summarize(episodes), "wall_seconds": time.monotonic() - began}
 
@@ -69,7 +76,8 @@ def summarize(episodes: list[dict]) -> dict:
     ok = [e for e in episodes if e["success"]]
 
     def mean(key, rows):
-        return float(np.mean([e[key] for e in rows])) if rows else None
+        values = [e[key] for e in rows if e[key] is not None]
+        return float(np.mean(values)) if values else None
 
     return {"successes": len(ok), "episodes_run": len(episodes), "success_rate": len(ok) / max(len(episodes), 1),
             "mean_time_to_target_s": mean("duration", ok), "path_ratio": mean("path_ratio", ok),

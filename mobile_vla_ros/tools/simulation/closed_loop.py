@@ -33,7 +33,7 @@ from ...core.motion import twist_components
 from ...core.params import ACTION_NODE_PARAMS, SYNC_LOOP_VLM_HZ, VLM_NODE_PARAMS, spec_by_name
 from ...core.safety import feature_age_limit
 from ...core.vlm_schedule import CameraFrame, VirtualTimeVlm, VlmScheduler
-from ...sim.episode import SimEpisode
+from ...sim.episode import SimEpisode, run_informed_expert
 from ...sim.messages import SIM_EPOCH
 from ...sim.world import SimConfig, sample_task
 
@@ -166,21 +166,36 @@ class ClosedLoopEpisode:
 
     def _summary(self) -> dict:
         result = self.episode.result().to_dict()
-        path = np.asarray(result["path"])
-        length = float(np.sum(np.hypot(*np.diff(path, axis=0).T))) if len(path) > 1 else 0.0
-        task = self.episode.task
-        x0, y0, _ = task.start
-        target = task.target_object
-        straight = max(math.hypot(target.x - x0, target.y - y0) - target.radius - self.episode.cfg.success_radius,
-                       1e-6)
         cmds = np.asarray(self.commands) if self.commands else np.zeros((1, self.spec.action_dim))
-        return {**result, "path_ratio": length / straight, "path_length": length,
+        return {**result, **path_summary(result, self.episode.task, self.episode.cfg),
                 "smoothness": float(np.mean(np.abs(np.diff(cmds, axis=0)))) if len(cmds) > 1 else 0.0,
                 "forwards": self.vlm.counts["forwards"], "chunks": self.chunks,
                 "feature_age_p50": float(np.median(self.ages)) if self.ages else None}
 
     def close(self) -> None:
         self.episode.close()
+
+
+def path_summary(result: dict, task, cfg: SimConfig) -> dict:
+    """Path length and its ratio to the straight line from the start to the success radius."""
+    path = np.asarray(result["path"])
+    length = float(np.sum(np.hypot(*np.diff(path, axis=0).T))) if len(path) > 1 else 0.0
+    x0, y0, _ = task.start
+    target = task.target_object
+    straight = max(math.hypot(target.x - x0, target.y - y0) - target.radius - cfg.success_radius, 1e-6)
+    return {"path_ratio": length / straight, "path_length": length}
+
+
+def informed_expert_episodes(seeds: list[int], sim_cfg: SimConfig, vlm_latency: float, vlm_hz: float) -> list[dict]:
+    """The rule the action expert is trained on (`sim.episode.run_informed_expert`), with ground-truth
+    perception on the images this VLM latency and rate deliver: what the labels teach, followed
+    exactly, an upper bound of the learned policy. No command smoothness (it commands at 10 Hz)."""
+    rows = []
+    for seed in seeds:
+        task = sample_task(seed, sim_cfg)
+        result = run_informed_expert(task, sim_cfg, vlm_latency, vlm_hz).to_dict()
+        rows.append({**result, **path_summary(result, task, sim_cfg), "smoothness": None})
+    return rows
 
 
 def run_episodes(seeds: list[int], sim_cfg: SimConfig, cfg: LoopConfig, model_dir, progress=None) -> list[dict]:
