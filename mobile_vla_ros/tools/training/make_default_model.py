@@ -13,7 +13,8 @@
    the label is the expert's command for the current state;
 3. mobile-vla-train on those bags with that VLM: the motion since the image as a third input, feature
    ages drawn uniformly over 0-3.5 s (every deployment from the CPU stand-in at 3.33 Hz to a 1.5 s VLM at
-   0.59 Hz, whose features are up to 3.2 s old) -> OUT; the same without the motion input ->
+   0.59 Hz, whose features are up to 3.2 s old), labels from the expert that knows only the sample's
+   image and the motion since it (`--labels sim-expert`) -> OUT; the same without the motion input ->
    --no-motion-out (the closed-loop benchmark's ablation).
 """
 
