@@ -159,7 +159,8 @@ def test_live_safety_parameters_take_effect(probe, processes):
     def stop_and_resume(name: str, bad: float, good: float, reason: str) -> float:
         assert probe.set_param("action_expert_node", name, bad).successful
         t_bad = time.monotonic()
-        wait_for(lambda: reason in diag_values(diags, "action_expert_node").get("safe_stop_reason", ""), 5,
+        # /diagnostics comes at 1 Hz: a few periods on a loaded machine (the chunks' stop is bounded below).
+        wait_for(lambda: reason in diag_values(diags, "action_expert_node").get("safe_stop_reason", ""), 10,
                  f"stop reason {reason!r} after {name}={bad}")
         stopped_at = max(t for t, _ in chunks.since(0.0))
         assert stopped_at - t_bad <= 0.3, f"chunks went on for {stopped_at - t_bad:.2f} s after {name}={bad}"
