@@ -64,19 +64,16 @@ class VlmRunner:
                                                         SENSOR_QOS) for topic in p["image_topics"]]
         self._subscriptions.append(node.create_subscription(String, "instruction", self._on_instruction,
                                                             LATCHED_INPUT_QOS))
-        self._tick_timer = None
-        self._running = False
+        self._tick_timer = None  # set while started
         self._jump_handle = watch_clock_jumps(node, lambda jump: self._restart_timeline(self._now()))
 
     def start(self) -> None:
-        if not self._running:
-            self._running = True
+        if self._tick_timer is None:
             self._tick_timer = self.node.create_timer(period_from_hz(self.params["vlm_hz"]), self._on_tick)
             self._retick.trigger()  # the first forward now, not one period later
 
     def stop(self) -> None:
         """No new forwards; one in flight finishes (its result is not published while inactive)."""
-        self._running = False
         if self._tick_timer is not None:
             self.node.destroy_timer(self._tick_timer)
             self._tick_timer = None
@@ -108,7 +105,7 @@ class VlmRunner:
     def apply_live(self, changes: dict) -> None:
         with self.lock:
             self.schedule.max_image_age = self.params["max_image_age"]
-        if "vlm_hz" in changes and self._running:
+        if "vlm_hz" in changes and self._tick_timer is not None:
             self.node.destroy_timer(self._tick_timer)
             self._tick_timer = self.node.create_timer(period_from_hz(changes["vlm_hz"]), self._on_tick)
             self.node.get_logger().info(f"vlm_hz -> {changes['vlm_hz']}")
@@ -161,7 +158,7 @@ class VlmRunner:
 
     # -- forward --------------------------------------------------------------------------------
     def _on_tick(self) -> None:
-        if not self._running or self.worker.skip_if_busy():  # a retick after stop starts nothing
+        if self._tick_timer is None or self.worker.skip_if_busy():  # a retick after stop starts nothing
             return
         now = self._read_clock()
         with self.lock:
