@@ -80,10 +80,11 @@ def test_labels_of_a_recorded_episode_depend_on_what_the_samples_image_and_motio
     data = train.build_dataset([rec], [np.zeros((len(rec.images), spec.feature_dim), np.float32)], spec, 0.04,
                                TWIST, labels="sim-expert")
     samples = np.arange(len(data))
+    # The ground truth the dataset relabels from (one bag: its times are unshifted).
+    informed = train._informed_labels(rec, 0, np.array([t for t, _ in rec.images]), data.times)
     for age in (0.0, 1.6, 3.0):
         images = data.feature_index(samples, np.full(len(data), age))
         labels = data.labels(samples, images)
-        informed = data.informed
         shown = informed.image_shows_target[images]
         turned = informed.sample_pose[samples, 2] - informed.image_yaw[images]
         dyaw = data.motion(samples, images)[:, 3]

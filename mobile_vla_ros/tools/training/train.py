@@ -30,6 +30,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,11 +114,9 @@ class Dataset:
     times: np.ndarray          # [S] shifted sample times
     targets: np.ndarray        # [S, K, D] the recorded commands over each sample's chunk
     motion_history: MotionHistory | None = None  # all bags end to end, shifted times (motion-input models)
-    # --labels sim-expert: labels from the expert with the information of each sample's image, and
-    # the action dimensions' columns in its (v, w).
-    informed: InformedLabels | None = None
-    informed_columns: list[int] | None = None
-    action_dt: float = 0.0
+    # --labels sim-expert: (samples, image indices) -> [S, K, D] labels from the expert with the
+    # information of each sample's image, replacing `targets`.
+    relabel: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.times)
@@ -125,10 +124,7 @@ class Dataset:
     def labels(self, samples: np.ndarray, image_index: np.ndarray) -> np.ndarray:
         """[S, K, D] action labels of `samples` whose features come from `image_index`: the recorded
         commands, or with --labels sim-expert what the expert would do knowing only that image."""
-        if self.informed is None:
-            return self.targets[samples]
-        chunks = self.informed.chunks(samples, image_index, self.targets.shape[1], self.action_dt)
-        return chunks[..., self.informed_columns].astype(np.float32)
+        return self.targets[samples] if self.relabel is None else self.relabel(samples, image_index)
 
     def motion(self, samples: np.ndarray, image_index: np.ndarray) -> np.ndarray:
         """[S, 4] motion from each sample's feature image to the sample time, as the node computes it."""
@@ -185,14 +181,15 @@ def build_dataset(recordings: list[Recording], features: list[np.ndarray], spec:
     dataset = Dataset(np.concatenate(image_times), np.concatenate(image_first),
                       np.concatenate(feats).astype(np.float32), np.concatenate(sensor).astype(np.float32),
                       np.concatenate(window_end), np.concatenate(times), np.concatenate(targets).astype(np.float32),
-                      history, action_dt=dt)
+                      history)
     if labels == "sim-expert":
         unknown = [f for f in twist_mapping if f not in EXPERT_FIELDS]
         if unknown:
             raise ValueError(f"--labels sim-expert: the sim expert commands {', '.join(EXPERT_FIELDS)}; "
                              f"--twist-mapping has {', '.join(unknown)}")
-        dataset.informed = InformedLabels.concatenate(informed)
-        dataset.informed_columns = [EXPERT_FIELDS.index(f) for f in twist_mapping]
+        expert, columns = InformedLabels.concatenate(informed), [EXPERT_FIELDS.index(f) for f in twist_mapping]
+        dataset.relabel = lambda samples, images: expert.chunks(samples, images, k, dt)[..., columns].astype(
+            np.float32)
     return dataset
 
 
