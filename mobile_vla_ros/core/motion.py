@@ -40,6 +40,17 @@ def sample_yaw_rate(sensor_type: str, sample, commanded_yaw_rate: float) -> floa
     return commanded_yaw_rate if channel is None else float(sample[channel])
 
 
+def arc_step(yaw, speed, rate, dt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dx, dy, dyaw) of a base moving at constant forward `speed` and yaw `rate` for `dt` from heading
+    `yaw` (elementwise): the exact arc; a straight line at the mid heading where the turn is ~0."""
+    dyaw = rate * dt
+    straight = np.abs(dyaw) < 1e-6
+    safe = np.where(straight, 1.0, rate)
+    dx = np.where(straight, speed * dt * np.cos(yaw + dyaw / 2), speed / safe * (np.sin(yaw + dyaw) - np.sin(yaw)))
+    dy = np.where(straight, speed * dt * np.sin(yaw + dyaw / 2), -speed / safe * (np.cos(yaw + dyaw) - np.cos(yaw)))
+    return dx, dy, dyaw
+
+
 class MotionHistory:
     """Cumulative yaw and planar position at each sensor sample time, for the last `horizon` seconds.
 
@@ -112,14 +123,7 @@ class MotionHistory:
         held_speed = np.concatenate([[self._speed], speeds[:-1]])
         dt = np.diff(np.concatenate([[t_prev], times]))
         yaw_start = yaw_prev + np.concatenate([[0.0], np.cumsum(held_rate * dt)[:-1]])
-        # Exact arc for constant (speed, rate) on an interval; a straight line where the rate is ~0.
-        dyaw = held_rate * dt
-        straight = np.abs(dyaw) < 1e-6
-        safe = np.where(straight, 1.0, held_rate)
-        dx = np.where(straight, held_speed * dt * np.cos(yaw_start + dyaw / 2),
-                      held_speed / safe * (np.sin(yaw_start + dyaw) - np.sin(yaw_start)))
-        dy = np.where(straight, held_speed * dt * np.sin(yaw_start + dyaw / 2),
-                      -held_speed / safe * (np.cos(yaw_start + dyaw) - np.cos(yaw_start)))
+        dx, dy, dyaw = arc_step(yaw_start, held_speed, held_rate, dt)
         rows = np.stack([times, yaw_prev + np.cumsum(dyaw), x_prev + np.cumsum(dx), y_prev + np.cumsum(dy)], axis=1)
         self._append(rows)
         self._rate, self._speed = float(rates[-1]), float(speeds[-1])

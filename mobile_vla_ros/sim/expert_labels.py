@@ -17,18 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.motion import arc_step
 from .episode import IN_VIEW, image_informed_command
+from .world import bearing_and_distance
 
 # The Twist fields the sim expert commands, in the order of its (v, w) labels.
 EXPERT_FIELDS = ("linear.x", "angular.z")
-
-
-def bearing_and_distance(x, y, yaw, target) -> tuple[np.ndarray, np.ndarray]:
-    """Bearing of the target's centre from the base (rad, wrapped) and distance to its surface (m);
-    `target` [..., 3] is (x, y, radius), as `SimRobot.target_bearing` / `target_distance`."""
-    dx, dy = target[..., 0] - x, target[..., 1] - y
-    bearing = (np.arctan2(dy, dx) - yaw + np.pi) % (2 * np.pi) - np.pi
-    return bearing, np.hypot(dx, dy) - target[..., 2]
 
 
 def target_in_view(x, y, yaw, target) -> np.ndarray:
@@ -46,13 +40,8 @@ def informed_chunks(pose: np.ndarray, target: np.ndarray, in_image: np.ndarray, 
         bearing, distance = bearing_and_distance(x, y, yaw, target)
         v, w = image_informed_command(bearing, distance, in_image, yaw - yaw_at_image)
         out[:, k, 0], out[:, k, 1] = v, w
-        # Exact arc for constant (v, w) over one step; straight where w ~ 0.
-        dyaw = w * dt
-        turning = np.abs(dyaw) > 1e-9
-        safe_w = np.where(turning, w, 1.0)
-        x = x + np.where(turning, v / safe_w * (np.sin(yaw + dyaw) - np.sin(yaw)), v * dt * np.cos(yaw))
-        y = y + np.where(turning, -v / safe_w * (np.cos(yaw + dyaw) - np.cos(yaw)), v * dt * np.sin(yaw))
-        yaw = yaw + dyaw
+        dx, dy, dyaw = arc_step(yaw, v, w, dt)  # the motion input's kinematics
+        x, y, yaw = x + dx, y + dy, yaw + dyaw
     return out
 
 

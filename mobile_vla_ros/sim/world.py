@@ -203,9 +203,18 @@ def world_xml(task: Task, cfg: SimConfig) -> str:
 </mujoco>"""
 
 
-def wrap_angle(angle: float) -> float:
-    """To [-pi, pi)."""
+def wrap_angle(angle):
+    """To [-pi, pi) (elementwise on arrays)."""
     return (angle + math.pi) % (2 * math.pi) - math.pi
+
+
+def bearing_and_distance(x, y, yaw, target):
+    """Bearing of the target's centre from the base (rad, wrapped) and distance to its surface (m), the
+    success measure; `target` [..., 3] is (x, y, radius). Elementwise: the robot and the training
+    labels (sim/expert_labels.py) use this one definition."""
+    target = np.asarray(target, dtype=np.float64)
+    dx, dy = target[..., 0] - x, target[..., 1] - y
+    return wrap_angle(np.arctan2(dy, dx) - yaw), np.hypot(dx, dy) - target[..., 2]
 
 
 class SimRobot:
@@ -226,6 +235,8 @@ class SimRobot:
         self._rng = np.random.default_rng(task.seed + 7919)
         self._renderer = mujoco.Renderer(self.model, self.cfg.image_size, self.cfg.image_size) if render else None
         self.steps = 0
+        target = task.target_object
+        self._target = np.array([target.x, target.y, target.radius])
 
     @property
     def time(self) -> float:
@@ -264,14 +275,10 @@ class SimRobot:
 
     def target_distance(self) -> float:
         """Base centre to the target's surface, m."""
-        x, y, _ = self.pose()
-        obj = self.task.target_object
-        return math.hypot(obj.x - x, obj.y - y) - obj.radius
+        return float(bearing_and_distance(*self.pose(), self._target)[1])
 
     def target_bearing(self) -> float:
-        x, y, yaw = self.pose()
-        obj = self.task.target_object
-        return wrap_angle(math.atan2(obj.y - y, obj.x - x) - yaw)
+        return float(bearing_and_distance(*self.pose(), self._target)[0])
 
     def succeeded(self) -> bool:
         return self.target_distance() <= self.cfg.success_radius
