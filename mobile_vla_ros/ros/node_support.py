@@ -106,7 +106,8 @@ def install_live_parameters(node: Node, specs: tuple[P.ParamSpec, ...], current:
 class ManagedNode(LifecycleNode):
     """A lifecycle node (`ros2 lifecycle set <node> configure|activate|deactivate|cleanup|shutdown`).
 
-    configure: `_configure` checks the parameters and loads what the node needs (models, inputs); a
+    configure: `_configure` checks the parameters against the model files and loads what the node needs
+    (models, inputs; each parameter's own range was checked when declared or live-set); a
     failure is logged, kept in `configure_error` for /diagnostics, undone, and leaves the node
     unconfigured and alive. activate: the lifecycle publishers are enabled, then `_activate` starts
     the timers. deactivate: `_deactivate` stops them and sends what must go out last (a zero
@@ -117,7 +118,6 @@ class ManagedNode(LifecycleNode):
     def __init__(self, name: str, specs: tuple[P.ParamSpec, ...],
                  configure_errors: tuple[type[BaseException], ...] = ()) -> None:
         super().__init__(name)
-        self.specs = specs
         self.params = declare_from_specs(self, specs)
         self.configure_errors = (StartupError, *configure_errors)
         self.configure_error: str | None = None
@@ -142,9 +142,6 @@ class ManagedNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            problems = [r for s in self.specs if (r := P.validate(s, self.params[s.name])) is not None]
-            if problems:
-                raise StartupError("; ".join(problems))
             self._configure()
         except Exception as exc:  # rclpy would turn it into a silent ERROR transition
             expected = isinstance(exc, self.configure_errors)
