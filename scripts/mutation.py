@@ -81,7 +81,7 @@ def markdown(r: dict, first_run: dict | None) -> str:
     cols = ["killed", "survived", "equivalent", "timeout", "no tests", "suspicious", "segfault"]
     lines = ["# Mutation testing of `mobile_vla_ros/core/`", "",
              "mutmut 3.8.1 (setup.cfg `[mutmut]`), the core's unit tests, `scripts/mutation.py run` then `report`.",
-             "`core/tensorrt_backend.py` is not mutated: it needs TensorRT, which cannot run here.", "",
+             "`core/tensorrt_backend.py` and `core/cuda_binding.py` are not mutated: they need TensorRT or a GPU.", "",
              f"**Score: {100 * r['score']:.1f} %** of non-equivalent mutants killed "
              f"({r['total'].get('killed', 0)} killed, {r['total'].get('survived', 0)} survived, "
              f"{r['total'].get('equivalent', 0)} equivalent)."]

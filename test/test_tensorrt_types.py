@@ -50,7 +50,8 @@ def test_the_tensorrt_backend_and_builder_type_check_against_tensorrt_10_13(tmp_
                      "engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(b'')\n"
                      "engine.create_execution_context().execute_async_v2(bindings=[0], stream_handle=0)\n")
     assert any('has no attribute "execute_async_v2"' in line for line in mypy(stubs, str(probe)))
-    checked = ("mobile_vla_ros/core/tensorrt_backend.py", "mobile_vla_ros/tools/deploy/build_engine.py")
+    checked = ("mobile_vla_ros/core/tensorrt_backend.py", "mobile_vla_ros/core/cuda_binding.py",
+               "mobile_vla_ros/tools/deploy/build_engine.py")
     errors = [line for line in mypy(stubs, *checked) if line.startswith("mobile_vla_ros/")]
     assert errors == [], "\n".join(errors)
 

@@ -1,4 +1,4 @@
-"""TensorRT runtime backend (TensorRT 10 Python API + cuda-python).
+"""TensorRT runtime backend (TensorRT 10 Python API + cuda-python or pycuda, core/cuda_binding.py).
 
 Import-safe: tensorrt and cuda are imported only when a backend is created, so machines without
 them can import this package. It also builds the engine (on the first start, or ahead of time with
@@ -9,15 +9,13 @@ stream, pinned host buffers, optional CUDA-graph capture of the whole enqueue.
 
 from __future__ import annotations
 
-import ctypes
-import importlib
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from .backends import BackendUnavailable, graph_inputs, tensorrt_installed
+from .cuda_binding import CudaBinding, CudaIo, cuda_binding
 from .engine_cache import DEFAULT_CACHE, PRECISIONS, EngineKey, find_engine, write_sidecar
 from .model_spec import INPUT_SENSOR, ONNX_FILE, OUTPUT_ACTIONS, ModelSpec, ModelSpecError, file_sha256, input_shapes
 
@@ -31,119 +29,12 @@ def require_tensorrt() -> None:
             "only type stubs does not count); use backend onnxruntime or torch")
 
 
-def import_cudart():
-    """cuda-python's runtime module: `cuda.bindings.runtime` (12.6+) or `cuda.cudart` (older)."""
-    for name in ("cuda.bindings.runtime", "cuda.cudart"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise BackendUnavailable("cuda-python is not installed (pip install cuda-python)")
-
-
-def check_cuda(result):
-    """cuda-python calls return (error, *values); raise on error, return the value(s) if any."""
-    err, *values = result
-    if int(err) != 0:
-        raise RuntimeError(f"CUDA error {err}")
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def gpu_identity(cudart) -> tuple[str, str]:
-    props = check_cuda(cudart.cudaGetDeviceProperties(0))
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return name.strip("\x00 "), f"{props.major}.{props.minor}"
-
-
-def engine_key(model_dir: Path, precision: str, cudart, trt) -> EngineKey:
+def engine_key(model_dir: Path, precision: str, cuda: CudaBinding, trt) -> EngineKey:
     onnx_path = Path(model_dir) / ONNX_FILE
     if not onnx_path.is_file():
         raise ModelSpecError(f"{onnx_path}: missing (TensorRT engines are built from it and keyed by its hash)")
-    name, capability = gpu_identity(cudart)
+    name, capability = cuda.gpu_identity()
     return EngineKey(file_sha256(onnx_path), name, capability, trt.__version__, precision)
-
-
-class CudaIo:
-    """The CUDA half of the runtime, independent of TensorRT: pinned host and device buffers per tensor
-    (re-made when the batch changes), copies in, `execute(stream)`, copy out on one stream, and the
-    whole enqueue captured once as a CUDA graph and replayed. TensorRTBackend passes the engine's
-    enqueue as `execute` and binds each buffer to its tensor in `bind(name, shape, device_ptr)`."""
-
-    def __init__(self, cudart, shapes: Callable[[int], dict[str, tuple[int, ...]]], inputs: list[str], output: str,
-                 execute: Callable[[object], None], bind: Callable[[str, tuple[int, ...], int], None] | None = None,
-                 cuda_graph: bool = True) -> None:
-        self._cudart, self._shapes, self._inputs, self._output = cudart, shapes, inputs, output
-        self._execute, self._bind, self._use_graph = execute, bind, cuda_graph
-        self.stream = check_cuda(cudart.cudaStreamCreate())
-        self.batch = 0
-        self._host: dict[str, np.ndarray] = {}
-        self._device: dict[str, tuple[int, int, int]] = {}  # name -> (device ptr, bytes, pinned host ptr)
-        self._graph_exec = None
-        self.graph_captures = 0
-
-    def device_ptr(self, name: str) -> int:
-        return int(self._device[name][0])
-
-    def _allocate(self, batch: int) -> None:
-        """Pinned host + device buffers for `batch`, bound by tensor name; re-done when the batch changes."""
-        cudart = self._cudart
-        self._free()
-        for name, shape in self._shapes(batch).items():
-            count = int(np.prod(shape))
-            host_ptr = check_cuda(cudart.cudaMallocHost(count * 4))
-            self._host[name] = np.ctypeslib.as_array(
-                (ctypes.c_float * count).from_address(int(host_ptr))).reshape(shape)
-            self._device[name] = (int(check_cuda(cudart.cudaMalloc(count * 4))), count * 4, int(host_ptr))
-            if self._bind is not None:
-                self._bind(name, tuple(shape), self.device_ptr(name))
-        self.batch = batch
-        self._graph_exec = None
-
-    def _enqueue(self) -> None:
-        cudart = self._cudart
-        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        for name in self._inputs:
-            dev, nbytes, host = self._device[name]
-            check_cuda(cudart.cudaMemcpyAsync(dev, host, nbytes, h2d, self.stream))
-        self._execute(self.stream)
-        dev, nbytes, host = self._device[self._output]
-        check_cuda(cudart.cudaMemcpyAsync(host, dev, nbytes, d2h, self.stream))
-
-    def _capture_graph(self) -> None:
-        """Record copy-in, execute and copy-out once; later calls replay the graph (less CPU launch time)."""
-        cudart = self._cudart
-        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
-        check_cuda(cudart.cudaStreamBeginCapture(self.stream, mode))
-        self._enqueue()
-        graph = check_cuda(cudart.cudaStreamEndCapture(self.stream))
-        self._graph_exec = check_cuda(cudart.cudaGraphInstantiate(graph, 0))
-        self.graph_captures += 1
-
-    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        batch = next(iter(feeds.values())).shape[0]
-        if batch != self.batch:
-            self._allocate(batch)
-            self._enqueue()  # the first run also warms up before a graph is captured
-            check_cuda(self._cudart.cudaStreamSynchronize(self.stream))
-        for name, value in feeds.items():
-            self._host[name][...] = value
-        if self._use_graph and self._graph_exec is None:
-            self._capture_graph()
-        if self._graph_exec is not None:
-            check_cuda(self._cudart.cudaGraphLaunch(self._graph_exec, self.stream))
-        else:
-            self._enqueue()
-        check_cuda(self._cudart.cudaStreamSynchronize(self.stream))
-        return self._host[self._output].copy()
-
-    def _free(self) -> None:
-        for dev, _, host in self._device.values():
-            self._cudart.cudaFree(dev)
-            self._cudart.cudaFreeHost(host)
-        self._device, self._host = {}, {}
-
-    def close(self) -> None:
-        self._free()
 
 
 class TensorRTBackend:
@@ -152,16 +43,16 @@ class TensorRTBackend:
         require_tensorrt()
         import tensorrt as trt
 
-        cudart = import_cudart()
         log = log or (lambda msg: None)
+        cuda = cuda_binding(log)
         cache_dir = Path(engine_cache_dir or DEFAULT_CACHE).expanduser()
-        key = engine_key(model_dir, precision, cudart, trt)
+        key = engine_key(model_dir, precision, cuda, trt)
         path, problems = find_engine(key, cache_dir)
         if path is None:
             if not build_if_missing:
                 raise BackendUnavailable("no usable TensorRT engine: " + "; ".join(problems))
             log(f"building TensorRT {precision} engine ({'; '.join(problems)}) - this takes a while once")
-            path, seconds = build_engine(model_dir, spec, cache_dir, precision=precision)
+            path, seconds = build_engine(model_dir, spec, cache_dir, precision=precision, cuda=cuda)
             log(f"TensorRT engine built in {seconds:.1f} s: {path}")
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -172,7 +63,7 @@ class TensorRTBackend:
         self._check_io(spec, path)
         self._context = engine.create_execution_context()
         self._spec = spec
-        self._io = CudaIo(cudart, lambda batch: io_shapes(spec, batch), list(input_shapes(spec)), OUTPUT_ACTIONS,
+        self._io = CudaIo(cuda, lambda batch: io_shapes(spec, batch), list(input_shapes(spec)), OUTPUT_ACTIONS,
                           self._execute, self._bind, cuda_graph)
         self.name = f"tensorrt-{precision}"
 
@@ -191,8 +82,8 @@ class TensorRTBackend:
             raise ModelSpecError(f"TensorRT engine rejects input {name} of shape {list(shape)}")
         self._context.set_tensor_address(name, device_ptr)
 
-    def _execute(self, stream) -> None:
-        if not self._context.execute_async_v3(int(stream)):
+    def _execute(self, stream_handle: int) -> None:
+        if not self._context.execute_async_v3(stream_handle):
             raise RuntimeError("TensorRT execute_async_v3 failed")
 
     def run(self, vl_features: np.ndarray, sensor_window: np.ndarray, motion: np.ndarray | None = None) -> np.ndarray:
@@ -228,7 +119,8 @@ def _fragile(trt, layer) -> bool:
 
 
 def build_engine(model_dir: Path, spec: ModelSpec, cache_dir: Path = DEFAULT_CACHE, precision: str = "fp16",
-                 max_batch: int = 8, calibration: dict[str, np.ndarray] | None = None) -> tuple[Path, float]:
+                 max_batch: int = 8, calibration: dict[str, np.ndarray] | None = None,
+                 cuda: CudaBinding | None = None) -> tuple[Path, float]:
     """Build and cache the engine; returns its path and the build time in seconds."""
     require_tensorrt()
     import tensorrt as trt
@@ -236,10 +128,10 @@ def build_engine(model_dir: Path, spec: ModelSpec, cache_dir: Path = DEFAULT_CAC
         raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "int8" and calibration is None:
         raise ValueError("int8 needs calibration data (--calib-bag)")
-    cudart = import_cudart()
+    cuda = cuda or cuda_binding()
     cache_dir = Path(cache_dir).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = engine_key(model_dir, precision, cudart, trt)
+    key = engine_key(model_dir, precision, cuda, trt)
     start = time.monotonic()
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -271,7 +163,7 @@ def build_engine(model_dir: Path, spec: ModelSpec, cache_dir: Path = DEFAULT_CAC
                     layer.set_output_type(j, trt.float32)
     if precision == "int8" and calibration is not None:  # (checked above: int8 has calibration data)
         config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = _make_calibrator(trt, import_cudart(), calibration,
+        config.int8_calibrator = _make_calibrator(trt, cuda, calibration,
                                                   cache_dir / f"{key.stem}.calib")
         config.set_calibration_profile(profile)
 
@@ -286,14 +178,14 @@ def build_engine(model_dir: Path, spec: ModelSpec, cache_dir: Path = DEFAULT_CAC
     return path, seconds
 
 
-def _make_calibrator(trt, cudart, data: dict[str, np.ndarray], cache_file: Path):
+def _make_calibrator(trt, cuda: CudaBinding, data: dict[str, np.ndarray], cache_file: Path):
     """Entropy calibrator over the recorded inputs, one sample per batch."""
     class Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             super().__init__()
             self.index = 0
             self.count = len(data[INPUT_SENSOR])
-            self.device = {n: check_cuda(cudart.cudaMalloc(a[0].nbytes)) for n, a in data.items()}
+            self.device = {n: cuda.device_alloc(a[0].nbytes) for n, a in data.items()}
 
         def get_batch_size(self) -> int:
             return 1
@@ -301,10 +193,9 @@ def _make_calibrator(trt, cudart, data: dict[str, np.ndarray], cache_file: Path)
         def get_batch(self, names):
             if self.index >= self.count:
                 return None
-            h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
             for n in names:
-                sample = np.ascontiguousarray(data[n][self.index : self.index + 1], dtype=np.float32)
-                check_cuda(cudart.cudaMemcpy(self.device[n], sample.ctypes.data, sample.nbytes, h2d))
+                cuda.copy_to_device(self.device[n], np.ascontiguousarray(data[n][self.index : self.index + 1],
+                                                                         dtype=np.float32))
             self.index += 1
             return [int(self.device[n]) for n in names]
 
