@@ -16,13 +16,13 @@ from mobile_vla_ros.sim.episode import (
     SEARCH_RATE,
     SEARCH_STEP,
     image_informed_command,
-    run_informed_expert,
     steer_command,
 )
 from mobile_vla_ros.sim.expert_labels import informed_chunks
 from mobile_vla_ros.sim.world import SimConfig, sample_task
 from mobile_vla_ros.tools.recordings import EXECUTED_TOPIC, SIM_TRUTH_TOPICS, read_recording
 from mobile_vla_ros.tools.simulation import record_sim
+from mobile_vla_ros.tools.simulation.closed_loop import InformedExpertEpisode, LoopConfig, informed_expert_episodes
 from mobile_vla_ros.tools.training import train
 
 HARD = SimConfig.for_evaluation("hard")
@@ -116,9 +116,30 @@ def test_labels_of_a_recorded_episode_depend_on_what_the_samples_image_and_motio
 
 
 def test_followed_exactly_the_rule_solves_the_hard_set_at_a_slow_vlm():
-    """What the labels teach is enough: the rule on the images a 1.5 s / 0.59 Hz VLM delivers reaches
-    every target of the first hard seeds, in time for a policy's detours."""
-    results = [run_informed_expert(sample_task(seed, HARD), HARD, vlm_latency=1.5, vlm_hz=0.59)
-               for seed in range(1000, 1006)]
-    assert all(r.success for r in results), [r.seed for r in results if not r.success]
-    assert max(r.duration for r in results) < 0.9 * HARD.time_limit
+    """What the labels teach is enough: the rule on the images a 1.5 s / 0.59 Hz VLM delivers (the
+    closed loop's VLM schedule: timer phase, episode pause, skipped ticks) reaches every target of the
+    first hard seeds, in time for a policy's detours."""
+    results = informed_expert_episodes(list(range(1000, 1006)), HARD, vlm_latency=1.5, vlm_hz=0.59)
+    assert all(r["success"] for r in results), [r["seed"] for r in results if not r["success"]]
+    assert max(r["duration"] for r in results) < 0.9 * HARD.time_limit
+
+
+def test_the_rule_acts_only_on_delivered_images_and_waits_for_the_first():
+    """The expert's perception arrives through the VLM schedule: no decision before the first
+    forward's result (episode pause + timer phase + latency), and a slower VLM delivers fewer."""
+    task = sample_task(1000, HARD)
+    fast = InformedExpertEpisode(task, HARD, LoopConfig(vlm_hz=3.33, vlm_latency=0.3))
+    slow = InformedExpertEpisode(task, HARD, LoopConfig(vlm_hz=0.59, vlm_latency=1.5))
+    try:
+        rows = {"fast": fast.run(), "slow": slow.run()}
+    finally:
+        fast.close()
+        slow.close()
+    # As vlm_node: the first forward starts on the first frame after the instruction (both at sim time
+    # 0, during the episode pause); the first decision is at the next action tick after its result.
+    still_for = 1.5 - slow.cfg.episode_pause  # s after the start
+    moving = np.flatnonzero(np.any(np.asarray(slow.commands) != 0, axis=1))
+    late = moving[0] / slow.cfg.execute_hz - still_for
+    assert -1e-9 <= late <= 1 / slow.cfg.action_hz + 1 / slow.cfg.execute_hz
+    assert rows["slow"]["forwards"] < rows["fast"]["forwards"]
+    assert rows["fast"]["success"] and rows["fast"]["duration"] <= rows["slow"]["duration"]

@@ -6,6 +6,7 @@ the zero/random baselines, which drive episodes in-process."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -40,11 +41,14 @@ class EpisodeResult:
 class SimEpisode:
     """One task run: `advance(v, w, until)` steps physics with the command held until sim time `until`."""
 
-    def __init__(self, task: Task, cfg: SimConfig | None = None, render: bool = True):
+    def __init__(self, task: Task, cfg: SimConfig | None = None, render: bool = True,
+                 frame_source: Callable[[SimRobot], np.ndarray] | None = None):
+        """Camera events carry a render, or with `frame_source` (and render=False) what it makes of
+        the robot's state at that frame's time (e.g. ground-truth perception), or are left out."""
         self.cfg = cfg or SimConfig()
         self.task = task
         self.robot = SimRobot(task, self.cfg, render=render)
-        self._render = render
+        self._frame = SimRobot.render if render else frame_source
         self._frames = 0
         self._path: list[tuple[float, float]] = []
         self.started_at = 0.0  # sim time the episode's clock started (after a pause showing the scene)
@@ -72,8 +76,8 @@ class SimEpisode:
         dt = 1.0 / self.cfg.physics_hz
         path_every = max(1, round(self.cfg.physics_hz / 10))
         while not self.done and self.robot.time + 0.5 * dt < until:
-            if self._render and self.robot.time + 1e-9 >= self._frames / self.cfg.camera_hz:
-                events.append(SensorEvent("image", self.robot.time, self.robot.render()))
+            if self._frame is not None and self.robot.time + 1e-9 >= self._frames / self.cfg.camera_hz:
+                events.append(SensorEvent("image", self.robot.time, self._frame(self.robot)))
                 self._frames += 1
             if active and self.robot.steps % path_every == 0:
                 self._path.append(self.robot.pose()[:2])
@@ -159,41 +163,6 @@ def image_informed_command(bearing, distance, target_in_image, yaw_since_image) 
     in_image = np.asarray(target_in_image, dtype=bool)
     search_w = np.where(np.asarray(yaw_since_image) < SEARCH_STEP, SEARCH_RATE, 0.0)
     return np.where(in_image, v, 0.0), np.where(in_image, w, search_w)
-
-
-def run_informed_expert(task: Task, cfg: SimConfig | None = None, vlm_latency: float = 0.0,
-                        vlm_hz: float = 3.33, control_hz: float = 10.0) -> EpisodeResult:
-    """Drive an episode with `image_informed_command` on the images a VLM of this latency and rate
-    delivers (a forward starts at a VLM tick that finds the VLM idle, on the newest image; its result
-    arrives `vlm_latency` s later): what the action expert is trained to imitate, followed exactly.
-    The robot stands still until the first result."""
-    episode = SimEpisode(task, cfg, render=False)
-    robot = episode.robot
-    period = 1.0 / vlm_hz
-    try:
-        in_flight: tuple[float, bool, float] | None = None  # (arrival, target in image, yaw at the image)
-        latest: tuple[float, bool, float] | None = None
-        k = tick = 0
-        while not episode.done:
-            now = k / control_hz
-            if in_flight is not None and in_flight[0] <= now + 1e-9:
-                latest, in_flight = in_flight, None
-            while tick * period <= now + 1e-9:
-                if in_flight is None:
-                    in_flight = (tick * period + vlm_latency, abs(robot.target_bearing()) <= IN_VIEW,
-                                 robot.unwrapped_yaw)
-                tick += 1
-            if in_flight is not None and in_flight[0] <= now + 1e-9:
-                latest, in_flight = in_flight, None
-            v = w = 0.0
-            if latest is not None:
-                v, w = map(float, image_informed_command(robot.target_bearing(), robot.target_distance(),
-                                                         latest[1], robot.unwrapped_yaw - latest[2]))
-            k += 1
-            episode.advance(v, w, k / control_hz)
-        return episode.result()
-    finally:
-        episode.close()
 
 
 def run_baseline(task: Task, policy: str, cfg: SimConfig | None = None, control_hz: float = 10.0) -> EpisodeResult:

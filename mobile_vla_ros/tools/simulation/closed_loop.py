@@ -33,7 +33,7 @@ from ...core.motion import twist_components
 from ...core.params import ACTION_NODE_PARAMS, SYNC_LOOP_VLM_HZ, VLM_NODE_PARAMS, spec_by_name
 from ...core.safety import feature_age_limit
 from ...core.vlm_schedule import CameraFrame, VirtualTimeVlm, VlmScheduler
-from ...sim.episode import SimEpisode, run_informed_expert
+from ...sim.episode import IN_VIEW, SimEpisode, image_informed_command
 from ...sim.messages import SIM_EPOCH
 from ...sim.world import SimConfig, sample_task
 
@@ -68,15 +68,18 @@ class ClosedLoopEpisode:
     """One episode: the sim, the VLM schedule and the action core advanced event by event."""
 
     def __init__(self, task, sim_cfg: SimConfig, cfg: LoopConfig, spec: ModelSpec, backend, extractor) -> None:
-        self.cfg, self.spec = cfg, spec
-        self.episode = SimEpisode(task, sim_cfg)
+        self.spec = spec
         self.core = ActionExpertCore(spec, backend, cfg.max_feature_age, cfg.max_sensor_gap, cfg.twist_mapping)
         self.executor = ChunkExecutor(spec.action_dim, cfg.action_limits, cfg.max_action_step)
+        self._start_loop(SimEpisode(task, sim_cfg), cfg, extractor.extract, spec.action_dim)
+
+    def _start_loop(self, episode: SimEpisode, cfg: LoopConfig, extract, action_dim: int) -> None:
+        self.cfg, self.episode = cfg, episode
         self.schedule = VlmScheduler(cfg.max_image_age)
-        self.vlm = VirtualTimeVlm(self.schedule, extractor.extract, cfg.vlm_latency)
+        self.vlm = VirtualTimeVlm(self.schedule, extract, cfg.vlm_latency)
         # The VLM timer's phase relative to the episode is arbitrary on a robot: drawn from the seed.
-        self.vlm_phase = float(np.random.default_rng([task.seed, 7]).uniform(0, 1.0 / cfg.vlm_hz))
-        self.command = np.zeros(spec.action_dim, dtype=np.float32)
+        self.vlm_phase = float(np.random.default_rng([episode.task.seed, 7]).uniform(0, 1.0 / cfg.vlm_hz))
+        self.command = np.zeros(action_dim, dtype=np.float32)
         self.commands: list[np.ndarray] = []
         self.chunks = 0
         self.ages: list[float] = []
@@ -118,15 +121,21 @@ class ClosedLoopEpisode:
         for event in events:
             stamp = self.clock(event.t)
             if event.kind == "imu":
-                self.core.on_sensor(stamp, event.data, stamp)
+                self._on_sensor(stamp, event.data)
             else:
                 self.vlm.add_frame("camera", CameraFrame(event.data, stamp, "camera"), stamp)
+
+    def _on_sensor(self, stamp: float, sample: np.ndarray) -> None:
+        self.core.on_sensor(stamp, sample, stamp)
+
+    def _on_instruction(self, instruction: str, stamp: float) -> None:
+        self.core.on_instruction(instruction, stamp)
 
     def run(self) -> dict:
         cfg, episode = self.cfg, self.episode
         instruction_at = episode.time
         self.schedule.set_instruction(episode.task.instruction, self.clock(instruction_at))
-        self.core.on_instruction(episode.task.instruction, self.clock(instruction_at))
+        self._on_instruction(episode.task.instruction, self.clock(instruction_at))
         vlm_hz = SYNC_LOOP_VLM_HZ if cfg.mode == "sync" else cfg.vlm_hz
         periods = {"execute": 1.0 / cfg.execute_hz, "action": 1.0 / cfg.action_hz, "vlm": 1.0 / vlm_hz}
         next_at = {"execute": 0.0, "action": periods["action"], "vlm": self.vlm_phase}
@@ -166,7 +175,7 @@ class ClosedLoopEpisode:
 
     def _summary(self) -> dict:
         result = self.episode.result().to_dict()
-        cmds = np.asarray(self.commands) if self.commands else np.zeros((1, self.spec.action_dim))
+        cmds = np.asarray(self.commands) if self.commands else np.zeros((1, len(self.command)))
         return {**result, **path_summary(result, self.episode.task, self.episode.cfg),
                 "smoothness": float(np.mean(np.abs(np.diff(cmds, axis=0)))) if len(cmds) > 1 else 0.0,
                 "forwards": self.vlm.counts["forwards"], "chunks": self.chunks,
@@ -186,15 +195,60 @@ def path_summary(result: dict, task, cfg: SimConfig) -> dict:
     return {"path_ratio": length / straight, "path_length": length}
 
 
+def perceived_target(robot) -> np.ndarray:
+    """Ground-truth perception of the image taken now: [target within IN_VIEW, the robot's unwrapped yaw]."""
+    return np.array([float(abs(robot.target_bearing()) <= IN_VIEW), robot.unwrapped_yaw])
+
+
+class InformedExpertEpisode(ClosedLoopEpisode):
+    """The rule the action expert is trained on (`sim.episode.image_informed_command`) in place of
+    the VLM and the action expert, with ground-truth perception of each image the VLM schedule
+    delivers: the same VLM timer, phase, episode pause, skipped ticks, catch-up and max_image_age as
+    the policy's episodes, and a decision at each action tick on the newest perception, executed
+    as is (no chunk, no smoothing). The robot stands still until the first perception arrives."""
+
+    def __init__(self, task, sim_cfg: SimConfig, cfg: LoopConfig) -> None:
+        episode = SimEpisode(task, sim_cfg, render=False, frame_source=perceived_target)
+        self._start_loop(episode, cfg, lambda frames, instruction: frames[-1], action_dim=2)
+        self.perceived: np.ndarray | None = None
+
+    def _on_sensor(self, stamp: float, sample: np.ndarray) -> None:
+        pass
+
+    def _on_instruction(self, instruction: str, stamp: float) -> None:
+        pass
+
+    def _finish_forward(self) -> None:
+        done = self.vlm.finish()
+        if done.current:
+            self.perceived = done.features
+
+    def _decide(self, t: float) -> None:
+        if self.perceived is None:
+            return
+        robot = self.episode.robot
+        in_image, yaw_at_image = self.perceived
+        v, w = image_informed_command(robot.target_bearing(), robot.target_distance(), bool(in_image),
+                                      robot.unwrapped_yaw - yaw_at_image)
+        self.command = np.array([v, w], dtype=np.float32)
+        self.chunks += 1
+
+    def _execute(self, t: float) -> None:
+        if self.started and not self.episode.done:
+            self.commands.append(self.command.copy())
+
+
 def informed_expert_episodes(seeds: list[int], sim_cfg: SimConfig, vlm_latency: float, vlm_hz: float) -> list[dict]:
-    """The rule the action expert is trained on (`sim.episode.run_informed_expert`), with ground-truth
-    perception on the images this VLM latency and rate deliver: what the labels teach, followed
-    exactly, an upper bound of the learned policy. No command smoothness (it commands at 10 Hz)."""
+    """`InformedExpertEpisode` for `seeds`: what the labels teach, followed exactly, on the images this
+    VLM latency and rate deliver; an upper bound of the learned policy. No command smoothness."""
     rows = []
     for seed in seeds:
-        task = sample_task(seed, sim_cfg)
-        result = run_informed_expert(task, sim_cfg, vlm_latency, vlm_hz).to_dict()
-        rows.append({**result, **path_summary(result, task, sim_cfg), "smoothness": None})
+        loop = InformedExpertEpisode(sample_task(seed, sim_cfg), sim_cfg, LoopConfig(vlm_hz=vlm_hz,
+                                                                                      vlm_latency=vlm_latency))
+        try:
+            rows.append({**loop.run(), "smoothness": None})
+        finally:
+            loop.close()
     return rows
 
 
