@@ -77,11 +77,12 @@ def report() -> dict:
             "survivors": survivors, "equivalent": equivalents, "stale_equivalent_entries": stale}
 
 
-def markdown(r: dict, first_run: dict | None) -> str:
+def markdown(r: dict, first_run: dict | None, ran_on: str | None = None) -> str:
     cols = ["killed", "survived", "equivalent", "timeout", "no tests", "suspicious", "segfault"]
     lines = ["# Mutation testing of `mobile_vla_ros/core/`", "",
              "mutmut 3.8.1 (setup.cfg `[mutmut]`), the core's unit tests, `scripts/mutation.py run` then `report`.",
-             "`core/tensorrt_backend.py` and `core/cuda_binding.py` are not mutated: they need TensorRT or a GPU.", "",
+             "`core/tensorrt_backend.py` and `core/cuda_binding.py` are not mutated: they need TensorRT or a GPU.",
+             *([f"Run on: {ran_on}."] if ran_on else []), "",
              f"**Score: {100 * r['score']:.1f} %** of non-equivalent mutants killed "
              f"({r['total'].get('killed', 0)} killed, {r['total'].get('survived', 0)} survived, "
              f"{r['total'].get('equivalent', 0)} equivalent)."]
@@ -109,6 +110,7 @@ def main() -> int:
     run.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
     rep = sub.add_parser("report")
     rep.add_argument("--first-run", type=Path, default=None, help="report.json of an earlier run to show beside")
+    rep.add_argument("--ran-on", default=None, help="the machine the run used, for the report")
     args = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "osmesa")
     if args.what == "run":
@@ -118,7 +120,7 @@ def main() -> int:
     first = json.loads(args.first_run.read_text()) if args.first_run else None
     DOCS.mkdir(parents=True, exist_ok=True)
     (DOCS / "report.json").write_text(json.dumps(r, indent=1))
-    (DOCS / "report.md").write_text(markdown(r, first) + "\n")
+    (DOCS / "report.md").write_text(markdown(r, first, args.ran_on) + "\n")
     print(f"score {100 * r['score']:.1f} %: {r['total']}; wrote {DOCS}/report.md, report.json")
     return 0
 

@@ -120,8 +120,8 @@ class ModelSpec:
                 raise ModelSpecError(f"{source}: missing key '{prefix}{key}'")
             value = where[key]
             if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-                raise ModelSpecError(
-                    f"{source}: '{prefix}{key}' expected {getattr(kind, '__name__', kind)}, got {value!r}")
+                kinds = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+                raise ModelSpecError(f"{source}: '{prefix}{key}' expected {kinds}, got {value!r}")
             return value
 
         version = raw.get("format_version", FORMAT_VERSION)
