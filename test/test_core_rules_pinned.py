@@ -661,7 +661,8 @@ MODEL_YAML_ERRORS = [
     (lambda r: r.update(sensor_channels=7), "sensor_channels expected 6 for sensor_type imu, got 7"),
     (lambda r: r.update(motion_input=["motion_since_image"]),
      "motion_input expected a mapping with a 'name', got ['motion_since_image']"),
-    (lambda r: r.update(motion_input={"layout": []}), "motion_input expected a mapping with a 'name', got {'layout': []}"),
+    (lambda r: r.update(motion_input={"layout": []}),
+     "motion_input expected a mapping with a 'name', got {'layout': []}"),
     (lambda r: r["motion_input"].update(layout=["dx_m"]),
      "motion_input.layout expected ['feature_age_s', 'dx_m', 'dy_m', 'dyaw_rad'], got ['dx_m']"),
 ]
