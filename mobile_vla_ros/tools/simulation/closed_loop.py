@@ -33,7 +33,8 @@ from ...core.motion import twist_components
 from ...core.params import ACTION_NODE_PARAMS, SYNC_LOOP_VLM_HZ, VLM_NODE_PARAMS, spec_by_name
 from ...core.safety import feature_age_limit
 from ...core.vlm_schedule import CameraFrame, VirtualTimeVlm, VlmScheduler
-from ...sim.episode import IN_VIEW, SimEpisode, image_informed_command
+from ...sim.episode import SimEpisode, image_informed_command
+from ...sim.expert_labels import target_in_view
 from ...sim.messages import SIM_EPOCH
 from ...sim.world import SimConfig, sample_task
 
@@ -196,8 +197,11 @@ def path_summary(result: dict, task, cfg: SimConfig) -> dict:
 
 
 def perceived_target(robot) -> np.ndarray:
-    """Ground-truth perception of the image taken now: [target within IN_VIEW, the robot's unwrapped yaw]."""
-    return np.array([float(abs(robot.target_bearing()) <= IN_VIEW), robot.unwrapped_yaw])
+    """Ground-truth perception of the image taken now: [it shows the target (the labels' rule), the
+    robot's unwrapped yaw]."""
+    target = robot.task.target_object
+    shows = target_in_view(*robot.pose(), (target.x, target.y, target.radius))
+    return np.array([float(shows), robot.unwrapped_yaw])
 
 
 class InformedExpertEpisode(ClosedLoopEpisode):
