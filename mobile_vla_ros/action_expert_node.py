@@ -111,7 +111,7 @@ class ActionExpertNode(ManagedNode):
         if self.core is not None:
             close = getattr(self.core.backend, "close", None)
             if close is not None:
-                close()  # TensorRT: device buffers and the engine
+                close()  # TensorRT: device and pinned buffers, the CUDA graph
             self.core = self.spec = None
 
     def _now(self) -> float:

@@ -89,9 +89,13 @@ class TensorRTBackend:
     def run(self, vl_features: np.ndarray, sensor_window: np.ndarray, motion: np.ndarray | None = None) -> np.ndarray:
         return self._io.run(graph_inputs(self._spec, vl_features, sensor_window, motion))
 
+    def close(self) -> None:
+        """Free the device and pinned buffers and the CUDA graph (the node's release step calls this)."""
+        self._io.close()
+
     def __del__(self) -> None:
         try:
-            self._io.close()
+            self.close()
         except Exception:
             pass
 
