@@ -42,6 +42,9 @@ class ExtractorConfig:
     # one launch instead of ~1000 kernel launches from Python.
     cuda_graphs: bool = True
     text_bucket: int = 16  # text lengths are padded up to a multiple of this (fewer distinct graph shapes)
+    # Resize/normalise (and Qwen's patch layout) as tensor ops on `device` (vlm/preprocess.py) instead
+    # of the image processor's numpy path; False runs the processor (the reference).
+    tensor_preprocessing: bool = True
 
 
 class FeatureExtractor(Protocol):

@@ -24,6 +24,7 @@ from .base import (
     load_model,
     torch_dtype,
 )
+from .preprocess import ClipPixels, InstructionCache, tensor_preprocessor
 from .static_forward import StaticForward
 
 DEFAULT_PROMPT = "<grounding>{instruction}"
@@ -82,9 +83,21 @@ class Kosmos2Extractor:
         self.pad_id = self.processor.tokenizer.pad_token_id
         self.position_padding_idx = model.text_model.model.embed_positions.padding_idx
         self.forward = StaticForward(self._features, use_graphs=config.cuda_graphs and config.device == "cuda")
+        self.pixels = tensor_preprocessor(ClipPixels, self.processor.image_processor, config.device,
+                                          config.tensor_preprocessing)
+        self.text_inputs = InstructionCache()
 
     def prepare(self, images: list[np.ndarray], instruction: str) -> dict:
-        """CPU work: image preprocessing, tokenisation, padding, index tensors; then one copy to the device."""
+        """Pixels (tensor ops on the device, or the image processor) and the prompt's token tensors
+        (tokenised once per instruction and number of views), on the device."""
+        text = self.text_inputs.get((instruction, len(images)), lambda: self._tokenise(images, instruction))
+        if self.pixels is not None:
+            return {**text, "pixel_values": self.pixels(images)}
+        pixels = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        return {**text, "pixel_values": pixels.to(self.device, non_blocking=True)}
+
+    def _tokenise(self, images: list[np.ndarray], instruction: str) -> dict:
+        """Token ids, padding, positions, image-token and pooling indices of the prompt."""
         prompt = self.prompt.format(instruction=instruction)
         inputs = self.processor(text=[prompt] * len(images), images=images, return_tensors="pt",
                                 num_image_tokens=self.image_tokens)
@@ -94,7 +107,7 @@ class Kosmos2Extractor:
         ids = inputs["input_ids"]
         # Kosmos-2 (fairseq) positions: pad tokens keep padding_idx, the others count from padding_idx + 1.
         not_pad = ids.ne(self.position_padding_idx).long()
-        out = {"pixel_values": inputs["pixel_values"], "input_ids": ids, "attention_mask": inputs["attention_mask"],
+        out = {"input_ids": ids, "attention_mask": inputs["attention_mask"],
                "position_ids": not_pad.cumsum(dim=1) * not_pad + self.position_padding_idx,
                "image_index": image_mask.flatten().nonzero().squeeze(1),
                **pooling_indices(inputs["attention_mask"], inputs["attention_mask"].bool() & ~image_mask)}

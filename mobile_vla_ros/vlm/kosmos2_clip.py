@@ -12,6 +12,7 @@ import numpy as np
 
 from .base import ExtractorConfig, check_model_dir, check_model_type, from_local_dir, load_model
 from .kosmos2 import Kosmos2Extractor
+from .preprocess import ClipPixels, tensor_preprocessor
 
 
 class Kosmos2ClipExtractor(Kosmos2Extractor):
@@ -26,14 +27,19 @@ class Kosmos2ClipExtractor(Kosmos2Extractor):
         with_projection = _has_projection(path)
         cls = CLIPVisionModelWithProjection if with_projection else CLIPVisionModel
         self.clip = load_model(cls, path, "clip_model_path", "CLIP vision", self.dtype, config.device)
+        self.clip_pixels = tensor_preprocessor(ClipPixels, self.clip_processor, config.device,
+                                               config.tensor_preprocessing)
         self.clip_dim = self.clip.config.projection_dim if with_projection else self.clip.config.hidden_size
         self.kosmos_dim = self.feature_dim
         self.feature_dim = self.kosmos_dim + self.clip_dim
 
     def prepare(self, images: list[np.ndarray], instruction: str) -> dict:
         inputs = super().prepare(images, instruction)
-        clip_pixels = self.clip_processor(images=images, return_tensors="pt")["pixel_values"]
-        inputs["clip_pixel_values"] = clip_pixels.to(self.device, non_blocking=True)
+        if self.clip_pixels is not None:
+            inputs["clip_pixel_values"] = self.clip_pixels(images)
+        else:
+            clip_pixels = self.clip_processor(images=images, return_tensors="pt")["pixel_values"]
+            inputs["clip_pixel_values"] = clip_pixels.to(self.device, non_blocking=True)
         return inputs
 
     def _features(self, clip_pixel_values, **kosmos_inputs):

@@ -32,6 +32,7 @@ from .base import (
     torch_dtype,
 )
 from .kosmos2 import pad_to_bucket, pool_hidden, pooling_indices
+from .preprocess import InstructionCache, QwenPatches, tensor_preprocessor
 from .static_forward import StaticForward
 
 IMAGE_TOKEN = "<|image_pad|>"
@@ -75,13 +76,27 @@ class Qwen25VLExtractor:
         use_graphs = config.cuda_graphs and config.device == "cuda"
         self.fast_forward = StaticForward(self._fast_features, use_graphs=use_graphs)
         self.stock_forward = StaticForward(self._stock_features, use_graphs=False)
+        self.patches = tensor_preprocessor(QwenPatches, self.image_processor, config.device,
+                                           config.tensor_preprocessing)
+        self.text_inputs = InstructionCache()
 
     # -- CPU side ------------------------------------------------------------------------------
     def prepare(self, images: list[np.ndarray], instruction: str) -> tuple[bool, dict]:
-        """(fast path usable, inputs on the device)."""
+        """(fast path usable, inputs on the device): pixels (tensor ops on the device, or the image
+        processor) and the prompt's tensors, built once per instruction and patch grid."""
+        if self.patches is not None:
+            pixel_values, grid = self.patches(images)
+        else:
+            pixels = self.image_processor(images=images, return_tensors="pt")
+            pixel_values, grid = pixels["pixel_values"].to(self.device, non_blocking=True), pixels["image_grid_thw"]
+        fast, text = self.text_inputs.get((instruction, tuple(grid.flatten().tolist())),
+                                          lambda: self._tokenise(grid, instruction))
+        return fast, {**text, "pixel_values": pixel_values}
+
+    def _tokenise(self, grid, instruction: str) -> tuple[bool, dict]:
+        """Token ids with the grid's image tokens, pooling indices, and the fast path's rope positions,
+        4-D mask, image-token index and window plan (or the stock forward's mask and grid)."""
         torch = self._torch
-        pixels = self.image_processor(images=images, return_tensors="pt")
-        grid = pixels["image_grid_thw"]
         tokens = (grid.prod(dim=-1) // self.merge_unit).tolist()
         texts = [self.prompt.format(instruction=instruction).replace(IMAGE_TOKEN, IMAGE_TOKEN * n) for n in tokens]
         text = self.tokenizer(texts, return_tensors="pt", padding=True)
@@ -93,12 +108,12 @@ class Qwen25VLExtractor:
         weights = image_mask if self.config.pooling == "mean_image" else mask.bool() & ~image_mask
         common = {"input_ids": ids, **pooling_indices(mask, weights)}
         if not self._fast_path_ok(grid):
-            inputs = {**common, "attention_mask": mask, "pixel_values": pixels["pixel_values"], "image_grid_thw": grid}
+            inputs = {**common, "attention_mask": mask, "image_grid_thw": grid}
             return False, {k: v.to(self.device) for k, v in inputs.items()}
         position_ids, _ = self.vlm.get_rope_index(ids, grid, None, attention_mask=mask)
         length = ids.shape[1]
         causal = torch.ones(length, length, dtype=torch.bool).tril()
-        inputs = {**common, "pixel_values": pixels["pixel_values"], "position_ids": position_ids,
+        inputs = {**common, "position_ids": position_ids,
                   "attention_mask_4d": causal[None, None] & mask.bool()[:, None, None, :],
                   "image_index": image_mask.flatten().nonzero().squeeze(1)}
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
