@@ -163,3 +163,36 @@ def test_instruction_cache_keeps_the_most_recent_entries():
     cache.get(("c", 1), make("C"))  # evicts b, the oldest
     assert len(cache) == 2 and cache.get(("b", 1), make("B2")) == "B2"
     assert made == ["A", "B", "C", "B2"]
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_the_gpu_pixels_and_features_match_the_cpu_reference(frames, tiny_qwen_dir):
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    clip = AutoProcessor.from_pretrained(SHIPPED_VLM).image_processor
+    qwen = AutoImageProcessor.from_pretrained(tiny_qwen_dir, use_fast=False)
+    for name, frame in frames.items():
+        # the GPU's resampling may round a pixel to the neighbouring uint8 level
+        diff = levels((ClipPixels(clip, "cuda")([frame]).cpu() - ClipPixels(clip, "cpu")([frame])).numpy(), clip)
+        assert diff.max() <= 1.01 and diff.mean() <= 0.01, name
+        (gpu, grid), (cpu, cpu_grid) = QwenPatches(qwen, "cuda")([frame]), QwenPatches(qwen, "cpu")([frame])
+        assert grid.tolist() == cpu_grid.tolist()
+        assert levels((gpu.cpu() - cpu).numpy().reshape(gpu.shape[0], 3, -1), qwen).max() <= 1.01, name
+    config = ExtractorConfig(model_path=str(SHIPPED_VLM), device="cuda", dtype="fp32")
+    gpu = create_extractor(config).extract([frames["camera 480x640"]], INSTRUCTION)
+    reference = create_extractor(replace(config, device="cpu", tensor_preprocessing=False))
+    expected = reference.extract([frames["camera 480x640"]], INSTRUCTION)
+    assert np.abs(gpu - expected).max() <= 5e-3 * np.abs(expected).max()
+
+
+def test_vlm_bench_table_gives_end_to_end_over_the_graph_forward():
+    from mobile_vla_ros.tools.bench.vlm import vlm_table
+
+    rows = [{"backend": "kosmos2", "views": 1, "variant": v, "p50_ms": ms, "p90_ms": ms + 1}
+            for v, ms in (("transformers eager", 20.0), ("ours, CUDA graph", 4.0), ("ours, end to end", 5.0),
+                          ("ours, end to end, CPU processor", 8.0))]
+    table = vlm_table(rows).splitlines()
+    assert table[2].endswith("| 20.00 | 21.00 |  |  |")  # the baseline itself
+    assert table[3].endswith("| 5.00x faster |  |")  # the forward is what the others are divided by
+    assert table[4].endswith("| 4.00x faster | 1.25x |")  # end to end: 5 ms over the 4 ms forward
+    assert table[5].endswith("| 2.50x faster | 2.00x |")
