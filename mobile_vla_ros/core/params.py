@@ -102,8 +102,8 @@ VLM_NODE_PARAMS: tuple[ParamSpec, ...] = (
               "Empty: the stand-in VLM shipped in models/default/vlm."),
     ParamSpec("clip_model_path", STRING, "", "Local CLIP directory (kosmos2_clip only)."),
     ParamSpec("device", STRING, "cuda", "Torch device of the VLM.", choices=("cuda", "cpu")),
-    ParamSpec("dtype", STRING, "fp16", "VLM weight/compute dtype (fp16/bf16 need cuda).",
-              choices=("fp16", "bf16", "fp32")),
+    ParamSpec("dtype", STRING, "fp16", "VLM weight/compute dtype (fp16/bf16 need cuda; int8w: int8 weights, "
+              "fp16 compute on cuda, fp32 on the cpu).", choices=("fp16", "bf16", "fp32", "int8w")),
     ParamSpec("feature_pooling", STRING, "last_token", "How hidden states become one feature vector: "
               "last_token (last text token), mean_text, mean_image (mean of the image tokens).",
               choices=FEATURE_POOLINGS),

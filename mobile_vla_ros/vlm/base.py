@@ -11,6 +11,7 @@ feature size does not depend on the number of cameras.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -99,25 +100,39 @@ def from_local_dir(loader, path: Path, what: str, architecture: str, **kwargs):
         raise VlmLoadError(f"{what}: {path} cannot be loaded as {architecture} ({exc})") from exc
 
 
-def load_model(model_class, path: Path, what: str, architecture: str, dtype, device: str):
+def load_model(model_class, path: Path, what: str, architecture: str, dtype, device: str,
+               int8_weights: bool = False):
     """Weights with SDPA attention in `dtype` on `device`, in eval mode; a checkpoint lacking any
-    weight is refused (transformers would silently initialise it at random)."""
+    weight is refused (transformers would silently initialise it at random). `int8_weights`: linear
+    layers and embedding tables stored as int8 afterwards (vlm/int8_weights.py)."""
     model, info = from_local_dir(model_class, path, what, architecture, output_loading_info=True,
                                  attn_implementation="sdpa", **dtype_kwarg(dtype))
     if info["missing_keys"]:
         raise VlmLoadError(f"{what}: {path} lacks weights for {len(info['missing_keys'])} tensors, "
                            f"e.g. {info['missing_keys'][0]} (not a {architecture} checkpoint?)")
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if int8_weights:
+        from .int8_weights import quantise_weights
+
+        done = quantise_weights(model, dtype)
+        logging.getLogger(__name__).info(
+            "%s: int8 weights in %d linear layers and %d embedding tables (%s), %.1f -> %.1f MB", architecture,
+            done["linear"] + done["tied"], done["embedding"], done["kernel"], done["bytes_before"] / 1e6,
+            done["bytes_after"] / 1e6)
+    return model
 
 
 def torch_dtype(name: str, device: str):
+    """The compute dtype of a `dtype` value; `int8w` (int8 weights) computes in fp16 on cuda and fp32
+    on the cpu."""
     import torch
 
-    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
+              "int8w": torch.float16 if device == "cuda" else torch.float32}
     if name not in dtypes:
         raise VlmLoadError(f"dtype: {name!r} is not one of {', '.join(dtypes)}")
-    if device == "cpu" and name != "fp32":
-        raise VlmLoadError(f"dtype: {name} needs device cuda; use dtype fp32 on the cpu")
+    if device == "cpu" and name not in ("fp32", "int8w"):
+        raise VlmLoadError(f"dtype: {name} needs device cuda; use dtype fp32 (or int8w) on the cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise VlmLoadError("device: cuda requested but torch.cuda.is_available() is False; set device: cpu")
     return dtypes[name]

@@ -71,7 +71,8 @@ class Kosmos2Extractor:
         check_model_type(path, "kosmos-2")
         dtype = torch_dtype(config.dtype, config.device)
         self.processor = from_local_dir(AutoProcessor, path, "model_path", "Kosmos-2")
-        model = load_model(Kosmos2ForConditionalGeneration, path, "model_path", "Kosmos-2", dtype, config.device)
+        model = load_model(Kosmos2ForConditionalGeneration, path, "model_path", "Kosmos-2", dtype, config.device,
+                           int8_weights=config.dtype == "int8w")
         self._torch = torch
         self.model = model
         self.config = config

@@ -26,7 +26,8 @@ class Kosmos2ClipExtractor(Kosmos2Extractor):
                                              use_fast=False)
         with_projection = _has_projection(path)
         cls = CLIPVisionModelWithProjection if with_projection else CLIPVisionModel
-        self.clip = load_model(cls, path, "clip_model_path", "CLIP vision", self.dtype, config.device)
+        self.clip = load_model(cls, path, "clip_model_path", "CLIP vision", self.dtype, config.device,
+                               int8_weights=config.dtype == "int8w")
         self.clip_pixels = tensor_preprocessor(ClipPixels, self.clip_processor, config.device,
                                                config.tensor_preprocessing)
         self.clip_dim = self.clip.config.projection_dim if with_projection else self.clip.config.hidden_size

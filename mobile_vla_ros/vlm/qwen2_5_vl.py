@@ -55,7 +55,7 @@ class Qwen25VLExtractor:
         self.image_processor = from_local_dir(AutoImageProcessor, path, "model_path", "Qwen2.5-VL", use_fast=False)
         self.tokenizer = from_local_dir(AutoTokenizer, path, "model_path", "Qwen2.5-VL")
         model = load_model(Qwen2_5_VLForConditionalGeneration, path, "model_path", "Qwen2.5-VL", dtype,
-                           config.device)
+                           config.device, int8_weights=config.dtype == "int8w")
         self.tokenizer.padding_side = "right"
         image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         if image_token_id != model.config.image_token_id:

@@ -3,7 +3,8 @@
   mobile-vla-bench inference   action expert: backend x precision x batch, p50/p99 latency, for the
                                default head and the recurrent LSTM head (reference row)
   mobile-vla-bench vlm         VLM extractors at full size (random weights) on the GPU, 1 and 5 views:
-                               ours (CUDA graph) vs the plain transformers forward, same run
+                               ours (CUDA graph) vs the plain transformers forward, same run;
+                               end to end with GPU and with CPU preprocessing; int8 weights
   mobile-vla-bench loop        the real nodes closed over synthetic sources: async vs the synchronous
                                baseline, per VLM latency (period, end-to-end latency, feature age,
                                sensor loss, CPU and RSS per node), measured from outside the nodes
@@ -204,6 +205,7 @@ def _parser() -> argparse.ArgumentParser:
     vlm.add_argument("--views", type=comma_list(int), default="1,5")
     vlm.add_argument("--iters", type=int, default=100)
     vlm.add_argument("--max-seconds", type=float, default=8.0, help="time budget per row")
+    vlm.add_argument("--no-int8", action="store_true", help="skip the int8-weight (dtype int8w) rows")
     vlm.add_argument("--out", type=Path, default=Path("bench_results/vlm.json"))
     loop = sub.add_parser("loop", help="async vs synchronous control loop, real nodes over DDS")
     modes = loop.add_mutually_exclusive_group()
@@ -283,7 +285,7 @@ def vlm_bench(args) -> int:
         return 2
     env = environment()
     print(f"environment: {env}")
-    rows = vlm_rows(args.backends, args.views, args.iters, args.max_seconds)
+    rows = vlm_rows(args.backends, args.views, args.iters, args.max_seconds, int8=not args.no_int8)
     print(vlm_table(rows))
     _write(args.out, {"benchmark": "vlm", "environment": env, "rows": rows})
     return 0

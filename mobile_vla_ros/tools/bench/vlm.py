@@ -11,7 +11,9 @@ views (224x224 each), in the same run:
   as tensor ops there (vlm/preprocess.py), the cached prompt tensors, the graph forward, copy back
 - ours, end to end, CPU processor: the same with the transformers image processor on the CPU (the
   reference path, `tensor_preprocessing: False`)
-The table gives each end-to-end row over the CUDA-graph forward.
+- int8w: ...: the same checkpoint with int8 weights (`dtype: int8w`), graph forward and end to end,
+  with the weights' GB and the features' cosine similarity to FP16 on the same views
+The table gives each end-to-end row over the CUDA-graph forward of its dtype.
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ def _eager_forward(extractor, backend: str, images: list[np.ndarray]):
     return run
 
 
-def _measure_views(extractor, backend: str, images: list[np.ndarray], iters: int, max_seconds: float):
+def _measure_views(extractor, backend: str, images: list[np.ndarray], iters: int, max_seconds: float,
+                   full: bool = True):
+    """All variants (`full`), or only the graph forward and end to end."""
     import torch
 
     from ...vlm.static_forward import StaticForward
@@ -91,6 +95,8 @@ def _measure_views(extractor, backend: str, images: list[np.ndarray], iters: int
         "ours, end to end": lambda: extractor.extract(images, INSTRUCTION),
         "ours, end to end, CPU processor": lambda: _with_processor(extractor, images),
     }
+    if not full:
+        variants = {k: v for k, v in variants.items() if k in ("ours, CUDA graph", "ours, end to end")}
     diff = float((graph_forward(**prepared) - eager_ours(**prepared)).abs().max())
     return [(name, measure(fn, iters, warmup=5, max_seconds=max_seconds), diff) for name, fn in variants.items()]
 
@@ -108,13 +114,17 @@ def _with_processor(extractor, images: list[np.ndarray]):
             setattr(extractor, n, value)
 
 
-def vlm_rows(backends: list[str], views: list[int], iters: int, max_seconds: float, log=print) -> list[dict]:
+def vlm_rows(backends: list[str], views: list[int], iters: int, max_seconds: float, int8: bool = True,
+             log=print) -> list[dict]:
+    """Rows per backend, views and variant; with `int8`, the same checkpoint with int8 weights
+    (`dtype: int8w`) beside it: its graph forward and end to end, weight bytes, feature cosine vs FP16."""
     import gc
 
     import torch
 
     from ...vlm.base import ExtractorConfig
     from ...vlm.factory import create_extractor
+    from ...vlm.int8_weights import weight_bytes
 
     rng = np.random.default_rng(0)
     rows = []
@@ -122,19 +132,29 @@ def vlm_rows(backends: list[str], views: list[int], iters: int, max_seconds: flo
         with tempfile.TemporaryDirectory() as tmp:
             log(f"{backend}: writing full-size random-weight checkpoint")
             paths = _build(backend, Path(tmp))
-            extractor = create_extractor(ExtractorConfig(backend=backend, device="cuda", dtype="fp16", **paths))
-        params = sum(p.numel() for p in extractor.model.parameters())
-        if backend == "kosmos2_clip":
-            params += sum(p.numel() for p in extractor.clip.parameters())
-        log(f"{backend}: {params / 1e9:.2f} B parameters, feature dim {extractor.feature_dim}")
+            extractors = {dtype: create_extractor(ExtractorConfig(backend=backend, device="cuda", dtype=dtype, **paths))
+                          for dtype in (("fp16", "int8w") if int8 else ("fp16",))}
+        models = {dtype: [ex.model] + ([ex.clip] if backend == "kosmos2_clip" else [])
+                  for dtype, ex in extractors.items()}
+        params = sum(p.numel() for m in models["fp16"] for p in m.parameters())
+        weights_gb = {dtype: sum(weight_bytes(m) for m in ms) / 1e9 for dtype, ms in models.items()}
+        log(f"{backend}: {params / 1e9:.2f} B parameters, feature dim {extractors['fp16'].feature_dim}, weights "
+            + ", ".join(f"{d} {gb:.2f} GB" for d, gb in weights_gb.items()))
         for n in views:
             images = [rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(n)]
-            for name, timing, diff in _measure_views(extractor, backend, images, iters, max_seconds):
-                rows.append({"backend": backend, "views": n, "variant": name, "params_b": params / 1e9, **timing,
-                             "graph_vs_eager_max_abs_diff": diff})
-                log(f"  {backend:<12} views={n} {name:<20} p50 {timing['p50_ms']:7.2f} ms  "
-                    f"p90 {timing['p90_ms']:7.2f} ms")
-        del extractor
+            reference = extractors["fp16"].extract(images, INSTRUCTION)
+            for dtype, extractor in extractors.items():
+                features = extractor.extract(images, INSTRUCTION)
+                cos = float((features * reference).sum() / np.linalg.norm(features) / np.linalg.norm(reference))
+                for name, timing, diff in _measure_views(extractor, backend, images, iters, max_seconds,
+                                                         full=dtype == "fp16"):
+                    variant = name if dtype == "fp16" else f"{dtype}: {name}"
+                    rows.append({"backend": backend, "views": n, "variant": variant, "dtype": dtype,
+                                 "params_b": params / 1e9, "weights_gb": weights_gb[dtype], **timing,
+                                 "graph_vs_eager_max_abs_diff": diff, "feature_cosine_vs_fp16": cos})
+                    log(f"  {backend:<12} views={n} {variant:<34} p50 {timing['p50_ms']:7.2f} ms  "
+                        f"p90 {timing['p90_ms']:7.2f} ms")
+        del extractors, models
         gc.collect()
         torch.cuda.empty_cache()
     return rows
@@ -148,7 +168,8 @@ def vlm_table(rows: list[dict]) -> str:
         key = (r["backend"], r["views"])
         base = by_variant.get((*key, "transformers eager"))
         ratio = f"{base / r['p50_ms']:.2f}x faster" if base and r["variant"] != "transformers eager" else ""
-        forward = by_variant.get((*key, "ours, CUDA graph"))
+        prefix = "" if r.get("dtype", "fp16") == "fp16" else f"{r['dtype']}: "
+        forward = by_variant.get((*key, f"{prefix}ours, CUDA graph"))
         share = f"{r['p50_ms'] / forward:.2f}x" if forward and "end to end" in r["variant"] else ""
         lines.append(f"| {r['backend']} | {r['views']} | {r['variant']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
                      f"{ratio} | {share} |")

@@ -194,6 +194,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--model-dir", type=Path, default=None, help="default: models/default")
     ap.add_argument("--vlm-model-path", default="", help="VLM directory; default: the model dir's vlm/")
     ap.add_argument("--clip-model-path", default="")
+    ap.add_argument("--vlm-dtype", default="fp32", choices=("fp32", "int8w"),
+                    help="VLM weights (on the CPU): fp32, or int8 weights (vlm_node's dtype int8w)")
     ap.add_argument("--vlm-hz", type=comma_list(float), default="3.33", help="comma-separated: a sweep")
     ap.add_argument("--action-hz", type=float, default=10.0)
     ap.add_argument("--vlm-latency", default="auto",
@@ -268,7 +270,7 @@ def _extractor(args, spec: ModelSpec, model_dir):
     try:
         extractor = create_extractor(ExtractorConfig(
             backend=spec.vlm_backend, pooling=spec.vlm_pooling, clip_model_path=args.clip_model_path,
-            model_path=args.vlm_model_path or str(Path(model_dir) / "vlm")))
+            model_path=args.vlm_model_path or str(Path(model_dir) / "vlm"), dtype=args.vlm_dtype))
     except VlmLoadError as exc:
         raise ValueError(str(exc)) from exc
     if extractor.feature_dim != spec.feature_dim:

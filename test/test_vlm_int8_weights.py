@@ -1,0 +1,78 @@
+"""`dtype: int8w`: the VLM's linear layers and embedding tables stored as int8 (vlm/int8_weights.py),
+against the same checkpoint in FP32 on the CPU: features, what is replaced, bytes, the tied head."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mobile_vla_ros.sim.world import SimRobot, sample_task
+from mobile_vla_ros.vlm.base import ExtractorConfig, VlmLoadError
+from mobile_vla_ros.vlm.factory import create_extractor
+from mobile_vla_ros.vlm.int8_weights import Int8Embedding, Int8Linear, weight_bytes
+
+SHIPPED_VLM = Path(__file__).resolve().parents[1] / "models" / "default" / "vlm"
+INSTRUCTIONS = ("go to the red cylinder", "drive to the green box")
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[np.ndarray]:
+    out = []
+    for seed in (3, 5):
+        with SimRobot(sample_task(seed)) as robot:
+            out.append(robot.render())
+    return out
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("backend", ["kosmos2", "kosmos2_clip", "qwen2_5_vl"])
+def test_int8_weights_keep_the_features_and_quarter_the_fp32_bytes(backend, frames, tiny_clip_dir, tiny_qwen_dir):
+    model = {"qwen2_5_vl": str(tiny_qwen_dir)}.get(backend, str(SHIPPED_VLM))
+    config = ExtractorConfig(backend=backend, model_path=model, clip_model_path=str(tiny_clip_dir))
+    fp32, int8 = create_extractor(config), create_extractor(replace(config, dtype="int8w"))
+    for frame in frames:
+        for instruction in INSTRUCTIONS:
+            assert cosine(fp32.extract([frame], instruction), int8.extract([frame], instruction)) >= 0.999
+    models = [int8.model] + ([int8.clip] if backend == "kosmos2_clip" else [])
+    for m in models:  # nothing left in float: every linear layer and embedding table is int8
+        assert not any(isinstance(mod, (torch.nn.Linear, torch.nn.Embedding)) for mod in m.modules())
+        quantised = [mod for mod in m.modules() if isinstance(mod, (Int8Linear, Int8Embedding))]
+        assert quantised and all(mod.qweight.dtype == torch.int8 for mod in quantised)
+    # tiny models: norms, biases and the patch convolution stay float and weigh relatively more than
+    # at full size (where linear layers and tables are > 98 % of the bytes)
+    assert weight_bytes(int8.model) <= 0.45 * weight_bytes(fp32.model)
+
+
+def test_a_tied_lm_head_shares_the_int8_table(tiny_qwen_dir):
+    int8 = create_extractor(ExtractorConfig(backend="qwen2_5_vl", model_path=str(tiny_qwen_dir), dtype="int8w"))
+    table = int8.model.get_input_embeddings()
+    assert isinstance(table, Int8Embedding) and isinstance(int8.model.lm_head, Int8Linear)
+    assert int8.model.lm_head.qweight is table.qweight  # one int8 copy, as the FP16 checkpoint has one table
+
+
+def test_the_fused_kernel_and_the_dequantised_product_agree():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    fused, dequantised = (Int8Linear.from_linear(linear, torch.float32, fused=f) for f in (True, False))
+    x = torch.randn(2, 5, 64)
+    with torch.no_grad():
+        assert torch.allclose(fused(x), dequantised(x), atol=1e-4)
+        # and both are the float layer up to the weights' rounding (half a step of the row's scale)
+        assert (fused(x) - linear(x)).abs().max() < 0.05 * linear(x).abs().max()
+
+
+def test_int8w_is_accepted_on_the_cpu_and_other_names_are_refused():
+    from mobile_vla_ros.vlm.base import torch_dtype
+
+    assert torch_dtype("int8w", "cpu") is torch.float32
+    with pytest.raises(VlmLoadError, match="not one of fp16, bf16, fp32, int8w"):
+        torch_dtype("int4", "cpu")
+    with pytest.raises(VlmLoadError, match=r"use dtype fp32 \(or int8w\) on the cpu"):
+        torch_dtype("fp16", "cpu")
