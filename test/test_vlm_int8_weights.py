@@ -45,9 +45,22 @@ def test_int8_weights_keep_the_features_and_quarter_the_fp32_bytes(backend, fram
         assert not any(isinstance(mod, (torch.nn.Linear, torch.nn.Embedding)) for mod in m.modules())
         quantised = [mod for mod in m.modules() if isinstance(mod, (Int8Linear, Int8Embedding))]
         assert quantised and all(mod.qweight.dtype == torch.int8 for mod in quantised)
-    # tiny models: norms, biases and the patch convolution stay float and weigh relatively more than
-    # at full size (where linear layers and tables are > 98 % of the bytes)
-    assert weight_bytes(int8.model) <= 0.45 * weight_bytes(fp32.model)
+    # the replaced weights take a quarter of their FP32 bytes plus one scale per row; norms, biases and
+    # the patch convolution stay float (a large share at this tiny size, < 1 % at full size, where the
+    # bench measured int8w at 50 % of FP16: docs/bench/vlm_h200.log)
+    assert quantised_bytes(int8.model, int8=True) <= 0.27 * quantised_bytes(fp32.model, int8=False)
+    assert weight_bytes(int8.model) < 0.6 * weight_bytes(fp32.model)
+
+
+def quantised_bytes(model, int8: bool) -> int:
+    """Bytes of the linear and embedding weights (int8 tables and scales once when shared)."""
+    kinds = (Int8Linear, Int8Embedding) if int8 else (torch.nn.Linear, torch.nn.Embedding)
+    tensors = {}
+    for mod in model.modules():
+        if isinstance(mod, kinds):
+            for t in ((mod.qweight, mod.scale) if int8 else (mod.weight,)):
+                tensors[t.data_ptr()] = t.numel() * t.element_size()
+    return sum(tensors.values())
 
 
 def test_a_tied_lm_head_shares_the_int8_table(tiny_qwen_dir):

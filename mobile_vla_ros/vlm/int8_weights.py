@@ -3,11 +3,12 @@ forward's latency (memory-bound at batch 1) and whether Qwen2.5-VL-3B fits besid
 
 Every linear layer's weight and the token-embedding table are stored as int8 with one scale per
 output channel (per row of the table), symmetric, round to nearest: weights take half their FP16
-bytes plus the scales. Activations stay in the compute dtype (FP16 on CUDA, FP32 on the CPU). A linear
-layer multiplies through `torch._weight_int8pack_mm` where this torch build has that kernel for the
-device (int8 weights read directly), else it dequantises its weight right before the matmul (one
-temporary FP16 weight at a time). A language-model head tied to the embedding table shares its int8
-copy. Done after loading, from the checkpoint's own weights: nothing else is downloaded or stored.
+bytes plus the scales. Activations stay in the compute dtype (FP16 on CUDA, FP32 on the CPU). On
+the CPU a linear layer multiplies through `torch._weight_int8pack_mm` (int8 weights read directly);
+on CUDA it dequantises its weight right before the matmul (one temporary FP16 weight at a time),
+which saves memory, not time: a fused int8 GEMM kernel is the next step for latency. A
+language-model head tied to the embedding table shares its int8 copy. Done after loading, from the
+checkpoint's own weights: nothing else is downloaded or stored.
 """
 
 from __future__ import annotations
@@ -67,7 +68,10 @@ class Int8Embedding(torch.nn.Module):
 
 def fused_kernel_available(device: str, dtype: torch.dtype) -> bool:
     """Whether `torch._weight_int8pack_mm` runs for this device and dtype in this torch build (and
-    agrees with the dequantised product)."""
+    agrees with the dequantised product). CPU only: on CUDA (torch 2.11, H200) it took 494 ms for a
+    Kosmos-2 forward that FP16 runs in 4.4 ms (`docs/bench/vlm_h200.log`), so CUDA dequantises."""
+    if not device.startswith("cpu"):
+        return False
     try:
         x = torch.randn(3, 64, device=device).to(dtype)
         q = torch.randint(-127, 128, (32, 64), dtype=torch.int8, device=device)
