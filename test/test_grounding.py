@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mobile_vla_ros.sim.world import SimRobot, sample_task
+from mobile_vla_ros.sim.world import SimConfig, SimRobot, sample_task
 from mobile_vla_ros.vlm import grounding
 
 
@@ -45,6 +45,10 @@ def test_labels_follow_the_robot_pose():
         assert label[2] == pytest.approx(robot.target_distance(), abs=1e-5)
         visible = label[3::3]
         assert visible.sum() == len(task.objects)  # all objects start in view
+        by_kind = grounding.grounding_label(robot, shape_slots=True)
+        assert by_kind.shape == (grounding.GroundingRecipe(shape_slots=True).label_size(),)
+        for obj in task.objects:  # each one in its colour-and-shape slot
+            assert by_kind[3 + 3 * grounding.KINDS.index((obj.color, obj.shape))] == 1
         x, y, yaw = task.start
         robot.data.qpos[:] = (x, y, yaw + math.pi)  # facing away: nothing visible
         robot._mj.mj_forward(robot.model, robot.data)
@@ -58,10 +62,54 @@ def test_grounding_pretraining_runs_and_saves_a_loadable_kosmos2(tmp_path):
     frames = grounding.render_frames(6, 2, seed=0, workers=2)
     serial = grounding.render_frames(6, 2, seed=0)  # parallel rendering gives the same frames in the same order
     assert all(np.array_equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(frames, serial, strict=True))
-    metrics = grounding.build_grounded_vlm(tmp_path / "vlm", tasks=8, epochs=2, per_task=2, batch=4, log=lambda _: None)
-    assert set(metrics) >= {"bearing_mae_deg", "distance_mae_m"} and np.isfinite(metrics["bearing_mae_deg"])
+    size = grounding.StandInSize.parse("32x1x32x8")
+    metrics = grounding.build_grounded_vlm(tmp_path / "vlm", tasks=8, epochs=2, per_task=2, batch=4, size=size,
+                                           log=lambda _: None)
+    assert set(metrics) >= {"bearing_mae_deg", "distance_mae_m", "twin_confusion"}
+    assert np.isfinite(metrics["bearing_mae_deg"]) and metrics["size"]["embed_dim"] == 32
     ex = create_extractor(ExtractorConfig(backend="kosmos2", pooling="last_token", model_path=str(tmp_path / "vlm"),
                                           device="cpu", dtype="fp32"))
     with SimRobot(sample_task(1)) as robot:
         features = ex.extract([robot.render()], sample_task(1).instruction)
-    assert features.shape == (1, 64) and np.isfinite(features).all()
+    assert features.shape == (1, 32) and np.isfinite(features).all()
+    assert ex.model.config.vision_config.patch_size == 32 and ex.image_tokens == 8
+
+
+def test_twin_in_view_is_the_same_colour_other_shape():
+    task = next(t for t in (sample_task(s, SimConfig(task_set="hard")) for s in range(50)))
+    target = task.target_object
+    twin = next(o for o in task.objects if o.color == target.color and o is not target)
+    with SimRobot(task, render=False) as robot:
+        x, y, _ = task.start
+        robot.data.qpos[:] = (x, y, math.atan2(twin.y - y, twin.x - x))  # looking straight at the twin
+        robot._mj.mj_forward(robot.model, robot.data)
+        assert grounding.twin_bearing(robot) == pytest.approx(0.0, abs=1e-6)
+        robot.data.qpos[:] = (x, y, math.atan2(twin.y - y, twin.x - x) + math.pi)  # turned away from it
+        robot._mj.mj_forward(robot.model, robot.data)
+        assert math.isnan(grounding.twin_bearing(robot))
+
+
+def test_twin_views_look_between_the_target_and_its_twin():
+    """With `twin_views`, hard tasks' second frames of each three show the twin far more often."""
+    def twin_frames(recipe):
+        frames = grounding.render_frames(24, 3, seed=0, recipe=recipe)
+        return sum(not math.isnan(f[3]) for f in frames[1::3])  # frames k % 3 == 1
+
+    assert twin_frames(grounding.GroundingRecipe(twin_views=True)) >= twin_frames(grounding.GroundingRecipe()) + 3
+
+
+def test_twin_confusion_counts_predictions_nearer_the_twin():
+    import torch
+
+    predicted = torch.tensor([0.0, 0.5, 1.0, 0.2])
+    target = torch.tensor([0.1, 0.0, 3.0, 0.0])
+    twins = torch.tensor([0.6, 0.45, math.nan, math.nan])
+    metrics = grounding._twin_confusion(predicted, grounding._angle_error(predicted, target), twins)
+    assert metrics == {"rate": 0.5, "frames": 2}  # the first is nearer its target, the second its twin
+
+
+def test_stand_in_size_parses_and_names_itself():
+    assert str(grounding.StandInSize.parse("128x4x14x16")) == "128x4x14x16"
+    assert grounding.StandInSize.parse("96x3") == grounding.StandInSize(96, 3)
+    with pytest.raises(ValueError, match="expected WIDTHxLAYERS"):
+        grounding.StandInSize.parse("wide")

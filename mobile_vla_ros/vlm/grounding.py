@@ -4,12 +4,14 @@ A randomly initialised tiny Kosmos-2 carries no usable information about where t
 object is, so an action expert trained on its features cannot drive to it. Real Kosmos-2 was
 pretrained for grounding; the stand-in gets a miniature of that: the whole model is trained so
 that its pooled feature (the one vlm_node publishes) predicts the instructed object's bearing and
-distance, and the mean of its image latents predicts every colour's visibility, bearing and
-distance. Frames are rendered from seeded tasks at random poses between the start and the target
-with random heading offsets (more varied than expert episodes, where the target is mostly dead
-ahead). The prediction heads are dropped afterwards; only the VLM is saved.
+distance, and the mean of its image latents predicts every colour's visibility, bearing and distance.
+Frames are rendered from seeded tasks at random poses between the start and the target with random
+heading offsets (more varied than expert episodes, where the target is mostly dead ahead). The
+prediction heads are dropped afterwards; only the VLM is saved. Validation reports the bearing and
+distance errors and how often the bearing points nearer the target's same-colour twin.
 
-  python -m mobile_vla_ros.vlm.grounding --out DIR [--tasks 2000] [--epochs 60] [--device cuda]
+  python -m mobile_vla_ros.vlm.grounding --out DIR [--tasks 3500] [--epochs 40] [--device cuda]
+  python -m mobile_vla_ros.vlm.grounding --out DIR --sizes 64x2x16x16 128x4x14x16   # sizes, same renders
 """
 
 from __future__ import annotations
@@ -17,13 +19,32 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..sim.world import COLORS, SimConfig, SimRobot, sample_task, wrap_angle
+from ..sim.world import COLORS, SHAPES, SimConfig, SimRobot, sample_task, wrap_angle
+from .preprocess import ClipPixels
 
-LABELS = 3 + 3 * len(COLORS)  # target: sin, cos bearing, distance; per colour: visible, sin bearing, distance
+# target: sin, cos bearing, distance; then per colour (or, with shape slots, per colour and shape):
+# visible, sin bearing, distance of the one of that kind nearest the image centre
+KINDS = tuple((color, shape) for color in COLORS for shape in SHAPES)
+
+
+@dataclass(frozen=True)
+class GroundingRecipe:
+    """What the renders teach. The shipped stand-in uses the defaults. `shape_slots`: the latents'
+    labels per colour and shape instead of per colour; `twin_views`: a third of each hard task's
+    frames look between the target and its same-colour twin (the twin alone or both in view)
+    instead of at the target. Both were tried to make the 64-dim stand-in tell a box from a cylinder
+    (README, Models: they lowered the twin confusion of the grounding but not the closed loop)."""
+
+    shape_slots: bool = False
+    twin_views: bool = False
+
+    def label_size(self) -> int:
+        return 3 + 3 * (len(KINDS) if self.shape_slots else len(COLORS))
 FIRST_TASK_SEED = 2000  # renders use tasks apart from the recorded episodes' seeds (< 1000) and evaluation's
 
 
@@ -31,14 +52,14 @@ def _bearing(obj, x: float, y: float, yaw: float) -> float:
     return wrap_angle(math.atan2(obj.y - y, obj.x - x) - yaw)
 
 
-def grounding_label(robot: SimRobot) -> np.ndarray:
+def grounding_label(robot: SimRobot, shape_slots: bool = False) -> np.ndarray:
     x, y, yaw = robot.pose()
     task = robot.task
     half_fov = math.radians(robot.cfg.camera_fovy) / 2
     b = _bearing(task.target_object, x, y, yaw)
     label = [math.sin(b), math.cos(b), robot.target_distance()]
-    for color in COLORS:
-        objs = [o for o in task.objects if o.color == color]
+    for color, shape in KINDS if shape_slots else ((c, None) for c in COLORS):
+        objs = [o for o in task.objects if o.color == color and shape in (None, o.shape)]
         if not objs:
             label += [0.0, 0.0, 0.0]
             continue
@@ -49,10 +70,24 @@ def grounding_label(robot: SimRobot) -> np.ndarray:
     return np.array(label, dtype=np.float32)
 
 
-def render_frames(tasks: int, per_task: int, seed: int, workers: int = 1) -> list[tuple]:
-    """(rgb, instruction, label) at random poses of `tasks` seeded tasks; `workers` processes render
-    task ranges in parallel (each task's poses come from its own seed, so the result is the same)."""
-    ranges = [(seed, per_task, range(k, tasks, workers)) for k in range(workers)]
+def twin_bearing(robot: SimRobot) -> float:
+    """Bearing of the target's same-colour twin (the other shape) when it is in view, else NaN: the
+    frames on which a colour-only guess points at the twin, wherever the target is."""
+    x, y, yaw = robot.pose()
+    task = robot.task
+    target = task.target_object
+    half_fov = math.radians(robot.cfg.camera_fovy) / 2
+    bearings = [_bearing(o, x, y, yaw) for o in task.objects if o.color == target.color and o is not target]
+    in_view = [b for b in bearings if abs(b) < half_fov]
+    return min(in_view, key=abs) if in_view else math.nan
+
+
+def render_frames(tasks: int, per_task: int, seed: int, workers: int = 1,
+                  recipe: GroundingRecipe = GroundingRecipe()) -> list[tuple]:
+    """(rgb, instruction, label, twin bearing) at random poses of `tasks` seeded tasks; `workers`
+    processes render task ranges in parallel (each task's poses come from its own seed, so the result
+    is the same)."""
+    ranges = [(seed, per_task, range(k, tasks, workers), recipe) for k in range(workers)]
     if workers <= 1:
         parts = [_render_tasks(*ranges[0])]
     else:
@@ -64,9 +99,11 @@ def render_frames(tasks: int, per_task: int, seed: int, workers: int = 1) -> lis
     return [frame for i in range(tasks) for frame in by_task[i]]
 
 
-def _render_tasks(seed: int, per_task: int, indices: range) -> list[tuple[int, list[tuple]]]:
-    """Every other task is from the hard set (same-colour distractors, targets behind the robot), so
-    the instructed shape matters; a third of its frames look away from the target."""
+def _render_tasks(seed: int, per_task: int, indices: range,
+                  recipe: GroundingRecipe) -> list[tuple[int, list[tuple]]]:
+    """Every other task is from the hard set (same-colour twin of the other shape, targets behind the
+    robot), so the instructed shape matters; a third of its frames look anywhere (away from the
+    target) and, with `recipe.twin_views`, another third between the target and its twin."""
     out = []
     for i in indices:
         rng = np.random.default_rng([seed, i])
@@ -76,16 +113,24 @@ def _render_tasks(seed: int, per_task: int, indices: range) -> list[tuple[int, l
         frames = []
         with SimRobot(task) as robot:
             target = task.target_object
+            twin = next((o for o in task.objects if o.color == target.color and o is not target), None)
             for k in range(per_task):
                 a = rng.uniform(0.0, 0.85)
                 x = task.start[0] + a * (target.x - task.start[0]) + rng.normal(0, 0.15)
                 y = task.start[1] + a * (target.y - task.start[1]) + rng.normal(0, 0.15)
-                away = hard and k % 3 == 2
-                yaw = math.atan2(target.y - y, target.x - x) + (rng.uniform(-math.pi, math.pi) if away
-                                                                else rng.uniform(-0.7, 0.7))
+                to_target = math.atan2(target.y - y, target.x - x)
+                view = k % 3 if hard else 0
+                if view == 2:
+                    yaw = to_target + rng.uniform(-math.pi, math.pi)
+                elif view == 1 and recipe.twin_views and twin is not None:
+                    to_twin = math.atan2(twin.y - y, twin.x - x)
+                    yaw = to_twin + rng.uniform(0.0, 1.0) * wrap_angle(to_target - to_twin) + rng.uniform(-0.2, 0.2)
+                else:
+                    yaw = to_target + rng.uniform(-0.7, 0.7)
                 robot.data.qpos[:] = (x, y, yaw)
                 robot._mj.mj_forward(robot.model, robot.data)
-                frames.append((robot.render(), task.instruction, grounding_label(robot)))
+                frames.append((robot.render(), task.instruction, grounding_label(robot, recipe.shape_slots),
+                               twin_bearing(robot)))
         out.append((i, frames))
     return out
 
@@ -101,14 +146,14 @@ class Batcher:
         self.torch = torch
         self.device = device
         ip = extractor.processor.image_processor
-        self.mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
+        self.normalise = ClipPixels(ip, "cpu").ops.normalise  # frames are rendered at the model's size
         self.images = torch.from_numpy(np.stack([f[0] for f in frames]))  # uint8 [N, H, W, 3]
         texts = sorted({f[1] for f in frames})
         prepared = {t: extractor.prepare([frames[0][0]], t) for t in texts}
-        reference = prepared[frames[0][1]]["pixel_values"].cpu()
+        reference = ip(images=[frames[0][0]], return_tensors="pt")["pixel_values"]
         if not torch.allclose(self._pixels(self.images[:1]), reference, atol=1e-5):  # still on the CPU here
             raise RuntimeError("pixel normalisation differs from the model's image processor")
+        self.normalise = ClipPixels(ip, device).ops.normalise
         self.length = max(p["input_ids"].shape[1] for p in prepared.values())
         pad = {"input_ids": extractor.pad_id, "position_ids": extractor.position_padding_idx}
         self.text = {}
@@ -122,11 +167,10 @@ class Batcher:
         self.labels = torch.from_numpy(np.stack([f[2] for f in frames])).to(device)
         # Everything on the training device once: a batch is then a gather, not a host copy.
         self.images = self.images.to(device)
-        self.mean, self.std = self.mean.to(device), self.std.to(device)
         self.text = {t: {k: v.to(device) for k, v in p.items()} for t, p in self.text.items()}
 
     def _pixels(self, images):
-        return (images.permute(0, 3, 1, 2).float() / 255 - self.mean) / self.std
+        return self.normalise(images.permute(0, 3, 1, 2).float())
 
     def batch(self, idx) -> dict:
         torch = self.torch
@@ -137,6 +181,19 @@ class Batcher:
         out["image_index"] = torch.cat([r["image_index"] + j * self.length for j, r in enumerate(rows)])
         out["pixel_values"] = self._pixels(self.images[torch.as_tensor(idx, device=self.device)])
         return out
+
+
+def _angle_error(a, b):
+    return (a - b + math.pi).remainder(2 * math.pi).sub(math.pi).abs()
+
+
+def _twin_confusion(predicted, error, twins) -> dict:
+    """On frames with the target's same-colour twin in view: how often the predicted bearing lies
+    nearer the twin than the target."""
+    both = ~twins.isnan()
+    frames = int(both.sum())
+    nearer_twin = _angle_error(predicted[both], twins[both]) < error[both]
+    return {"rate": float(nearer_twin.float().mean()) if frames else math.nan, "frames": frames}
 
 
 def train_grounding(extractor, train: list, val: list, epochs: int, lr: float = 2e-3, batch: int = 64,
@@ -150,11 +207,12 @@ def train_grounding(extractor, train: list, val: list, epochs: int, lr: float = 
     data = Batcher(extractor, train + val, device)
     n, n_val = len(train), len(val)
     labels = data.labels
+    twins = torch.tensor([f[3] for f in val], dtype=torch.float32, device=device)
     dim = extractor.feature_dim
     target_head = torch.nn.Linear(dim, 3).to(device)
-    colour_head = torch.nn.Linear(dim, LABELS - 3).to(device)
+    kind_head = torch.nn.Linear(dim, labels.shape[1] - 3).to(device)
     model = extractor.model
-    params = [*model.parameters(), *target_head.parameters(), *colour_head.parameters()]
+    params = [*model.parameters(), *target_head.parameters(), *kind_head.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     steps_per_epoch = max(1, n // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.1)
@@ -162,8 +220,8 @@ def train_grounding(extractor, train: list, val: list, epochs: int, lr: float = 
     def heads(idx):
         inputs = data.batch(idx)
         pooled = extractor._features(**inputs)
-        colours = extractor.image_latents(inputs["pixel_values"]).mean(dim=1).float()
-        return target_head(pooled), colour_head(colours)
+        kinds = extractor.image_latents(inputs["pixel_values"]).mean(dim=1).float()
+        return target_head(pooled), kind_head(kinds)
 
     metrics: dict = {}
     for epoch in range(epochs):
@@ -172,9 +230,9 @@ def train_grounding(extractor, train: list, val: list, epochs: int, lr: float = 
         order = rng.permutation(n)
         for step in range(steps_per_epoch):
             idx = order[step * batch:(step + 1) * batch]
-            target, colours = heads(idx)
+            target, kinds = heads(idx)
             loss = (torch.nn.functional.mse_loss(target, labels[idx, :3])
-                    + torch.nn.functional.mse_loss(colours, labels[idx, 3:]))
+                    + torch.nn.functional.mse_loss(kinds, labels[idx, 3:]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -183,20 +241,47 @@ def train_grounding(extractor, train: list, val: list, epochs: int, lr: float = 
         with torch.no_grad():
             preds = torch.cat([heads(np.arange(i, min(i + 256, n + n_val)))[0] for i in range(n, n + n_val, 256)])
         truth = labels[n:]
-        error = torch.atan2(preds[:, 0], preds[:, 1]) - torch.atan2(truth[:, 0], truth[:, 1])
-        metrics = {"bearing_mae_deg": math.degrees(float(torch.remainder(error + math.pi, 2 * math.pi)
-                                                         .sub(math.pi).abs().mean())),
+        predicted = torch.atan2(preds[:, 0], preds[:, 1])
+        error = _angle_error(predicted, torch.atan2(truth[:, 0], truth[:, 1]))
+        metrics = {"bearing_mae_deg": math.degrees(float(error.mean())),
+                   "twin_confusion": _twin_confusion(predicted, error, twins),
                    "bearing_mae_deg_zero": math.degrees(float(torch.atan2(truth[:, 0], truth[:, 1]).abs().mean())),
                    "distance_mae_m": float((preds[:, 2] - truth[:, 2]).abs().mean()), "epochs": epoch + 1}
         log(f"grounding epoch {epoch + 1}/{epochs}: loss {float(loss.detach()):.4f}, val bearing MAE "
             f"{metrics['bearing_mae_deg']:.1f} deg (predicting 0: {metrics['bearing_mae_deg_zero']:.1f}), "
+            f"nearer the twin {metrics['twin_confusion']['rate']:.0%} of {metrics['twin_confusion']['frames']}, "
             f"distance MAE {metrics['distance_mae_m']:.2f} m ({time.monotonic() - began:.1f} s)")
     return metrics
 
 
+@dataclass(frozen=True)
+class StandInSize:
+    """The stand-in tiny Kosmos-2's size: embedding width, layers (vision and text each), patch size
+    in pixels (224-pixel images), image tokens after the resampler."""
+
+    embed_dim: int = 64
+    layers: int = 2
+    patch_size: int = 16
+    image_tokens: int = 16
+
+    def __str__(self) -> str:
+        return f"{self.embed_dim}x{self.layers}x{self.patch_size}x{self.image_tokens}"
+
+    @classmethod
+    def parse(cls, text: str) -> StandInSize:
+        try:
+            return cls(*(int(v) for v in text.split("x")))
+        except (TypeError, ValueError):
+            raise ValueError(f"stand-in size {text!r}: expected WIDTHxLAYERS[xPATCH[xTOKENS]], "
+                             "e.g. 128x4x16x16") from None
+
+
 def build_grounded_vlm(out: Path, tasks: int, epochs: int, seed: int = 0, device: str = "cpu",
-                       per_task: int = 4, batch: int = 64, lr: float = 2e-3, workers: int = 1, log=print) -> dict:
-    """Build the trainable tiny Kosmos-2, ground it on renders, save it (FP32) to `out`."""
+                       per_task: int = 4, batch: int = 64, lr: float = 2e-3, workers: int = 1,
+                       size: StandInSize = StandInSize(), recipe: GroundingRecipe = GroundingRecipe(),
+                       frames: tuple[list, list] | None = None, log=print) -> dict:
+    """Build the trainable tiny Kosmos-2, ground it on renders (`frames`: already rendered training and
+    validation frames), save it (FP32) to `out`."""
     import shutil
     import tempfile
 
@@ -208,36 +293,81 @@ def build_grounded_vlm(out: Path, tasks: int, epochs: int, seed: int = 0, device
 
     began = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        build_tiny_kosmos2(tmp, seed=seed, patch_size=16, trainable=True)
+        build_tiny_kosmos2(tmp, seed=seed, embed_dim=size.embed_dim, layers=size.layers, patch_size=size.patch_size,
+                           image_tokens=size.image_tokens, trainable=True)
         extractor = create_extractor(ExtractorConfig(backend="kosmos2", pooling="last_token", model_path=tmp,
                                                      device=device, dtype="fp32", cuda_graphs=False))
-    frames = render_frames(tasks, per_task, seed, workers)
-    val = render_frames(max(50, tasks // 10), 2, seed + 1, workers)
+    frames, val = frames or render_grounding_frames(tasks, per_task, seed, workers, recipe)
     log(f"rendered {len(frames)} training and {len(val)} validation frames ({time.monotonic() - began:.0f} s)")
     metrics = train_grounding(extractor, frames, val, epochs, lr=lr, batch=batch, seed=seed, log=log)
     shutil.rmtree(out, ignore_errors=True)
     extractor.model.to(torch.float32).cpu().save_pretrained(out)
     extractor.processor.save_pretrained(out)
     metrics["seconds"] = time.monotonic() - began
+    metrics["size"] = asdict(size)
+    metrics["recipe"] = asdict(recipe)
     return metrics
+
+
+def render_grounding_frames(tasks: int, per_task: int, seed: int, workers: int = 1,
+                            recipe: GroundingRecipe = GroundingRecipe()) -> tuple[list, list]:
+    """Training frames of `tasks` seeded tasks and validation frames of a tenth as many others."""
+    return (render_frames(tasks, per_task, seed, workers, recipe),
+            render_frames(max(50, tasks // 10), 2, seed + 1, workers, recipe))
+
+
+def _build_in_child(out: Path, size: StandInSize, frames: tuple[list, list], kwargs: dict, queue) -> None:
+    queue.put((str(out), build_grounded_vlm(out, size=size, frames=frames,
+                                            log=lambda line: print(f"[{size}] {line}", flush=True), **kwargs)))
+
+
+def build_sizes(out: Path, sizes: list[StandInSize], tasks: int, per_task: int, seed: int, workers: int,
+                recipe: GroundingRecipe = GroundingRecipe(), **kwargs) -> dict[str, dict]:
+    """Ground several stand-in sizes on the same renders, each in its own process (forked after
+    rendering, before any CUDA use) -> OUT/<size>; returns each one's validation metrics."""
+    import multiprocessing
+
+    frames = render_grounding_frames(tasks, per_task, seed, workers, recipe)
+    fork = multiprocessing.get_context("fork")
+    queue = fork.Queue()
+    children = [fork.Process(target=_build_in_child, args=(out / str(size), size, frames,
+                                                            dict(kwargs, tasks=tasks, seed=seed, recipe=recipe),
+                                                            queue))
+                for size in sizes]
+    for child in children:
+        child.start()
+    results = dict(queue.get() for _ in children)
+    for child in children:
+        child.join()
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mobile_vla_ros.vlm.grounding", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--tasks", type=int, default=2000, help="seeded tasks")
+    ap.add_argument("--tasks", type=int, default=3500, help="seeded tasks")
     ap.add_argument("--frames-per-task", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2, help="rendering processes")
-    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--sizes", type=StandInSize.parse, nargs="+", default=[StandInSize()],
+                    help="WIDTHxLAYERSxPATCHxTOKENS; several: each is grounded on the same renders -> OUT/<size>")
+    ap.add_argument("--shape-slots", action="store_true", help="latent labels per colour and shape")
+    ap.add_argument("--twin-views", action="store_true", help="hard-task frames between target and twin")
     args = ap.parse_args(argv)
-    metrics = build_grounded_vlm(args.out, args.tasks, args.epochs, args.seed, args.device, args.frames_per_task,
-                                 batch=args.batch, lr=args.lr, workers=args.workers)
-    print(f"grounded stand-in VLM -> {args.out}: {metrics}")
+    common = {"epochs": args.epochs, "device": args.device, "batch": args.batch, "lr": args.lr,
+              "recipe": GroundingRecipe(args.shape_slots, args.twin_views)}
+    if len(args.sizes) > 1:
+        results = build_sizes(args.out, args.sizes, args.tasks, args.frames_per_task, args.seed, args.workers, **common)
+    else:
+        results = {str(args.out): build_grounded_vlm(args.out, args.tasks, seed=args.seed, workers=args.workers,
+                                                     per_task=args.frames_per_task, size=args.sizes[0], **common)}
+    for out, metrics in results.items():
+        print(f"grounded stand-in VLM -> {out}: {metrics}")
     return 0
 
 

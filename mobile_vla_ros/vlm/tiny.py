@@ -20,7 +20,7 @@ CORPUS = [
 
 
 def build_tiny_kosmos2(out_dir: str | Path, seed: int = 0, embed_dim: int = 64, image_size: int = 224,
-                       patch_size: int = 32, image_tokens: int = 16, full_size: bool = False,
+                       patch_size: int = 32, image_tokens: int = 16, layers: int = 2, full_size: bool = False,
                        trainable: bool = False) -> Path:
     """With `full_size`, the layer sizes of microsoft/kosmos-2-patch14-224 (1.66 B parameters,
     saved in FP16): for latency benchmarks, where the weight values do not matter. With `trainable`,
@@ -57,9 +57,9 @@ def build_tiny_kosmos2(out_dir: str | Path, seed: int = 0, embed_dim: int = 64, 
         config = Kosmos2Config()
     else:
         config = Kosmos2Config(
-            text_config={"vocab_size": vocab, "embed_dim": embed_dim, "layers": 2, "attention_heads": 4,
+            text_config={"vocab_size": vocab, "embed_dim": embed_dim, "layers": layers, "attention_heads": 4,
                          "ffn_dim": 2 * embed_dim, "max_position_embeddings": 256},
-            vision_config={"hidden_size": embed_dim, "intermediate_size": 2 * embed_dim, "num_hidden_layers": 2,
+            vision_config={"hidden_size": embed_dim, "intermediate_size": 2 * embed_dim, "num_hidden_layers": layers,
                            "num_attention_heads": 4, "image_size": image_size, "patch_size": patch_size},
             latent_query_num=image_tokens,
         )

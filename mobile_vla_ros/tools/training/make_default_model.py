@@ -2,10 +2,10 @@
 
   python -m mobile_vla_ros.tools.training.make_default_model --out models/default [--device cuda]
 
-1. the stand-in VLM: a tiny Kosmos-2 (patch 16, 64-dim) built with `trainable_init`, grounding-
-   pretrained on 28,000 seeded renders of standard and hard tasks, instructions with the training
-   paraphrases (vlm/grounding.py; 6 min on one H200 with MUJOCO_GL=egl and 16 cores, hours on 2 CPU
-   cores) and saved to OUT/vlm; `--vlm DIR` uses an already grounded one instead;
+1. the stand-in VLM: a tiny Kosmos-2 (patch 16, 64-dim; `--vlm-size`) built with `trainable_init`,
+   grounding-pretrained on 28,000 seeded renders of standard and hard tasks, instructions with the
+   training paraphrases (vlm/grounding.py; 6 min on one H200 with MUJOCO_GL=egl and 16 cores, hours on
+   2 CPU cores) and saved to OUT/vlm; `--vlm DIR` uses an already grounded one instead;
 2. mobile-vla-record-sim: expert episodes of both task sets, seeds 0..N-1 for training and 900.. for
    validation (`mobile-vla-bringup --sim` evaluates on seeds from 1000, renders use 2000+: never trained
    on), in parallel processes, phrased with the training paraphrases too; the base executes the expert's
@@ -26,6 +26,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from ...vlm.grounding import StandInSize
+
 VAL_SEED = 900
 
 
@@ -40,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="for grounding")
     ap.add_argument("--grounding-tasks", type=int, default=3500)
     ap.add_argument("--grounding-epochs", type=int, default=40)
+    ap.add_argument("--vlm-size", type=StandInSize.parse, default=StandInSize(),
+                    help="stand-in VLM WIDTHxLAYERSxPATCHxTOKENS (default %(default)s)")
     ap.add_argument("--epochs", type=int, default=30, help="action-expert epochs")
     ap.add_argument("--staleness", default="0.0,3.5", help="feature ages trained on (s): the whole deployment range")
     ap.add_argument("--expert-delay-max", type=float, default=1.5)
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         metrics = build_grounded_vlm(vlm_dir, args.grounding_tasks, args.grounding_epochs, args.seed, args.device,
                                      per_task=8, batch=256 if args.device == "cuda" else 64,
-                                     workers=min(14, os.cpu_count() or 1))
+                                     workers=min(14, os.cpu_count() or 1), size=args.vlm_size)
         print(f"stand-in VLM -> {vlm_dir}: {metrics}")
     bags: dict[str, list[str]] = {"train": [], "val": []}
     for task_set in TASK_SETS:
