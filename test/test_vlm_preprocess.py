@@ -20,7 +20,7 @@ from PIL import Image
 from mobile_vla_ros.sim.world import SimRobot, sample_task
 from mobile_vla_ros.vlm.base import ExtractorConfig
 from mobile_vla_ros.vlm.factory import create_extractor
-from mobile_vla_ros.vlm.preprocess import ClipPixels, InstructionCache, QwenPatches
+from mobile_vla_ros.vlm.preprocess import ClipPixels, InstructionCache, ProcessorPixels, QwenPatches
 
 SHIPPED_VLM = Path(__file__).resolve().parents[1] / "models" / "default" / "vlm"
 INSTRUCTION = "go to the red cylinder"
@@ -97,7 +97,7 @@ def test_features_with_tensor_preprocessing_match_the_processor_path(backend, fr
     config = ExtractorConfig(backend=backend, model_path=model, clip_model_path=str(tiny_clip_dir))
     ours = create_extractor(config)
     reference = create_extractor(replace(config, tensor_preprocessing=False))
-    assert (ours.patches if backend == "qwen2_5_vl" else ours.pixels) is not None
+    assert isinstance(ours.patches if backend == "qwen2_5_vl" else ours.pixels, (ClipPixels, QwenPatches))
     for name, frame in frames.items():
         got, expected = ours.extract([frame], INSTRUCTION), reference.extract([frame], INSTRUCTION)
         scale = np.abs(expected).max()
@@ -117,7 +117,7 @@ def test_an_unreproduced_resample_filter_falls_back_to_the_processor(tmp_path, f
     config_file.write_text(json.dumps(config))
     with caplog.at_level(logging.WARNING):
         ex = create_extractor(ExtractorConfig(model_path=str(vlm)))
-    assert ex.pixels is None and "resample 0" in caplog.text
+    assert isinstance(ex.pixels, ProcessorPixels) and "resample 0" in caplog.text
     reference = ex.processor.image_processor(images=[frames["camera 480x640"]], return_tensors="pt")["pixel_values"]
     assert ex.prepare([frames["camera 480x640"]], INSTRUCTION)["pixel_values"].equal(reference)
 

@@ -43,8 +43,6 @@ class GroundingRecipe:
     shape_slots: bool = False
     twin_views: bool = False
 
-    def label_size(self) -> int:
-        return 3 + 3 * (len(KINDS) if self.shape_slots else len(COLORS))
 FIRST_TASK_SEED = 2000  # renders use tasks apart from the recorded episodes' seeds (< 1000) and evaluation's
 
 
@@ -70,14 +68,17 @@ def grounding_label(robot: SimRobot, shape_slots: bool = False) -> np.ndarray:
     return np.array(label, dtype=np.float32)
 
 
+def _twins(task) -> list:
+    """The objects of the target's colour other than the target (the hard set's other shape)."""
+    return [o for o in task.objects if o.color == task.target_object.color and o is not task.target_object]
+
+
 def twin_bearing(robot: SimRobot) -> float:
     """Bearing of the target's same-colour twin (the other shape) when it is in view, else NaN: the
     frames on which a colour-only guess points at the twin, wherever the target is."""
     x, y, yaw = robot.pose()
-    task = robot.task
-    target = task.target_object
     half_fov = math.radians(robot.cfg.camera_fovy) / 2
-    bearings = [_bearing(o, x, y, yaw) for o in task.objects if o.color == target.color and o is not target]
+    bearings = [_bearing(o, x, y, yaw) for o in _twins(robot.task)]
     in_view = [b for b in bearings if abs(b) < half_fov]
     return min(in_view, key=abs) if in_view else math.nan
 
@@ -113,7 +114,7 @@ def _render_tasks(seed: int, per_task: int, indices: range,
         frames = []
         with SimRobot(task) as robot:
             target = task.target_object
-            twin = next((o for o in task.objects if o.color == target.color and o is not target), None)
+            twin = next(iter(_twins(task)), None)
             for k in range(per_task):
                 a = rng.uniform(0.0, 0.85)
                 x = task.start[0] + a * (target.x - task.start[0]) + rng.normal(0, 0.15)
@@ -146,14 +147,13 @@ class Batcher:
         self.torch = torch
         self.device = device
         ip = extractor.processor.image_processor
-        self.normalise = ClipPixels(ip, "cpu").ops.normalise  # frames are rendered at the model's size
+        self.normalise = ClipPixels(ip, device).ops.normalise  # frames are rendered at the model's size
         self.images = torch.from_numpy(np.stack([f[0] for f in frames]))  # uint8 [N, H, W, 3]
         texts = sorted({f[1] for f in frames})
         prepared = {t: extractor.prepare([frames[0][0]], t) for t in texts}
         reference = ip(images=[frames[0][0]], return_tensors="pt")["pixel_values"]
-        if not torch.allclose(self._pixels(self.images[:1]), reference, atol=1e-5):  # still on the CPU here
+        if not torch.allclose(self._pixels(self.images[:1].to(device)).cpu(), reference, atol=1e-5):
             raise RuntimeError("pixel normalisation differs from the model's image processor")
-        self.normalise = ClipPixels(ip, device).ops.normalise
         self.length = max(p["input_ids"].shape[1] for p in prepared.values())
         pad = {"input_ids": extractor.pad_id, "position_ids": extractor.position_padding_idx}
         self.text = {}

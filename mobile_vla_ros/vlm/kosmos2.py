@@ -92,10 +92,7 @@ class Kosmos2Extractor:
         """Pixels (tensor ops on the device, or the image processor) and the prompt's token tensors
         (tokenised once per instruction and number of views), on the device."""
         text = self.text_inputs.get((instruction, len(images)), lambda: self._tokenise(images, instruction))
-        if self.pixels is not None:
-            return {**text, "pixel_values": self.pixels(images)}
-        pixels = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
-        return {**text, "pixel_values": pixels.to(self.device, non_blocking=True)}
+        return {**text, "pixel_values": self.pixels(images)}
 
     def _tokenise(self, images: list[np.ndarray], instruction: str) -> dict:
         """Token ids, padding, positions, image-token and pooling indices of the prompt."""

@@ -35,13 +35,7 @@ class Kosmos2ClipExtractor(Kosmos2Extractor):
         self.feature_dim = self.kosmos_dim + self.clip_dim
 
     def prepare(self, images: list[np.ndarray], instruction: str) -> dict:
-        inputs = super().prepare(images, instruction)
-        if self.clip_pixels is not None:
-            inputs["clip_pixel_values"] = self.clip_pixels(images)
-        else:
-            clip_pixels = self.clip_processor(images=images, return_tensors="pt")["pixel_values"]
-            inputs["clip_pixel_values"] = clip_pixels.to(self.device, non_blocking=True)
-        return inputs
+        return {**super().prepare(images, instruction), "clip_pixel_values": self.clip_pixels(images)}
 
     def _features(self, clip_pixel_values, **kosmos_inputs):
         kosmos = super()._features(**kosmos_inputs)

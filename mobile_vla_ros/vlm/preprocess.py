@@ -42,6 +42,13 @@ class TensorImageProcessor:
         self.scale = (rescale / std).view(1, 3, 1, 1).to(device)
         self.offset = (-torch.tensor(mean, dtype=torch.float32) / std).view(1, 3, 1, 1).to(device)
 
+    @classmethod
+    def from_processor(cls, ip, device: str) -> TensorImageProcessor:
+        """The resample filter, rescale factor and normalisation a transformers image processor uses."""
+        return cls(int(ip.resample), ip.rescale_factor if ip.do_rescale else 1.0,
+                   ip.image_mean if ip.do_normalize else (0.0, 0.0, 0.0),
+                   ip.image_std if ip.do_normalize else (1.0, 1.0, 1.0), device)
+
     def to_device(self, images: list[np.ndarray]):
         """One host-to-device copy of views of one shape; [views, 3, H, W] float32 in uint8 levels."""
         batch = self.torch.from_numpy(np.ascontiguousarray(np.stack(images)))
@@ -69,15 +76,16 @@ def same_shape_groups(images: list[np.ndarray]) -> list[list[np.ndarray]]:
 class ClipPixels:
     """CLIPImageProcessor (Kosmos-2 and CLIP): resize the shortest edge, centre crop, normalise."""
 
+    with_grid = False
+
     def __init__(self, image_processor, device: str) -> None:
         ip = image_processor
         if not ip.do_resize or "shortest_edge" not in ip.size:
             raise UnsupportedPreprocessing(f"size {ip.size} (a shortest_edge resize is reproduced)")
         self.shortest_edge = int(ip.size["shortest_edge"])
         self.crop = (int(ip.crop_size["height"]), int(ip.crop_size["width"])) if ip.do_center_crop else None
-        self.ops = TensorImageProcessor(int(ip.resample), ip.rescale_factor if ip.do_rescale else 1.0,
-                                        ip.image_mean if ip.do_normalize else (0.0, 0.0, 0.0),
-                                        ip.image_std if ip.do_normalize else (1.0, 1.0, 1.0), device)
+        self.ops = TensorImageProcessor.from_processor(ip, device)
+        self.reference = ProcessorPixels(ip, device, self.with_grid)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """transformers' get_resize_output_image_size(default_to_square=False)."""
@@ -110,6 +118,8 @@ class QwenPatches:
     """Qwen2VLImageProcessor (Qwen2.5-VL): smart resize within the pixel budget, normalise, and the
     processor's patch layout -> (pixel_values [views * grid_h * grid_w, 3 * T * P * P], image_grid_thw)."""
 
+    with_grid = True
+
     def __init__(self, image_processor, device: str) -> None:
         ip = image_processor
         self.patch = int(ip.patch_size)
@@ -118,9 +128,8 @@ class QwenPatches:
         self.min_pixels = int(ip.size["shortest_edge"]) if ip.size.get("shortest_edge") else int(ip.min_pixels)
         self.max_pixels = int(ip.size["longest_edge"]) if ip.size.get("longest_edge") else int(ip.max_pixels)
         self.do_resize = bool(ip.do_resize)
-        self.ops = TensorImageProcessor(int(ip.resample), ip.rescale_factor if ip.do_rescale else 1.0,
-                                        ip.image_mean if ip.do_normalize else (0.0, 0.0, 0.0),
-                                        ip.image_std if ip.do_normalize else (1.0, 1.0, 1.0), device)
+        self.ops = TensorImageProcessor.from_processor(ip, device)
+        self.reference = ProcessorPixels(ip, device, self.with_grid)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """transformers' smart_resize: sides multiples of patch * merge, pixels within the budget."""
@@ -156,18 +165,34 @@ class QwenPatches:
         return x, grid
 
 
+class ProcessorPixels:
+    """The transformers image processor itself (the reference path), called like the tensor
+    preprocessors: pixels moved to `device`, and with `with_grid` also Qwen's image_grid_thw."""
+
+    def __init__(self, image_processor, device: str, with_grid: bool = False) -> None:
+        self.image_processor = image_processor
+        self.device = device
+        self.with_grid = with_grid
+        self.reference = self
+
+    def __call__(self, images: list[np.ndarray]):
+        out = self.image_processor(images=images, return_tensors="pt")
+        pixels = out["pixel_values"].to(self.device, non_blocking=True)
+        return (pixels, out["image_grid_thw"]) if self.with_grid else pixels
+
+
 def tensor_preprocessor(kind, image_processor, device: str, enabled: bool):
     """`kind(image_processor, device)` when enabled and the processor's configuration is reproduced,
-    else None: the caller runs the processor (the reason is logged at load)."""
-    if not enabled:
-        return None
-    try:
-        return kind(image_processor, device)
-    except (UnsupportedPreprocessing, AttributeError, KeyError, TypeError) as exc:
-        logging.getLogger(__name__).warning("image preprocessing by the model's image processor on the CPU: "
-                                            "%s is not reproduced as tensor ops (%s)", type(image_processor).__name__,
-                                            exc)
-        return None
+    else the processor itself (`ProcessorPixels`, the reason logged at load). Either is called with
+    the views; its `reference` is the processor path."""
+    if enabled:
+        try:
+            return kind(image_processor, device)
+        except (UnsupportedPreprocessing, AttributeError, KeyError, TypeError) as exc:
+            logging.getLogger(__name__).warning(
+                "image preprocessing by the model's image processor on the CPU: %s is not reproduced as tensor "
+                "ops (%s)", type(image_processor).__name__, exc)
+    return ProcessorPixels(image_processor, device, kind.with_grid)
 
 
 class InstructionCache:

@@ -84,11 +84,7 @@ class Qwen25VLExtractor:
     def prepare(self, images: list[np.ndarray], instruction: str) -> tuple[bool, dict]:
         """(fast path usable, inputs on the device): pixels (tensor ops on the device, or the image
         processor) and the prompt's tensors, built once per instruction and patch grid."""
-        if self.patches is not None:
-            pixel_values, grid = self.patches(images)
-        else:
-            pixels = self.image_processor(images=images, return_tensors="pt")
-            pixel_values, grid = pixels["pixel_values"].to(self.device, non_blocking=True), pixels["image_grid_thw"]
+        pixel_values, grid = self.patches(images)
         fast, text = self.text_inputs.get((instruction, tuple(grid.flatten().tolist())),
                                           lambda: self._tokenise(grid, instruction))
         return fast, {**text, "pixel_values": pixel_values}

@@ -89,25 +89,24 @@ def _measure_views(extractor, backend: str, images: list[np.ndarray], iters: int
         return run
 
     variants = {
-        "transformers eager": _eager_forward(extractor, backend, images),
-        "ours, no graph": synced(lambda: eager_ours(**prepared)),
         "ours, CUDA graph": synced(lambda: graph_forward(**prepared)),
         "ours, end to end": lambda: extractor.extract(images, INSTRUCTION),
-        "ours, end to end, CPU processor": lambda: _with_processor(extractor, images),
     }
-    if not full:
-        variants = {k: v for k, v in variants.items() if k in ("ours, CUDA graph", "ours, end to end")}
+    if full:
+        variants = {"transformers eager": _eager_forward(extractor, backend, images),
+                    "ours, no graph": synced(lambda: eager_ours(**prepared)), **variants,
+                    "ours, end to end, CPU processor": lambda: _with_processor(extractor, images)}
     diff = float((graph_forward(**prepared) - eager_ours(**prepared)).abs().max())
     return [(name, measure(fn, iters, warmup=5, max_seconds=max_seconds), diff) for name, fn in variants.items()]
 
 
 def _with_processor(extractor, images: list[np.ndarray]):
-    """`extract` with the tensor preprocessing switched off (each extractor's attribute for it)."""
+    """`extract` with each preprocessor swapped for its reference, the image processor."""
     names = [n for n in ("pixels", "clip_pixels", "patches") if hasattr(extractor, n)]
     saved = {n: getattr(extractor, n) for n in names}
     try:
         for n in names:
-            setattr(extractor, n, None)
+            setattr(extractor, n, saved[n].reference)
         return extractor.extract(images, INSTRUCTION)
     finally:
         for n, value in saved.items():
