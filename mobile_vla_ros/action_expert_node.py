@@ -35,6 +35,7 @@ from .ros.node_support import (
     ManagedNode,
     StartupError,
     diagnostics,
+    diagnostics_timer,
     install_live_parameters,
     run_node,
     valid_instruction,
@@ -72,7 +73,7 @@ class ActionExpertNode(ManagedNode):
         self.counts = {"sensor_rejected": 0, "instructions_rejected": 0}
         self._jumps_seen = 0
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(1.0, self._publish_diagnostics)
+        diagnostics_timer(self, self._publish_diagnostics)
         install_live_parameters(self, ACTION_NODE_PARAMS, self.params, self._check_live, self._apply_live)
 
     def _configure(self) -> None:

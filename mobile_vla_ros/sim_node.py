@@ -30,7 +30,7 @@ from sensor_msgs.msg import Image, Imu
 from std_msgs.msg import String
 
 from .ros.conversions import rgb_to_image, sample_to_imu, sec_to_stamp
-from .ros.node_support import LATCHED_QOS, SENSOR_QOS, diagnostics, run_node
+from .ros.node_support import LATCHED_QOS, SENSOR_QOS, diagnostics, diagnostics_timer, run_node
 from .sim.episode import SimEpisode
 from .sim.messages import FRAMES, SIM_EPOCH, TOPICS, result_json, task_json, yaw_quaternion
 from .sim.world import SimConfig, sample_task
@@ -69,7 +69,7 @@ class SimNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         twist_type = TwistStamped if bool(p["twist_stamped"]) else Twist
         self.create_subscription(twist_type, TOPICS["cmd_vel"], self._on_cmd_vel, 10)
-        self.create_timer(1.0, self._publish_diagnostics, clock=_wall_clock())
+        diagnostics_timer(self, self._publish_diagnostics)
         self._command = (0.0, 0.0, float("-inf"))  # v, w, wall time received
         self._lock = threading.Lock()
         self.counts = {"episodes_done": 0, "successes": 0, "imu_sent": 0, "images_sent": 0, "commands": 0}
@@ -155,14 +155,6 @@ class SimNode(Node):
         self._running = False
         self._thread.join(timeout=2.0)
         super().destroy_node()
-
-
-def _wall_clock():
-    """Diagnostics stay at 1 Hz of wall time whatever the sim clock does."""
-    from rclpy.clock import Clock as RclClock
-    from rclpy.clock import ClockType
-
-    return RclClock(clock_type=ClockType.STEADY_TIME)
 
 
 def _pose_message(pose: tuple[float, float, float], stamp) -> PoseStamped:

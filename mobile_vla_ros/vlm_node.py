@@ -17,7 +17,14 @@ from .core.names import FEATURES_TOPIC
 from .core.params import VLM_NODE_PARAMS
 from .core.vlm_schedule import ForwardInputs
 from .ros.conversions import features_to_image, sec_to_stamp
-from .ros.node_support import LATCHED_QOS, ManagedNode, diagnostics, install_live_parameters, run_node
+from .ros.node_support import (
+    LATCHED_QOS,
+    ManagedNode,
+    diagnostics,
+    diagnostics_timer,
+    install_live_parameters,
+    run_node,
+)
 from .ros.vlm_runner import VlmRunner
 from .vlm.base import VlmLoadError
 
@@ -38,7 +45,7 @@ class VlmNode(ManagedNode):
         self.features_pub = None
         super().__init__("vlm_node", VLM_NODE_PARAMS, configure_errors=(VlmLoadError, ModelSpecError))
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(1.0, self._publish_diagnostics)
+        diagnostics_timer(self, self._publish_diagnostics)
         install_live_parameters(self, VLM_NODE_PARAMS, self.params, None, self._apply_live)
 
     def _configure(self) -> None:

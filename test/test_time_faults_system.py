@@ -1,5 +1,6 @@
 """Clock jumps through the real nodes on sim time: `synthetic_sources` is the time source (/clock) and
-jumps it 10 s back, then 10 s forward, while vlm_node and action_expert_node run on use_sim_time.
+jumps it 10 s back, then 10 s forward, while vlm_node and action_expert_node run on use_sim_time
+(started first: until /clock comes they say so on /diagnostics).
 
 Checked from outside, against the /clock the probe receives: no action_chunk whose sensor window lies
 outside what the clock allows (ahead of it, or older than max_sensor_gap), no chunk built on features
@@ -76,11 +77,16 @@ def test_clock_jumps_back_and_forward_stop_then_resume_on_the_new_timeline(probe
     features = probe.record(Image, "vl_features", transform=lambda m: stamp_to_sec(m.header.stamp))
     diags = probe.diagnostics()
     sim = {"use_sim_time": True}
-    processes.append(NodeProcess("tools.bringup.synthetic_sources", {"publish_clock": True, "sensor_hz": SENSOR_HZ}))
     processes.append(NodeProcess("vlm_node", {**sim, "device": "cpu", "dtype": "fp32", "vlm_hz": VLM_HZ}))
     processes.append(NodeProcess("action_expert_node", {**sim, "max_sensor_gap": MAX_SENSOR_GAP,
                                                         "max_feature_age": MAX_FEATURE_AGE}))
-    wait_for(lambda: chunks.count() >= 10, 60, "chunks before the jumps")
+    # Before any /clock their ROS-time timers cannot fire; /diagnostics (steady time) says why.
+    for node in ("vlm_node", "action_expert_node"):
+        wait_for(lambda node=node: "waiting for /clock" in diag_values(diags, node).get("_message", ""), 60,
+                 f"{node} reporting that it waits for /clock")
+    processes.append(NodeProcess("tools.bringup.synthetic_sources", {"publish_clock": True, "sensor_hz": SENSOR_HZ}))
+    # The probe can discover the clock's publisher a second or two after the nodes did.
+    wait_for(lambda: chunks.count() >= 10 and clocks.count() > 0, 60, "chunks and /clock before the jumps")
 
     back = jump_and_check(probe, clocks, chunks, twists, features, -JUMP)
     forward = jump_and_check(probe, clocks, chunks, twists, features, 0.0)

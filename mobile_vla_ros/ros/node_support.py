@@ -188,8 +188,11 @@ class ManagedNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def lifecycle_diagnostics(self) -> tuple[bytes, str] | None:
-        """(level, message) while not active (the node's own status otherwise)."""
+        """(level, message) while not active or, active, waiting for /clock (the node's own status
+        otherwise)."""
         if self.lifecycle_state == "active":
+            if waiting_for_clock(self):
+                return DiagnosticStatus.WARN, "active, waiting for /clock (use_sim_time): no tick runs until it comes"
             return None
         if self.configure_error is not None:
             return DiagnosticStatus.ERROR, f"unconfigured: {self.configure_error}"
@@ -222,6 +225,22 @@ def diagnostics(node: Node, level: bytes, message: str, values: dict[str, Any]) 
                               hardware_id=node.get_name(),
                               values=[KeyValue(key=k, value=_fmt(v)) for k, v in values.items()])
     return DiagnosticArray(header=_header(node), status=[status])
+
+
+DIAGNOSTICS_PERIOD = 1.0  # s of steady time
+
+
+def diagnostics_timer(node: Node, callback: Callable[[], None]):
+    """/diagnostics once a second of steady time: under use_sim_time a node whose /clock never came (or
+    stopped) still reports, which is when an operator needs it most."""
+    from rclpy.clock import Clock, ClockType
+
+    return node.create_timer(DIAGNOSTICS_PERIOD, callback, clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+
+def waiting_for_clock(node: Node) -> bool:
+    """use_sim_time and no /clock received yet: the node's ROS-time timers cannot fire."""
+    return node.get_clock().now().nanoseconds == 0 and bool(node.get_parameter("use_sim_time").value)
 
 
 def _header(node: Node) -> Header:

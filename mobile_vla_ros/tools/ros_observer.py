@@ -8,6 +8,7 @@ measure the same way.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -91,6 +92,16 @@ class Observer:
 
     def record_sensor(self, msg_type, topic: str, transform=None) -> Recorder:
         return self.record(msg_type, topic, SENSOR_QOS, transform)
+
+    @contextlib.contextmanager
+    def recording_sensor(self, msg_type, topic: str, transform=None):
+        """A sensor-QoS Recorder for the `with` block only (a 650 Hz stream costs the observer CPU)."""
+        rec = Recorder(transform)
+        subscription = self.node.create_subscription(msg_type, topic, rec, SENSOR_QOS)
+        try:
+            yield rec
+        finally:
+            self.node.destroy_subscription(subscription)
 
     def diagnostics(self) -> Recorder:
         """Every /diagnostics message; `latest_diagnostics` has the newest status per node."""

@@ -33,6 +33,7 @@ from ...ros.node_support import (
     SENSOR_QOS,
     declare_from_specs,
     diagnostics,
+    diagnostics_timer,
     install_live_parameters,
     run_node,
 )
@@ -66,7 +67,7 @@ class SyncBaselineNode(Node):
         self.vlm = VlmRunner(self, self.params, self._decide)
         self.vlm.start()
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(1.0, self._publish_diagnostics)
+        diagnostics_timer(self, self._publish_diagnostics)
         install_live_parameters(self, SYNC_BASELINE_PARAMS, self.params, None, self.vlm.apply_live)
 
     def _now(self) -> float:

@@ -28,7 +28,7 @@ from std_msgs.msg import Header, String
 
 from ...core.names import CAMERA_FRAME, IMAGE_TOPIC, SENSOR_FRAME
 from ...ros.conversions import rgb_to_image, sec_to_stamp
-from ...ros.node_support import LATCHED_QOS, SENSOR_QOS, diagnostics, run_node
+from ...ros.node_support import LATCHED_QOS, SENSOR_QOS, diagnostics, diagnostics_timer, run_node
 
 CLOCK_PERIOD = 0.004  # s between /clock messages (250 Hz, as sim_node)
 CLOCK_EPOCH = 1000.0  # s: sim time starts here, so a 10 s jump back stays positive
@@ -70,7 +70,7 @@ class SyntheticSources(Node):
         self.images_sent = 0
         # Counts of what was sent, so benchmarks can compare with what the nodes received.
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(1.0, self._publish_diagnostics)
+        diagnostics_timer(self, self._publish_diagnostics)
         self._running = True
         self._thread = threading.Thread(target=self._sensor_loop, name="sensor", daemon=True)
         self._thread.start()
