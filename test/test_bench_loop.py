@@ -40,7 +40,8 @@ def test_soak_with_faults_stops_within_an_action_period_and_recovers_from_each(t
     """A short soak on sim time with every fault injected at least once: clock 10 s back and forward,
     vlm_node SIGKILLed and restarted, a 2 s sensor stall, a malformed burst."""
     out = tmp_path / "soak.json"
-    assert bench.main(["soak", "--minutes", "1.7", "--faults", "--fault-interval", "2", "--out", str(out)]) == 0
+    assert bench.main(["soak", "--minutes", "1.5", "--warmup", "10", "--faults", "--fault-interval", "2",
+                       "--out", str(out)]) == 0
     result = json.loads(out.read_text())["result"]
     printed = capsys.readouterr().out
     assert "deadline misses" in printed and "| vlm_kill |" in printed

@@ -249,6 +249,9 @@ def _parser() -> argparse.ArgumentParser:
                            "10 s back, 10 s forward, SIGKILL + restart of vlm_node, 2 s sensor stall, malformed burst; "
                            "report per fault the time to the zero command and to recovery")
     soak.add_argument("--fault-interval", type=float, default=60.0)
+    soak.add_argument("--warmup", type=float, default=None, metavar="S",
+                      help="seconds before RSS growth is measured and the first fault (default: 20 %% of the run, "
+                           "at least 30 s: allocator pools, DDS buffers and ORT arenas fill up first)")
     soak.add_argument("--out", type=Path, default=Path("bench_results/soak.json"))
     return ap
 
@@ -347,7 +350,7 @@ def system_bench(args) -> int:
         from .soak import run_soak, soak_table
 
         result = run_soak(args.minutes, args.cpu_burners, args.sensor_hz, faults=args.faults,
-                          fault_interval=args.fault_interval)
+                          fault_interval=args.fault_interval, warmup=args.warmup)
         print(soak_table(result))
         _write(args.out, {"benchmark": "soak", "environment": env, "result": result})
         return 0

@@ -60,11 +60,10 @@ def max_feature_age(cfg: LoopConfig) -> float:
     return feature_age_limit(cfg.vlm_latency, vlm_hz_of(cfg))
 
 
-def vlm_process(cfg: LoopConfig, log_dir: Path | None = None, env: dict[str, str] | None = None) -> NodeProcess:
+def vlm_process(cfg: LoopConfig, log_dir: Path | None = None) -> NodeProcess:
     """The async loop's vlm_node (also how the soak restarts it after killing it)."""
     return NodeProcess("vlm_node", {"simulated_latency": cfg.vlm_latency, "vlm_hz": vlm_hz_of(cfg),
-                                    "use_sim_time": cfg.sim_time}, params_files=config_files(), log_dir=log_dir,
-                       env=env)
+                                    "use_sim_time": cfg.sim_time}, params_files=config_files(), log_dir=log_dir)
 
 
 def start_nodes(cfg: LoopConfig, log_dir: Path | None = None) -> dict[str, NodeProcess]:

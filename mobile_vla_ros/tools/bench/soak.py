@@ -6,8 +6,8 @@ warm-up, one fault is injected every `fault_interval` seconds, in turn:
 
   clock_back      /clock jumps 10 s back (a bag loop, a simulator reset)
   clock_forward   /clock jumps 10 s forward (a bag skip)
-  vlm_kill        vlm_node is SIGKILLed, and restarted once the stop is due (as a supervisor would;
-                  on UDP, see RESTART_ENV)
+  vlm_kill        vlm_node is SIGKILLed, and restarted once the stop is due (as a supervisor with a
+                  health check would: see RESTART_ATTEMPTS)
   sensor_stall    the 650 Hz sensor stops for 2 s
   malformed_burst non-finite and zero-stamped IMU samples, VL features of the wrong size and
                   over-long instructions, interleaved with the good stream
@@ -49,11 +49,12 @@ CLOCK_JUMP = 10.0
 SENSOR_STALL = 2.0
 DELIVERY = 0.02  # s: the observer and the node get the same message a few ms apart
 RECOVERY_TIMEOUT = 60.0
-# The restarted vlm_node talks UDP: on Fast DDS's shared-memory transport a participant started after a
-# SIGKILLed one can match its publishers and still never receive their best-effort samples (images,
-# /clock; eProsima/Fast-DDS#5053, #2811). Measured here: 1 of 8 restarts got none for 25 s on the
-# default transports, 0 of 12 with UDPv4. README, "Restarting a crashed node".
-RESTART_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "UDPv4"}
+# The restart is a supervisor's with a health check: on Fast DDS's shared-memory transport a node started
+# after a SIGKILLed one can match its publishers and never receive their best-effort samples (images,
+# /clock; eProsima/Fast-DDS#5053, #2811; 1 of 8 restarts here). A restart that has published no features
+# after FIRST_FEATURES_TIMEOUT is stopped cleanly and started again, up to RESTART_ATTEMPTS times.
+RESTART_ATTEMPTS = 3
+FIRST_FEATURES_TIMEOUT = 20.0  # s: model load (~4 s) and the first forward, with a margin for a loaded machine
 
 
 def configured_max_sensor_gap() -> float:
@@ -147,6 +148,9 @@ class FaultInjector:
     def inject(self, fault: str) -> dict:
         start = time.monotonic()
         result = {"fault": fault, "at_s": start} | getattr(self, fault)()
+        if result["stop_expected"] and result["time_to_recovery_s"] is None:  # what each node said, for the record
+            result["diagnostics"] = {name: self.obs.latest_diagnostics(name) for name in self.procs}
+            result["log_tails"] = {name: p.output()[-1500:] for name, p in self.procs.items()}
         # The loop is meant to stop from here until a second after it recovered: not a deadline miss.
         self.windows.append((start, result.pop("_window_end", time.monotonic())))
         return result
@@ -184,16 +188,30 @@ class FaultInjector:
         due = self.obs.clock.monotonic_at(newest_stamp + max_feature_age(self.cfg))
         time.sleep(max(0.0, due - time.monotonic()) + 1.0)
         late = [a for a, _ in self.obs.chunks.since(due + self.action_period + DELIVERY)]
-        self.procs["vlm_node"] = vlm_process(self.cfg, env=RESTART_ENV)
-        self.sampler.replace("vlm_node", self.procs["vlm_node"].pid)
-        self.restarted_at = time.monotonic()
         t_restart = time.monotonic()
+        attempts = self._restart_vlm_node()
+        self.restarted_at = time.monotonic()
         recovered = self.obs.first_chunk_after(t_restart, RECOVERY_TIMEOUT)
-        extra = {"killed_to_due_s": due - t_kill, "features_since_restart": len(self.obs.features.since(t_restart))}
-        if recovered is None:
-            extra["vlm_node_log_tail"] = self.procs["vlm_node"].output()[-2000:]
-            extra["vlm_node_diagnostics"] = self.obs.latest_diagnostics("vlm_node")
+        extra = {"killed_to_due_s": due - t_kill, "restart_attempts": attempts,
+                 "features_since_restart": len(self.obs.features.since(t_restart))}
         return self._measure(due, t_restart, recovered, wrong_chunks=len(late)) | extra
+
+    def _restart_vlm_node(self) -> int:
+        """Start vlm_node again until it publishes features (RESTART_ATTEMPTS at most); the attempts made."""
+        for attempt in range(1, RESTART_ATTEMPTS + 1):
+            t = time.monotonic()
+            self.procs["vlm_node"] = vlm_process(self.cfg)
+            self.sampler.replace("vlm_node", self.procs["vlm_node"].pid)
+            try:
+                wait_for(lambda t=t: self.obs.features.since(t), FIRST_FEATURES_TIMEOUT, "features of the restart")
+                return attempt
+            except TimeoutError:
+                self.log(f"  vlm_node restart {attempt}: no features after {FIRST_FEATURES_TIMEOUT:.0f} s "
+                         f"({self.obs.latest_diagnostics('vlm_node').get('_message', 'no diagnostics')}); "
+                         "stopping it cleanly")
+                if attempt < RESTART_ATTEMPTS:
+                    self.procs["vlm_node"].stop()
+        return RESTART_ATTEMPTS
 
     def sensor_stall(self) -> dict:
         from sensor_msgs.msg import Imu
@@ -280,10 +298,11 @@ class FaultInjector:
 
 
 def run_soak(minutes: float, cpu_burners: int, sensor_hz: float, action_hz: float = 10.0,
-             sample_every: float = 5.0, faults: bool = False, fault_interval: float = 60.0, log=print) -> dict:
-    """The async pipeline at full rate for `minutes`; RSS is compared after warm-up (the first 20 %,
-    at least 30 s: allocator pools, DDS buffers and ORT arenas fill up first). With `faults`, one
-    fault every `fault_interval` s after the warm-up (module docstring)."""
+             sample_every: float = 5.0, faults: bool = False, fault_interval: float = 60.0,
+             warmup: float | None = None, log=print) -> dict:
+    """The async pipeline at full rate for `minutes`; RSS is compared after `warmup` s (default: the
+    first 20 %, at least 30 s: allocator pools, DDS buffers and ORT arenas fill up first). With
+    `faults`, one fault every `fault_interval` s after the warm-up (module docstring)."""
     cfg = LoopConfig(mode=ASYNC, vlm_latency=0.3, sensor_hz=sensor_hz, action_hz=action_hz,
                      seconds=minutes * 60.0, cpu_burners=cpu_burners, sim_time=faults)
     crashes: dict[str, int] = {}
@@ -292,7 +311,7 @@ def run_soak(minutes: float, cpu_burners: int, sensor_hz: float, action_hz: floa
         sampler = ProcessSampler({name: p.pid for name, p in procs.items()})
         injector = FaultInjector(cfg, procs, observer, sampler, log)
         t0 = time.monotonic()
-        warmup = max(30.0, 0.2 * cfg.seconds)
+        warmup = max(30.0, 0.2 * cfg.seconds) if warmup is None else warmup
         stops_at_warmup = None
         rss_at_warmup: dict[str, float] = {}
         next_report, next_fault = t0 + 60.0, t0 + warmup + 5.0
@@ -350,7 +369,8 @@ def fault_line(r: dict) -> str:
                 f"{r['dropped']}")
     zero = "never" if r["time_to_zero_s"] is None else f"{r['time_to_zero_s'] * 1e3:.0f} ms"
     rec = "never" if r["time_to_recovery_s"] is None else f"{r['time_to_recovery_s']:.2f} s"
-    return f"{r['fault']}: {'ok' if r['ok'] else 'FAILED'}, zero after {zero}, recovered after {rec}, " \
+    restarts = f" ({r['restart_attempts']} restarts)" if r.get("restart_attempts", 1) > 1 else ""
+    return f"{r['fault']}: {'ok' if r['ok'] else 'FAILED'}, zero after {zero}, recovered after {rec}{restarts}, " \
            f"{r['wrong_chunks']} chunks when none may come"
 
 
@@ -365,7 +385,8 @@ def fault_summary(results: list[dict]) -> dict:
         out[fault] = {"count": len(rs), "ok": sum(r["ok"] for r in rs),
                       "time_to_zero_max_s": max(zeros) if zeros else None,
                       "time_to_recovery_max_s": max(recoveries) if recoveries else None,
-                      "wrong_chunks": sum(r.get("wrong_chunks", 0) for r in rs)}
+                      "wrong_chunks": sum(r.get("wrong_chunks", 0) for r in rs),
+                      "repeated_restarts": sum(r.get("restart_attempts", 1) - 1 for r in rs)}
     return out
 
 

@@ -27,13 +27,12 @@ def node_command(module: str, params_files: list[Path], namespace: str, log_leve
 
 class NodeProcess:
     """One node as a child process: `python -m mobile_vla_ros.<module> --ros-args ...`, its parameters
-    from `params` (written to a YAML file) and/or `params_files`, its output in a log file, `env` on top
-    of this process's environment.
+    from `params` (written to a YAML file) and/or `params_files`, its output in a log file.
     `stop` always ends it: SIGINT first (the node shuts down cleanly), kill after `timeout`."""
 
     def __init__(self, module: str, params: dict | None = None, node_name: str | None = None,
                  extra_args: list[str] = (), params_files: list[Path] = (), namespace: str = "",
-                 log_level: str = "info", log_dir: Path | None = None, env: dict[str, str] | None = None) -> None:
+                 log_level: str = "info", log_dir: Path | None = None) -> None:
         self.module = module
         self.node_name = node_name or module.split(".")[-1]
         files = list(params_files)
@@ -45,7 +44,7 @@ class NodeProcess:
         cmd = node_command(module, files, namespace, log_level, list(extra_args))
         self.log = tempfile.NamedTemporaryFile(prefix=f"{self.node_name}_", suffix=".log", delete=False, dir=log_dir)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
     @property
     def pid(self) -> int:
