@@ -164,3 +164,37 @@ def test_cuda_graph_replay_matches_the_eager_forward_on_gpu(backend, tiny_vlm_di
             assert np.allclose(g, cpu.extract(views, instruction), atol=5e-2, rtol=5e-2)  # fp16 vs fp32
     forward = graphed.fast_forward if backend == "qwen2_5_vl" else graphed.forward
     assert 2 <= forward.captured <= 4  # one graph per (views, padded text length)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile (inductor) on the CPU needs a C compiler")
+def test_a_compiled_forward_gives_the_plain_features_on_the_cpu(tiny_vlm_dir):
+    """`compile_mode` on the CPU (inductor's C++ kernels): the features are the plain forward's to float32
+    rounding, and the instruction still matters."""
+    plain = create_extractor(ExtractorConfig(model_path=str(tiny_vlm_dir)))
+    compiled = create_extractor(ExtractorConfig(model_path=str(tiny_vlm_dir), compile_mode="default"))
+    for instruction in ("go to the red cylinder", "go to the blue box"):  # the same padded length
+        want = plain.extract([IMAGE_A], instruction)
+        got = compiled.extract([IMAGE_A], instruction)
+        assert np.allclose(got, want, atol=1e-4, rtol=1e-4), np.abs(got - want).max()
+    assert np.abs(got - compiled.extract([IMAGE_A], "go to the red cylinder")).max() > 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["kosmos2", "kosmos2_clip", "qwen2_5_vl"])
+def test_a_compiled_forward_is_captured_and_agrees_with_the_plain_graph_on_gpu(backend, tiny_vlm_dir, tiny_clip_dir,
+                                                                                tiny_qwen_dir):
+    """`compile_mode`: torch.compile before the capture; fused kernels sum in another order, so the
+    features agree within FP16 rounding, not bit for bit."""
+    paths = {"qwen2_5_vl": {"model_path": str(tiny_qwen_dir)}}.get(
+        backend, {"model_path": str(tiny_vlm_dir), "clip_model_path": str(tiny_clip_dir)})
+    plain = create_extractor(ExtractorConfig(backend=backend, device="cuda", dtype="fp16", **paths))
+    compiled = create_extractor(ExtractorConfig(backend=backend, device="cuda", dtype="fp16", compile_mode="default",
+                                                **paths))
+    for views in ([IMAGE_A], [IMAGE_A, IMAGE_C]):
+        want = plain.extract(views, "go to the red cylinder")
+        for _ in range(2):  # the compilation and capture, then a replay
+            got = compiled.extract(views, "go to the red cylinder")
+            assert np.allclose(got, want, atol=2e-2, rtol=2e-2), np.abs(got - want).max()
+            assert float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want)) > 0.9999
+    forward = compiled.fast_forward if backend == "qwen2_5_vl" else compiled.forward
+    assert forward.captured == 2

@@ -150,6 +150,24 @@ def test_an_unchanged_instruction_is_tokenised_once(frames):
     assert np.abs(first - other).max() > 1e-4  # the instruction still matters
 
 
+def test_kosmos2_prompt_tokens_do_not_depend_on_the_views_pixels(frames):
+    """The prompt is tokenised with 8x8 placeholders: the same tokens and image-token positions as the
+    processor gives for the camera views themselves."""
+    ex = create_extractor(ExtractorConfig(model_path=str(SHIPPED_VLM)))
+    for views in ([frames["camera 480x640"]], [frames["sim 224x224"], frames["camera 480x640"]]):
+        want = ex.processor(text=[ex.prompt.format(instruction=INSTRUCTION)] * len(views), images=views,
+                            return_tensors="pt", num_image_tokens=ex.image_tokens)
+        got = ex._tokenise(len(views), INSTRUCTION)
+        length = want["input_ids"].shape[1]
+        assert got["input_ids"].shape[1] % ex.config.text_bucket == 0 and got["input_ids"].shape[1] >= length
+        assert np.array_equal(got["input_ids"][:, :length].numpy(), want["input_ids"].numpy())
+        assert np.array_equal(got["attention_mask"][:, :length].numpy(), want["attention_mask"].numpy())
+        image_positions = want["image_embeds_position_mask"].bool().flatten().nonzero().squeeze(1)
+        width = got["input_ids"].shape[1]
+        assert np.array_equal(got["image_index"].numpy(),
+                              (image_positions // length * width + image_positions % length).numpy())
+
+
 def test_instruction_cache_keeps_the_most_recent_entries():
     cache = InstructionCache(size=2)
     made = []

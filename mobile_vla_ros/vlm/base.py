@@ -46,6 +46,9 @@ class ExtractorConfig:
     # Resize/normalise (and Qwen's patch layout) as tensor ops on `device` (vlm/preprocess.py) instead
     # of the image processor's numpy path; False runs the processor (the reference).
     tensor_preprocessing: bool = True
+    # torch.compile mode for the fixed-shape forward before its capture ("" = off, "default",
+    # "max-autotune-no-cudagraphs"): fused kernels; the first forward per shape compiles.
+    compile_mode: str = ""
 
 
 class FeatureExtractor(Protocol):

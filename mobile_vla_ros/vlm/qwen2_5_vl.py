@@ -74,7 +74,7 @@ class Qwen25VLExtractor:
         self.window_cells = visual.window_size // visual.spatial_merge_size // visual.patch_size
         self._plans: dict[tuple, dict] = {}
         use_graphs = config.cuda_graphs and config.device == "cuda"
-        self.fast_forward = StaticForward(self._fast_features, use_graphs=use_graphs)
+        self.fast_forward = StaticForward(self._fast_features, use_graphs=use_graphs, compile_mode=config.compile_mode)
         self.stock_forward = StaticForward(self._stock_features, use_graphs=False)
         self.patches = tensor_preprocessor(QwenPatches, self.image_processor, config.device,
                                            config.tensor_preprocessing)

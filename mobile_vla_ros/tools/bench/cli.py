@@ -206,6 +206,9 @@ def _parser() -> argparse.ArgumentParser:
     vlm.add_argument("--iters", type=int, default=100)
     vlm.add_argument("--max-seconds", type=float, default=8.0, help="time budget per row")
     vlm.add_argument("--no-int8", action="store_true", help="skip the int8-weight (dtype int8w) rows")
+    vlm.add_argument("--compile", default="", metavar="MODE",
+                     help="also each dtype with the forward through torch.compile (default, "
+                          "max-autotune-no-cudagraphs, ...) before the CUDA-graph capture")
     vlm.add_argument("--out", type=Path, default=Path("bench_results/vlm.json"))
     loop = sub.add_parser("loop", help="async vs synchronous control loop, real nodes over DDS")
     modes = loop.add_mutually_exclusive_group()
@@ -288,7 +291,8 @@ def vlm_bench(args) -> int:
         return 2
     env = environment()
     print(f"environment: {env}")
-    rows = vlm_rows(args.backends, args.views, args.iters, args.max_seconds, int8=not args.no_int8)
+    rows = vlm_rows(args.backends, args.views, args.iters, args.max_seconds, int8=not args.no_int8,
+                    compile_mode=args.compile)
     print(vlm_table(rows))
     _write(args.out, {"benchmark": "vlm", "environment": env, "rows": rows})
     return 0

@@ -13,12 +13,15 @@ views (224x224 each), in the same run:
   reference path, `tensor_preprocessing: False`)
 - int8w: ...: the same checkpoint with int8 weights (`dtype: int8w`), graph forward and end to end,
   with the weights' GB and the features' cosine similarity to FP16 on the same views
+- ... compiled: (`--compile MODE`) each dtype again with the forward through torch.compile before the
+  capture (`compile_mode`); the first forward per shape (compilation + capture) is logged
 The table gives each end-to-end row over the CUDA-graph forward of its dtype.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -114,9 +117,11 @@ def _with_processor(extractor, images: list[np.ndarray]):
 
 
 def vlm_rows(backends: list[str], views: list[int], iters: int, max_seconds: float, int8: bool = True,
-             log=print) -> list[dict]:
+             compile_mode: str = "", log=print) -> list[dict]:
     """Rows per backend, views and variant; with `int8`, the same checkpoint with int8 weights
-    (`dtype: int8w`) beside it: its graph forward and end to end, weight bytes, feature cosine vs FP16."""
+    (`dtype: int8w`) beside it: its graph forward and end to end, weight bytes, feature cosine vs FP16;
+    with `compile_mode`, each dtype again with the forward through torch.compile before the capture
+    (its first forward per shape, the compilation, is timed separately)."""
     import gc
 
     import torch
@@ -127,29 +132,40 @@ def vlm_rows(backends: list[str], views: list[int], iters: int, max_seconds: flo
 
     rng = np.random.default_rng(0)
     rows = []
+    dtypes = ("fp16", "int8w") if int8 else ("fp16",)
+    # label -> (dtype, compile mode); "fp16" is the reference of every cosine and ratio.
+    setups = {d: (d, "") for d in dtypes} | ({f"{d} compiled": (d, compile_mode) for d in dtypes}
+                                           if compile_mode else {})
     for backend in backends:
         with tempfile.TemporaryDirectory() as tmp:
             log(f"{backend}: writing full-size random-weight checkpoint")
             paths = _build(backend, Path(tmp))
-            extractors = {dtype: create_extractor(ExtractorConfig(backend=backend, device="cuda", dtype=dtype, **paths))
-                          for dtype in (("fp16", "int8w") if int8 else ("fp16",))}
-        models = {dtype: [ex.model] + ([ex.clip] if backend == "kosmos2_clip" else [])
-                  for dtype, ex in extractors.items()}
+            extractors = {label: create_extractor(ExtractorConfig(backend=backend, device="cuda", dtype=dtype,
+                                                                  compile_mode=mode, **paths))
+                          for label, (dtype, mode) in setups.items()}
+        models = {label: [ex.model] + ([ex.clip] if backend == "kosmos2_clip" else [])
+                  for label, ex in extractors.items()}
         params = sum(p.numel() for m in models["fp16"] for p in m.parameters())
-        weights_gb = {dtype: sum(weight_bytes(m) for m in ms) / 1e9 for dtype, ms in models.items()}
+        weights_gb = {label: sum(weight_bytes(m) for m in ms) / 1e9 for label, ms in models.items()}
         log(f"{backend}: {params / 1e9:.2f} B parameters, feature dim {extractors['fp16'].feature_dim}, weights "
-            + ", ".join(f"{d} {gb:.2f} GB" for d, gb in weights_gb.items()))
+            + ", ".join(f"{d} {gb:.2f} GB" for d, gb in weights_gb.items() if d in dtypes))
         for n in views:
             images = [rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(n)]
             reference = extractors["fp16"].extract(images, INSTRUCTION)
-            for dtype, extractor in extractors.items():
-                features = extractor.extract(images, INSTRUCTION)
+            for label, extractor in extractors.items():
+                start = time.perf_counter()
+                features = extractor.extract(images, INSTRUCTION)  # a new shape: capture (and compilation)
+                first_s = time.perf_counter() - start
                 cos = float((features * reference).sum() / np.linalg.norm(features) / np.linalg.norm(reference))
+                if setups[label][1]:
+                    log(f"  {backend:<12} views={n} {label}: first forward (compile + capture) {first_s:.1f} s, "
+                        f"cosine vs fp16 {cos:.5f}")
                 for name, timing, diff in _measure_views(extractor, backend, images, iters, max_seconds,
-                                                         full=dtype == "fp16"):
-                    variant = name if dtype == "fp16" else f"{dtype}: {name}"
-                    rows.append({"backend": backend, "views": n, "variant": variant, "dtype": dtype,
-                                 "params_b": params / 1e9, "weights_gb": weights_gb[dtype], **timing,
+                                                         full=label == "fp16"):
+                    variant = name if label == "fp16" else f"{label}: {name}"
+                    rows.append({"backend": backend, "views": n, "variant": variant, "dtype": setups[label][0],
+                                 "setup": label, "compile_mode": setups[label][1], "first_forward_s": first_s,
+                                 "params_b": params / 1e9, "weights_gb": weights_gb[label], **timing,
                                  "graph_vs_eager_max_abs_diff": diff, "feature_cosine_vs_fp16": cos})
                     log(f"  {backend:<12} views={n} {variant:<34} p50 {timing['p50_ms']:7.2f} ms  "
                         f"p90 {timing['p90_ms']:7.2f} ms")
@@ -167,7 +183,8 @@ def vlm_table(rows: list[dict]) -> str:
         key = (r["backend"], r["views"])
         base = by_variant.get((*key, "transformers eager"))
         ratio = f"{base / r['p50_ms']:.2f}x faster" if base and r["variant"] != "transformers eager" else ""
-        prefix = "" if r.get("dtype", "fp16") == "fp16" else f"{r['dtype']}: "
+        setup = r.get("setup", r.get("dtype", "fp16"))
+        prefix = "" if setup == "fp16" else f"{setup}: "
         forward = by_variant.get((*key, f"{prefix}ours, CUDA graph"))
         share = f"{r['p50_ms'] / forward:.2f}x" if forward and "end to end" in r["variant"] else ""
         lines.append(f"| {r['backend']} | {r['views']} | {r['variant']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
