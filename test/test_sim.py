@@ -135,6 +135,29 @@ def test_record_sim_writes_readable_bags_and_resumes(tmp_path):
                 sample_task(seed, SimConfig(paraphrases=True)).instruction == summary[str(seed)]["instruction"]
 
 
+def test_a_twin_detour_drives_to_the_same_colour_twin_first_and_then_recovers(tmp_path):
+    """`--twin-detour 1`: the base first drives to the target's same-colour twin (as a policy that took it
+    for the target would), to within TWIN_DETOUR_END of its surface, and the expert then finds the target;
+    without the option the same seed never goes that near the twin."""
+    from mobile_vla_ros.sim.world import bearing_and_distance
+    from mobile_vla_ros.tools.simulation import record_sim
+
+    hard = SimConfig(time_limit=30.0, task_set="hard")
+    seed = 5
+    twin = record_sim.same_colour_twin(sample_task(seed, hard))
+    assert twin is not None
+
+    def nearest_to_twin(detour: float) -> tuple[float, dict]:
+        episode = record_sim.record_episode(seed, tmp_path / f"detour_{detour}", "mcap", hard, 0.0, 0.0, detour)
+        path = np.array(episode["path"])
+        distances = bearing_and_distance(path[:, 0], path[:, 1], 0.0, (twin.x, twin.y, twin.radius))[1]
+        return float(distances.min()), episode
+
+    near, episode = nearest_to_twin(1.0)
+    assert near <= record_sim.TWIN_DETOUR_END + 0.1 and episode["success"]
+    assert nearest_to_twin(0.0)[0] > near + 0.3
+
+
 def test_record_sim_rejects_bad_arguments(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.simulation.record_sim", "--episodes", "0",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from ...sim import cannot_simulate
-from ...sim.episode import ACTION_LIMITS, Expert, SimEpisode, expert_command_at
+from ...sim.episode import ACTION_LIMITS, Expert, SimEpisode, expert_command_at, steer_command
 from ...sim.messages import FRAMES, ORIENTATION_UNKNOWN, SIM_EPOCH, TOPICS, split_stamp, task_json, yaw_quaternion
-from ...sim.world import TASK_SETS, TIME_LIMITS, SimConfig, sample_task
+from ...sim.world import TASK_SETS, TIME_LIMITS, SimConfig, bearing_and_distance, sample_task
 from ..cli import progress_bar
 
 CONTROL_HZ = 50.0
@@ -87,18 +87,33 @@ class BagRecorder:
         self.writer.close()
 
 
+TWIN_DETOUR_END = 0.6  # m from the twin's surface: close enough that its shape is plain in the image
+TWIN_DETOUR_MAX = 10.0  # s
+
+
+def same_colour_twin(task):
+    """The object of the target's colour and the other shape (hard tasks), or None."""
+    target = task.objects[task.target]
+    return next((o for i, o in enumerate(task.objects) if i != task.target and o.color == target.color), None)
+
+
 def record_episode(seed: int, out: Path, storage: str, cfg: SimConfig, action_noise: float,
-                   expert_delay_max: float = 0.0) -> dict:
+                   expert_delay_max: float = 0.0, twin_detour: float = 0.0) -> dict:
     """Drive one episode with the expert and write it to `out`; returns the episode summary.
 
     The label on /cmd_vel is always the expert's command for the current state. What the base
     executes may differ: with `expert_delay_max` > 0 it is the expert's command for the state of
     delta seconds ago (delta drawn per episode in [0, max]), as a policy acting on old images would
     drive, so the data shows the overshoots of a slow VLM and how to recover; `action_noise` adds
-    correlated noise on top."""
+    correlated noise on top. With probability `twin_detour` (tasks with a same-colour twin) the base
+    first drives to the twin, as a policy that took it for the target would, until TWIN_DETOUR_END
+    from it; then the expert starts afresh (searching): the data shows how to recover from that mistake."""
     task = sample_task(seed, cfg)
     rng = np.random.default_rng(seed + 15485863)
     delay_steps = int(round(rng.uniform(0.0, expert_delay_max) * CONTROL_HZ)) if expert_delay_max > 0 else 0
+    # Drawn only when asked for: recordings without detours keep their noise streams.
+    twin = same_colour_twin(task) if twin_detour > 0 and rng.uniform() < twin_detour else None
+    twin_xyr = None if twin is None else (twin.x, twin.y, twin.radius)
     expert = Expert()
     states: list[tuple[float, float, bool]] = []  # (bearing, distance, target seen) at each control step
     limits = np.array(ACTION_LIMITS)
@@ -115,6 +130,13 @@ def record_episode(seed: int, out: Path, storage: str, cfg: SimConfig, action_no
             states.append((bearing, distance, expert.observe(bearing)))
             bag.command(t, *expert_command_at(*states[-1]))
             acted = expert_command_at(*states[max(0, len(states) - 1 - delay_steps)])
+            if twin_xyr is not None:
+                twin_bearing, twin_distance = bearing_and_distance(*episode.robot.pose(), twin_xyr)
+                if twin_distance > TWIN_DETOUR_END and t < TWIN_DETOUR_MAX:
+                    acted = tuple(float(c) for c in steer_command(twin_bearing, twin_distance))
+                else:  # the mistake is seen: from here the expert as it would start (searching)
+                    twin_xyr, expert, states = None, Expert(), []
+                    states.append((bearing, distance, expert.observe(bearing)))
             bag.pose(t, *episode.robot.pose())
             # Ornstein-Uhlenbeck noise (0.5 s correlation) on the executed command only.
             noise += -noise * (1.0 / CONTROL_HZ / 0.5) + rng.standard_normal(2) * action_noise * limits * 0.2
@@ -155,14 +177,17 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--paraphrases", action="store_true",
                     help="phrase instructions with the training paraphrases too (training data; never the "
                          "hard set's held-out evaluation phrasings)")
+    ap.add_argument("--twin-detour", type=float, default=0.0, metavar="P",
+                    help="probability per episode (tasks with a same-colour twin) that the base first drives to "
+                         "the twin, then the expert recovers: data for the policy's likeliest mistake")
     ap.add_argument("--workers", type=int, default=1, help="episodes recorded in parallel (processes)")
     return ap
 
 
 def _record_job(job: tuple) -> tuple[int, dict]:
-    seed, bag, storage, cfg, action_noise, expert_delay_max = job
+    seed, bag, storage, cfg, action_noise, expert_delay_max, twin_detour = job
     shutil.rmtree(bag, ignore_errors=True)  # an interrupted, incomplete bag
-    return seed, record_episode(seed, bag, storage, cfg, action_noise, expert_delay_max)
+    return seed, record_episode(seed, bag, storage, cfg, action_noise, expert_delay_max, twin_detour)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     began = time.monotonic()
     seeds = range(args.seed, args.seed + args.episodes)
-    jobs = [(seed, args.out / f"episode_{seed:05d}", args.storage, cfg, args.action_noise, args.expert_delay_max)
+    jobs = [(seed, args.out / f"episode_{seed:05d}", args.storage, cfg, args.action_noise, args.expert_delay_max,
+             args.twin_detour)
             for seed in seeds if not (_complete(args.out / f"episode_{seed:05d}") and str(seed) in summary)]
 
     def record_all():
