@@ -144,8 +144,7 @@ def test_a_twin_detour_drives_to_the_same_colour_twin_first_and_then_recovers(tm
 
     hard = SimConfig(time_limit=30.0, task_set="hard")
     seed = 5
-    twin = record_sim.same_colour_twin(sample_task(seed, hard))
-    assert twin is not None
+    twin, = sample_task(seed, hard).twins
 
     def nearest_to_twin(detour: float) -> tuple[float, dict]:
         episode = record_sim.record_episode(seed, tmp_path / f"detour_{detour}", "mcap", hard, 0.0, 0.0, detour)

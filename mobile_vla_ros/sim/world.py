@@ -55,6 +55,11 @@ class Task:
     def target_object(self) -> SimObject:
         return self.objects[self.target]
 
+    @property
+    def twins(self) -> tuple[SimObject, ...]:
+        """The objects of the target's colour other than the target (the hard set's other shape)."""
+        return tuple(o for i, o in enumerate(self.objects) if i != self.target and o.color == self.target_object.color)
+
 
 @dataclass
 class SimConfig:

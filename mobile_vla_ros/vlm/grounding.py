@@ -68,17 +68,12 @@ def grounding_label(robot: SimRobot, shape_slots: bool = False) -> np.ndarray:
     return np.array(label, dtype=np.float32)
 
 
-def _twins(task) -> list:
-    """The objects of the target's colour other than the target (the hard set's other shape)."""
-    return [o for o in task.objects if o.color == task.target_object.color and o is not task.target_object]
-
-
 def twin_bearing(robot: SimRobot) -> float:
     """Bearing of the target's same-colour twin (the other shape) when it is in view, else NaN: the
     frames on which a colour-only guess points at the twin, wherever the target is."""
     x, y, yaw = robot.pose()
     half_fov = math.radians(robot.cfg.camera_fovy) / 2
-    bearings = [_bearing(o, x, y, yaw) for o in _twins(robot.task)]
+    bearings = [_bearing(o, x, y, yaw) for o in robot.task.twins]
     in_view = [b for b in bearings if abs(b) < half_fov]
     return min(in_view, key=abs) if in_view else math.nan
 
@@ -114,7 +109,7 @@ def _render_tasks(seed: int, per_task: int, indices: range,
         frames = []
         with SimRobot(task) as robot:
             target = task.target_object
-            twin = next(iter(_twins(task)), None)
+            twin = next(iter(task.twins), None)
             for k in range(per_task):
                 a = rng.uniform(0.0, 0.85)
                 x = task.start[0] + a * (target.x - task.start[0]) + rng.normal(0, 0.15)

@@ -91,12 +91,6 @@ TWIN_DETOUR_END = 0.6  # m from the twin's surface: close enough that its shape 
 TWIN_DETOUR_MAX = 10.0  # s
 
 
-def same_colour_twin(task):
-    """The object of the target's colour and the other shape (hard tasks), or None."""
-    target = task.objects[task.target]
-    return next((o for i, o in enumerate(task.objects) if i != task.target and o.color == target.color), None)
-
-
 def record_episode(seed: int, out: Path, storage: str, cfg: SimConfig, action_noise: float,
                    expert_delay_max: float = 0.0, twin_detour: float = 0.0) -> dict:
     """Drive one episode with the expert and write it to `out`; returns the episode summary.
@@ -112,7 +106,7 @@ def record_episode(seed: int, out: Path, storage: str, cfg: SimConfig, action_no
     rng = np.random.default_rng(seed + 15485863)
     delay_steps = int(round(rng.uniform(0.0, expert_delay_max) * CONTROL_HZ)) if expert_delay_max > 0 else 0
     # Drawn only when asked for: recordings without detours keep their noise streams.
-    twin = same_colour_twin(task) if twin_detour > 0 and rng.uniform() < twin_detour else None
+    twin = next(iter(task.twins), None) if twin_detour > 0 and rng.uniform() < twin_detour else None
     twin_xyr = None if twin is None else (twin.x, twin.y, twin.radius)
     expert = Expert()
     states: list[tuple[float, float, bool]] = []  # (bearing, distance, target seen) at each control step
@@ -135,8 +129,8 @@ def record_episode(seed: int, out: Path, storage: str, cfg: SimConfig, action_no
                 if twin_distance > TWIN_DETOUR_END and t < TWIN_DETOUR_MAX:
                     acted = tuple(float(c) for c in steer_command(twin_bearing, twin_distance))
                 else:  # the mistake is seen: from here the expert as it would start (searching)
-                    twin_xyr, expert, states = None, Expert(), []
-                    states.append((bearing, distance, expert.observe(bearing)))
+                    twin_xyr, expert = None, Expert()
+                    states = [(bearing, distance, expert.observe(bearing))]
             bag.pose(t, *episode.robot.pose())
             # Ornstein-Uhlenbeck noise (0.5 s correlation) on the executed command only.
             noise += -noise * (1.0 / CONTROL_HZ / 0.5) + rng.standard_normal(2) * action_noise * limits * 0.2
