@@ -70,15 +70,63 @@ def test_a_tied_lm_head_shares_the_int8_table(tiny_qwen_dir):
     assert int8.model.lm_head.qweight is table.qweight  # one int8 copy, as the FP16 checkpoint has one table
 
 
-def test_the_fused_kernel_and_the_dequantised_product_agree():
+def test_the_cpu_int8_kernel_and_the_dequantised_product_agree():
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 48)
-    fused, dequantised = (Int8Linear.from_linear(linear, torch.float32, fused=f) for f in (True, False))
+    fused, dequantised = (Int8Linear.from_linear(linear, torch.float32, kernel=k) for k in ("int8pack", "dequantise"))
     x = torch.randn(2, 5, 64)
     with torch.no_grad():
         assert torch.allclose(fused(x), dequantised(x), atol=1e-4)
         # and both are the float layer up to the weights' rounding (half a step of the row's scale)
         assert (fused(x) - linear(x)).abs().max() < 0.05 * linear(x).abs().max()
+    with pytest.raises(ValueError, match="expected one of int8pack, triton, dequantise, got 'fused'"):
+        Int8Linear.from_linear(linear, torch.float32, kernel="fused")
+
+
+def test_the_kernel_is_chosen_by_device():
+    from mobile_vla_ros.vlm import int8_gemm
+    from mobile_vla_ros.vlm.int8_weights import choose_kernel
+
+    assert choose_kernel("cpu", torch.float32) == "int8pack"  # torch's CPU kernel runs in this build
+    assert choose_kernel("cuda", torch.float16) == ("triton" if int8_gemm.available("cuda") else "dequantise")
+    assert not int8_gemm.available("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (and Triton)")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_triton_int8_gemm_matches_the_dequantised_product_on_gpu(dtype):
+    """Shapes off every block size (rows 1..1285, odd N and K), with and without bias, and a strided input."""
+    torch.manual_seed(0)
+    for m, n, k in ((1, 48, 64), (7, 2048, 2048), (85, 8192, 2048), (1285, 1000, 1024), (33, 96, 200)):
+        for bias in (True, False):
+            linear = torch.nn.Linear(k, n, bias=bias).cuda()
+            triton_layer, dequantised = (Int8Linear.from_linear(linear, dtype, kernel=kk).cuda()
+                                         for kk in ("triton", "dequantise"))
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
+            with torch.no_grad():
+                got, want = triton_layer(x).float(), dequantised(x).float()
+            tolerance = 2e-2 if dtype == torch.bfloat16 else 2e-3
+            assert got.shape == (m, n)
+            assert (got - want).abs().max() <= tolerance * want.abs().max(), (m, n, k, bias)
+    x = torch.randn(4, 10, 2 * 64, device="cuda", dtype=torch.float16)[..., ::2]  # last dim stride 2
+    layer = Int8Linear.from_linear(torch.nn.Linear(64, 32).cuda(), torch.float16, kernel="triton").cuda()
+    reference = Int8Linear.from_linear(torch.nn.Linear(64, 32), torch.float16, kernel="dequantise")
+    reference.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(layer(x).float(), reference.cuda()(x.contiguous()).float(), atol=2e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (and Triton)")
+@pytest.mark.parametrize("backend", ["kosmos2", "qwen2_5_vl"])
+def test_int8w_on_the_gpu_uses_the_triton_kernel_and_keeps_the_features(backend, frames, tiny_qwen_dir):
+    """Through the CUDA-graph forward: int8w (Triton) against FP32 on the CPU."""
+    model = {"qwen2_5_vl": str(tiny_qwen_dir)}.get(backend, str(SHIPPED_VLM))
+    config = ExtractorConfig(backend=backend, model_path=model)
+    reference, int8 = create_extractor(config), create_extractor(replace(config, device="cuda", dtype="int8w"))
+    assert {m.kernel for m in int8.model.modules() if isinstance(m, Int8Linear)} == {"triton"}
+    for frame in frames:
+        for instruction in INSTRUCTIONS:
+            assert cosine(reference.extract([frame], instruction), int8.extract([frame], instruction)) >= 0.995
 
 
 def test_int8w_is_accepted_on_the_cpu_and_other_names_are_refused():

@@ -211,7 +211,10 @@ def test_vlm_bench_table_gives_end_to_end_over_the_graph_forward():
                           ("ours, end to end, CPU processor", 8.0))]
     rows += [{"backend": "kosmos2", "views": 1, "variant": f"int8w: {v}", "dtype": "int8w", "p50_ms": ms,
               "p90_ms": ms + 1} for v, ms in (("ours, CUDA graph", 3.0), ("ours, end to end", 3.3))]
+    rows.append({"backend": "kosmos2", "views": 1, "variant": "int8w compiled", "setup": "int8w compiled",
+                 "error": "BackendCompilerFailed: no triton"})
     table = vlm_table(rows).splitlines()
+    assert table[-1] == "| kosmos2 | 1 | int8w compiled | failed: BackendCompilerFailed: no triton | | | |"
     assert table[7].endswith("| 6.06x faster | 1.10x |")  # int8 end to end over the int8 forward
     assert table[2].endswith("| 20.00 | 21.00 |  |  |")  # the baseline itself
     assert table[3].endswith("| 5.00x faster |  |")  # the forward is what the others are divided by

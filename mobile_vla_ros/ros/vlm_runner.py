@@ -42,9 +42,10 @@ class VlmRunner:
         start = time.monotonic()
         self.extractor = create_extractor(ExtractorConfig(
             backend=p["vlm_backend"], model_path=str(model_path), clip_model_path=p["clip_model_path"],
-            device=p["device"], dtype=p["dtype"], pooling=p["feature_pooling"]))
+            device=p["device"], dtype=p["dtype"], pooling=p["feature_pooling"], compile_mode=p["compile_mode"]))
+        compiled = f", compiled ({p['compile_mode']}) on its first forward per shape" if p["compile_mode"] else ""
         log.info(f"{p['vlm_backend']} loaded from {model_path} on {p['device']}/{p['dtype']} "
-                 f"in {time.monotonic() - start:.1f} s, feature dim {self.extractor.feature_dim}")
+                 f"in {time.monotonic() - start:.1f} s, feature dim {self.extractor.feature_dim}{compiled}")
         self._check_action_model()
 
         self.lock = threading.Lock()  # guards the scheduler between executor and worker

@@ -4,9 +4,10 @@ forward's latency (memory-bound at batch 1) and whether Qwen2.5-VL-3B fits besid
 Every linear layer's weight and the token-embedding table are stored as int8 with one scale per
 output channel (per row of the table), symmetric, round to nearest: weights take half their FP16
 bytes plus the scales. Activations stay in the compute dtype (FP16 on CUDA, FP32 on the CPU). On
-the CPU a linear layer multiplies through `torch._weight_int8pack_mm` (int8 weights read directly);
-on CUDA it dequantises its weight right before the matmul (one temporary FP16 weight at a time),
-which saves memory, not time: a fused int8 GEMM kernel is the next step for latency. A
+the CPU a linear layer multiplies through `torch._weight_int8pack_mm` (int8 weights read directly); on
+CUDA through the Triton kernel of `int8_gemm.py` (int8 tiles converted in registers, the scale applied
+to the accumulator); without Triton it dequantises its weight right before the matmul (one temporary
+FP16 weight at a time), which saves memory, not time. A
 language-model head tied to the embedding table shares its int8 copy. Done after loading, from the
 checkpoint's own weights: nothing else is downloaded or stored.
 """
@@ -14,6 +15,9 @@ checkpoint's own weights: nothing else is downloaded or stored.
 from __future__ import annotations
 
 import torch
+
+from .int8_gemm import available as int8_gemm_available
+from .int8_gemm import w8a16_linear
 
 
 def _quantise_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,23 +27,32 @@ def _quantise_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
 
 
+KERNELS = ("int8pack", "triton", "dequantise")
+
+
 class Int8Linear(torch.nn.Module):
+    """`kernel`: "int8pack" (torch's CPU kernel), "triton" (int8_gemm, CUDA) or "dequantise"."""
+
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
-                 fused: bool) -> None:
+                 kernel: str) -> None:
         super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"int8 kernel: expected one of {', '.join(KERNELS)}, got {kernel!r}")
         self.register_buffer("qweight", qweight)
         self.register_buffer("scale", scale.to(dtype))
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().to(dtype), requires_grad=False)
-        self.fused = fused
+        self.kernel = kernel
         self.in_features, self.out_features = qweight.shape[1], qweight.shape[0]
 
     @classmethod
-    def from_linear(cls, linear: torch.nn.Linear, dtype: torch.dtype, fused: bool) -> Int8Linear:
+    def from_linear(cls, linear: torch.nn.Linear, dtype: torch.dtype, kernel: str) -> Int8Linear:
         qweight, scale = _quantise_rows(linear.weight)
-        return cls(qweight, scale, linear.bias, dtype, fused)
+        return cls(qweight, scale, linear.bias, dtype, kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused:
+        if self.kernel == "triton":
+            return w8a16_linear(x, self.qweight, self.scale, self.bias)
+        if self.kernel == "int8pack":
             y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features), self.qweight, self.scale)
             y = y.reshape(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias
@@ -66,10 +79,17 @@ class Int8Embedding(torch.nn.Module):
         return out if self.embedding_scale is None else out * self.embedding_scale
 
 
-def fused_kernel_available(device: str, dtype: torch.dtype) -> bool:
-    """Whether `torch._weight_int8pack_mm` runs for this device and dtype in this torch build (and
-    agrees with the dequantised product). CPU only: on CUDA (torch 2.11, H200) it took 494 ms for a
-    Kosmos-2 forward that FP16 runs in 4.4 ms (`docs/bench/vlm_h200.log`), so CUDA dequantises."""
+def choose_kernel(device: str, dtype: torch.dtype) -> str:
+    """The int8 linear kernel for this device: Triton's on CUDA when Triton is there, torch's
+    `_weight_int8pack_mm` on the CPU when it runs and agrees with the dequantised product (on CUDA,
+    torch 2.11 on the H200, it took 494 ms for a Kosmos-2 forward that FP16 runs in 4.4 ms:
+    `docs/bench/vlm_h200.log`), else dequantise."""
+    if device.startswith("cuda"):
+        return "triton" if int8_gemm_available(device) else "dequantise"
+    return "int8pack" if _int8pack_works(device, dtype) else "dequantise"
+
+
+def _int8pack_works(device: str, dtype: torch.dtype) -> bool:
     if not device.startswith("cpu"):
         return False
     try:
@@ -84,10 +104,10 @@ def fused_kernel_available(device: str, dtype: torch.dtype) -> bool:
 
 
 def quantise_weights(model: torch.nn.Module, dtype: torch.dtype) -> dict:
-    """Replace every Linear and Embedding of `model` in place; returns what was done (counts, fused
-    kernel or dequantise, weight bytes before and after)."""
+    """Replace every Linear and Embedding of `model` in place; returns what was done (counts, the
+    linear kernel, weight bytes before and after)."""
     device = next(model.parameters()).device
-    fused = fused_kernel_available(str(device), dtype)
+    kernel = choose_kernel(str(device), dtype)
     before = weight_bytes(model)
     embeddings: dict[int, Int8Embedding] = {}
     counts = {"linear": 0, "embedding": 0, "tied": 0}
@@ -103,15 +123,15 @@ def quantise_weights(model: torch.nn.Module, dtype: torch.dtype) -> dict:
                 continue
             tied = embeddings.get(id(child.weight))
             if tied is not None:  # an LM head sharing the embedding table shares its int8 copy
-                replacement = Int8Linear(tied.qweight, tied.scale, child.bias, dtype, fused)
+                replacement = Int8Linear(tied.qweight, tied.scale, child.bias, dtype, kernel)
                 counts["tied"] += 1
             else:
-                replacement = Int8Linear.from_linear(child, dtype, fused)
+                replacement = Int8Linear.from_linear(child, dtype, kernel)
                 counts["linear"] += 1
             setattr(parent, name, replacement)
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {**counts, "kernel": "_weight_int8pack_mm" if fused else "dequantise", "bytes_before": before,
+    return {**counts, "kernel": kernel, "bytes_before": before,
             "bytes_after": weight_bytes(model)}
 
 

@@ -143,6 +143,7 @@ def vlm_rows(backends: list[str], views: list[int], iters: int, max_seconds: flo
             extractors = {label: create_extractor(ExtractorConfig(backend=backend, device="cuda", dtype=dtype,
                                                                   compile_mode=mode, **paths))
                           for label, (dtype, mode) in setups.items()}
+        failed: set[str] = set()
         models = {label: [ex.model] + ([ex.clip] if backend == "kosmos2_clip" else [])
                   for label, ex in extractors.items()}
         params = sum(p.numel() for m in models["fp16"] for p in m.parameters())
@@ -153,8 +154,17 @@ def vlm_rows(backends: list[str], views: list[int], iters: int, max_seconds: flo
             images = [rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(n)]
             reference = extractors["fp16"].extract(images, INSTRUCTION)
             for label, extractor in extractors.items():
+                if label in failed:
+                    continue
                 start = time.perf_counter()
-                features = extractor.extract(images, INSTRUCTION)  # a new shape: capture (and compilation)
+                try:
+                    features = extractor.extract(images, INSTRUCTION)  # a new shape: capture (and compilation)
+                except Exception as exc:  # a variant that cannot run is reported; the others still are
+                    failed.add(label)
+                    log(f"  {backend:<12} views={n} {label}: FAILED ({type(exc).__name__}: {exc}); left out")
+                    rows.append({"backend": backend, "views": n, "variant": label, "setup": label,
+                                 "error": f"{type(exc).__name__}: {exc}"})
+                    continue
                 first_s = time.perf_counter() - start
                 cos = float((features * reference).sum() / np.linalg.norm(features) / np.linalg.norm(reference))
                 if setups[label][1]:
@@ -178,8 +188,11 @@ def vlm_rows(backends: list[str], views: list[int], iters: int, max_seconds: flo
 def vlm_table(rows: list[dict]) -> str:
     lines = ["| backend | views | variant | p50 ms | p90 ms | vs transformers eager (p50) | / CUDA-graph forward |",
              "|" + "---|" * 7]
-    by_variant = {(r["backend"], r["views"], r["variant"]): r["p50_ms"] for r in rows}
+    by_variant = {(r["backend"], r["views"], r["variant"]): r["p50_ms"] for r in rows if "error" not in r}
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['backend']} | {r['views']} | {r['variant']} | failed: {r['error'][:80]} | | | |")
+            continue
         key = (r["backend"], r["views"])
         base = by_variant.get((*key, "transformers eager"))
         ratio = f"{base / r['p50_ms']:.2f}x faster" if base and r["variant"] != "transformers eager" else ""
