@@ -98,6 +98,33 @@ def test_twin_views_look_between_the_target_and_its_twin():
     assert twin_frames(grounding.GroundingRecipe(twin_views=True)) >= twin_frames(grounding.GroundingRecipe()) + 3
 
 
+def test_twin_pairs_ask_the_same_image_for_the_twin_by_its_shape():
+    """With `twin_pairs`, each hard frame is followed by the same image instructed with the other shape
+    of the target's colour and labelled for that object; standard frames get no pair."""
+    per_task = 6
+    plain = grounding.render_frames(4, per_task, seed=0)
+    paired = grounding.render_frames(4, per_task, seed=0, recipe=grounding.GroundingRecipe(twin_pairs=True))
+    assert len(paired) == len(plain) + 2 * per_task  # tasks 1 and 3 are hard
+    pairs = [(a, b) for a, b in zip(paired, paired[1:]) if a[0] is b[0]]
+    assert len(pairs) == 2 * per_task
+    twins_seen = 0
+    for k, (own, asked) in enumerate(pairs):
+        hard_index = 1 + 2 * (k // per_task)  # tasks 1, 3
+        task = sample_task(grounding.FIRST_TASK_SEED + hard_index, SimConfig(task_set="hard", paraphrases=True))
+        target = task.target_object
+        twin = grounding.twin_instructed(task).target_object
+        assert (twin.color, twin.shape) != (target.color, target.shape) and twin.color == target.color
+        assert own[1] == task.instruction
+        assert asked[1] == task.instruction.replace(f"{target.color} {target.shape}", f"{twin.color} {twin.shape}")
+        assert np.array_equal(own[2][3:], asked[2][3:])  # one view: the same per-colour labels
+        assert abs(asked[2][2] - own[2][2]) > 0.05  # two objects, two distances
+        for a, b in ((own, asked), (asked, own)):  # a's twin, when in view, is b's answer
+            if not math.isnan(a[3]):
+                assert math.atan2(b[2][0], b[2][1]) == pytest.approx(a[3], abs=1e-5)
+                twins_seen += 1
+    assert twins_seen >= 2
+
+
 def test_twin_confusion_counts_predictions_nearer_the_twin():
     import torch
 

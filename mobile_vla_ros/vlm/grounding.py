@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..sim.world import COLORS, SHAPES, SimConfig, SimRobot, sample_task, wrap_angle
+from ..sim.world import COLORS, SHAPES, SimConfig, SimRobot, Task, sample_task, wrap_angle
 from .preprocess import ClipPixels
 
 # target: sin, cos bearing, distance; then per colour (or, with shape slots, per colour and shape):
@@ -38,10 +38,14 @@ class GroundingRecipe:
     labels per colour and shape instead of per colour; `twin_views`: a third of each hard task's
     frames look between the target and its same-colour twin (the twin alone or both in view)
     instead of at the target. Both were tried to make the 64-dim stand-in tell a box from a cylinder
-    (README, Models: they lowered the twin confusion of the grounding but not the closed loop)."""
+    (README, Models: they lowered the twin confusion of the grounding but not the closed loop).
+    `twin_pairs`: every hard-task training frame is used twice, once instructed with the target and
+    once with its twin (same phrasing, the other shape, the twin's labels), so the same image asks
+    for two answers that only the shape word tells apart (validation frames stay unpaired)."""
 
     shape_slots: bool = False
     twin_views: bool = False
+    twin_pairs: bool = False
 
 FIRST_TASK_SEED = 2000  # renders use tasks apart from the recorded episodes' seeds (< 1000) and evaluation's
 
@@ -50,12 +54,29 @@ def _bearing(obj, x: float, y: float, yaw: float) -> float:
     return wrap_angle(math.atan2(obj.y - y, obj.x - x) - yaw)
 
 
-def grounding_label(robot: SimRobot, shape_slots: bool = False) -> np.ndarray:
+def twin_instructed(task: Task) -> Task | None:
+    """The same scene instructed to go to the target's same-colour twin, in the task's own phrasing
+    with the other shape word; None without a twin."""
+    twin = next(iter(task.twins), None)
+    if twin is None:
+        return None
+    target = task.target_object
+    named = f"{target.color} {target.shape}"
+    if named not in task.instruction:
+        raise ValueError(f"instruction {task.instruction!r} does not name {named!r}")
+    return replace(task, target=task.objects.index(twin),
+                   instruction=task.instruction.replace(named, f"{twin.color} {twin.shape}"))
+
+
+def grounding_label(robot: SimRobot, shape_slots: bool = False, task: Task | None = None) -> np.ndarray:
+    """Labels of the robot's current view for `task` (default: the robot's own task; another task of
+    the same scene asks for another target)."""
     x, y, yaw = robot.pose()
-    task = robot.task
+    task = task or robot.task
     half_fov = math.radians(robot.cfg.camera_fovy) / 2
     b = _bearing(task.target_object, x, y, yaw)
-    label = [math.sin(b), math.cos(b), robot.target_distance()]
+    target = task.target_object
+    label = [math.sin(b), math.cos(b), math.hypot(target.x - x, target.y - y) - target.radius]
     for color, shape in KINDS if shape_slots else ((c, None) for c in COLORS):
         objs = [o for o in task.objects if o.color == color and shape in (None, o.shape)]
         if not objs:
@@ -68,12 +89,12 @@ def grounding_label(robot: SimRobot, shape_slots: bool = False) -> np.ndarray:
     return np.array(label, dtype=np.float32)
 
 
-def twin_bearing(robot: SimRobot) -> float:
+def twin_bearing(robot: SimRobot, task: Task | None = None) -> float:
     """Bearing of the target's same-colour twin (the other shape) when it is in view, else NaN: the
     frames on which a colour-only guess points at the twin, wherever the target is."""
     x, y, yaw = robot.pose()
     half_fov = math.radians(robot.cfg.camera_fovy) / 2
-    bearings = [_bearing(o, x, y, yaw) for o in robot.task.twins]
+    bearings = [_bearing(o, x, y, yaw) for o in (task or robot.task).twins]
     in_view = [b for b in bearings if abs(b) < half_fov]
     return min(in_view, key=abs) if in_view else math.nan
 
@@ -110,6 +131,7 @@ def _render_tasks(seed: int, per_task: int, indices: range,
         with SimRobot(task) as robot:
             target = task.target_object
             twin = next(iter(task.twins), None)
+            paired = twin_instructed(task) if recipe.twin_pairs and hard else None
             for k in range(per_task):
                 a = rng.uniform(0.0, 0.85)
                 x = task.start[0] + a * (target.x - task.start[0]) + rng.normal(0, 0.15)
@@ -125,8 +147,11 @@ def _render_tasks(seed: int, per_task: int, indices: range,
                     yaw = to_target + rng.uniform(-0.7, 0.7)
                 robot.data.qpos[:] = (x, y, yaw)
                 robot._mj.mj_forward(robot.model, robot.data)
-                frames.append((robot.render(), task.instruction, grounding_label(robot, recipe.shape_slots),
-                               twin_bearing(robot)))
+                rgb = robot.render()
+                frames.append((rgb, task.instruction, grounding_label(robot, recipe.shape_slots), twin_bearing(robot)))
+                if paired is not None:
+                    frames.append((rgb, paired.instruction, grounding_label(robot, recipe.shape_slots, paired),
+                                   twin_bearing(robot, paired)))
         out.append((i, frames))
     return out
 
@@ -306,9 +331,10 @@ def build_grounded_vlm(out: Path, tasks: int, epochs: int, seed: int = 0, device
 
 def render_grounding_frames(tasks: int, per_task: int, seed: int, workers: int = 1,
                             recipe: GroundingRecipe = GroundingRecipe()) -> tuple[list, list]:
-    """Training frames of `tasks` seeded tasks and validation frames of a tenth as many others."""
+    """Training frames of `tasks` seeded tasks and validation frames of a tenth as many others (never
+    paired: the twin confusion is measured on the tasks' own instructions, as the robot gets them)."""
     return (render_frames(tasks, per_task, seed, workers, recipe),
-            render_frames(max(50, tasks // 10), 2, seed + 1, workers, recipe))
+            render_frames(max(50, tasks // 10), 2, seed + 1, workers, replace(recipe, twin_pairs=False)))
 
 
 def _build_in_child(out: Path, size: StandInSize, frames: tuple[list, list], kwargs: dict, queue) -> None:
@@ -353,9 +379,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="WIDTHxLAYERSxPATCHxTOKENS; several: each is grounded on the same renders -> OUT/<size>")
     ap.add_argument("--shape-slots", action="store_true", help="latent labels per colour and shape")
     ap.add_argument("--twin-views", action="store_true", help="hard-task frames between target and twin")
+    ap.add_argument("--twin-pairs", action="store_true",
+                    help="each hard-task frame also instructed with the twin (the other shape word)")
     args = ap.parse_args(argv)
     common = {"epochs": args.epochs, "device": args.device, "batch": args.batch, "lr": args.lr,
-              "recipe": GroundingRecipe(args.shape_slots, args.twin_views)}
+              "recipe": GroundingRecipe(args.shape_slots, args.twin_views, args.twin_pairs)}
     if len(args.sizes) > 1:
         results = build_sizes(args.out, args.sizes, args.tasks, args.frames_per_task, args.seed, args.workers, **common)
     else:
