@@ -103,7 +103,7 @@ def test_twin_pairs_ask_the_same_image_for_the_twin_by_its_shape():
     of the target's colour and labelled for that object; standard frames get no pair."""
     per_task = 6
     plain = grounding.render_frames(4, per_task, seed=0)
-    paired = grounding.render_frames(4, per_task, seed=0, recipe=grounding.GroundingRecipe(twin_pairs=True))
+    paired = grounding.render_frames(4, per_task, seed=0, recipe=grounding.GroundingRecipe(twin_pairs="all"))
     assert len(paired) == len(plain) + 2 * per_task  # tasks 1 and 3 are hard
     pairs = [(a, b) for a, b in zip(paired, paired[1:]) if a[0] is b[0]]
     assert len(pairs) == 2 * per_task
@@ -123,6 +123,12 @@ def test_twin_pairs_ask_the_same_image_for_the_twin_by_its_shape():
                 assert math.atan2(b[2][0], b[2][1]) == pytest.approx(a[3], abs=1e-5)
                 twins_seen += 1
     assert twins_seen >= 2
+    in_view = grounding.render_frames(4, per_task, seed=0, recipe=grounding.GroundingRecipe(twin_pairs="in-view"))
+    asked = [b for a, b in zip(in_view, in_view[1:]) if a[0] is b[0]]
+    assert len(in_view) == len(plain) + len(asked)  # only frames whose twin is in view get a pair
+    assert len(asked) == sum(not math.isnan(f[3]) for f in plain[per_task:2 * per_task] + plain[3 * per_task:])
+    with pytest.raises(ValueError, match="twin_pairs: expected one of"):
+        grounding.GroundingRecipe(twin_pairs="yes")
 
 
 def test_twin_confusion_counts_predictions_nearer_the_twin():

@@ -32,6 +32,9 @@ from .preprocess import ClipPixels
 KINDS = tuple((color, shape) for color in COLORS for shape in SHAPES)
 
 
+TWIN_PAIRS = ("", "all", "in-view")
+
+
 @dataclass(frozen=True)
 class GroundingRecipe:
     """What the renders teach. The shipped stand-in uses the defaults. `shape_slots`: the latents'
@@ -39,13 +42,18 @@ class GroundingRecipe:
     frames look between the target and its same-colour twin (the twin alone or both in view)
     instead of at the target. Both were tried to make the 64-dim stand-in tell a box from a cylinder
     (README, Models: they lowered the twin confusion of the grounding but not the closed loop).
-    `twin_pairs`: every hard-task training frame is used twice, once instructed with the target and
-    once with its twin (same phrasing, the other shape, the twin's labels), so the same image asks
-    for two answers that only the shape word tells apart (validation frames stay unpaired)."""
+    `twin_pairs` ("all" or "in-view"): every hard-task training frame (or those with the twin in view)
+    is used twice, once instructed with the target and once with its twin (same phrasing, the other
+    shape, the twin's labels), so the same image asks for two answers that only the shape word tells
+    apart (validation frames stay unpaired)."""
 
     shape_slots: bool = False
     twin_views: bool = False
-    twin_pairs: bool = False
+    twin_pairs: str = ""
+
+    def __post_init__(self) -> None:
+        if self.twin_pairs not in TWIN_PAIRS:
+            raise ValueError(f"twin_pairs: expected one of {TWIN_PAIRS}, got {self.twin_pairs!r}")
 
 FIRST_TASK_SEED = 2000  # renders use tasks apart from the recorded episodes' seeds (< 1000) and evaluation's
 
@@ -149,7 +157,7 @@ def _render_tasks(seed: int, per_task: int, indices: range,
                 robot._mj.mj_forward(robot.model, robot.data)
                 rgb = robot.render()
                 frames.append((rgb, task.instruction, grounding_label(robot, recipe.shape_slots), twin_bearing(robot)))
-                if paired is not None:
+                if paired is not None and (recipe.twin_pairs == "all" or not math.isnan(frames[-1][3])):
                     frames.append((rgb, paired.instruction, grounding_label(robot, recipe.shape_slots, paired),
                                    twin_bearing(robot, paired)))
         out.append((i, frames))
@@ -334,7 +342,7 @@ def render_grounding_frames(tasks: int, per_task: int, seed: int, workers: int =
     """Training frames of `tasks` seeded tasks and validation frames of a tenth as many others (never
     paired: the twin confusion is measured on the tasks' own instructions, as the robot gets them)."""
     return (render_frames(tasks, per_task, seed, workers, recipe),
-            render_frames(max(50, tasks // 10), 2, seed + 1, workers, replace(recipe, twin_pairs=False)))
+            render_frames(max(50, tasks // 10), 2, seed + 1, workers, replace(recipe, twin_pairs="")))
 
 
 def _build_in_child(out: Path, size: StandInSize, frames: tuple[list, list], kwargs: dict, queue) -> None:
@@ -379,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="WIDTHxLAYERSxPATCHxTOKENS; several: each is grounded on the same renders -> OUT/<size>")
     ap.add_argument("--shape-slots", action="store_true", help="latent labels per colour and shape")
     ap.add_argument("--twin-views", action="store_true", help="hard-task frames between target and twin")
-    ap.add_argument("--twin-pairs", action="store_true",
-                    help="each hard-task frame also instructed with the twin (the other shape word)")
+    ap.add_argument("--twin-pairs", choices=TWIN_PAIRS[1:], default="",
+                    help="hard-task frames (all, or those with the twin in view) also instructed with the twin")
     args = ap.parse_args(argv)
     common = {"epochs": args.epochs, "device": args.device, "batch": args.batch, "lr": args.lr,
               "recipe": GroundingRecipe(args.shape_slots, args.twin_views, args.twin_pairs)}
