@@ -122,13 +122,23 @@ def test_latency_longer_than_max_feature_age_stops_every_tick(bags, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_bad_bags_give_one_line_errors(bags, tmp_path):
-    def fails(args, fragment):
-        out = subprocess.run([*EVAL, *args, "--out", str(tmp_path / "o")], capture_output=True, text=True)
-        assert out.returncode == 2, out.stderr
-        assert fragment in out.stderr and "Traceback" not in out.stderr, out.stderr
+def test_bad_bags_give_one_line_errors(bags, tmp_path, capsys):
+    """The installed command once (exit code 2, one line, no traceback), then the same `main` in this
+    process for each kind of bad bag (an interpreter start per case would cost seconds each)."""
+    from mobile_vla_ros.tools.evaluation import evaluate
 
-    fails(["--bag", str(tmp_path / "nowhere")], "no such bag or directory")
+    out = subprocess.run([*EVAL, "--bag", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last == f"mobile-vla-eval: error: {tmp_path / 'nowhere'}: no such bag or directory"
+
+    def fails(args, fragment):
+        capsys.readouterr()
+        assert evaluate.main([*args, "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines()[-1].startswith("mobile-vla-eval: error: ") and fragment in err.splitlines()[-1], err
+
     (tmp_path / "empty").mkdir()
     fails(["--bag", str(tmp_path / "empty")], "no rosbag2 bags")
     fails(["--bag", str(bags["sqlite3"]), "--sensor-topic", "/imu"], "no topic /imu for sensor")

@@ -189,15 +189,24 @@ def test_a_wrench_model_is_trained_from_wrench_bags_and_runs_in_the_core(tiny_vl
     assert core.tick(100.0 + 69 / 650).chunk is not None
 
 
-def test_bad_bags_stop_with_one_line(tmp_path, tiny_vlm_dir):
-    def run(*args):
-        proc = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.training.train", "--out",
-                               str(tmp_path / "m"), "--vlm-model-path", str(tiny_vlm_dir), *args],
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-        return proc.stderr.strip().splitlines()[-1]
+def test_bad_bags_stop_with_one_line(tmp_path, tiny_vlm_dir, capsys):
+    """The installed command once (exit code 2, one line, no traceback), then the same `main` in this
+    process for each kind of bad bag."""
+    from mobile_vla_ros.tools.training import train
 
-    assert "no such bag or directory" in run("--bags", str(tmp_path / "missing"))
+    common = ["--out", str(tmp_path / "m"), "--vlm-model-path", str(tiny_vlm_dir)]
+    proc = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.training.train", *common,
+                           "--bags", str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("missing: no such bag or directory")
+
+    def run(*args):
+        capsys.readouterr()
+        assert train.main([*common, *args]) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("mobile-vla-train: error: "), last
+        return last
+
     no_instruction = [write_episode_bag(tmp_path / f"b{i}", instruction=None) for i in range(2)]
     assert "no instruction" in run("--bags", *map(str, no_instruction))
     (tmp_path / "broken").mkdir()

@@ -84,11 +84,14 @@ class Observer:
         self._diagnostics: dict[str, dict[str, str]] = {}
         self._diag_lock = threading.Lock()
 
-    def record(self, msg_type, topic: str, qos=LATCHED_QOS, transform=None) -> Recorder:
+    def _subscribe(self, msg_type, topic: str, qos, transform):
         rec = Recorder(transform)
-        self.node.create_subscription(msg_type, topic, rec, qos)
-        self.recorders[topic] = rec
-        return rec
+        return rec, self.node.create_subscription(msg_type, topic, rec, qos)
+
+    def record(self, msg_type, topic: str, qos=LATCHED_QOS, transform=None) -> Recorder:
+        """Every message on `topic` from now on (`recorders[topic]`)."""
+        self.recorders[topic], _ = self._subscribe(msg_type, topic, qos, transform)
+        return self.recorders[topic]
 
     def record_sensor(self, msg_type, topic: str, transform=None) -> Recorder:
         return self.record(msg_type, topic, SENSOR_QOS, transform)
@@ -96,8 +99,7 @@ class Observer:
     @contextlib.contextmanager
     def recording_sensor(self, msg_type, topic: str, transform=None):
         """A sensor-QoS Recorder for the `with` block only (a 650 Hz stream costs the observer CPU)."""
-        rec = Recorder(transform)
-        subscription = self.node.create_subscription(msg_type, topic, rec, SENSOR_QOS)
+        rec, subscription = self._subscribe(msg_type, topic, SENSOR_QOS, transform)
         try:
             yield rec
         finally:
