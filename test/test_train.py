@@ -147,10 +147,23 @@ def test_train_writes_a_complete_model_that_beats_zero_action_and_resumes(sim_ba
 def test_sim_expert_labels_train_on_record_sim_bags(sim_bags, tiny_vlm_dir, tmp_path):
     out = tmp_path / "informed"
     assert train.main(train_args(sim_bags, tiny_vlm_dir, out, tmp_path / "cache", "--epochs", "2",
-                                 "--staleness", "0,3.5", "--labels", "sim-expert")) == 0
+                                 "--staleness", "0,3.5", "--labels", "sim-expert", "--sensor-dropout", "0.5")) == 0
     report = json.loads((out / "train_report.json").read_text())
     assert report["labels"] == "sim-expert" and report["best_val_mae_chunk"] < report["val_zero_action_mae"]
     assert "sim-expert labels" in ModelSpec.load(out).notes
+
+
+def test_sensor_dropout_replaces_whole_windows_by_the_mean():
+    import torch
+
+    windows = torch.arange(3 * 4 * 2, dtype=torch.float32).reshape(3, 4, 2)
+    mean = torch.tensor([-1.0, -2.0])
+    out = train.drop_windows(windows, np.array([False, True, False]), mean)
+    assert torch.equal(out[0], windows[0]) and torch.equal(out[2], windows[2])
+    assert torch.equal(out[1], mean.expand(4, 2))
+    with pytest.raises(ValueError, match=r"--sensor-dropout: expected a fraction in \[0, 1\], got 1.5"):
+        train._check_args(train._parser().parse_args(["--bags", "b", "--out", "o", "--sensor-dropout", "1.5"]),
+                          train.init_distributed())
 
 
 def test_two_process_ddp_trains_the_same_model_as_one(sim_bags, tiny_vlm_dir, tmp_path):

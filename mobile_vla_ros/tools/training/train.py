@@ -216,6 +216,17 @@ def staleness_range(value: str, vlm_hz: float, vlm_latency: float) -> tuple[floa
     return lo, hi
 
 
+def drop_windows(windows, dropped: np.ndarray, sensor_mean):
+    """Sensor windows [B, W, C] with those of the `dropped` samples [B] replaced by the training mean
+    (zero once normalised): those samples must be acted on from the features and the motion since
+    the image alone, so the model cannot just continue the motion the window shows (the copycat
+    shortcut of behaviour cloning: a robot that searched in every recording keeps turning)."""
+    import torch
+
+    keep = torch.from_numpy(~dropped).to(windows.device)[:, None, None]
+    return torch.where(keep, windows, sensor_mean.to(windows.dtype))
+
+
 class Trainer:
     def __init__(self, args, spec: ModelSpec, train: Dataset, val: Dataset, dist) -> None:
         import torch
@@ -268,6 +279,8 @@ class Trainer:
             batch = order[step * args.batch_size:(step + 1) * args.batch_size]
             mine = batch[dist.rank * per_rank:(dist.rank + 1) * per_rank]
             inputs, y = self._batch(self.train, mine, staleness[mine])
+            if args.sensor_dropout > 0:
+                inputs[1] = drop_windows(inputs[1], rng.random(len(mine)) < args.sensor_dropout, self.sensor_mean)
             # Through the (DDP) module's forward, so DDP's gradient hooks fire; the loss is on
             # normalised actions so both dimensions weigh alike.
             pred = (self.ddp(*inputs) - self.action_mean) / self.action_std
@@ -406,6 +419,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=1e-4)
+    ap.add_argument("--sensor-dropout", type=float, default=0.0,
+                    help="fraction of training samples whose sensor window is replaced by its mean (0-1)")
     ap.add_argument("--patience", type=int, default=8, help="epochs without validation improvement before stopping")
     ap.add_argument("--sample-dt", type=float, default=0.02, help="s between training samples in a bag")
     ap.add_argument("--seed", type=int, default=0)
@@ -463,6 +478,8 @@ def _check_args(args, dist) -> None:
     if len(args.action_names) != len(args.twist_mapping):
         raise ValueError(f"--twist-mapping: expected {len(args.action_names)} fields (one per action name), "
                          f"got {len(args.twist_mapping)}")
+    if not 0.0 <= args.sensor_dropout <= 1.0:
+        raise ValueError(f"--sensor-dropout: expected a fraction in [0, 1], got {args.sensor_dropout}")
     if args.batch_size % dist.world:
         raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {dist.world} processes")
 

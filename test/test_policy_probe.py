@@ -1,0 +1,42 @@
+"""The policy probe: one rendered view through the shipped VLM and action model, against the rule the
+model imitates. Also a check of the shipped model's behaviour on views it must get right."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mobile_vla_ros.paths import default_model_dir
+from mobile_vla_ros.tools.simulation import policy_probe
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return policy_probe.probe(default_model_dir(), "standard", [1000, 1001, 1002], bearings=(0.0,),
+                              motions=((0.3, 0.0),))
+
+
+def test_the_shipped_policy_drives_to_a_target_ahead_and_searches_when_it_sees_none(rows):
+    ahead = [r for r in rows if r.looking_at == "target"]
+    away = [r for r in rows if r.looking_at == "away"]
+    assert len(ahead) == len(away) == 3
+    for r in ahead:  # the rule: drive at up to 0.45 m/s, no turn
+        assert r.label_forward_mps > 0.3 and r.label_yaw_rate_radps == pytest.approx(0.0, abs=1e-9)
+        assert r.forward_mps > 0.25 and abs(r.yaw_rate_radps) < 0.3, r
+    for r in away:  # the rule: turn counter-clockwise in place at 0.6 rad/s
+        assert (r.label_forward_mps, r.label_yaw_rate_radps) == (0.0, pytest.approx(0.6))
+        assert abs(r.forward_mps) < 0.05 and r.yaw_rate_radps > 0.4, r
+
+
+def test_the_probe_command_writes_its_table_and_summary(tmp_path, capsys):
+    out = tmp_path / "probe.json"
+    assert policy_probe.main(["--task-set", "hard", "--seeds", "1000", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    # 3 bearings of the target and of its twin, and one view away, each with 3 motions
+    assert len(report["rows"]) == (3 + 3 + 1) * 3 == printed.count("| 1000 |")
+    kinds = {f"{kind} {band}" for kind in ("target", "twin", "away") for band in ("near", "far")}
+    assert set(report["summary"]) <= kinds
+    away = "away " + ("near" if report["rows"][-1]["distance_m"] < 2.5 else "far")
+    assert report["summary"][away]["turn_sign_agrees"] is not None  # searching: the rule turns, every time
