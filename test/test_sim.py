@@ -157,10 +157,54 @@ def test_a_twin_detour_drives_to_the_same_colour_twin_first_and_then_recovers(tm
     assert nearest_to_twin(0.0)[0] > near + 0.3
 
 
+def test_the_image_informed_driver_searches_one_step_then_waits_for_the_next_image():
+    """The driver of `--informed-latency-max`: no image yet -> still; an image without the target ->
+    turn counter-clockwise one SEARCH_STEP past it, then stand still until a newer image arrives; an
+    image with the target -> steer to it. The states a policy at a slow VLM reaches."""
+    from mobile_vla_ros.sim.episode import SEARCH_RATE, SEARCH_STEP
+    from mobile_vla_ros.tools.simulation.record_sim import CONTROL_HZ, ImageInformedDriver
+
+    task = sample_task(3, SimConfig(task_set="hard"))  # the target 40-180 deg off the camera axis
+    driver = ImageInformedDriver(latency=1.5, period=3.0, phase=0.0)
+    commands = []
+    with SimRobot(task, render=False) as robot:
+        steps_per_tick = int(robot.cfg.physics_hz / CONTROL_HZ)
+        for k in range(int(6.0 * CONTROL_HZ)):
+            v, w = driver.command(k / CONTROL_HZ, robot)
+            commands.append((k / CONTROL_HZ, v, w, robot.unwrapped_yaw))
+            for _ in range(steps_per_tick):
+                robot.step(v, w)
+    before_first = [c for c in commands if c[0] < 1.5]
+    assert all(v == 0.0 and w == 0.0 for _, v, w, _ in before_first)  # the first image arrives at 1.5 s
+    searching = [c for c in commands if 1.5 <= c[0] < 3.0]
+    assert searching[0][1:3] == (0.0, SEARCH_RATE)
+    waits = [c for c in commands if 1.5 <= c[0] < 4.5 and c[1:3] == (0.0, 0.0)]
+    assert waits, "after one search step the driver waits for the next image"
+    # the step is measured from the image (taken at 0 s, the robot still then): 0.9 rad, within a tick's turn
+    assert waits[0][3] - commands[0][3] == pytest.approx(SEARCH_STEP, abs=SEARCH_RATE / CONTROL_HZ + 0.02)
+    assert all(c[1:3] == (0.0, 0.0) for c in commands if waits[0][0] <= c[0] < 4.5)  # until the next image
+
+
+def test_record_sim_drives_with_the_image_informed_rule_when_asked(tmp_path):
+    from mobile_vla_ros.tools.simulation import record_sim
+
+    short = SimConfig(time_limit=3.0, task_set="hard")
+    informed = record_sim.record_episode(3, tmp_path / "informed", "mcap", short, 0.0, informed_latency_max=1.5)
+    memory = record_sim.record_episode(3, tmp_path / "memory", "mcap", short, 0.0)
+    assert (tmp_path / "informed" / "metadata.yaml").is_file()
+    # the same seed and noise, another driver: another path
+    travelled = [np.abs(np.diff(np.array(e["path"]), axis=0)).sum() for e in (informed, memory)]
+    assert travelled[0] != pytest.approx(travelled[1], abs=1e-6)
+
+
 def test_record_sim_rejects_bad_arguments(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.simulation.record_sim", "--episodes", "0",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--episodes must be >= 1" in proc.stderr and "Traceback" not in proc.stderr
+    from mobile_vla_ros.tools.simulation import record_sim
+
+    both = ["--episodes", "1", "--out", str(tmp_path), "--informed-latency-max", "1.5", "--expert-delay-max", "1.5"]
+    assert record_sim.main(both) == 2 and not any(tmp_path.iterdir())
 
 
 def test_sim_node_publishes_sensors_clock_and_results_and_obeys_cmd_vel(probe, processes):

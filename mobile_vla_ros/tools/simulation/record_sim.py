@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ...sim import cannot_simulate
-from ...sim.episode import ACTION_LIMITS, Expert, SimEpisode, expert_command_at, steer_command
+from ...sim.episode import ACTION_LIMITS, Expert, SimEpisode, expert_command_at, image_informed_command, steer_command
+from ...sim.expert_labels import target_in_view
 from ...sim.messages import FRAMES, ORIENTATION_UNKNOWN, SIM_EPOCH, TOPICS, split_stamp, task_json, yaw_quaternion
 from ...sim.world import TASK_SETS, TIME_LIMITS, SimConfig, bearing_and_distance, sample_task
 from ..cli import progress_bar
@@ -91,8 +92,35 @@ TWIN_DETOUR_END = 0.6  # m from the twin's surface: close enough that its shape 
 TWIN_DETOUR_MAX = 10.0  # s
 
 
+class ImageInformedDriver:
+    """The rule the action expert is trained on (`image_informed_command`) as the driver of a recording,
+    with the perception of images taken every `period` s and known `latency` s later: the states a
+    policy at a slow VLM reaches (a search step, then standing still until the next image), which the
+    continuously searching memory expert never shows."""
+
+    def __init__(self, latency: float, period: float, phase: float) -> None:
+        self.latency, self.period, self.next_capture = latency, period, phase
+        self.pending: list[tuple[float, bool, float]] = []  # (available at, target in image, yaw at image)
+        self.perceived: tuple[bool, float] | None = None
+
+    def command(self, t: float, robot) -> tuple[float, float]:
+        if t >= self.next_capture:
+            target = robot.task.target_object
+            in_image = bool(target_in_view(*robot.pose(), (target.x, target.y, target.radius)))
+            self.pending.append((t + self.latency, in_image, robot.unwrapped_yaw))
+            self.next_capture += self.period
+        while self.pending and self.pending[0][0] <= t:
+            _, in_image, yaw = self.pending.pop(0)
+            self.perceived = (in_image, yaw)
+        if self.perceived is None:  # no image yet: stand still, as the policy without features does
+            return 0.0, 0.0
+        v, w = image_informed_command(robot.target_bearing(), robot.target_distance(), self.perceived[0],
+                                      robot.unwrapped_yaw - self.perceived[1])
+        return float(v), float(w)
+
+
 def record_episode(seed: int, out: Path, storage: str, cfg: SimConfig, action_noise: float,
-                   expert_delay_max: float = 0.0, twin_detour: float = 0.0) -> dict:
+                   expert_delay_max: float = 0.0, twin_detour: float = 0.0, informed_latency_max: float = 0.0) -> dict:
     """Drive one episode with the expert and write it to `out`; returns the episode summary.
 
     The label on /cmd_vel is always the expert's command for the current state. What the base
@@ -101,13 +129,21 @@ def record_episode(seed: int, out: Path, storage: str, cfg: SimConfig, action_no
     drive, so the data shows the overshoots of a slow VLM and how to recover; `action_noise` adds
     correlated noise on top. With probability `twin_detour` (tasks with a same-colour twin) the base
     first drives to the twin, as a policy that took it for the target would, until TWIN_DETOUR_END
-    from it; then the expert starts afresh (searching): the data shows how to recover from that mistake."""
+    from it; then the expert starts afresh (searching): the data shows how to recover from that mistake.
+    With `informed_latency_max` > 0 the base is driven by `ImageInformedDriver` instead, with a VLM
+    latency drawn per episode in [0, max] and images every max(0.3 s, latency / 0.88) (the
+    deployments' VLM periods: 0.3 s at 3.33 Hz, 1.7 s for a 1.5 s VLM at 0.59 Hz)."""
     task = sample_task(seed, cfg)
     rng = np.random.default_rng(seed + 15485863)
     delay_steps = int(round(rng.uniform(0.0, expert_delay_max) * CONTROL_HZ)) if expert_delay_max > 0 else 0
     # Drawn only when asked for: recordings without detours keep their noise streams.
     twin = next(iter(task.twins), None) if twin_detour > 0 and rng.uniform() < twin_detour else None
     twin_xyr = None if twin is None else (twin.x, twin.y, twin.radius)
+    driver = None
+    if informed_latency_max > 0:
+        latency = rng.uniform(0.0, informed_latency_max)
+        period = max(0.3, latency / 0.88)
+        driver = ImageInformedDriver(latency, period, phase=rng.uniform(0.0, period))
     expert = Expert()
     states: list[tuple[float, float, bool]] = []  # (bearing, distance, target seen) at each control step
     limits = np.array(ACTION_LIMITS)
@@ -123,7 +159,8 @@ def record_episode(seed: int, out: Path, storage: str, cfg: SimConfig, action_no
             bearing, distance = episode.robot.target_bearing(), episode.robot.target_distance()
             states.append((bearing, distance, expert.observe(bearing)))
             bag.command(t, *expert_command_at(*states[-1]))
-            acted = expert_command_at(*states[max(0, len(states) - 1 - delay_steps)])
+            acted = expert_command_at(*states[max(0, len(states) - 1 - delay_steps)]) if driver is None \
+                else driver.command(t, episode.robot)
             if twin_xyr is not None:
                 twin_bearing, twin_distance = bearing_and_distance(*episode.robot.pose(), twin_xyr)
                 if twin_distance > TWIN_DETOUR_END and t < TWIN_DETOUR_MAX:
@@ -174,14 +211,17 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--twin-detour", type=float, default=0.0, metavar="P",
                     help="probability per episode (tasks with a same-colour twin) that the base first drives to "
                          "the twin, then the expert recovers: data for the policy's likeliest mistake")
+    ap.add_argument("--informed-latency-max", type=float, default=0.0, metavar="S",
+                    help="s; the base is driven by the image-informed rule the policy is trained on, acting on "
+                         "images delivered up to S s late (per episode), instead of the memory expert")
     ap.add_argument("--workers", type=int, default=1, help="episodes recorded in parallel (processes)")
     return ap
 
 
 def _record_job(job: tuple) -> tuple[int, dict]:
-    seed, bag, storage, cfg, action_noise, expert_delay_max, twin_detour = job
+    seed, bag, storage, cfg, options = job
     shutil.rmtree(bag, ignore_errors=True)  # an interrupted, incomplete bag
-    return seed, record_episode(seed, bag, storage, cfg, action_noise, expert_delay_max, twin_detour)
+    return seed, record_episode(seed, bag, storage, cfg, **options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"mobile-vla-record-sim: error: {reason}", file=sys.stderr)
         return 2
+    if args.informed_latency_max > 0 and args.expert_delay_max > 0:
+        print("mobile-vla-record-sim: error: --informed-latency-max and --expert-delay-max choose the driver; "
+              "give one", file=sys.stderr)
+        return 2
     cfg = SimConfig(time_limit=args.time_limit or TIME_LIMITS[args.task_set], task_set=args.task_set,
                     paraphrases=args.paraphrases)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -197,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     began = time.monotonic()
     seeds = range(args.seed, args.seed + args.episodes)
-    jobs = [(seed, args.out / f"episode_{seed:05d}", args.storage, cfg, args.action_noise, args.expert_delay_max,
-             args.twin_detour)
+    options = {"action_noise": args.action_noise, "expert_delay_max": args.expert_delay_max,
+               "twin_detour": args.twin_detour, "informed_latency_max": args.informed_latency_max}
+    jobs = [(seed, args.out / f"episode_{seed:05d}", args.storage, cfg, options)
             for seed in seeds if not (_complete(args.out / f"episode_{seed:05d}") and str(seed) in summary)]
 
     def record_all():
