@@ -15,15 +15,14 @@ if ! ldconfig -p | grep -q libOSMesa; then
 fi
 # The default environment is .venv (ROS 2 Kilted); `install.sh --jazzy` makes .venv-jazzy (ROS 2 Jazzy,
 # the same ML stack), which the CI's second-distro test runs the ROS-facing tests in.
-VENV=.venv REQUIREMENTS=requirements/dev.txt COMPILE=--compile
+VENV=.venv REQUIREMENTS=requirements/dev.txt
 if [ "${1:-}" = "--jazzy" ]; then
-    # a test environment: modules are byte-compiled when first imported, not all at install (~20 s less)
-    VENV=.venv-jazzy REQUIREMENTS=requirements/jazzy.txt COMPILE=--no-compile
+    VENV=.venv-jazzy REQUIREMENTS=requirements/jazzy.txt
 fi
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$COMPILE" -r "$REQUIREMENTS"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e .
 # Type stubs of TensorRT 10.13 for the static check of the TensorRT code (TensorRT itself cannot be
 # installed here); --no-deps: the stubs declare a dependency on tensorrt, which cannot install.
