@@ -30,6 +30,22 @@ def target_in_view(x, y, yaw, target) -> np.ndarray:
     return np.abs(bearing_and_distance(x, y, yaw, target)[0]) <= IN_VIEW
 
 
+def perceived_target(robot) -> np.ndarray:
+    """Ground-truth perception of the image taken now: [it shows the target (the labels' rule), the
+    robot's unwrapped yaw]."""
+    target = robot.task.target_object
+    shows = target_in_view(*robot.pose(), (target.x, target.y, target.radius))
+    return np.array([float(shows), robot.unwrapped_yaw])
+
+
+def informed_command(robot, perceived) -> tuple[float, float]:
+    """`image_informed_command` for the robot now, acting on `perceived` (`perceived_target` of its image)."""
+    in_image, yaw_at_image = perceived
+    v, w = image_informed_command(robot.target_bearing(), robot.target_distance(), bool(in_image),
+                                  robot.unwrapped_yaw - yaw_at_image)
+    return float(v), float(w)
+
+
 def informed_chunks(pose: np.ndarray, target: np.ndarray, in_image: np.ndarray, yaw_at_image: np.ndarray,
                     steps: int, dt: float) -> np.ndarray:
     """[B, steps, 2] (v, w) labels for samples at `pose` [B, 3] (x, y, unwrapped yaw) whose features

@@ -234,14 +234,17 @@ class SimRobot:
         self.task = task
         self.model = mujoco.MjModel.from_xml_string(world_xml(task, self.cfg))
         self.data = mujoco.MjData(self.model)
-        x, y, yaw = task.start
-        self.data.qpos[:] = (x, y, yaw)
-        mujoco.mj_forward(self.model, self.data)
+        self.place(*task.start)
         self._rng = np.random.default_rng(task.seed + 7919)
         self._renderer = mujoco.Renderer(self.model, self.cfg.image_size, self.cfg.image_size) if render else None
         self.steps = 0
         target = task.target_object
         self._target = np.array([target.x, target.y, target.radius])
+
+    def place(self, x: float, y: float, yaw: float) -> None:
+        """Put the base at a pose (at rest) without simulating the way there: for renders at chosen poses."""
+        self.data.qpos[:] = (x, y, yaw)
+        self._mj.mj_forward(self.model, self.data)
 
     @property
     def time(self) -> float:

@@ -153,8 +153,7 @@ def _render_tasks(seed: int, per_task: int, indices: range,
                     yaw = to_twin + rng.uniform(0.0, 1.0) * wrap_angle(to_target - to_twin) + rng.uniform(-0.2, 0.2)
                 else:
                     yaw = to_target + rng.uniform(-0.7, 0.7)
-                robot.data.qpos[:] = (x, y, yaw)
-                robot._mj.mj_forward(robot.model, robot.data)
+                robot.place(x, y, yaw)
                 rgb = robot.render()
                 frames.append((rgb, task.instruction, grounding_label(robot, recipe.shape_slots), twin_bearing(robot)))
                 if paired is not None and (recipe.twin_pairs == "all" or not math.isnan(frames[-1][3])):

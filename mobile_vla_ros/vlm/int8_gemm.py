@@ -16,11 +16,13 @@ import functools
 
 import torch
 
-_loaded: tuple | None = None  # (triton, kernel) once compiled; a plain global read traces under torch.compile
+_loaded: tuple | None = None  # (triton, kernel) once built; a plain global read traces under torch.compile
 
 
-@functools.lru_cache(maxsize=1)
-def _kernel():
+def _kernel() -> tuple:
+    global _loaded
+    if _loaded is not None:
+        return _loaded
     import triton
     import triton.language as tl
 
@@ -63,7 +65,6 @@ def _kernel():
         tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :] * stride_yn, acc.to(y_ptr.dtype.element_ty),
                  mask=(rm[:, None] < M) & (rn[None, :] < N))
 
-    global _loaded
     _loaded = triton, w8a16_kernel
     return _loaded
 
@@ -83,7 +84,7 @@ def available(device: str) -> bool:
 def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
                  bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] (fp16/bf16, CUDA) times int8 qweight [N, K] with per-row scale [N] (+ bias [N]) -> [..., N]."""
-    triton, kernel = _loaded or _kernel()
+    triton, kernel = _kernel()
     rows = x.reshape(-1, x.shape[-1])
     m, k = rows.shape
     n = qweight.shape[0]

@@ -33,8 +33,8 @@ from ...core.motion import twist_components
 from ...core.params import ACTION_NODE_PARAMS, SYNC_LOOP_VLM_HZ, VLM_NODE_PARAMS, spec_by_name
 from ...core.safety import feature_age_limit
 from ...core.vlm_schedule import CameraFrame, VirtualTimeVlm, VlmScheduler
-from ...sim.episode import SimEpisode, image_informed_command
-from ...sim.expert_labels import target_in_view
+from ...sim.episode import SimEpisode
+from ...sim.expert_labels import informed_command, perceived_target
 from ...sim.messages import SIM_EPOCH
 from ...sim.world import SimConfig, sample_task
 
@@ -196,14 +196,6 @@ def path_summary(result: dict, task, cfg: SimConfig) -> dict:
     return {"path_ratio": length / straight, "path_length": length}
 
 
-def perceived_target(robot) -> np.ndarray:
-    """Ground-truth perception of the image taken now: [it shows the target (the labels' rule), the
-    robot's unwrapped yaw]."""
-    target = robot.task.target_object
-    shows = target_in_view(*robot.pose(), (target.x, target.y, target.radius))
-    return np.array([float(shows), robot.unwrapped_yaw])
-
-
 class InformedExpertEpisode(ClosedLoopEpisode):
     """The rule the action expert is trained on (`sim.episode.image_informed_command`) in place of
     the VLM and the action expert, with ground-truth perception of each image the VLM schedule
@@ -230,11 +222,7 @@ class InformedExpertEpisode(ClosedLoopEpisode):
     def _decide(self, t: float) -> None:
         if self.perceived is None:
             return
-        robot = self.episode.robot
-        in_image, yaw_at_image = self.perceived
-        v, w = image_informed_command(robot.target_bearing(), robot.target_distance(), bool(in_image),
-                                      robot.unwrapped_yaw - yaw_at_image)
-        self.command = np.array([v, w], dtype=np.float32)
+        self.command = np.array(informed_command(self.episode.robot, self.perceived), dtype=np.float32)
         self.chunks += 1
 
     def _execute(self, t: float) -> None:

@@ -77,13 +77,9 @@ def probe(model_dir: Path, task_set: str, seeds: list[int], bearings=BEARINGS, m
         views.append(("away", task.target_object, math.pi))
         with SimRobot(task, cfg) as robot:
             for looking_at, obj, bearing in views:
-                robot.data.qpos[:] = (x, y, math.atan2(obj.y - y, obj.x - x) - bearing)
-                robot._mj.mj_forward(robot.model, robot.data)
+                robot.place(x, y, math.atan2(obj.y - y, obj.x - x) - bearing)
                 features = extractor.extract([robot.render()], task.instruction).astype(np.float32)
-                target = task.target_object
-                target_bearing = math.atan2(target.y - y, target.x - x) - float(robot.data.qpos[2])
-                target_bearing = math.remainder(target_bearing, 2 * math.pi)
-                surface = math.hypot(target.x - x, target.y - y) - target.radius
+                target_bearing, surface = robot.target_bearing(), robot.target_distance()
                 for age, dyaw in motions:
                     motion = np.array([[age, 0.0, 0.0, dyaw]], dtype=np.float32)
                     chunk = backend.run(features, window, motion)[0]

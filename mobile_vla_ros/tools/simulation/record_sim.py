@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ...sim import cannot_simulate
-from ...sim.episode import ACTION_LIMITS, Expert, SimEpisode, expert_command_at, image_informed_command, steer_command
-from ...sim.expert_labels import target_in_view
+from ...sim.episode import ACTION_LIMITS, Expert, SimEpisode, expert_command_at, steer_command
+from ...sim.expert_labels import informed_command, perceived_target
 from ...sim.messages import FRAMES, ORIENTATION_UNKNOWN, SIM_EPOCH, TOPICS, split_stamp, task_json, yaw_quaternion
 from ...sim.world import TASK_SETS, TIME_LIMITS, SimConfig, bearing_and_distance, sample_task
 from ..cli import progress_bar
@@ -100,23 +100,18 @@ class ImageInformedDriver:
 
     def __init__(self, latency: float, period: float, phase: float) -> None:
         self.latency, self.period, self.next_capture = latency, period, phase
-        self.pending: list[tuple[float, bool, float]] = []  # (available at, target in image, yaw at image)
-        self.perceived: tuple[bool, float] | None = None
+        self.pending: list[tuple[float, np.ndarray]] = []  # (available at, perceived_target of the image)
+        self.perceived: np.ndarray | None = None
 
     def command(self, t: float, robot) -> tuple[float, float]:
         if t >= self.next_capture:
-            target = robot.task.target_object
-            in_image = bool(target_in_view(*robot.pose(), (target.x, target.y, target.radius)))
-            self.pending.append((t + self.latency, in_image, robot.unwrapped_yaw))
+            self.pending.append((t + self.latency, perceived_target(robot)))
             self.next_capture += self.period
         while self.pending and self.pending[0][0] <= t:
-            _, in_image, yaw = self.pending.pop(0)
-            self.perceived = (in_image, yaw)
+            self.perceived = self.pending.pop(0)[1]
         if self.perceived is None:  # no image yet: stand still, as the policy without features does
             return 0.0, 0.0
-        v, w = image_informed_command(robot.target_bearing(), robot.target_distance(), self.perceived[0],
-                                      robot.unwrapped_yaw - self.perceived[1])
-        return float(v), float(w)
+        return informed_command(robot, self.perceived)
 
 
 def record_episode(seed: int, out: Path, storage: str, cfg: SimConfig, action_noise: float,
