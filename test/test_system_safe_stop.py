@@ -24,7 +24,8 @@ def is_zero(t: Twist) -> bool:
     return t.linear.x == 0.0 and t.angular.z == 0.0
 
 
-def check_stop_and_recovery(probe, chunks, twists, diags, switch: str, bound: float, reason: str) -> None:
+def check_stop_and_recovery(probe, chunks, twists, diags, switch: str, bound: float, reason: str,
+                            while_off=lambda: None) -> None:
     wait_for(lambda: chunks.count() >= 5, 60, "chunks before the fault")
     assert probe.set_param("synthetic_sources", switch, False).successful
     t_off = time.monotonic()
@@ -41,6 +42,7 @@ def check_stop_and_recovery(probe, chunks, twists, diags, switch: str, bound: fl
     assert not [t for t, _ in twists.since(silent_after + 0.2)], "cmd_vel must go silent after zero_cmd_hold"
     wait_for(lambda: reason in diag_values(diags, "action_expert_node").get("safe_stop_reason", ""), 3,
              f"diagnostics reason {reason!r}")
+    while_off()
 
     assert probe.set_param("synthetic_sources", switch, True).successful
     t_on = time.monotonic()
@@ -60,9 +62,18 @@ def test_stale_features_and_sensor_gap_stop_then_recover(probe, processes):
     processes.append(NodeProcess("action_expert_node", {"max_feature_age": MAX_FEATURE_AGE,
                                                         "max_sensor_gap": MAX_SENSOR_GAP,
                                                         "zero_cmd_hold": ZERO_HOLD}))
+    def camera_silence_reported_and_resubscribed() -> None:
+        # The camera's publisher stays matched and sends nothing: vlm_node says so and subscribes again
+        # (the cure for a reader that stopped receiving); the images that follow come on the new one.
+        wait_for(lambda: "no image on camera/image_raw" in diag_values(diags, "vlm_node").get("_message", ""), 6,
+                 "vlm_node to report the silent camera")
+        wait_for(lambda: int(diag_values(diags, "vlm_node").get("image_resubscribes", 0)) >= 1, 6,
+                 "vlm_node to subscribe to the silent camera again")
+
     # Camera off: the VLM has no fresh image, features age past max_feature_age.
     check_stop_and_recovery(probe, chunks, twists, diags, "camera_enabled",
-                            MAX_FEATURE_AGE + ACTION_PERIOD, "older than max_feature_age")
+                            MAX_FEATURE_AGE + ACTION_PERIOD, "older than max_feature_age",
+                            while_off=camera_silence_reported_and_resubscribed)
     # Sensor off: the window has a gap.
     check_stop_and_recovery(probe, chunks, twists, diags, "sensor_enabled",
                             MAX_SENSOR_GAP + ACTION_PERIOD, "sensor gap")

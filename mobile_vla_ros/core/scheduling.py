@@ -87,3 +87,43 @@ class SingleFlightWorker:
     def shutdown(self, wait: bool = True) -> None:
         """Stop the thread; a job not yet started is cancelled."""
         self._pool.shutdown(wait=wait, cancel_futures=True)
+
+
+class SilenceWatch:
+    """When to re-create a subscription whose publisher is matched but whose messages stopped coming.
+
+    A DDS reader can stop receiving while its writer stays matched: on Fast DDS's shared-memory transport a
+    node restarted after a SIGKILL received camera images for ~12 s and then none at all (the soak, 2 of
+    ~10 restarts), while /clock from the same process kept arriving. A new subscription is a new reader
+    and matches afresh. Times are steady seconds (a clock jump must not fake or hide a silence); after
+    each re-creation that brings nothing the wait doubles, up to `max_wait`, so a publisher that is
+    merely paused (a camera switched off) costs a re-creation every `max_wait` s, not every second.
+    """
+
+    def __init__(self, wait: float, max_wait: float, now: float) -> None:
+        if not 0 < wait <= max_wait:
+            raise ValueError(f"need 0 < wait <= max_wait, got wait={wait}, max_wait={max_wait}")
+        self.first_wait, self.max_wait = wait, max_wait
+        self.wait = wait
+        self.started = now
+        self.last_message: float | None = None
+        self._since = now  # the wait runs from the last message, the last re-creation or the start
+        self.recreations = 0
+
+    def message(self, now: float) -> None:
+        self.last_message = self._since = now
+        self.wait = self.first_wait
+
+    def silent_for(self, now: float) -> float:
+        """Seconds since the last message (or since the watch began, before the first)."""
+        return now - (self.started if self.last_message is None else self.last_message)
+
+    def recreate_due(self, now: float) -> bool:
+        """True when the subscription should be re-created now (the caller does it); counts it and
+        doubles the next wait."""
+        if now - self._since < self.wait:
+            return False
+        self._since = now
+        self.wait = min(2.0 * self.wait, self.max_wait)
+        self.recreations += 1
+        return True
