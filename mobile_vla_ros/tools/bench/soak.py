@@ -178,6 +178,8 @@ class FaultInjector:
         return self._measure(due, due, recovered, wrong_chunks=len(wrong)) | {"jump_s": jump}
 
     def vlm_kill(self) -> dict:
+        # How often the node now killed had to subscribe to a silent camera again (its count dies with it).
+        resubscribes = int(self.obs.latest_diagnostics("vlm_node").get("image_resubscribes", 0))
         self.procs["vlm_node"].stop(signal.SIGKILL)
         t_kill = time.monotonic()
         # The node stops when the newest features it holds get older than max_feature_age. Features
@@ -193,6 +195,7 @@ class FaultInjector:
         self.restarted_at = time.monotonic()
         recovered = self.obs.first_chunk_after(t_restart, RECOVERY_TIMEOUT)
         extra = {"killed_to_due_s": due - t_kill, "restart_attempts": attempts,
+                 "image_resubscribes_before_kill": resubscribes,
                  "features_since_restart": len(self.obs.features.since(t_restart))}
         return self._measure(due, t_restart, recovered, wrong_chunks=len(late)) | extra
 
@@ -370,6 +373,8 @@ def fault_line(r: dict) -> str:
     zero = "never" if r["time_to_zero_s"] is None else f"{r['time_to_zero_s'] * 1e3:.0f} ms"
     rec = "never" if r["time_to_recovery_s"] is None else f"{r['time_to_recovery_s']:.2f} s"
     restarts = f" ({r['restart_attempts']} restarts)" if r.get("restart_attempts", 1) > 1 else ""
+    if r.get("image_resubscribes_before_kill"):
+        restarts += f" (the killed node had resubscribed to the camera {r['image_resubscribes_before_kill']}x)"
     return f"{r['fault']}: {'ok' if r['ok'] else 'FAILED'}, zero after {zero}, recovered after {rec}{restarts}, " \
            f"{r['wrong_chunks']} chunks when none may come"
 
