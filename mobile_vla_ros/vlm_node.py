@@ -78,7 +78,7 @@ class VlmNode(ManagedNode):
             level, message = (DiagnosticStatus.OK if vlm.running else DiagnosticStatus.WARN), vlm.status
             if vlm.counts["forward_errors"] and not vlm.running:
                 level = DiagnosticStatus.ERROR
-            silence = vlm.image_silence()
+            _, silence = vlm.image_silence()
             if silence:  # a dead camera is the first thing an operator needs to read
                 level, message = max(level, DiagnosticStatus.WARN), f"{silence}; {message}"
         else:

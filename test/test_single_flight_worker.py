@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from mobile_vla_ros.core.scheduling import SilenceWatch, SingleFlightWorker, period_from_hz
+from mobile_vla_ros.core.scheduling import SingleFlightWorker, period_from_hz
 
 
 def test_submissions_while_busy_are_skipped_not_queued():
@@ -61,17 +61,3 @@ def test_period_from_hz_rejects_non_positive_rates():
         with pytest.raises(ValueError, match="> 0 Hz"):
             period_from_hz(hz)
 
-
-def test_a_silent_subscription_is_recreated_after_the_wait_then_ever_less_often_until_a_message():
-    watch = SilenceWatch(wait=3.0, max_wait=10.0, now=100.0)
-    assert not watch.recreate_due(102.9)  # silent since the start, not yet long enough
-    assert watch.recreate_due(103.0) and watch.recreations == 1
-    assert not watch.recreate_due(105.9)  # the wait runs from the re-creation and has doubled
-    assert watch.recreate_due(109.0) and watch.wait == 10.0  # 6 s, then 12 s capped at max_wait
-    assert not watch.recreate_due(118.9) and watch.recreate_due(119.0)
-    assert watch.silent_for(119.0) == 19.0  # since the start: no message yet
-    watch.message(120.0)  # messages again: back to the first wait, counted from the message
-    assert watch.silent_for(121.5) == 1.5 and not watch.recreate_due(122.9)
-    assert watch.recreate_due(123.0) and watch.recreations == 4
-    with pytest.raises(ValueError, match="wait"):
-        SilenceWatch(wait=5.0, max_wait=1.0, now=0.0)

@@ -17,13 +17,12 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from ..core.model_spec import ModelSpec, check_params
-from ..core.scheduling import SilenceWatch, SingleFlightWorker, period_from_hz
+from ..core.scheduling import SingleFlightWorker, period_from_hz
 from ..core.stats import LatencyStats, RateMeter
 from ..core.validation import ClockWatch, check_stamp
 from ..core.vlm_schedule import CameraFrame, ForwardInputs, VlmScheduler
@@ -33,11 +32,11 @@ from ..vlm.factory import create_extractor
 from .conversions import ConversionError, image_to_rgb, stamp_to_sec
 from .node_support import LATCHED_INPUT_QOS, SENSOR_QOS, StartupError, valid_instruction, watch_clock_jumps
 
-# A camera silent this long while its publisher is matched gets a new subscription (SilenceWatch); the
-# check runs on steady time, so it works while /clock is stopped or jumping.
-IMAGE_SILENCE_WAIT = 3.0  # s: cameras publish at >= 5 Hz; 3 s is many missed frames, not jitter
-IMAGE_SILENCE_MAX_WAIT = 30.0  # s: the longest wait between re-creations for a paused camera
-IMAGE_SILENCE_CHECK_PERIOD = 1.0  # s
+# A camera silent this long is named in the diagnostics (cameras publish at >= 5 Hz: 3 s is many
+# missed frames, not jitter). A DDS reader can stop receiving while its writer stays matched (README,
+# "Restarting a crashed node"): re-creating the subscription did not bring the images back there, a new
+# process did, so the node reports it and a supervisor restarts it.
+IMAGE_SILENCE = 3.0  # s
 
 
 class VlmRunner:
@@ -65,18 +64,16 @@ class VlmRunner:
         self.forward_latency = LatencyStats()
         self.feature_rate = RateMeter()
         self.counts = {"images_rejected": 0, "instructions_rejected": 0, "skipped_no_input": 0,
-                       "forward_errors": 0, "discarded_old_instruction": 0, "clock_jumps": 0,
-                       "image_resubscribes": 0}
+                       "forward_errors": 0, "discarded_old_instruction": 0, "clock_jumps": 0}
         self.status = "waiting for instruction and images"
 
-        steady = time.monotonic()
-        self._image_subscriptions = {topic: self._subscribe_image(topic) for topic in p["image_topics"]}
-        self._image_silence = {topic: SilenceWatch(IMAGE_SILENCE_WAIT, IMAGE_SILENCE_MAX_WAIT, steady)
-                               for topic in p["image_topics"]}
-        self._instruction_subscription = node.create_subscription(String, "instruction", self._on_instruction,
-                                                                  LATCHED_INPUT_QOS)
-        self._silence_timer = node.create_timer(IMAGE_SILENCE_CHECK_PERIOD, self._check_image_silence,
-                                                clock=Clock(clock_type=ClockType.STEADY_TIME))
+        # Steady time of the last image per camera (None: none yet), and since when the runner listens.
+        self._last_image: dict[str, float | None] = {topic: None for topic in p["image_topics"]}
+        self._listening_since = time.monotonic()
+        self._subscriptions = [node.create_subscription(Image, topic, lambda msg, t=topic: self._on_image(t, msg),
+                                                        SENSOR_QOS) for topic in p["image_topics"]]
+        self._subscriptions.append(node.create_subscription(String, "instruction", self._on_instruction,
+                                                            LATCHED_INPUT_QOS))
         self._tick_timer = None  # set while started
         self._jump_handle = watch_clock_jumps(node, lambda jump: self._restart_timeline(self._now()))
 
@@ -143,33 +140,18 @@ class VlmRunner:
                                        throttle_duration_sec=1.0)
 
     # -- inputs ---------------------------------------------------------------------------------
-    def _subscribe_image(self, topic: str):
-        return self.node.create_subscription(Image, topic, lambda msg, t=topic: self._on_image(t, msg), SENSOR_QOS)
-
-    def _check_image_silence(self) -> None:
-        """A camera topic with a matched publisher and no image for a while gets a new subscription (a
-        new DDS reader; see SilenceWatch); without a publisher there is nothing to re-match."""
+    def image_silence(self) -> tuple[float, str]:
+        """Seconds since the last image of the most silent camera (since the runner started, before its
+        first), and '' or which cameras have been silent for IMAGE_SILENCE s or more (steady time: a
+        stopped or jumping /clock changes nothing)."""
         now = time.monotonic()
-        for topic, watch in self._image_silence.items():
-            publishers = self.node.count_publishers(topic)
-            if publishers == 0 or not watch.recreate_due(now):
-                continue
-            self.node.destroy_subscription(self._image_subscriptions[topic])
-            self._image_subscriptions[topic] = self._subscribe_image(topic)
-            self.counts["image_resubscribes"] += 1
-            self.node.get_logger().warning(
-                f"{topic}: no image for {watch.silent_for(now):.1f} s although {publishers} publisher(s) "
-                f"are matched: subscribed again (next try after {watch.wait:.0f} s)", throttle_duration_sec=10.0)
-
-    def image_silence(self) -> str:
-        """'' while every camera topic delivers, else which one is silent and for how long."""
-        now = time.monotonic()
-        silent = [f"{topic} for {watch.silent_for(now):.1f} s" for topic, watch in self._image_silence.items()
-                  if watch.silent_for(now) >= IMAGE_SILENCE_WAIT]
-        return "no image on " + ", ".join(silent) if silent else ""
+        silence = {topic: now - (self._listening_since if last is None else last)
+                   for topic, last in self._last_image.items()}
+        silent = [f"{topic} for {s:.1f} s" for topic, s in silence.items() if s >= IMAGE_SILENCE]
+        return max(silence.values()), ("no image on " + ", ".join(silent) if silent else "")
 
     def _on_image(self, topic: str, msg: Image) -> None:
-        self._image_silence[topic].message(time.monotonic())
+        self._last_image[topic] = time.monotonic()
         stamp = stamp_to_sec(msg.header.stamp)
         try:
             reason = check_stamp(stamp, self._read_clock())
@@ -243,16 +225,15 @@ class VlmRunner:
             "forward_latency_p50_ms": self.forward_latency.percentile_ms(50),
             "forward_latency_p99_ms": self.forward_latency.percentile_ms(99),
             "forwards": self.worker.submitted, "features_published": self.feature_rate.total,
-            **self.counts, "skipped_busy": self.worker.skipped_busy,
+            **self.counts, "skipped_busy": self.worker.skipped_busy, "image_silence_s": self.image_silence()[0],
         }
 
     def shutdown(self) -> None:
         """Stop, wait for a forward in flight, free the subscriptions."""
         self.stop()
         self.worker.shutdown(wait=True)
-        self.node.destroy_timer(self._silence_timer)
-        for subscription in [*self._image_subscriptions.values(), self._instruction_subscription]:
+        for subscription in self._subscriptions:
             self.node.destroy_subscription(subscription)
-        self._image_subscriptions = {}
+        self._subscriptions = []
         self.node.destroy_guard_condition(self._retick)
         self._jump_handle = None

@@ -55,6 +55,11 @@ RECOVERY_TIMEOUT = 60.0
 # after FIRST_FEATURES_TIMEOUT is stopped cleanly and started again, up to RESTART_ATTEMPTS times.
 RESTART_ATTEMPTS = 3
 FIRST_FEATURES_TIMEOUT = 20.0  # s: model load (~4 s) and the first forward, with a margin for a loaded machine
+# A restart that did publish features can lose its camera later (README, "Restarting a crashed node"), and a
+# new subscription in the same process does not bring it back. Between faults the supervisor therefore also
+# watches vlm_node's own report (`image_silence_s` on /diagnostics) and restarts it when the camera, which
+# never stops in the soak, has been silent this long.
+SILENT_CAMERA_RESTART = 5.0  # s
 
 
 def configured_max_sensor_gap() -> float:
@@ -142,6 +147,9 @@ class FaultInjector:
         self.action_period = 1.0 / cfg.action_hz
         self.clock_offset = 0.0
         self.restarted_at: float | None = None  # the last vlm_node restart
+        self.vlm_started = time.monotonic()  # the current vlm_node process (its diagnostics count from here)
+        self.vlm_lock = threading.Lock()  # one restarter at a time: the vlm_kill fault or the supervisor
+        self.supervisor_restarts: list[dict] = []
         self.windows: list[tuple[float, float]] = []  # (start, end) of each fault incl. recovery
         self.max_sensor_gap = configured_max_sensor_gap()
 
@@ -178,6 +186,10 @@ class FaultInjector:
         return self._measure(due, due, recovered, wrong_chunks=len(wrong)) | {"jump_s": jump}
 
     def vlm_kill(self) -> dict:
+        with self.vlm_lock:
+            return self._vlm_kill()
+
+    def _vlm_kill(self) -> dict:
         # How often the node now killed had to subscribe to a silent camera again (its count dies with it).
         resubscribes = int(self.obs.latest_diagnostics("vlm_node").get("image_resubscribes", 0))
         self.procs["vlm_node"].stop(signal.SIGKILL)
@@ -202,7 +214,7 @@ class FaultInjector:
     def _restart_vlm_node(self) -> int:
         """Start vlm_node again until it publishes features (RESTART_ATTEMPTS at most); the attempts made."""
         for attempt in range(1, RESTART_ATTEMPTS + 1):
-            t = time.monotonic()
+            t = self.vlm_started = time.monotonic()
             self.procs["vlm_node"] = vlm_process(self.cfg)
             self.sampler.replace("vlm_node", self.procs["vlm_node"].pid)
             try:
@@ -215,6 +227,31 @@ class FaultInjector:
                 if attempt < RESTART_ATTEMPTS:
                     self.procs["vlm_node"].stop()
         return RESTART_ATTEMPTS
+
+    def supervise(self, stop: threading.Event) -> None:
+        """The supervisor's health check, in its own thread until `stop`: a vlm_node whose camera has been
+        silent for SILENT_CAMERA_RESTART s is stopped and started again (recorded in supervisor_restarts)."""
+        while not stop.wait(1.0):
+            with self.vlm_lock:
+                silent = self._camera_silence()
+                if silent is None or silent < SILENT_CAMERA_RESTART:
+                    continue
+                t = time.monotonic()
+                self.procs["vlm_node"].stop()
+                attempts = self._restart_vlm_node()
+                self.restarted_at = time.monotonic()
+                self.windows.append((t, self.restarted_at + 1.0))
+                self.supervisor_restarts.append({"at_s": t, "camera_silent_s": silent, "restart_attempts": attempts,
+                                                 "took_s": self.restarted_at - t})
+                self.log(f"  supervisor: vlm_node's camera silent for {silent:.1f} s: restarted "
+                         f"({attempts} attempt(s), {self.restarted_at - t:.1f} s)")
+
+    def _camera_silence(self) -> float | None:
+        """image_silence_s of the current vlm_node's newest diagnostics (None before it sent any)."""
+        since = max(self.vlm_started, time.monotonic() - 3.0)
+        reports = [d["vlm_node"] for _, m in self.obs.recorders["/diagnostics"].since(since)
+                   if "vlm_node" in (d := diagnostics_of(m))]
+        return float(reports[-1]["image_silence_s"]) if reports and "image_silence_s" in reports[-1] else None
 
     def sensor_stall(self) -> dict:
         from sensor_msgs.msg import Imu
@@ -313,6 +350,9 @@ def run_soak(minutes: float, cpu_burners: int, sensor_hz: float, action_hz: floa
     with running_system(cfg, SoakObserver) as (procs, observer):
         sampler = ProcessSampler({name: p.pid for name, p in procs.items()})
         injector = FaultInjector(cfg, procs, observer, sampler, log)
+        stop_supervisor = threading.Event()
+        if faults:
+            threading.Thread(target=injector.supervise, args=(stop_supervisor,), name="supervisor", daemon=True).start()
         t0 = time.monotonic()
         warmup = max(30.0, 0.2 * cfg.seconds) if warmup is None else warmup
         stops_at_warmup = None
@@ -342,7 +382,9 @@ def run_soak(minutes: float, cpu_burners: int, sensor_hz: float, action_hz: floa
                 next_report += 60.0
                 rss = ", ".join(f"{n} {s[-1][2]:.0f} MB" for n, s in sampler.samples.items() if s)
                 log(f"  {elapsed / 60:.0f} min: {observer.chunks.count()} chunks, RSS {rss}")
-        t1 = time.monotonic()
+        stop_supervisor.set()
+        with injector.vlm_lock:  # a restart in progress finishes first
+            t1 = time.monotonic()
         diag = observer.latest_diagnostics("action_expert_node")
         stats = chunk_statistics([c for c in observer.chunks.since(t0) if c[0] <= t1],
                                  observer.features.since(0.0), action_hz, exclude=injector.windows)
@@ -363,6 +405,7 @@ def run_soak(minutes: float, cpu_burners: int, sensor_hz: float, action_hz: floa
             "safe_stop_events_after_warmup": int(diag.get("safe_stop_events", 0)) - (stops_at_warmup or 0),
             "crashes": crashes, "rss": rss, "processes": process_summary(sampler),
             "policy_diagnostics": diag, "faults": fault_results, "fault_summary": fault_summary(fault_results),
+            "supervisor_restarts": [r | {"at_s": r["at_s"] - t0} for r in injector.supervisor_restarts],
         }
 
 
@@ -408,6 +451,8 @@ def soak_table(result: dict) -> str:
              f"{result['deadline_misses']} ({result['deadline_miss_percent']:.3f} %) |",
              f"| safe-stop events after warm-up | {result['safe_stop_events_after_warmup']} |",
              f"| crashes | {len(result['crashes'])} |"]
+    if result["faults"]:
+        lines.append(f"| supervisor restarts (vlm_node's camera silent) | {len(result['supervisor_restarts'])} |")
     for name, r in result["rss"].items():
         lines.append(f"| RSS {name}: after warm-up -> end | {r['after_warmup_mb']:.0f} -> {r['end_mb']:.0f} MB "
                      f"({r['growth_percent']:+.1f} %) |")
