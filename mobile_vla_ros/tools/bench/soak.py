@@ -52,13 +52,15 @@ RECOVERY_TIMEOUT = 60.0
 # The restart is a supervisor's with a health check: on Fast DDS's shared-memory transport a node started
 # after a SIGKILLed one can match its publishers and never receive their best-effort samples (images,
 # /clock; eProsima/Fast-DDS#5053, #2811; 1 of 8 restarts here). A restart that has published no features
-# after FIRST_FEATURES_TIMEOUT is stopped cleanly and started again, up to RESTART_ATTEMPTS times.
+# after FIRST_FEATURES_TIMEOUT is killed and started again, up to RESTART_ATTEMPTS times.
 RESTART_ATTEMPTS = 3
 FIRST_FEATURES_TIMEOUT = 20.0  # s: model load (~4 s) and the first forward, with a margin for a loaded machine
 # A restart that did publish features can lose its camera later (README, "Restarting a crashed node"), and a
 # new subscription in the same process does not bring it back. Between faults the supervisor therefore also
 # watches vlm_node's own report (`image_silence_s` on /diagnostics) and restarts it when the camera, which
-# never stops in the soak, has been silent this long.
+# never stops in the soak, has been silent this long. It kills the node first: after a clean stop, 9
+# restarts in a row received no image (the next process may take the stopped one's participant id and
+# shared-memory port), while the vlm_kill fault's restart after SIGKILL received them at once.
 SILENT_CAMERA_RESTART = 5.0  # s
 
 
@@ -223,9 +225,9 @@ class FaultInjector:
             except TimeoutError:
                 self.log(f"  vlm_node restart {attempt}: no features after {FIRST_FEATURES_TIMEOUT:.0f} s "
                          f"({self.obs.latest_diagnostics('vlm_node').get('_message', 'no diagnostics')}); "
-                         "stopping it cleanly")
+                         "killing it")
                 if attempt < RESTART_ATTEMPTS:
-                    self.procs["vlm_node"].stop()
+                    self.procs["vlm_node"].stop(signal.SIGKILL)  # see SILENT_CAMERA_RESTART
         return RESTART_ATTEMPTS
 
     def supervise(self, stop: threading.Event) -> None:
@@ -237,7 +239,7 @@ class FaultInjector:
                 if silent is None or silent < SILENT_CAMERA_RESTART:
                     continue
                 t = time.monotonic()
-                self.procs["vlm_node"].stop()
+                self.procs["vlm_node"].stop(signal.SIGKILL)  # see SILENT_CAMERA_RESTART
                 attempts = self._restart_vlm_node()
                 self.restarted_at = time.monotonic()
                 self.windows.append((t, self.restarted_at + 1.0))
