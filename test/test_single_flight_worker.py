@@ -60,4 +60,3 @@ def test_period_from_hz_rejects_non_positive_rates():
     for hz in (0.0, -1.0):
         with pytest.raises(ValueError, match="> 0 Hz"):
             period_from_hz(hz)
-

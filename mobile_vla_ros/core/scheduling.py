@@ -87,4 +87,3 @@ class SingleFlightWorker:
     def shutdown(self, wait: bool = True) -> None:
         """Stop the thread; a job not yet started is cancelled."""
         self._pool.shutdown(wait=wait, cancel_futures=True)
-

@@ -192,8 +192,6 @@ class FaultInjector:
             return self._vlm_kill()
 
     def _vlm_kill(self) -> dict:
-        # How often the node now killed had to subscribe to a silent camera again (its count dies with it).
-        resubscribes = int(self.obs.latest_diagnostics("vlm_node").get("image_resubscribes", 0))
         self.procs["vlm_node"].stop(signal.SIGKILL)
         t_kill = time.monotonic()
         # The node stops when the newest features it holds get older than max_feature_age. Features
@@ -206,21 +204,21 @@ class FaultInjector:
         late = [a for a, _ in self.obs.chunks.since(due + self.action_period + DELIVERY)]
         t_restart = time.monotonic()
         attempts = self._restart_vlm_node()
-        self.restarted_at = time.monotonic()
         recovered = self.obs.first_chunk_after(t_restart, RECOVERY_TIMEOUT)
         extra = {"killed_to_due_s": due - t_kill, "restart_attempts": attempts,
-                 "image_resubscribes_before_kill": resubscribes,
                  "features_since_restart": len(self.obs.features.since(t_restart))}
         return self._measure(due, t_restart, recovered, wrong_chunks=len(late)) | extra
 
     def _restart_vlm_node(self) -> int:
-        """Start vlm_node again until it publishes features (RESTART_ATTEMPTS at most); the attempts made."""
+        """Start vlm_node again until it publishes features (RESTART_ATTEMPTS at most); the attempts made.
+        Sets `restarted_at` when it returns."""
         for attempt in range(1, RESTART_ATTEMPTS + 1):
             t = self.vlm_started = time.monotonic()
             self.procs["vlm_node"] = vlm_process(self.cfg)
             self.sampler.replace("vlm_node", self.procs["vlm_node"].pid)
             try:
                 wait_for(lambda t=t: self.obs.features.since(t), FIRST_FEATURES_TIMEOUT, "features of the restart")
+                self.restarted_at = time.monotonic()
                 return attempt
             except TimeoutError:
                 self.log(f"  vlm_node restart {attempt}: no features after {FIRST_FEATURES_TIMEOUT:.0f} s "
@@ -228,11 +226,12 @@ class FaultInjector:
                          "killing it")
                 if attempt < RESTART_ATTEMPTS:
                     self.procs["vlm_node"].stop(signal.SIGKILL)  # see SILENT_CAMERA_RESTART
+        self.restarted_at = time.monotonic()
         return RESTART_ATTEMPTS
 
     def supervise(self, stop: threading.Event) -> None:
         """The supervisor's health check, in its own thread until `stop`: a vlm_node whose camera has been
-        silent for SILENT_CAMERA_RESTART s is stopped and started again (recorded in supervisor_restarts)."""
+        silent for SILENT_CAMERA_RESTART s is killed and started again (recorded in supervisor_restarts)."""
         while not stop.wait(1.0):
             with self.vlm_lock:
                 silent = self._camera_silence()
@@ -241,7 +240,6 @@ class FaultInjector:
                 t = time.monotonic()
                 self.procs["vlm_node"].stop(signal.SIGKILL)  # see SILENT_CAMERA_RESTART
                 attempts = self._restart_vlm_node()
-                self.restarted_at = time.monotonic()
                 self.windows.append((t, self.restarted_at + 1.0))
                 self.supervisor_restarts.append({"at_s": t, "camera_silent_s": silent, "restart_attempts": attempts,
                                                  "took_s": self.restarted_at - t})
@@ -418,8 +416,6 @@ def fault_line(r: dict) -> str:
     zero = "never" if r["time_to_zero_s"] is None else f"{r['time_to_zero_s'] * 1e3:.0f} ms"
     rec = "never" if r["time_to_recovery_s"] is None else f"{r['time_to_recovery_s']:.2f} s"
     restarts = f" ({r['restart_attempts']} restarts)" if r.get("restart_attempts", 1) > 1 else ""
-    if r.get("image_resubscribes_before_kill"):
-        restarts += f" (the killed node had resubscribed to the camera {r['image_resubscribes_before_kill']}x)"
     return f"{r['fault']}: {'ok' if r['ok'] else 'FAILED'}, zero after {zero}, recovered after {rec}{restarts}, " \
            f"{r['wrong_chunks']} chunks when none may come"
 
