@@ -168,15 +168,21 @@ def test_cuda_graph_replay_matches_the_eager_forward_on_gpu(backend, tiny_vlm_di
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile (inductor) on the CPU needs a C compiler")
 def test_a_compiled_forward_gives_the_plain_features_on_the_cpu(tiny_vlm_dir):
-    """`compile_mode` on the CPU (inductor's C++ kernels): the features are the plain forward's to float32
-    rounding, and the instruction still matters."""
+    """`compile_mode` on the CPU (inductor's C++ kernels): the forward is frozen, the features are the
+    plain forward's to float32 rounding, and the instruction still matters."""
+    from torch._dynamo.utils import counters
+
     plain = create_extractor(ExtractorConfig(model_path=str(tiny_vlm_dir)))
     compiled = create_extractor(ExtractorConfig(model_path=str(tiny_vlm_dir), compile_mode="default"))
+    counters.clear()
     for instruction in ("go to the red cylinder", "go to the blue box"):  # the same padded length
         want = plain.extract([IMAGE_A], instruction)
         got = compiled.extract([IMAGE_A], instruction)
         assert np.allclose(got, want, atol=1e-4, rtol=1e-4), np.abs(got - want).max()
     assert np.abs(got - compiled.extract([IMAGE_A], "go to the red cylinder")).max() > 1e-4
+    # Frozen: on the CPU inductor then packs the constant linear weights for oneDNN; an unfrozen
+    # compile (e.g. `freezing` given only as an inductor option) packs none.
+    assert counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] > 0, dict(counters["inductor"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -15,13 +15,26 @@ from collections.abc import Callable
 class StaticForward:
     """`compile_mode` ("" = off): the function goes through torch.compile (inductor: fused elementwise
     and norm kernels, fewer and larger launches) before it is captured; each shape compiles once, in
-    the capture's warm-up (tens of seconds for a full-size VLM)."""
+    the capture's warm-up (tens of seconds for a full-size VLM).
+
+    Compiled forwards are frozen (inductor `freezing`): the weights become constants of the graph, so
+    inductor concatenates the projections that read one input (q/k/v, gate/up) into one GEMM each.
+    On the H200 that took the compiled forward from 3.67 to 3.05 ms (Kosmos-2, 1 view) and from 16.5 to
+    12.9 ms (Qwen2.5-VL, 5 views), for GPU memory of the concatenated copies (+0.8 GB and +3.9 GB; the
+    bench reports it). The weights must not change after the first forward, which holds for an extractor."""
 
     def __init__(self, fn: Callable[..., object], use_graphs: bool, warmup: int = 2, compile_mode: str = "") -> None:
         if compile_mode:
             import torch
+            from torch._inductor import list_mode_options
 
-            fn = torch.compile(fn, mode=None if compile_mode == "default" else compile_mode, dynamic=False)
+            compiled = torch.compile(fn, options=list_mode_options(compile_mode), dynamic=False)
+
+            def fn(**inputs):
+                # Set while Dynamo traces, not only in inductor's options: Dynamo must see it to hand
+                # the weights over as constants (with `options` alone the graph is compiled unfrozen).
+                with torch._inductor.config.patch(freezing=True):
+                    return compiled(**inputs)
         self.fn = fn
         self.use_graphs = use_graphs
         self.warmup = warmup

@@ -156,7 +156,8 @@ def vlm_rows(backends: list[str], views: list[int], iters: int, max_seconds: flo
             for label, extractor in extractors.items():
                 if label in failed:
                     continue
-                start = time.perf_counter()
+                torch.cuda.synchronize()
+                allocated, start = torch.cuda.memory_allocated(), time.perf_counter()
                 try:
                     features = extractor.extract(images, INSTRUCTION)  # a new shape: capture (and compilation)
                 except Exception as exc:  # a variant that cannot run is reported; the others still are
@@ -166,15 +167,19 @@ def vlm_rows(backends: list[str], views: list[int], iters: int, max_seconds: flo
                                  "error": f"{type(exc).__name__}: {exc}"})
                     continue
                 first_s = time.perf_counter() - start
+                # What the first forward left allocated: the graph's pool, and a compiled (frozen)
+                # forward's folded weight copies.
+                added_gb = (torch.cuda.memory_allocated() - allocated) / 1e9
                 cos = float((features * reference).sum() / np.linalg.norm(features) / np.linalg.norm(reference))
                 if setups[label][1]:
                     log(f"  {backend:<12} views={n} {label}: first forward (compile + capture) {first_s:.1f} s, "
-                        f"cosine vs fp16 {cos:.5f}")
+                        f"+{added_gb:.2f} GB on the GPU, cosine vs fp16 {cos:.5f}")
                 for name, timing, diff in _measure_views(extractor, backend, images, iters, max_seconds,
                                                          full=label == "fp16"):
                     variant = name if label == "fp16" else f"{label}: {name}"
                     rows.append({"backend": backend, "views": n, "variant": variant, "dtype": setups[label][0],
                                  "setup": label, "compile_mode": setups[label][1], "first_forward_s": first_s,
+                                 "first_forward_added_gpu_gb": added_gb,
                                  "params_b": params / 1e9, "weights_gb": weights_gb[label], **timing,
                                  "graph_vs_eager_max_abs_diff": diff, "feature_cosine_vs_fp16": cos})
                     log(f"  {backend:<12} views={n} {variant:<34} p50 {timing['p50_ms']:7.2f} ms  "
