@@ -16,6 +16,7 @@ from mobile_vla_ros.core.backend_factory import create_backend
 from mobile_vla_ros.core.model_spec import ModelSpec
 from mobile_vla_ros.tools.recordings import Recording
 from mobile_vla_ros.tools.simulation import record_sim
+from mobile_vla_ros.tools.training import make_default_model as recipe
 from mobile_vla_ros.tools.training import train
 
 
@@ -228,3 +229,22 @@ def test_bad_bags_stop_with_one_line(tmp_path, tiny_vlm_dir, capsys):
     robot_bags = [write_episode_bag(tmp_path / f"r{i}") for i in range(2)]  # a robot's bags: no ground truth
     assert "--labels sim-expert needs the simulator's ground truth (/sim/ground_truth_pose, /sim/task)" in run(
         "--bags", *map(str, robot_bags), "--labels", "sim-expert")
+
+
+def test_the_default_model_recipe_records_informed_episodes_only_for_the_task_sets_asked():
+    """make_default_model: the shipped recipe drives every recording with the delayed memory expert;
+    `--informed-task-sets hard` drives the hard training episodes with the image-informed rule, on their
+    own seeds, and leaves validation as it was; an unknown task set stops at parsing."""
+    shipped = recipe._parser().parse_args([])
+    informed = recipe._parser().parse_args(["--informed-task-sets", "hard"])
+    for task_set in ("standard", "hard"):
+        args = recipe._record_args("train", task_set, shipped)
+        assert "--expert-delay-max" in args and "--informed-latency-max" not in args
+        assert args[args.index("--seed") + 1] == "0"
+    hard = recipe._record_args("train", "hard", informed)
+    assert hard[hard.index("--informed-latency-max") + 1] == "1.5" and "--expert-delay-max" not in hard
+    assert hard[hard.index("--seed") + 1] == str(recipe.INFORMED_SEED)
+    assert recipe._record_args("train", "standard", informed) == recipe._record_args("train", "standard", shipped)
+    assert recipe._record_args("val", "hard", informed) == recipe._record_args("val", "hard", shipped)
+    with pytest.raises(SystemExit):
+        recipe._parser().parse_args(["--informed-task-sets", "hard,maze"])

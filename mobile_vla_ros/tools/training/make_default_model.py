@@ -10,7 +10,8 @@
    validation (`mobile-vla-bringup --sim` evaluates on seeds from 1000, renders use 2000+: never trained
    on), in parallel processes, phrased with the training paraphrases too; the base executes the expert's
    command for a state up to 1.5 s old (as a policy on stale images drives) plus correlated noise, while
-   the label is the expert's command for the current state;
+   the label is the expert's command for the current state (`--informed-task-sets hard`: the hard
+   training episodes driven by the image-informed rule instead, seeds from 300; measured, not shipped);
 3. mobile-vla-train on those bags with that VLM: the motion since the image as a third input, feature
    ages drawn uniformly over 0-3.5 s (every deployment from the CPU stand-in at 3.33 Hz to a 1.5 s VLM at
    0.59 Hz, whose features are up to 3.2 s old), labels from the expert that knows only the sample's
@@ -29,6 +30,8 @@ from pathlib import Path
 from ...vlm.grounding import StandInSize
 
 VAL_SEED = 900
+# Training episodes driven by the image-informed rule use their own seeds (a work directory of its own).
+INFORMED_SEED = 300
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,12 +50,38 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--epochs", type=int, default=30, help="action-expert epochs")
     ap.add_argument("--staleness", default="0.0,3.5", help="feature ages trained on (s): the whole deployment range")
     ap.add_argument("--expert-delay-max", type=float, default=1.5)
+    ap.add_argument("--informed-task-sets", type=_task_sets, default="",
+                    help="task sets whose training episodes are driven by the image-informed rule on images up to "
+                         "--informed-latency-max s late (mobile-vla-record-sim --informed-latency-max; seeds from "
+                         f"{INFORMED_SEED}) instead of the delayed memory expert; default: none (the shipped model)")
+    ap.add_argument("--informed-latency-max", type=float, default=1.5)
     ap.add_argument("--labels", default="sim-expert", choices=["recorded", "sim-expert"],
                     help="mobile-vla-train --labels: the expert with the information of each sample's image")
     ap.add_argument("--no-motion-out", type=Path, default=Path("models/no_motion"),
                     help="the same model without the motion input ('' to skip)")
     ap.add_argument("--seed", type=int, default=0)
     return ap
+
+
+def _task_sets(value: str) -> tuple[str, ...]:
+    from ...sim.world import TASK_SETS
+
+    names = tuple(v for v in value.split(",") if v)
+    unknown = [v for v in names if v not in TASK_SETS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"expected task sets from {', '.join(TASK_SETS)}, got {', '.join(unknown)}")
+    return names
+
+
+def _record_args(split: str, task_set: str, args) -> list[str]:
+    """mobile-vla-record-sim arguments of one split of one task set."""
+    if split == "val":
+        return ["--seed", str(VAL_SEED), "--episodes", str(args.val_episodes),
+                "--expert-delay-max", str(args.expert_delay_max)]
+    if task_set in args.informed_task_sets:
+        return ["--seed", str(INFORMED_SEED + args.seed), "--episodes", str(args.episodes),
+                "--informed-latency-max", str(args.informed_latency_max)]
+    return ["--seed", str(args.seed), "--episodes", str(args.episodes), "--expert-delay-max", str(args.expert_delay_max)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stand-in VLM -> {vlm_dir}: {metrics}")
     bags: dict[str, list[str]] = {"train": [], "val": []}
     for task_set in TASK_SETS:
-        for split, seed, n in (("train", args.seed, args.episodes), ("val", VAL_SEED, args.val_episodes)):
-            out = args.work / f"{split}_{task_set}"
-            if record_sim.main(["--episodes", str(n), "--seed", str(seed), "--out", str(out), "--task-set", task_set,
-                                "--expert-delay-max", str(args.expert_delay_max),
+        for split in ("train", "val"):
+            informed = split == "train" and task_set in args.informed_task_sets
+            out = args.work / f"{split}_{task_set}{'_informed' if informed else ''}"
+            if record_sim.main([*_record_args(split, task_set, args), "--out", str(out), "--task-set", task_set,
                                 "--paraphrases", "--workers", str(os.cpu_count() or 1)]) != 0:
                 return 1
             bags[split].append(str(out))
