@@ -81,7 +81,8 @@ def _record_args(split: str, task_set: str, args) -> list[str]:
     if task_set in args.informed_task_sets:
         return ["--seed", str(INFORMED_SEED + args.seed), "--episodes", str(args.episodes),
                 "--informed-latency-max", str(args.informed_latency_max)]
-    return ["--seed", str(args.seed), "--episodes", str(args.episodes), "--expert-delay-max", str(args.expert_delay_max)]
+    return ["--seed", str(args.seed), "--episodes", str(args.episodes),
+            "--expert-delay-max", str(args.expert_delay_max)]
 
 
 def main(argv: list[str] | None = None) -> int:
