@@ -30,11 +30,13 @@ class StaticForward:
 
             compiled = torch.compile(fn, options=list_mode_options(compile_mode), dynamic=False)
 
-            def fn(**inputs):
+            def frozen(**inputs):
                 # Set while Dynamo traces, not only in inductor's options: Dynamo must see it to hand
                 # the weights over as constants (with `options` alone the graph is compiled unfrozen).
                 with torch._inductor.config.patch(freezing=True):
                     return compiled(**inputs)
+
+            fn = frozen
         self.fn = fn
         self.use_graphs = use_graphs
         self.warmup = warmup
