@@ -4,6 +4,7 @@ in closed loop at a slow VLM."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -22,7 +23,12 @@ from mobile_vla_ros.sim.expert_labels import informed_chunks
 from mobile_vla_ros.sim.world import SimConfig, sample_task
 from mobile_vla_ros.tools.recordings import EXECUTED_TOPIC, SIM_TRUTH_TOPICS, read_recording
 from mobile_vla_ros.tools.simulation import record_sim
-from mobile_vla_ros.tools.simulation.closed_loop import InformedExpertEpisode, LoopConfig, informed_expert_episodes
+from mobile_vla_ros.tools.simulation.closed_loop import (
+    ClosedLoopEpisode,
+    InformedExpertEpisode,
+    LoopConfig,
+    informed_expert_episodes,
+)
 from mobile_vla_ros.tools.training import train
 
 HARD = SimConfig.for_evaluation("hard")
@@ -68,14 +74,16 @@ def hard_bag(tmp_path_factory):
     return root / "episode_00003"
 
 
+TOPICS = {"image": "/camera/image_raw", "sensor": "/sensor", "instruction": "/instruction",
+          "action": "/cmd_vel", "executed": EXECUTED_TOPIC} | SIM_TRUTH_TOPICS
+
+
 def test_labels_of_a_recorded_episode_depend_on_what_the_samples_image_and_motion_input_show(hard_bag):
     """Relabelled from the bag's ground truth: where the sample's image showed the target the label
     steers to it; where it did not, the label searches or holds by the turn since that image, and that
     turn is what the policy's own motion input (integrated gyro) says, to within a few degrees."""
     spec = ModelSpec.load(default_model_dir())
-    topics = {"image": "/camera/image_raw", "sensor": "/sensor", "instruction": "/instruction",
-              "action": "/cmd_vel", "executed": EXECUTED_TOPIC} | SIM_TRUTH_TOPICS
-    rec = read_recording(hard_bag, spec, topics, TWIST)
+    rec = read_recording(hard_bag, spec, TOPICS, TWIST)
     assert rec.task is not None and len(rec.poses) > 100
     data = train.build_dataset([rec], [np.zeros((len(rec.images), spec.feature_dim), np.float32)], spec, 0.04,
                                TWIST, labels="sim-expert")
@@ -143,3 +151,34 @@ def test_the_rule_acts_only_on_delivered_images_and_waits_for_the_first():
     assert -1e-9 <= late <= 1 / slow.cfg.action_hz + 1 / slow.cfg.execute_hz
     assert rows["slow"]["forwards"] < rows["fast"]["forwards"]
     assert rows["fast"]["success"] and rows["fast"]["duration"] <= rows["slow"]["duration"]
+
+
+def test_a_policy_driven_recording_is_the_closed_loop_episode_and_relabels(tmp_path):
+    """mobile-vla-record-sim --policy-driver: the bag holds the episode the robot's code drives with that
+    model (the path of `ClosedLoopEpisode` with the same seed and VLM setting), its executed commands are
+    the policy's, not the expert's on /cmd_vel, and the trainer relabels it from its ground truth."""
+    model, seed = default_model_dir(), 3
+    assert record_sim.main(["--episodes", "1", "--seed", str(seed), "--out", str(tmp_path), "--task-set", "hard",
+                            "--time-limit", "6", "--policy-driver", str(model)]) == 0
+    episode = json.loads((tmp_path / "episodes.json").read_text())[str(seed)]
+    latency, vlm_hz = record_sim.policy_latency(seed, 1.5)
+    assert (episode["vlm_latency"], episode["vlm_hz"]) == (latency, vlm_hz) and 0.0 <= latency <= 1.5
+    sim_cfg = SimConfig(time_limit=6.0, task_set="hard")
+    loop = ClosedLoopEpisode(sample_task(seed, sim_cfg), sim_cfg, LoopConfig(vlm_hz=vlm_hz, vlm_latency=latency),
+                             *record_sim._policy(model))
+    try:
+        want = np.array(loop.run()["path"])
+    finally:
+        loop.close()
+    assert len(want) > 30 and np.allclose(np.array(episode["path"]), want)
+    spec = ModelSpec.load(model)
+    rec = read_recording(tmp_path / f"episode_{seed:05d}", spec, TOPICS, TWIST)
+    executed, expert = (np.stack([v for _, v in rows]) for rows in (rec.executed, rec.commands))
+    assert len(executed) == len(expert) == len(rec.poses) > 100
+    assert np.ptp(np.unwrap([yaw for _, (_, _, yaw) in rec.poses])) > 0.3  # it moved
+    assert np.abs(executed - expert).max() > 0.1  # the policy drove, not the expert
+    data = train.build_dataset([rec], [np.zeros((len(rec.images), spec.feature_dim), np.float32)], spec, 0.04,
+                               TWIST, labels="sim-expert")
+    samples = np.arange(len(data))
+    labels = data.labels(samples, data.feature_index(samples, np.zeros(len(data))))
+    assert len(data) > 50 and np.isfinite(labels).all() and np.abs(labels).max() > 0.1

@@ -10,6 +10,12 @@ the base executes the expert's command plus temporally correlated noise (DART-st
 --expert-delay-max the expert's command for an older state (as a policy on old images drives), so
 the data also shows how to recover from the errors a learned policy makes; the label stays clean.
 
+With --policy-driver MODEL_DIR the base is driven by a learned policy through the robot's own code
+(`ClosedLoopEpisode`: VLM schedule, VLM, action core, chunk executor, in sim time, at a VLM latency
+drawn per episode): the states that policy reaches, its mistakes included, for relabelling with
+`mobile-vla-train --labels sim-expert` (DAgger's data aggregation). /cmd_vel still carries the
+memory expert's command.
+
 Episodes use seeds S..S+N-1; a bag that is already complete is kept, so an interrupted run resumes.
 """
 
@@ -30,6 +36,7 @@ from ...sim.expert_labels import informed_command, perceived_target
 from ...sim.messages import FRAMES, ORIENTATION_UNKNOWN, SIM_EPOCH, TOPICS, split_stamp, task_json, yaw_quaternion
 from ...sim.world import TASK_SETS, TIME_LIMITS, SimConfig, bearing_and_distance, sample_task
 from ..cli import progress_bar
+from .closed_loop import ClosedLoopEpisode, LoopConfig
 
 CONTROL_HZ = 50.0
 
@@ -180,6 +187,74 @@ def record_episode(seed: int, out: Path, storage: str, cfg: SimConfig, action_no
         episode.close()
 
 
+class PolicyRecording(ClosedLoopEpisode):
+    """A closed-loop episode of a learned policy written to a bag as `record_episode` writes the
+    expert's: the sensor and camera events as the loop consumes them, and at each cmd_vel step the
+    executed command, the ground-truth pose and the memory expert's command for that state."""
+
+    def __init__(self, task, sim_cfg: SimConfig, cfg: LoopConfig, spec, backend, extractor, bag: BagRecorder) -> None:
+        super().__init__(task, sim_cfg, cfg, spec, backend, extractor)
+        self.bag, self.expert = bag, Expert()
+
+    def _feed(self, events) -> None:
+        events = list(events)
+        for event in events:
+            if event.kind == "imu":
+                self.bag.imu(event.t, event.data)
+            else:
+                self.bag.image(event.t, event.data)
+        super()._feed(events)
+
+    def _execute(self, t: float) -> None:
+        super()._execute(t)
+        robot = self.episode.robot
+        bearing = robot.target_bearing()
+        self.bag.command(t, *expert_command_at(bearing, robot.target_distance(), self.expert.observe(bearing)))
+        self.bag.pose(t, *robot.pose())
+        self.bag.command(t, *self._twist(self.command), role="executed_cmd_vel")
+
+
+def policy_latency(seed: int, latency_max: float) -> tuple[float, float]:
+    """(VLM latency, vlm_hz) of a policy-driven episode: the latency drawn per episode in [0, max], the
+    rate the deployments pair with it (3.33 Hz down to 0.59 Hz for a 1.5 s VLM)."""
+    latency = float(np.random.default_rng([seed, 15485863]).uniform(0.0, latency_max))
+    return latency, 1.0 / max(0.3, latency / 0.88)
+
+
+_POLICIES: dict[str, tuple] = {}  # model dir -> (spec, backend, extractor), loaded once per process
+
+
+def _policy(model_dir: Path) -> tuple:
+    key = str(model_dir)
+    if key not in _POLICIES:
+        from ...core.backend_factory import create_backend
+        from ...core.model_spec import ModelSpec
+        from ...vlm.base import ExtractorConfig
+        from ...vlm.factory import create_extractor
+
+        spec = ModelSpec.load(model_dir)
+        _POLICIES[key] = (spec, create_backend("onnxruntime", model_dir, spec), create_extractor(ExtractorConfig(
+            backend=spec.vlm_backend, pooling=spec.vlm_pooling, model_path=str(model_dir / "vlm"), device="cpu",
+            dtype="fp32")))
+    return _POLICIES[key]
+
+
+def record_policy_episode(seed: int, out: Path, storage: str, cfg: SimConfig, model_dir: Path,
+                          latency_max: float) -> dict:
+    """Drive one episode with the policy in `model_dir` (`PolicyRecording`) and write it to `out`."""
+    task = sample_task(seed, cfg)
+    latency, vlm_hz = policy_latency(seed, latency_max)
+    bag = BagRecorder(out, storage)
+    loop = PolicyRecording(task, cfg, LoopConfig(vlm_hz=vlm_hz, vlm_latency=latency), *_policy(model_dir), bag)
+    try:
+        bag.string("task", 0.0, task_json(task))
+        bag.string("instruction", 0.0, task.instruction)
+        return loop.run() | {"bag": out.name, "vlm_latency": latency, "vlm_hz": vlm_hz}
+    finally:
+        bag.close()
+        loop.close()
+
+
 def _complete(bag: Path) -> bool:
     return (bag / "metadata.yaml").is_file()
 
@@ -209,6 +284,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--informed-latency-max", type=float, default=0.0, metavar="S",
                     help="s; the base is driven by the image-informed rule the policy is trained on, acting on "
                          "images delivered up to S s late (per episode), instead of the memory expert")
+    ap.add_argument("--policy-driver", type=Path, default=None, metavar="MODEL_DIR",
+                    help="drive the base with this learned policy through the robot's code (closed loop, sim time) "
+                         "instead of the expert: the states it reaches, for relabelling (DAgger)")
+    ap.add_argument("--policy-latency-max", type=float, default=1.5, metavar="S",
+                    help="s; with --policy-driver, the VLM latency drawn per episode in [0, S]")
     ap.add_argument("--workers", type=int, default=1, help="episodes recorded in parallel (processes)")
     return ap
 
@@ -216,6 +296,9 @@ def _parser() -> argparse.ArgumentParser:
 def _record_job(job: tuple) -> tuple[int, dict]:
     seed, bag, storage, cfg, options = job
     shutil.rmtree(bag, ignore_errors=True)  # an interrupted, incomplete bag
+    if "policy_driver" in options:
+        return seed, record_policy_episode(seed, bag, storage, cfg, options["policy_driver"],
+                                           options["policy_latency_max"])
     return seed, record_episode(seed, bag, storage, cfg, **options)
 
 
@@ -225,9 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"mobile-vla-record-sim: error: {reason}", file=sys.stderr)
         return 2
-    if args.informed_latency_max > 0 and args.expert_delay_max > 0:
-        print("mobile-vla-record-sim: error: --informed-latency-max and --expert-delay-max choose the driver; "
-              "give one", file=sys.stderr)
+    drivers = [name for name, given in (("--informed-latency-max", args.informed_latency_max > 0),
+                                        ("--expert-delay-max", args.expert_delay_max > 0),
+                                        ("--policy-driver", args.policy_driver is not None)) if given]
+    if len(drivers) > 1:
+        print(f"mobile-vla-record-sim: error: {' and '.join(drivers)} choose the driver; give one", file=sys.stderr)
         return 2
     cfg = SimConfig(time_limit=args.time_limit or TIME_LIMITS[args.task_set], task_set=args.task_set,
                     paraphrases=args.paraphrases)
@@ -238,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = range(args.seed, args.seed + args.episodes)
     options = {"action_noise": args.action_noise, "expert_delay_max": args.expert_delay_max,
                "twin_detour": args.twin_detour, "informed_latency_max": args.informed_latency_max}
+    if args.policy_driver is not None:
+        options = {"policy_driver": args.policy_driver, "policy_latency_max": args.policy_latency_max}
     jobs = [(seed, args.out / f"episode_{seed:05d}", args.storage, cfg, options)
             for seed in seeds if not (_complete(args.out / f"episode_{seed:05d}") and str(seed) in summary)]
 
@@ -256,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         progress_bar(f"recording {args.episodes} episodes", done_count / args.episodes)
     print()
     done = [summary[str(args.seed + i)] for i in range(args.episodes)]
-    print(f"{len(done)} episodes in {args.out} ({args.storage}), expert success "
+    print(f"{len(done)} episodes in {args.out} ({args.storage}), driver success "
           f"{sum(d['success'] for d in done)}/{len(done)}, {time.monotonic() - began:.0f} s")
     return 0
 
