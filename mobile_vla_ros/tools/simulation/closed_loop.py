@@ -244,8 +244,9 @@ def informed_expert_episodes(seeds: list[int], sim_cfg: SimConfig, vlm_latency: 
     return rows
 
 
-def run_episodes(seeds: list[int], sim_cfg: SimConfig, cfg: LoopConfig, model_dir, progress=None) -> list[dict]:
-    """Closed-loop episodes for `seeds` with the model in `model_dir` (ONNX Runtime, CPU VLM)."""
+def load_policy(model_dir) -> tuple:
+    """(spec, backend, extractor) of the model in `model_dir` as the closed loop runs it: ONNX Runtime and
+    its VLM on the CPU in FP32."""
     from ...core.backend_factory import create_backend
     from ...vlm.base import ExtractorConfig
     from ...vlm.factory import create_extractor
@@ -254,6 +255,12 @@ def run_episodes(seeds: list[int], sim_cfg: SimConfig, cfg: LoopConfig, model_di
     backend = create_backend("onnxruntime", model_dir, spec)
     extractor = create_extractor(ExtractorConfig(backend=spec.vlm_backend, pooling=spec.vlm_pooling,
                                                  model_path=str(model_dir / "vlm"), device="cpu", dtype="fp32"))
+    return spec, backend, extractor
+
+
+def run_episodes(seeds: list[int], sim_cfg: SimConfig, cfg: LoopConfig, model_dir, progress=None) -> list[dict]:
+    """Closed-loop episodes for `seeds` with the model in `model_dir` (`load_policy`)."""
+    spec, backend, extractor = load_policy(model_dir)
     rows = []
     for i, seed in enumerate(seeds):
         began = time.monotonic()

@@ -36,7 +36,7 @@ from ...sim.expert_labels import informed_command, perceived_target
 from ...sim.messages import FRAMES, ORIENTATION_UNKNOWN, SIM_EPOCH, TOPICS, split_stamp, task_json, yaw_quaternion
 from ...sim.world import TASK_SETS, TIME_LIMITS, SimConfig, bearing_and_distance, sample_task
 from ..cli import progress_bar
-from .closed_loop import ClosedLoopEpisode, LoopConfig
+from .closed_loop import ClosedLoopEpisode, LoopConfig, load_policy
 
 CONTROL_HZ = 50.0
 
@@ -95,6 +95,12 @@ class BagRecorder:
         self.writer.close()
 
 
+def deployment_vlm_period(latency: float) -> float:
+    """The VLM period deployments pair with a forward latency: 0.3 s (3.33 Hz) for fast VLMs, else the
+    latency / 0.88 (1.7 s, 0.59 Hz, for a 1.5 s VLM)."""
+    return max(0.3, latency / 0.88)
+
+
 TWIN_DETOUR_END = 0.6  # m from the twin's surface: close enough that its shape is plain in the image
 TWIN_DETOUR_MAX = 10.0  # s
 
@@ -144,7 +150,7 @@ def record_episode(seed: int, out: Path, storage: str, cfg: SimConfig, action_no
     driver = None
     if informed_latency_max > 0:
         latency = rng.uniform(0.0, informed_latency_max)
-        period = max(0.3, latency / 0.88)
+        period = deployment_vlm_period(latency)
         driver = ImageInformedDriver(latency, period, phase=rng.uniform(0.0, period))
     expert = Expert()
     states: list[tuple[float, float, bool]] = []  # (bearing, distance, target seen) at each control step
@@ -218,7 +224,7 @@ def policy_latency(seed: int, latency_max: float) -> tuple[float, float]:
     """(VLM latency, vlm_hz) of a policy-driven episode: the latency drawn per episode in [0, max], the
     rate the deployments pair with it (3.33 Hz down to 0.59 Hz for a 1.5 s VLM)."""
     latency = float(np.random.default_rng([seed, 15485863]).uniform(0.0, latency_max))
-    return latency, 1.0 / max(0.3, latency / 0.88)
+    return latency, 1.0 / deployment_vlm_period(latency)
 
 
 _POLICIES: dict[str, tuple] = {}  # model dir -> (spec, backend, extractor), loaded once per process
@@ -227,15 +233,7 @@ _POLICIES: dict[str, tuple] = {}  # model dir -> (spec, backend, extractor), loa
 def _policy(model_dir: Path) -> tuple:
     key = str(model_dir)
     if key not in _POLICIES:
-        from ...core.backend_factory import create_backend
-        from ...core.model_spec import ModelSpec
-        from ...vlm.base import ExtractorConfig
-        from ...vlm.factory import create_extractor
-
-        spec = ModelSpec.load(model_dir)
-        _POLICIES[key] = (spec, create_backend("onnxruntime", model_dir, spec), create_extractor(ExtractorConfig(
-            backend=spec.vlm_backend, pooling=spec.vlm_pooling, model_path=str(model_dir / "vlm"), device="cpu",
-            dtype="fp32")))
+        _POLICIES[key] = load_policy(model_dir)
     return _POLICIES[key]
 
 
