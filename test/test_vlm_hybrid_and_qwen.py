@@ -105,8 +105,11 @@ def test_qwen_views_of_other_sizes_use_the_stock_forward(qwen):
     assert np.allclose(mixed, mean, atol=1e-5)
 
 
-def test_kosmos2_fast_forward_equals_stock_text_transformer(tiny_vlm_dir):
-    extractor = create_extractor(ExtractorConfig(backend="kosmos2", model_path=str(tiny_vlm_dir)))
+@pytest.mark.parametrize("pooling", ["last_token", "mean_text"])
+def test_kosmos2_fast_forward_equals_stock_text_transformer(tiny_vlm_dir, pooling):
+    """Ours runs the padded prompt without a padding mask (causal only): the pooled tokens must still
+    equal the stock, masked, unpadded forward's."""
+    extractor = create_extractor(ExtractorConfig(backend="kosmos2", model_path=str(tiny_vlm_dir), pooling=pooling))
     inputs = extractor.prepare([IMAGE_A], "go to the red cylinder")
     ours = extractor.forward(**inputs)
     raw = extractor.processor(text=["<grounding>go to the red cylinder"], images=[IMAGE_A], return_tensors="pt",
@@ -116,8 +119,10 @@ def test_kosmos2_fast_forward_equals_stock_text_transformer(tiny_vlm_dir):
         hidden = extractor.model.text_model.model(
             input_ids=raw["input_ids"], attention_mask=raw["attention_mask"], image_embeds=latents,
             image_embeds_position_mask=raw["image_embeds_position_mask"]).last_hidden_state
+    text = raw["attention_mask"].bool() & ~raw["image_embeds_position_mask"].bool()
+    want = hidden[:, -1] if pooling == "last_token" else hidden[text].mean(dim=0, keepdim=True)
     assert inputs["input_ids"].shape[1] % 16 == 0 and inputs["input_ids"].shape[1] > raw["input_ids"].shape[1]
-    assert torch.allclose(ours, hidden[:, -1], atol=1e-5)
+    assert torch.allclose(ours, want, atol=1e-5)
 
 
 def test_qwen_directory_errors_name_the_problem(tiny_qwen_dir, tmp_path):

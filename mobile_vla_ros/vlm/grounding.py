@@ -187,7 +187,7 @@ class Batcher:
         for t, p in prepared.items():
             extra = self.length - p["input_ids"].shape[1]
             self.text[t] = {k: torch.cat([p[k].cpu(), torch.full((1, extra), pad.get(k, 0), dtype=p[k].dtype)], 1)
-                            for k in ("input_ids", "attention_mask", "position_ids", "text_weights")}
+                            for k in ("input_ids", "position_ids", "text_weights")}
             self.text[t]["last_index"] = p["last_index"].cpu()
             self.text[t]["image_index"] = p["image_index"].cpu()
         self.instructions = [f[1] for f in frames]
@@ -202,8 +202,7 @@ class Batcher:
     def batch(self, idx) -> dict:
         torch = self.torch
         rows = [self.text[self.instructions[i]] for i in idx]
-        out = {k: torch.cat([r[k] for r in rows]) for k in ("input_ids", "attention_mask", "position_ids",
-                                                              "text_weights", "last_index")}
+        out = {k: torch.cat([r[k] for r in rows]) for k in ("input_ids", "position_ids", "text_weights", "last_index")}
         # image_index addresses the flattened [B * L] token array: offset each row's indices.
         out["image_index"] = torch.cat([r["image_index"] + j * self.length for j, r in enumerate(rows)])
         out["pixel_values"] = self._pixels(self.images[torch.as_tensor(idx, device=self.device)])

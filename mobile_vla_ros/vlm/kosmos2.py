@@ -110,8 +110,7 @@ class Kosmos2Extractor:
         ids = inputs["input_ids"]
         # Kosmos-2 (fairseq) positions: pad tokens keep padding_idx, the others count from padding_idx + 1.
         not_pad = ids.ne(self.position_padding_idx).long()
-        out = {"input_ids": ids, "attention_mask": inputs["attention_mask"],
-               "position_ids": not_pad.cumsum(dim=1) * not_pad + self.position_padding_idx,
+        out = {"input_ids": ids, "position_ids": not_pad.cumsum(dim=1) * not_pad + self.position_padding_idx,
                "image_index": image_mask.flatten().nonzero().squeeze(1),
                **pooling_indices(inputs["attention_mask"], inputs["attention_mask"].bool() & ~image_mask)}
         return {k: v.to(self.device, non_blocking=True) for k, v in out.items()}
@@ -124,8 +123,7 @@ class Kosmos2Extractor:
         image_embeds = self._torch.nn.functional.normalize(image_embeds, dim=-1)
         return m.image_to_text_projection(image_embeds)[0]
 
-    def _features(self, pixel_values, input_ids, attention_mask, position_ids, image_index, last_index,
-                  text_weights):
+    def _features(self, pixel_values, input_ids, position_ids, image_index, last_index, text_weights):
         """Synchronisation-free forward: pooled features [views, D] (float32)."""
         latents = self.image_latents(pixel_values)
         if self.config.pooling == "mean_image":
@@ -134,8 +132,13 @@ class Kosmos2Extractor:
         embeds = text.embed_tokens(input_ids)
         flat = embeds.reshape(-1, embeds.shape[-1]).index_copy(
             0, image_index, latents.reshape(-1, latents.shape[-1]).to(embeds.dtype))
-        hidden = text(inputs_embeds=flat.view_as(embeds), attention_mask=attention_mask, position_ids=position_ids,
-                      use_cache=False, return_dict=True).last_hidden_state
+        hidden = text.forward_embedding(input_ids=None, inputs_embeds=flat.view_as(embeds), position_ids=position_ids)
+        # The text model's own forward builds an explicit causal + padding mask. The prompt is right-padded,
+        # so under causal attention no token that is pooled sees a pad: without a mask SDPA takes its
+        # causal (flash) kernel, and the pooled features equal the masked forward's.
+        for layer in text.layers:
+            hidden = layer(hidden, use_cache=False)[0]
+        hidden = text.layer_norm(hidden)
         return pool_hidden(hidden, self.config.pooling, last_index, text_weights).float()
 
     def extract(self, images: list[np.ndarray], instruction: str) -> np.ndarray:
