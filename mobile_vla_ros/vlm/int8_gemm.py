@@ -1,10 +1,10 @@
 """A fused int8-weight GEMM for CUDA (Triton): y = x @ (q * s)^T + b with x in FP16/BF16, q int8 [N, K]
 and s [N, ceil(K / group_size)], one scale per output row and group of input channels. The int8 tile is
-converted in registers right before the tensor-core dot, and each tile's FP32 product is scaled by
-its group's scales (a tile of 64 input channels never spans two groups), so each weight byte is read once and no FP16
-copy of the weight is written (the dequantising path writes and reads one per layer). At the VLM's
-batch-1 token counts the text model's layers are memory-bound: half the weight bytes is up to half
-the time there.
+converted in registers right before the tensor-core dot, and each tile's FP32 product is scaled by its
+group's scales (a tile of 64 input channels never spans two groups), so each weight byte is read once
+and no FP16 copy of the weight is written (the dequantising path writes and reads one per layer). At
+the VLM's batch-1 token counts the text model's layers are memory-bound: half the weight bytes is up
+to half the time there.
 
 Triton compiles the kernel on first use per configuration (autotuned once per shape, outside any
 CUDA-graph capture: `StaticForward` warms up before it captures). Without Triton, or on the CPU,
