@@ -17,6 +17,7 @@ import functools
 
 import torch
 
+TILE_K = 64  # input channels per K tile: group sizes must be a multiple of it (or the whole row)
 _loaded: tuple | None = None  # (triton, kernel) once built; a plain global read traces under torch.compile
 
 
@@ -27,8 +28,8 @@ def _kernel() -> tuple:
     import triton
     import triton.language as tl
 
-    # BLOCK_K 64: a K tile then never spans two groups of scales (group sizes are multiples of 64).
-    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=w, num_stages=s)
+    # One K tile size: a tile then never spans two groups of scales.
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": TILE_K, "GROUP_M": 8}, num_warps=w, num_stages=s)
                for m, n, w, s in ((16, 64, 4, 4), (16, 128, 4, 4), (32, 64, 4, 4), (32, 128, 4, 4), (64, 64, 4, 3),
                                   (64, 128, 4, 4), (128, 128, 8, 3), (128, 256, 8, 3), (64, 256, 8, 4))]
 
@@ -94,8 +95,8 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, gr
     n = qweight.shape[0]
     if qweight.shape[1] != k:
         raise ValueError(f"int8 linear: expected input features {qweight.shape[1]}, got {k}")
-    if group_size % 64 and group_size < k:
-        raise ValueError(f"int8 linear: group size must be a multiple of 64 or at least {k}, got {group_size}")
+    if group_size % TILE_K and group_size < k:
+        raise ValueError(f"int8 linear: group size must be a multiple of {TILE_K} or at least {k}, got {group_size}")
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     kernel[grid](rows, qweight, scale, bias if bias is not None else scale, y, m, n, k, group_size,
