@@ -43,6 +43,30 @@ def test_multi_view_is_one_batch_averaged_per_view(extractors):
     assert both.shape == (1, 64) and np.allclose(both, mean, atol=1e-5)
 
 
+def test_the_resampler_latents_attend_to_every_image_token(extractors, tiny_vlm_dir):
+    """Each image latent depends on every vision token (Kosmos-2's resampler is not causal) and equals
+    the eager attention path of transformers, which applies no mask."""
+    import torch
+    from transformers import Kosmos2ForConditionalGeneration
+
+    ex = extractors["mean_image"]
+    pixels = ex.prepare([IMAGE_A], "go")["pixel_values"]
+    projection = ex.model.image_to_text_projection
+    with torch.inference_mode():
+        tokens = torch.nn.functional.normalize(
+            ex.model.vision_model.model.post_layernorm(ex.model.vision_model(pixel_values=pixels)[0]), dim=-1)
+        latents = projection(tokens)[0]
+        moved = tokens.clone()
+        moved[:, -1] += 1.0  # the last patch: past every latent's index
+        changed = (projection(moved)[0] - latents).abs().amax(dim=-1)[0]
+        eager = Kosmos2ForConditionalGeneration.from_pretrained(tiny_vlm_dir, attn_implementation="eager").eval()
+        reference = eager.image_to_text_projection(tokens)[0]
+    assert tokens.shape[1] > latents.shape[1]
+    assert bool((changed > 1e-4).all()), changed
+    assert torch.allclose(latents, reference, atol=1e-5)
+    assert torch.allclose(ex.image_latents(pixels), latents)
+
+
 def test_incomplete_or_wrong_model_directories_are_named(tiny_vlm_dir, tmp_path):
     with pytest.raises(VlmLoadError, match="does not exist"):
         create_extractor(ExtractorConfig(model_path=str(tmp_path / "none")))

@@ -74,6 +74,10 @@ class Kosmos2Extractor:
         self.processor = from_local_dir(AutoProcessor, path, "model_path", "Kosmos-2")
         model = load_model(Kosmos2ForConditionalGeneration, path, "model_path", "Kosmos-2", dtype, config.device,
                            int8_weights=config.dtype == "int8w")
+        # transformers' SDPA path treats an attention module that does not set `is_causal` as causal
+        # (huggingface/transformers#39037): the resampler's latent queries would see only the first image
+        # tokens (latent i: tokens 0..i). Kosmos-2's resampler attends to all of them, as the eager path does.
+        model.image_to_text_projection.x_attn.is_causal = False
         self._torch = torch
         self.model = model
         self.config = config
