@@ -73,6 +73,7 @@ def test_grounding_pretraining_runs_and_saves_a_loadable_kosmos2(tmp_path):
         features = ex.extract([robot.render()], sample_task(1).instruction)
     assert features.shape == (1, 32) and np.isfinite(features).all()
     assert ex.model.config.vision_config.patch_size == 32 and ex.image_tokens == 8
+    assert ex.model.image_to_text_projection.x_attn.is_causal and metrics["size"]["resampler_causal"]
 
 
 def test_twin_in_view_is_the_same_colour_other_shape():
@@ -144,5 +145,6 @@ def test_twin_confusion_counts_predictions_nearer_the_twin():
 def test_stand_in_size_parses_and_names_itself():
     assert str(grounding.StandInSize.parse("128x4x14x16")) == "128x4x14x16"
     assert grounding.StandInSize.parse("96x3") == grounding.StandInSize(96, 3)
+    assert str(grounding.StandInSize(resampler_causal=False)) == "64x2x16x16-full-resampler"
     with pytest.raises(ValueError, match="expected WIDTHxLAYERS"):
         grounding.StandInSize.parse("wide")

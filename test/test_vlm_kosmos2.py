@@ -67,6 +67,27 @@ def test_the_resampler_latents_attend_to_every_image_token(extractors, tiny_vlm_
     assert torch.allclose(ex.image_latents(pixels), latents)
 
 
+def test_a_checkpoint_trained_with_a_causal_resampler_runs_as_trained(tiny_vlm_dir, tmp_path):
+    """config.json `resampler_causal_attention: true` (the shipped stand-in): latent i sees image tokens
+    0..i only, so the last patch moves no latent and the class token moves all."""
+    import torch
+
+    causal = tmp_path / "causal"
+    shutil.copytree(tiny_vlm_dir, causal)
+    config = json.loads((causal / "config.json").read_text())
+    (causal / "config.json").write_text(json.dumps({**config, "resampler_causal_attention": True}))
+    ex = create_extractor(ExtractorConfig(model_path=str(causal), pooling="mean_image"))
+    projection = ex.model.image_to_text_projection
+    tokens = torch.randn(1, 50, ex.model.config.vision_config.hidden_size)
+    with torch.inference_mode():
+        latents = projection(tokens)[0]
+        for index, moved_latents in ((-1, 0), (0, latents.shape[1])):
+            moved = tokens.clone()
+            moved[:, index] += 1.0
+            changed = (projection(moved)[0] - latents).abs().amax(dim=-1)[0]
+            assert int((changed > 1e-4).sum()) == moved_latents, (index, changed)
+
+
 def test_incomplete_or_wrong_model_directories_are_named(tiny_vlm_dir, tmp_path):
     with pytest.raises(VlmLoadError, match="does not exist"):
         create_extractor(ExtractorConfig(model_path=str(tmp_path / "none")))

@@ -31,6 +31,15 @@ DEFAULT_PROMPT = "<grounding>{instruction}"
 TOKENISE_PLACEHOLDER = np.zeros((8, 8, 3), dtype=np.uint8)
 
 
+# config.json key of a checkpoint whose resampler was trained with causal attention (latent i sees image
+# tokens 0..i), as transformers' SDPA path ran every Kosmos-2 resampler before this package fixed it.
+RESAMPLER_CAUSAL_KEY = "resampler_causal_attention"
+
+
+def resampler_is_causal(config) -> bool:
+    return bool(getattr(config, RESAMPLER_CAUSAL_KEY, False))
+
+
 def pad_to_bucket(tensors: dict, keys: tuple[str, ...], pad_values: dict, bucket: int) -> dict:
     """Right-pad the [B, L] tensors in `keys` to a multiple of `bucket` tokens."""
     import torch
@@ -77,7 +86,8 @@ class Kosmos2Extractor:
         # transformers' SDPA path treats an attention module that does not set `is_causal` as causal
         # (huggingface/transformers#39037): the resampler's latent queries would see only the first image
         # tokens (latent i: tokens 0..i). Kosmos-2's resampler attends to all of them, as the eager path does.
-        model.image_to_text_projection.x_attn.is_causal = False
+        # A checkpoint trained under that causal attention (the shipped stand-in) says so in its config.
+        model.image_to_text_projection.x_attn.is_causal = resampler_is_causal(model.config)
         self._torch = torch
         self.model = model
         self.config = config

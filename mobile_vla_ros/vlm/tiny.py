@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .kosmos2 import RESAMPLER_CAUSAL_KEY
+
 # Instructions the tokenizer is trained on (a unigram model over these words).
 CORPUS = [
     "go to the red cylinder", "drive to the green box", "move towards the blue ball",
@@ -21,10 +23,12 @@ CORPUS = [
 
 def build_tiny_kosmos2(out_dir: str | Path, seed: int = 0, embed_dim: int = 64, image_size: int = 224,
                        patch_size: int = 32, image_tokens: int = 16, layers: int = 2, full_size: bool = False,
-                       trainable: bool = False) -> Path:
+                       trainable: bool = False, resampler_causal: bool = False) -> Path:
     """With `full_size`, the layer sizes of microsoft/kosmos-2-patch14-224 (1.66 B parameters,
     saved in FP16): for latency benchmarks, where the weight values do not matter. With `trainable`,
-    the initialisation of `trainable_init` (the start of the shipped stand-in's grounding training)."""
+    the initialisation of `trainable_init` (the start of the shipped stand-in's grounding training).
+    `resampler_causal`: the resampler's latent i attends to image tokens 0..i only (the shipped stand-in's
+    architecture, recorded in config.json; Kosmos-2 attends to all)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import (
         CLIPImageProcessor,
@@ -63,6 +67,8 @@ def build_tiny_kosmos2(out_dir: str | Path, seed: int = 0, embed_dim: int = 64, 
                            "num_attention_heads": 4, "image_size": image_size, "patch_size": patch_size},
             latent_query_num=image_tokens,
         )
+    if resampler_causal:
+        setattr(config, RESAMPLER_CAUSAL_KEY, True)
     _save_random(Kosmos2ForConditionalGeneration, config, out, seed, full_size,
                  trainable_init if trainable else None)
     processor.save_pretrained(out)

@@ -25,6 +25,7 @@ import argparse
 import os
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from ...vlm.grounding import StandInSize
@@ -47,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--grounding-epochs", type=int, default=40)
     ap.add_argument("--vlm-size", type=StandInSize.parse, default=StandInSize(),
                     help="stand-in VLM WIDTHxLAYERSxPATCHxTOKENS (default %(default)s)")
+    ap.add_argument("--vlm-full-resampler", action="store_true",
+                    help="the stand-in's resampler attends to every image token (default: causal, as shipped)")
     ap.add_argument("--epochs", type=int, default=30, help="action-expert epochs")
     ap.add_argument("--staleness", default="0.0,3.5", help="feature ages trained on (s): the whole deployment range")
     ap.add_argument("--expert-delay-max", type=float, default=1.5)
@@ -100,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         metrics = build_grounded_vlm(vlm_dir, args.grounding_tasks, args.grounding_epochs, args.seed, args.device,
                                      per_task=8, batch=256 if args.device == "cuda" else 64,
-                                     workers=min(14, os.cpu_count() or 1), size=args.vlm_size)
+                                     workers=min(14, os.cpu_count() or 1),
+                                     size=replace(args.vlm_size, resampler_causal=not args.vlm_full_resampler))
         print(f"stand-in VLM -> {vlm_dir}: {metrics}")
     bags: dict[str, list[str]] = {"train": [], "val": []}
     for task_set in TASK_SETS:
