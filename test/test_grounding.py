@@ -31,8 +31,10 @@ def image_to_text_ratio(model_dir) -> float:
 def test_trainable_init_lets_the_image_reach_the_text_model(tmp_path):
     from mobile_vla_ros.vlm.tiny import build_tiny_kosmos2
 
-    default = image_to_text_ratio(build_tiny_kosmos2(tmp_path / "default", seed=0))
-    trainable = image_to_text_ratio(build_tiny_kosmos2(tmp_path / "trainable", seed=0, trainable=True))
+    # the stand-in's architecture: its resampler attends causally (README, Models)
+    default = image_to_text_ratio(build_tiny_kosmos2(tmp_path / "default", seed=0, resampler_causal=True))
+    trainable = image_to_text_ratio(build_tiny_kosmos2(tmp_path / "trainable", seed=0, trainable=True,
+                                                       resampler_causal=True))
     assert default < 0.1  # transformers' init: the image is a whisper next to the text
     assert 0.3 < trainable < 3.0
 

@@ -2,7 +2,8 @@
 
   python -m mobile_vla_ros.tools.training.make_default_model --out models/default [--device cuda]
 
-1. the stand-in VLM: a tiny Kosmos-2 (patch 16, 64-dim; `--vlm-size`) built with `trainable_init`,
+1. the stand-in VLM: a tiny Kosmos-2 (patch 16, 64-dim; `--vlm-size`; its resampler's attention causal,
+   as shipped, or full with `--vlm-full-resampler`) built with `trainable_init`,
    grounding-pretrained on 28,000 seeded renders of standard and hard tasks, instructions with the
    training paraphrases (vlm/grounding.py; 6 min on one H200 with MUJOCO_GL=egl and 16 cores, hours on
    2 CPU cores) and saved to OUT/vlm; `--vlm DIR` uses an already grounded one instead;
