@@ -8,6 +8,7 @@ import pytest
 
 from mobile_vla_ros.vlm.base import ExtractorConfig, VlmLoadError
 from mobile_vla_ros.vlm.factory import create_extractor
+from mobile_vla_ros.vlm.kosmos2 import RESAMPLER_CAUSAL_KEY
 
 RNG = np.random.default_rng(0)
 IMAGE_A = RNG.integers(0, 255, (224, 224, 3), dtype=np.uint8)
@@ -55,8 +56,7 @@ def test_the_resampler_latents_attend_to_every_image_token(extractors, tiny_vlm_
     pixels = ex.prepare([IMAGE_A], "go")["pixel_values"]
     projection = ex.model.image_to_text_projection
     with torch.inference_mode():
-        tokens = torch.nn.functional.normalize(
-            ex.model.vision_model.model.post_layernorm(ex.model.vision_model(pixel_values=pixels)[0]), dim=-1)
+        tokens = ex.vision_tokens(pixels)
         latents = projection(tokens)[0]
         moved = tokens.clone()
         moved[:, -1] += 1.0  # the last patch: past every latent's index
@@ -77,7 +77,7 @@ def test_a_checkpoint_trained_with_a_causal_resampler_runs_as_trained(tiny_vlm_d
     causal = tmp_path / "causal"
     shutil.copytree(tiny_vlm_dir, causal)
     config = json.loads((causal / "config.json").read_text())
-    (causal / "config.json").write_text(json.dumps({**config, "resampler_causal_attention": True}))
+    (causal / "config.json").write_text(json.dumps({**config, RESAMPLER_CAUSAL_KEY: True}))
     ex = create_extractor(ExtractorConfig(model_path=str(causal), pooling="mean_image"))
     projection = ex.model.image_to_text_projection
     tokens = torch.randn(1, 50, ex.model.config.vision_config.hidden_size)

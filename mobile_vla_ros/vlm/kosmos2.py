@@ -129,13 +129,15 @@ class Kosmos2Extractor:
                **pooling_indices(inputs["attention_mask"], inputs["attention_mask"].bool() & ~image_mask)}
         return {k: v.to(self.device, non_blocking=True) for k, v in out.items()}
 
+    def vision_tokens(self, pixel_values):
+        """Vision tower: [B, 1 + patches, D_vision], layer-normed and L2-normalised (the resampler's input)."""
+        vision = self.model.vision_model
+        image_embeds = vision.model.post_layernorm(vision(pixel_values=pixel_values.to(self.dtype))[0])
+        return self._torch.nn.functional.normalize(image_embeds, dim=-1)
+
     def image_latents(self, pixel_values):
         """Vision tower -> resampler: [B, image_tokens, D] in the text model's space."""
-        m = self.model
-        vision = m.vision_model(pixel_values=pixel_values.to(self.dtype))
-        image_embeds = m.vision_model.model.post_layernorm(vision[0])
-        image_embeds = self._torch.nn.functional.normalize(image_embeds, dim=-1)
-        return m.image_to_text_projection(image_embeds)[0]
+        return self.model.image_to_text_projection(self.vision_tokens(pixel_values))[0]
 
     def _features(self, pixel_values, input_ids, position_ids, image_index, last_index, text_weights):
         """Synchronisation-free forward: pooled features [views, D] (float32)."""
