@@ -123,6 +123,57 @@ def test_labels_of_a_recorded_episode_depend_on_what_the_samples_image_and_motio
     assert first_seen - 0.02 <= first_shown < first_seen + 1 / 15 + 0.02  # camera at 15 Hz, poses at 50 Hz
 
 
+def test_a_sample_turned_in_place_has_the_turn_in_its_motion_input_and_the_turned_poses_labels(hard_bag):
+    """`--turn-augment`: a sample turned by delta keeps its image and sensor window; its motion input's
+    yaw grows by delta (dx, dy unchanged) and its labels are the rule's at the turned pose, so a target
+    the image showed is steered to from where it now is, and a search holds once the turn since the
+    image reaches SEARCH_STEP."""
+    spec = ModelSpec.load(default_model_dir())
+    rec = read_recording(hard_bag, spec, TOPICS, TWIST)
+    data = train.build_dataset([rec], [np.zeros((len(rec.images), spec.feature_dim), np.float32)], spec, 0.04,
+                               TWIST, labels="sim-expert")
+    informed = train._informed_labels(rec, 0, np.array([t for t, _ in rec.images]), data.times)
+    samples = np.arange(len(data))
+    images = data.feature_index(samples, np.full(len(data), 1.6))
+    turn = np.random.default_rng(0).uniform(-1.0, 1.0, len(data))
+    plain, turned = data.motion(samples, images), data.motion(samples, images, turn)
+    np.testing.assert_allclose(turned[:, :3], plain[:, :3])
+    np.testing.assert_allclose(turned[:, 3], plain[:, 3] + turn)
+    labels = data.labels(samples, images, turn)
+    shown = informed.image_shows_target[images]
+    x, y, yaw = informed.sample_pose.T
+    tx, ty, radius = informed.sample_target.T
+    bearing = (np.arctan2(ty - y, tx - x) - (yaw + turn) + np.pi) % (2 * np.pi) - np.pi
+    v, w = steer_command(bearing, np.hypot(tx - x, ty - y) - radius)
+    np.testing.assert_allclose(labels[shown, 0, 0], v[shown], atol=1e-6)
+    np.testing.assert_allclose(labels[shown, 0, 1], w[shown], atol=1e-6)
+    since_image = yaw + turn - informed.image_yaw[images]
+    np.testing.assert_array_equal(labels[~shown & (since_image >= SEARCH_STEP), 0], 0.0)
+    np.testing.assert_array_equal(labels[~shown & (since_image < SEARCH_STEP - 0.1), 0, 1], np.float32(SEARCH_RATE))
+    assert (~shown & (since_image >= SEARCH_STEP)).sum() > (~shown & (plain[:, 3] >= SEARCH_STEP)).sum() > 0
+    # A turn is the label of the turned robot, not of the recorded one.
+    assert np.abs(labels - data.labels(samples, images))[shown, 0, 1].max() > 0.5
+
+
+def test_turn_augmentation_turns_the_asked_fraction_within_the_limit_and_needs_relabelling():
+    rng = np.random.default_rng(0)
+    turns = train.turn_augmentation(rng, 20000, 0.5, (-1.0, 1.0))
+    assert 0.48 < np.mean(turns != 0) < 0.52 and np.abs(turns).max() <= 1.0 and np.abs(turns).max() > 0.99
+    ccw = train.turn_augmentation(rng, 1000, 1.0, (0.0, 1.0))  # --turn-augment-range 0,1: the way the expert searches
+    assert ccw.min() >= 0.0 and ccw.max() > 0.99
+    with pytest.raises(SystemExit):
+        train._parser().parse_args(["--bags", "b", "--out", "o", "--turn-augment-range", "1,0"])
+    state = rng.bit_generator.state
+    assert train.turn_augmentation(rng, 100, 0.0, (-1.0, 1.0)) is None
+    assert rng.bit_generator.state == state  # off: the draws, and so the trained model, are unchanged
+    with pytest.raises(ValueError, match="--turn-augment: turned samples need --labels sim-expert"):
+        train._check_args(train._parser().parse_args(["--bags", "b", "--out", "o", "--turn-augment", "0.5"]),
+                          train.init_distributed())
+    with pytest.raises(ValueError, match=r"--turn-augment: expected a fraction in \[0, 1\], got 2.0"):
+        train._check_args(train._parser().parse_args(["--bags", "b", "--out", "o", "--turn-augment", "2"]),
+                          train.init_distributed())
+
+
 def test_followed_exactly_the_rule_solves_the_hard_set_at_a_slow_vlm():
     """What the labels teach is enough: the rule on the images a 1.5 s / 0.59 Hz VLM delivers (the
     closed loop's VLM schedule: timer phase, episode pause, skipped ticks) reaches every target of the

@@ -148,10 +148,12 @@ def test_train_writes_a_complete_model_that_beats_zero_action_and_resumes(sim_ba
 def test_sim_expert_labels_train_on_record_sim_bags(sim_bags, tiny_vlm_dir, tmp_path):
     out = tmp_path / "informed"
     assert train.main(train_args(sim_bags, tiny_vlm_dir, out, tmp_path / "cache", "--epochs", "2",
-                                 "--staleness", "0,3.5", "--labels", "sim-expert", "--sensor-dropout", "0.5")) == 0
+                                 "--staleness", "0,3.5", "--labels", "sim-expert", "--sensor-dropout", "0.5",
+                                 "--turn-augment", "0.5")) == 0
     report = json.loads((out / "train_report.json").read_text())
     assert report["labels"] == "sim-expert" and report["best_val_mae_chunk"] < report["val_zero_action_mae"]
-    assert "sim-expert labels" in ModelSpec.load(out).notes
+    assert report["turn_augment"] == {"fraction": 0.5, "range_rad": [-1.0, 1.0]}
+    assert "sim-expert labels" in ModelSpec.load(out).notes and "0.5 of them turned by -1 to 1 rad" in ModelSpec.load(out).notes
 
 
 def test_sensor_dropout_replaces_whole_windows_by_the_mean():

@@ -91,7 +91,13 @@ class InformedLabels:
         return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in
                      ("sample_pose", "sample_target", "image_shows_target", "image_yaw")))
 
-    def chunks(self, samples: np.ndarray, image_index: np.ndarray, steps: int, dt: float) -> np.ndarray:
-        """[B, steps, 2] (v, w) labels of `samples` acting on the images `image_index`."""
-        return informed_chunks(self.sample_pose[samples], self.sample_target[samples],
-                               self.image_shows_target[image_index], self.image_yaw[image_index], steps, dt)
+    def chunks(self, samples: np.ndarray, image_index: np.ndarray, steps: int, dt: float,
+               turn: np.ndarray | None = None) -> np.ndarray:
+        """[B, steps, 2] (v, w) labels of `samples` acting on the images `image_index`; `turn` [B] (rad):
+        label the robot as if it had turned that much further in place before the sample."""
+        pose = self.sample_pose[samples]
+        if turn is not None:
+            pose = pose.copy()
+            pose[:, 2] += turn
+        return informed_chunks(pose, self.sample_target[samples], self.image_shows_target[image_index],
+                               self.image_yaw[image_index], steps, dt)

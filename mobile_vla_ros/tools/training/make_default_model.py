@@ -16,8 +16,9 @@
 3. mobile-vla-train on those bags with that VLM: the motion since the image as a third input, feature
    ages drawn uniformly over 0-3.5 s (every deployment from the CPU stand-in at 3.33 Hz to a 1.5 s VLM at
    0.59 Hz, whose features are up to 3.2 s old), labels from the expert that knows only the sample's
-   image and the motion since it (`--labels sim-expert`) -> OUT; the same without the motion input ->
-   --no-motion-out (the closed-loop benchmark's ablation).
+   image and the motion since it (`--labels sim-expert`; `--turn-augment`: samples turned in place,
+   measured, not shipped) -> OUT; the same without the motion input -> --no-motion-out (the closed-loop
+   benchmark's ablation).
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--informed-latency-max", type=float, default=1.5)
     ap.add_argument("--labels", default="sim-expert", choices=["recorded", "sim-expert"],
                     help="mobile-vla-train --labels: the expert with the information of each sample's image")
+    ap.add_argument("--turn-augment", type=float, default=0.0, metavar="FRACTION",
+                    help="mobile-vla-train --turn-augment for the model with the motion input (the ablation "
+                         "without it cannot carry a turn); default 0: the shipped model")
     ap.add_argument("--no-motion-out", type=Path, default=Path("models/no_motion"),
                     help="the same model without the motion input ('' to skip)")
     ap.add_argument("--seed", type=int, default=0)
@@ -120,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
               "--epochs", str(args.epochs), "--patience", "6", "--sample-dt", "0.04", "--staleness", args.staleness,
               "--hidden-dim", "256", "--labels", args.labels,
               "--seed", str(args.seed), "--cache-dir", str(args.work / "feature_cache")]
-    code = train.main([*common, "--out", str(args.out), "--name", args.out.name])
+    turned = ["--turn-augment", str(args.turn_augment)] if args.turn_augment else []
+    code = train.main([*common, *turned, "--out", str(args.out), "--name", args.out.name])
     if code == 0 and str(args.no_motion_out):
         code = train.main([*common, "--out", str(args.no_motion_out), "--name", args.no_motion_out.name,
                            "--no-motion-input"])

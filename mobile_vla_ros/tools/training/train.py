@@ -114,21 +114,30 @@ class Dataset:
     times: np.ndarray          # [S] shifted sample times
     targets: np.ndarray        # [S, K, D] the recorded commands over each sample's chunk
     motion_history: MotionHistory | None = None  # all bags end to end, shifted times (motion-input models)
-    # --labels sim-expert: (samples, image indices) -> [S, K, D] labels from the expert with the
-    # information of each sample's image, replacing `targets`.
-    relabel: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    # --labels sim-expert: (samples, image indices, turns or None) -> [S, K, D] labels from the expert
+    # with the information of each sample's image, replacing `targets`.
+    relabel: Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.times)
 
-    def labels(self, samples: np.ndarray, image_index: np.ndarray) -> np.ndarray:
+    def labels(self, samples: np.ndarray, image_index: np.ndarray, turn: np.ndarray | None = None) -> np.ndarray:
         """[S, K, D] action labels of `samples` whose features come from `image_index`: the recorded
-        commands, or with --labels sim-expert what the expert would do knowing only that image."""
-        return self.targets[samples] if self.relabel is None else self.relabel(samples, image_index)
+        commands, or with --labels sim-expert what the expert would do knowing only that image (and,
+        with `turn`, after turning that much further in place: `turn_augmentation`)."""
+        if self.relabel is None:
+            if turn is not None:
+                raise ValueError("turned samples need labels recomputed from the pose (--labels sim-expert)")
+            return self.targets[samples]
+        return self.relabel(samples, image_index, turn)
 
-    def motion(self, samples: np.ndarray, image_index: np.ndarray) -> np.ndarray:
-        """[S, 4] motion from each sample's feature image to the sample time, as the node computes it."""
-        return self.motion_history.motion_since(self.image_times[image_index], self.times[samples])
+    def motion(self, samples: np.ndarray, image_index: np.ndarray, turn: np.ndarray | None = None) -> np.ndarray:
+        """[S, 4] motion from each sample's feature image to the sample time, as the node computes it;
+        `turn` [S] (rad) is added to the yaw (a turn in place at the end leaves dx, dy unchanged)."""
+        motion = self.motion_history.motion_since(self.image_times[image_index], self.times[samples])
+        if turn is not None:
+            motion[:, 3] += turn
+        return motion
 
     def feature_index(self, samples: np.ndarray, staleness: np.ndarray) -> np.ndarray:
         """Index of the newest image at (sample time - staleness), never before its bag's first image."""
@@ -188,8 +197,8 @@ def build_dataset(recordings: list[Recording], features: list[np.ndarray], spec:
             raise ValueError(f"--labels sim-expert: the sim expert commands {', '.join(EXPERT_FIELDS)}; "
                              f"--twist-mapping has {', '.join(unknown)}")
         expert, columns = InformedLabels.concatenate(informed), [EXPERT_FIELDS.index(f) for f in twist_mapping]
-        dataset.relabel = lambda samples, images: expert.chunks(samples, images, k, dt)[..., columns].astype(
-            np.float32)
+        dataset.relabel = lambda samples, images, turn: expert.chunks(samples, images, k, dt, turn)[
+            ..., columns].astype(np.float32)
     return dataset
 
 
@@ -214,6 +223,21 @@ def staleness_range(value: str, vlm_hz: float, vlm_latency: float) -> tuple[floa
     if not 0 <= lo <= hi:
         raise ValueError(f"--staleness: expected 0 <= MIN <= MAX, got {lo}, {hi}")
     return lo, hi
+
+
+def turn_augmentation(rng: np.random.Generator, n: int, fraction: float,
+                      turn_range: tuple[float, float]) -> np.ndarray | None:
+    """[n] extra turns (rad) for a batch: uniform in `turn_range` for `fraction` of the samples, 0 for the rest.
+
+    The expert's episodes hold few states where the robot has turned well past the image its features
+    come from (the memory-driven expert steers as soon as the target is in view), but a policy on a slow
+    VLM reaches them: it keeps searching after an image that showed the target, or turns past it. A
+    sample turned in place by delta (its motion input's yaw and its pose, from which the sim-expert
+    labels are recomputed) is such a state, consistent with the image: the image's features, the
+    motion since, and what the expert would do there. The sensor window stays as recorded."""
+    if fraction <= 0:
+        return None
+    return np.where(rng.random(n) < fraction, rng.uniform(*turn_range, n), 0.0)
 
 
 def drop_windows(windows, dropped: np.ndarray, sensor_mean):
@@ -256,15 +280,16 @@ class Trainer:
         self.action_mean = torch.tensor(spec.normalization.action_mean, device=self.device)
         self.action_std = torch.tensor(spec.normalization.action_std, device=self.device)
 
-    def _batch(self, data: Dataset, samples: np.ndarray, staleness: np.ndarray):
-        """(inputs in graph order, targets) of `samples` with features `staleness` s older than each."""
+    def _batch(self, data: Dataset, samples: np.ndarray, staleness: np.ndarray, turn: np.ndarray | None = None):
+        """(inputs in graph order, targets) of `samples` with features `staleness` s older than each
+        (and turned in place by `turn` rad: `turn_augmentation`)."""
         t = self.torch
         image = data.feature_index(samples, staleness)
         inputs = [data.features[image], data.windows(samples, self.spec.sensor_window)]
         if self.spec.motion_input:
-            inputs.append(data.motion(samples, image))
+            inputs.append(data.motion(samples, image, turn))
         return ([t.from_numpy(np.ascontiguousarray(x)).to(self.device) for x in inputs],
-                t.from_numpy(data.labels(samples, image)).to(self.device))
+                t.from_numpy(data.labels(samples, image, turn)).to(self.device))
 
     def run_epoch(self) -> float:
         """One epoch; every rank draws the same permutation and staleness and takes its share."""
@@ -278,7 +303,8 @@ class Trainer:
         for step in range(self.steps_per_epoch):
             batch = order[step * args.batch_size:(step + 1) * args.batch_size]
             mine = batch[dist.rank * per_rank:(dist.rank + 1) * per_rank]
-            inputs, y = self._batch(self.train, mine, staleness[mine])
+            turn = turn_augmentation(rng, len(mine), args.turn_augment, args.turn_augment_range)
+            inputs, y = self._batch(self.train, mine, staleness[mine], turn)
             if args.sensor_dropout > 0:
                 inputs[1] = drop_windows(inputs[1], rng.random(len(mine)) < args.sensor_dropout, self.sensor_mean)
             # Through the (DDP) module's forward, so DDP's gradient hooks fire; the loss is on
@@ -377,6 +403,16 @@ def init_distributed() -> Distributed:
     return Distributed(torch.distributed.get_rank(), world, f"cuda:{local}" if cuda else "cpu", cuda)
 
 
+def _turn_range(value: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected LO,HI in rad, got {value!r}") from exc
+    if lo > hi:
+        raise argparse.ArgumentTypeError(f"expected LO <= HI, got {lo}, {hi}")
+    return lo, hi
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mobile-vla-train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -421,6 +457,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--weight-decay", type=float, default=1e-4)
     ap.add_argument("--sensor-dropout", type=float, default=0.0,
                     help="fraction of training samples whose sensor window is replaced by its mean (0-1)")
+    ap.add_argument("--turn-augment", type=float, default=0.0, metavar="FRACTION",
+                    help="fraction of training samples turned in place by a random angle, their motion input "
+                         "and sim-expert labels recomputed (needs --labels sim-expert and the motion input)")
+    ap.add_argument("--turn-augment-range", type=_turn_range, default="-1.0,1.0", metavar="LO,HI",
+                    help="--turn-augment angles, uniform in [LO, HI] rad (positive: counter-clockwise, the way "
+                         "the expert searches; default %(default)s)")
     ap.add_argument("--patience", type=int, default=8, help="epochs without validation improvement before stopping")
     ap.add_argument("--sample-dt", type=float, default=0.02, help="s between training samples in a bag")
     ap.add_argument("--seed", type=int, default=0)
@@ -480,6 +522,12 @@ def _check_args(args, dist) -> None:
                          f"got {len(args.twist_mapping)}")
     if not 0.0 <= args.sensor_dropout <= 1.0:
         raise ValueError(f"--sensor-dropout: expected a fraction in [0, 1], got {args.sensor_dropout}")
+    if not 0.0 <= args.turn_augment <= 1.0:
+        raise ValueError(f"--turn-augment: expected a fraction in [0, 1], got {args.turn_augment}")
+    if args.turn_augment > 0 and (args.labels != "sim-expert" or not args.motion_input):
+        raise ValueError("--turn-augment: turned samples need --labels sim-expert (labels recomputed from the "
+                         "pose) and the motion input (which carries the turn); got "
+                         f"--labels {args.labels}{'' if args.motion_input else ' --no-motion-input'}")
     if args.batch_size % dist.world:
         raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {dist.world} processes")
 
@@ -574,7 +622,9 @@ def _write_outputs(args, spec, trainer, train, val, vlm_path: Path, write_model_
     labels = val.labels(every, val.feature_index(every, trainer.val_staleness))  # what validation scored against
     baseline = np.abs(labels).mean()
     mean_action = np.asarray(spec.normalization.action_mean, dtype=np.float32)
-    spec.notes = (f"trained by mobile-vla-train ({args.labels} labels) on {len(train)} samples; best val MAE "
+    lo, hi = args.turn_augment_range
+    turned = f", {args.turn_augment:g} of them turned by {lo:g} to {hi:g} rad" if args.turn_augment else ""
+    spec.notes = (f"trained by mobile-vla-train ({args.labels} labels) on {len(train)} samples{turned}; best val MAE "
                   f"(chunk) {trainer.best:.4f} (zero action {baseline:.4f}, mean action "
                   f"{np.abs(labels - mean_action).mean():.4f})")
     error = write_model_dir(model, spec, args.out, extra={"history": trainer.history})
@@ -582,7 +632,9 @@ def _write_outputs(args, spec, trainer, train, val, vlm_path: Path, write_model_
         shutil.copytree(vlm_path, args.out / "vlm", dirs_exist_ok=True)
     report = {"best_val_mae_chunk": trainer.best, "val_zero_action_mae": float(baseline),
               "val_mean_action_mae": float(np.abs(labels - mean_action).mean()), "labels": args.labels,
-              "staleness_range": list(spec.staleness_range), "epochs": trainer.epoch, "history": trainer.history,
+              "staleness_range": list(spec.staleness_range),
+              "turn_augment": {"fraction": args.turn_augment, "range_rad": list(args.turn_augment_range)},
+              "epochs": trainer.epoch, "history": trainer.history,
               "onnx_max_abs_error": error}
     (args.out / "train_report.json").write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}: action_expert.pt, action_expert.onnx (max |ONNX - PyTorch| {error:.1e}), model.yaml, "
