@@ -22,6 +22,11 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
+# .venv-jazzy beside a .venv of the same Python uses .venv's ML stack (the same pinned files, linked) and
+# installs only the Jazzy wheels: seconds instead of minutes of CI time.
+if [ "$VENV" = .venv-jazzy ] && [ -x .venv/bin/python ]; then
+    .venv/bin/python scripts/link_ml_stack.py "$VENV" || true
+fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e .
 # Type stubs of TensorRT 10.13 for the static check of the TensorRT code (TensorRT itself cannot be

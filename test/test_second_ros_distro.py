@@ -1,7 +1,8 @@
 """The README says Humble, Jazzy and Kilted: the ROS-facing tests (real node processes over DDS,
 parameters, QoS, clock jumps, start-up errors, bring-up) run a second time against ROS 2 Jazzy, in
-their own environment (`scripts/install.sh --jazzy` -> .venv-jazzy, the same ML stack). The main
-suite runs on Kilted; Humble (the robot's) is the apt install and is not installable here."""
+their own environment (`scripts/install.sh --jazzy` -> .venv-jazzy: the Jazzy wheels, and .venv's ML
+stack linked in). The main suite runs on Kilted; Humble (the robot's) is the apt install and is not
+installable here."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 ROS_FACING = ["test/test_system_rates.py", "test/test_system_reliability.py", "test/test_system_safe_stop.py",
@@ -32,9 +34,14 @@ def test_the_ros_facing_tests_pass_on_ros2_jazzy():
                              timeout=900, env=jazzy_env())
     assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
     python = str(REPO / ".venv-jazzy" / "bin" / "python")
-    which = "import importlib.metadata as m, rclpy; print(m.version('ros-jazzy-rclpy'))"
+    which = ("import importlib.metadata as m, os, rclpy, torch; print(m.version('ros-jazzy-rclpy')); "
+             "print(os.path.realpath(torch.__file__))")
     distro = subprocess.run([python, "-c", which], capture_output=True, text=True, timeout=60, env=jazzy_env())
-    assert distro.returncode == 0 and distro.stdout.strip().startswith("7."), distro.stderr
+    assert distro.returncode == 0, distro.stderr
+    rclpy_version, torch_file = distro.stdout.split()
+    assert rclpy_version.startswith("7."), rclpy_version
+    # The same ML stack: the files of this environment, linked (scripts/link_ml_stack.py), not a copy.
+    assert torch_file == os.path.realpath(torch.__file__), torch_file
     result = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *ROS_FACING],
                             cwd=REPO,
                             capture_output=True, text=True, timeout=1500, env={**jazzy_env(), INNER: "1"})
