@@ -106,14 +106,18 @@ def from_local_dir(loader, path: Path, what: str, architecture: str, **kwargs):
 def load_model(model_class, path: Path, what: str, architecture: str, dtype, device: str,
                int8_weights: bool = False):
     """Weights with SDPA attention in `dtype` on `device`, in eval mode; a checkpoint lacking any
-    weight is refused (transformers would silently initialise it at random). `int8_weights`: linear
-    layers and embedding tables stored as int8 afterwards (vlm/int8_weights.py)."""
+    weight is refused (transformers would silently initialise it at random). Patch-embedding
+    convolutions run as matmuls (vlm/patch_embed.py). `int8_weights`: linear layers and embedding
+    tables stored as int8 afterwards (vlm/int8_weights.py)."""
     model, info = from_local_dir(model_class, path, what, architecture, output_loading_info=True,
                                  attn_implementation="sdpa", **dtype_kwarg(dtype))
     if info["missing_keys"]:
         raise VlmLoadError(f"{what}: {path} lacks weights for {len(info['missing_keys'])} tensors, "
                            f"e.g. {info['missing_keys'][0]} (not a {architecture} checkpoint?)")
     model = model.to(device).eval()
+    from .patch_embed import use_matmul_patch_embeddings
+
+    use_matmul_patch_embeddings(model)
     if int8_weights:
         from .int8_weights import quantise_weights
 
