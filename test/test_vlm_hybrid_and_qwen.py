@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mobile_vla_ros.vlm.base import ExtractorConfig, VlmLoadError
+from mobile_vla_ros.vlm.base import ExtractorConfig, VlmLoadError, check_transformers_below
 from mobile_vla_ros.vlm.factory import create_extractor
 
 RNG = np.random.default_rng(0)
@@ -141,6 +141,17 @@ def test_qwen_directory_errors_name_the_problem(tiny_qwen_dir, tmp_path):
                                            r"image_token_id 7"):
         create_extractor(ExtractorConfig(backend="qwen2_5_vl", model_path=str(wrong)))
 
+
+
+def test_a_transformers_release_the_qwen_forward_does_not_follow_is_refused_by_name():
+    """transformers 5 changed Qwen's get_rope_index (5.17 fails inside it at the first forward): refused at
+    start-up, naming the release found; the installed (pinned) release passes."""
+    check_transformers_below("Qwen2.5-VL", (5, 0))
+    check_transformers_below("Qwen2.5-VL", (5, 0), version="4.57.6")
+    with pytest.raises(VlmLoadError, match=r"Qwen2\.5-VL: needs transformers < 5\.0 .*found 5\.17\.0"):
+        check_transformers_below("Qwen2.5-VL", (5, 0), version="5.17.0")
+    with pytest.raises(VlmLoadError, match=r"found 10\.1\.0"):
+        check_transformers_below("Qwen2.5-VL", (5, 0), version="10.1.0")  # numbers, not strings, compared
 
 
 def test_a_kosmos2_directory_is_refused_as_qwen(tiny_vlm_dir):

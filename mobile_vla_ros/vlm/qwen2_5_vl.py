@@ -27,6 +27,7 @@ from .base import (
     check_model_dir,
     check_model_type,
     check_pooling,
+    check_transformers_below,
     from_local_dir,
     load_model,
     torch_dtype,
@@ -45,6 +46,8 @@ class Qwen25VLExtractor:
         import torch
         from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
+        # transformers 5 changed get_rope_index, which the prompt's positions come from (5.17 fails there).
+        check_transformers_below("Qwen2.5-VL", (5, 0))
         check_pooling(config.pooling)
         path = check_model_dir(config.model_path)
         check_model_type(path, "qwen2_5_vl")
