@@ -41,7 +41,9 @@ def test_the_ros_facing_tests_pass_on_ros2_jazzy():
     rclpy_version, torch_file = distro.stdout.split()
     assert rclpy_version.startswith("7."), rclpy_version
     # The same ML stack: the files of this environment, linked (scripts/link_ml_stack.py), not a copy.
-    assert torch_file == os.path.realpath(torch.__file__), torch_file
+    assert torch_file == os.path.realpath(torch.__file__), (
+        f"Jazzy imports torch from {torch_file}, not .venv's files: a .venv-jazzy made before the ML stack was "
+        f"linked keeps its own copy; remove .venv-jazzy and run again")
     result = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *ROS_FACING],
                             cwd=REPO,
                             capture_output=True, text=True, timeout=1500, env={**jazzy_env(), INNER: "1"})
