@@ -65,8 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--turn-augment", type=float, default=0.0, metavar="FRACTION",
                     help="mobile-vla-train --turn-augment for the model with the motion input (the ablation "
                          "without it cannot carry a turn); default 0: the shipped model")
-    ap.add_argument("--turn-augment-range", default="-1.0,1.0", metavar="LO,HI",
-                    help="mobile-vla-train --turn-augment-range (rad)")
+    ap.add_argument("--turn-augment-range", default=None, metavar="LO,HI",
+                    help="mobile-vla-train --turn-augment-range (rad); default: mobile-vla-train's")
     ap.add_argument("--no-motion-out", type=Path, default=Path("models/no_motion"),
                     help="the same model without the motion input ('' to skip)")
     ap.add_argument("--seed", type=int, default=0)
@@ -126,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
               "--epochs", str(args.epochs), "--patience", "6", "--sample-dt", "0.04", "--staleness", args.staleness,
               "--hidden-dim", "256", "--labels", args.labels,
               "--seed", str(args.seed), "--cache-dir", str(args.work / "feature_cache")]
-    turned = (["--turn-augment", str(args.turn_augment), "--turn-augment-range", args.turn_augment_range]
-              if args.turn_augment else [])
+    turned = ["--turn-augment", str(args.turn_augment)] if args.turn_augment else []
+    if args.turn_augment and args.turn_augment_range is not None:
+        turned += ["--turn-augment-range", args.turn_augment_range]
     code = train.main([*common, *turned, "--out", str(args.out), "--name", args.out.name])
     if code == 0 and str(args.no_motion_out):
         code = train.main([*common, "--out", str(args.no_motion_out), "--name", args.no_motion_out.name,
