@@ -145,26 +145,28 @@ def torch_dtype(name: str, device: str):
     return dtypes[name]
 
 
-def transformers_release(version: str | None = None) -> tuple[int, int]:
-    """(major, minor) of `version`, by default of the installed transformers."""
-    if version is None:
-        import transformers
+def transformers_version() -> str:
+    import transformers
 
-        version = transformers.__version__
+    return transformers.__version__
+
+
+def major_minor(version: str) -> tuple[int, int]:
+    """(major, minor) of a version string."""
     major, minor = (int(x) for x in version.split(".")[:2])
     return major, minor
 
 
 def check_transformers_below(architecture: str, below: tuple[int, int], version: str | None = None) -> None:
-    """Refuses a transformers release whose model code an extractor's own forward no longer follows,
-    at start-up instead of an IndexError deep inside transformers at the first forward."""
-    if transformers_release(version) >= below:
-        import transformers
-
+    """Refuses a transformers release (by default the installed one) whose model code an extractor's own
+    forward no longer follows, at start-up instead of an IndexError deep inside transformers at the first
+    forward."""
+    version = version or transformers_version()
+    if major_minor(version) >= below:
         raise VlmLoadError(f"{architecture}: needs transformers < {below[0]}.{below[1]} (tested with 4.57.6, as "
-                           f"pinned in requirements/); found {version or transformers.__version__}")
+                           f"pinned in requirements/); found {version}")
 
 
 def dtype_kwarg(dtype) -> dict:
     """`from_pretrained` takes `dtype` since transformers 4.56 and `torch_dtype` before."""
-    return {"dtype": dtype} if transformers_release() >= (4, 56) else {"torch_dtype": dtype}
+    return {"dtype": dtype} if major_minor(transformers_version()) >= (4, 56) else {"torch_dtype": dtype}
