@@ -6,13 +6,13 @@ installable here."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 ROS_FACING = ["test/test_system_rates.py", "test/test_system_reliability.py", "test/test_system_safe_stop.py",
@@ -41,7 +41,7 @@ def test_the_ros_facing_tests_pass_on_ros2_jazzy():
     rclpy_version, torch_file = distro.stdout.split()
     assert rclpy_version.startswith("7."), rclpy_version
     # The same ML stack: the files of this environment, linked (scripts/link_ml_stack.py), not a copy.
-    assert torch_file == os.path.realpath(torch.__file__), (
+    assert torch_file == os.path.realpath(importlib.util.find_spec("torch").origin), (
         f"Jazzy imports torch from {torch_file}, not .venv's files: a .venv-jazzy made before the ML stack was "
         f"linked keeps its own copy; remove .venv-jazzy and run again")
     result = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *ROS_FACING],

@@ -82,10 +82,11 @@ def _malformed_images(probe):
         yield msg
 
 
-# Each malformed IMU message and the reason the sensor window must give when it rejects it.
-IMU_FAULTS = ("nan", "inf", "huge", "zero_stamp", "future", "old")
+# Each malformed IMU message, in the order they are sent, and the reason the sensor window must give
+# when it rejects it.
 IMU_REJECTION = {"nan": "non_finite", "inf": "non_finite", "huge": "out_of_range", "zero_stamp": "zero_stamp",
                  "future": "future_stamp", "old": "out_of_order"}
+IMU_FAULTS = tuple(IMU_REJECTION)
 
 
 def _malformed_imu(probe):
