@@ -107,17 +107,20 @@ def load_model(model_class, path: Path, what: str, architecture: str, dtype, dev
                int8_weights: bool = False):
     """Weights with SDPA attention in `dtype` on `device`, in eval mode; a checkpoint lacking any
     weight is refused (transformers would silently initialise it at random). Patch-embedding
-    convolutions run as matmuls (vlm/patch_embed.py). `int8_weights`: linear layers and embedding
-    tables stored as int8 afterwards (vlm/int8_weights.py)."""
+    convolutions run as matmuls (vlm/patch_embed.py) and MLP hidden layers are padded to whole
+    64-channel tiles (vlm/mlp_padding.py). `int8_weights`: linear layers and embedding tables stored
+    as int8 afterwards (vlm/int8_weights.py)."""
     model, info = from_local_dir(model_class, path, what, architecture, output_loading_info=True,
                                  attn_implementation="sdpa", **dtype_kwarg(dtype))
     if info["missing_keys"]:
         raise VlmLoadError(f"{what}: {path} lacks weights for {len(info['missing_keys'])} tensors, "
                            f"e.g. {info['missing_keys'][0]} (not a {architecture} checkpoint?)")
     model = model.to(device).eval()
+    from .mlp_padding import pad_mlp_hidden
     from .patch_embed import use_matmul_patch_embeddings
 
     use_matmul_patch_embeddings(model)
+    pad_mlp_hidden(model)
     if int8_weights:
         from .int8_weights import quantise_weights
 

@@ -19,9 +19,8 @@ class StaticForward:
 
     Compiled forwards are frozen (inductor `freezing`): the weights become constants of the graph, so
     inductor concatenates the projections that read one input (q/k/v, gate/up) into one GEMM each.
-    On the H200 that took the compiled forward from 3.67 to 3.05 ms (Kosmos-2, 1 view) and from 16.5 to
-    12.9 ms (Qwen2.5-VL, 5 views; 16.4 ms in later runs, see the README), for GPU memory of the
-    concatenated copies (+0.8 GB and +3.9 GB; the bench reports it). The weights must not change after
+    On the H200 that took the compiled forward from 3.67 to 3.05 ms (Kosmos-2, 1 view), for GPU memory
+    of the concatenated copies (+0.8 GB; Qwen2.5-VL +3.6 GB; the bench reports it). The weights must not change after
     the first forward, which holds for an extractor."""
 
     def __init__(self, fn: Callable[..., object], use_graphs: bool, warmup: int = 2, compile_mode: str = "") -> None:

@@ -209,6 +209,8 @@ def _parser() -> argparse.ArgumentParser:
     vlm.add_argument("--compile", default="", metavar="MODE",
                      help="also each dtype with the forward through torch.compile (default, "
                           "max-autotune-no-cudagraphs, ...) before the CUDA-graph capture")
+    vlm.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                     help="also write each setup's forward kernels (torch.profiler table) to DIR")
     vlm.add_argument("--out", type=Path, default=Path("bench_results/vlm.json"))
     loop = sub.add_parser("loop", help="async vs synchronous control loop, real nodes over DDS")
     modes = loop.add_mutually_exclusive_group()
@@ -292,7 +294,7 @@ def vlm_bench(args) -> int:
     env = environment()
     print(f"environment: {env}")
     rows = vlm_rows(args.backends, args.views, args.iters, args.max_seconds, int8=not args.no_int8,
-                    compile_mode=args.compile)
+                    compile_mode=args.compile, profile_dir=args.profile)
     print(vlm_table(rows))
     _write(args.out, {"benchmark": "vlm", "environment": env, "rows": rows})
     return 0

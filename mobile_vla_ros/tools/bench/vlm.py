@@ -15,7 +15,9 @@ views (224x224 each), in the same run:
   with the weights' GB and the features' cosine similarity to FP16 on the same views
 - ... compiled: (`--compile MODE`) each dtype again with the forward through torch.compile before the
   capture (`compile_mode`); the first forward per shape (compilation + capture) is logged
-The table gives each end-to-end row over the CUDA-graph forward of its dtype.
+The table gives each end-to-end row over the CUDA-graph forward of its dtype. With `--profile DIR`, the
+forward's kernels per setup and number of views (torch.profiler, the non-graph run of the same compiled
+function: the kernels a replay launches) go to one text table each.
 """
 
 from __future__ import annotations
@@ -103,6 +105,31 @@ def _measure_views(extractor, backend: str, images: list[np.ndarray], iters: int
     return [(name, measure(fn, iters, warmup=5, max_seconds=max_seconds), diff) for name, fn in variants.items()]
 
 
+def _profile_forward(extractor, backend: str, images: list[np.ndarray], path: Path, repeats: int = 10) -> float:
+    """Writes the forward's CUDA kernels, by self time, to `path`; returns the kernel milliseconds per forward."""
+    import torch
+
+    from ...vlm.static_forward import StaticForward
+
+    prepared = extractor.prepare(images, INSTRUCTION)
+    graph_forward = extractor.fast_forward if backend == "qwen2_5_vl" else extractor.forward
+    if backend == "qwen2_5_vl":
+        prepared = prepared[1]
+    forward = StaticForward(graph_forward.fn, use_graphs=False)
+    forward(**prepared)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            forward(**prepared)
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    kernel_ms = sum(e.self_device_time_total for e in events) / 1e3 / repeats
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{repeats} forwards, {kernel_ms:.3f} ms of kernels per forward\n"
+                    + events.table(sort_by="self_cuda_time_total", row_limit=60, max_name_column_width=90))
+    return kernel_ms
+
+
 def _with_processor(extractor, images: list[np.ndarray]):
     """`extract` with each preprocessor swapped for its reference, the image processor."""
     names = [n for n in ("pixels", "clip_pixels", "patches") if hasattr(extractor, n)]
@@ -117,7 +144,7 @@ def _with_processor(extractor, images: list[np.ndarray]):
 
 
 def vlm_rows(backends: list[str], views: list[int], iters: int, max_seconds: float, int8: bool = True,
-             compile_mode: str = "", log=print) -> list[dict]:
+             compile_mode: str = "", profile_dir: Path | None = None, log=print) -> list[dict]:
     """Rows per backend, views and variant; with `int8`, the same checkpoint with int8 weights
     (`dtype: int8w`) beside it: its graph forward and end to end, weight bytes, feature cosine vs FP16;
     with `compile_mode`, each dtype again with the forward through torch.compile before the capture
@@ -184,6 +211,10 @@ def vlm_rows(backends: list[str], views: list[int], iters: int, max_seconds: flo
                                  "graph_vs_eager_max_abs_diff": diff, "feature_cosine_vs_fp16": cos})
                     log(f"  {backend:<12} views={n} {variant:<34} p50 {timing['p50_ms']:7.2f} ms  "
                         f"p90 {timing['p90_ms']:7.2f} ms")
+                if profile_dir is not None:
+                    path = profile_dir / f"profile_{backend}_{n}views_{label.replace(' ', '_')}.txt"
+                    kernel_ms = _profile_forward(extractor, backend, images, path)
+                    log(f"  {backend:<12} views={n} {label}: {kernel_ms:.2f} ms of kernels per forward ({path})")
         del extractors, models
         gc.collect()
         torch.cuda.empty_cache()
