@@ -174,6 +174,22 @@ def test_turn_augmentation_turns_the_asked_fraction_within_the_limit_and_needs_r
                           train.init_distributed())
 
 
+def test_turn_augmentation_with_an_age_limit_turns_only_samples_with_younger_features():
+    """--turn-augment-max-age: the turned states only where the drawn feature age is below the limit; the
+    draws are those without the limit, so older samples keep their recorded states unchanged."""
+    staleness = np.random.default_rng(1).uniform(0.0, 3.5, 20000)
+    unlimited = train.turn_augmentation(np.random.default_rng(0), 20000, 0.5, (-1.0, 1.0))
+    limited = train.turn_augmentation(np.random.default_rng(0), 20000, 0.5, (-1.0, 1.0), staleness, 1.4)
+    young = staleness < 1.4
+    np.testing.assert_array_equal(limited[young], unlimited[young])
+    assert not limited[~young].any() and unlimited[~young].any()
+    assert 0.48 < np.mean(limited[young] != 0) < 0.52
+    args = train._parser().parse_args(["--bags", "b", "--out", "o", "--labels", "sim-expert", "--turn-augment",
+                                       "0.5", "--turn-augment-max-age", "0"])
+    with pytest.raises(ValueError, match=r"--turn-augment-max-age: expected seconds > 0, got 0\.0"):
+        train._check_args(args, train.init_distributed())
+
+
 def test_followed_exactly_the_rule_solves_the_hard_set_at_a_slow_vlm():
     """What the labels teach is enough: the rule on the images a 1.5 s / 0.59 Hz VLM delivers (the
     closed loop's VLM schedule: timer phase, episode pause, skipped ticks) reaches every target of the

@@ -225,9 +225,11 @@ def staleness_range(value: str, vlm_hz: float, vlm_latency: float) -> tuple[floa
     return lo, hi
 
 
-def turn_augmentation(rng: np.random.Generator, n: int, fraction: float,
-                      turn_range: tuple[float, float]) -> np.ndarray | None:
-    """[n] extra turns (rad) for a batch: uniform in `turn_range` for `fraction` of the samples, 0 for the rest.
+def turn_augmentation(rng: np.random.Generator, n: int, fraction: float, turn_range: tuple[float, float],
+                      staleness: np.ndarray | None = None, max_age: float | None = None) -> np.ndarray | None:
+    """[n] extra turns (rad) for a batch: uniform in `turn_range` for `fraction` of the samples, 0 for the rest
+    and for samples whose drawn `staleness` [n] is `max_age` s or more (turned samples only where the
+    features are younger: `--turn-augment-max-age`).
 
     The expert's episodes hold few states where the robot has turned well past the image its features
     come from (the memory-driven expert steers as soon as the target is in view), but a policy on a slow
@@ -237,7 +239,10 @@ def turn_augmentation(rng: np.random.Generator, n: int, fraction: float,
     motion since, and what the expert would do there. The sensor window stays as recorded."""
     if fraction <= 0:
         return None
-    return np.where(rng.random(n) < fraction, rng.uniform(*turn_range, n), 0.0)
+    turns = np.where(rng.random(n) < fraction, rng.uniform(*turn_range, n), 0.0)
+    if max_age is not None:
+        turns[np.asarray(staleness) >= max_age] = 0.0
+    return turns
 
 
 def drop_windows(windows, dropped: np.ndarray, sensor_mean):
@@ -303,7 +308,8 @@ class Trainer:
         for step in range(self.steps_per_epoch):
             batch = order[step * args.batch_size:(step + 1) * args.batch_size]
             mine = batch[dist.rank * per_rank:(dist.rank + 1) * per_rank]
-            turn = turn_augmentation(rng, len(mine), args.turn_augment, args.turn_augment_range)
+            turn = turn_augmentation(rng, len(mine), args.turn_augment, args.turn_augment_range, staleness[mine],
+                                     args.turn_augment_max_age)
             inputs, y = self._batch(self.train, mine, staleness[mine], turn)
             if args.sensor_dropout > 0:
                 inputs[1] = drop_windows(inputs[1], rng.random(len(mine)) < args.sensor_dropout, self.sensor_mean)
@@ -463,6 +469,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--turn-augment-range", type=_turn_range, default="-1.0,1.0", metavar="LO,HI",
                     help="--turn-augment angles, uniform in [LO, HI] rad (positive: counter-clockwise, the way "
                          "the expert searches; default %(default)s)")
+    ap.add_argument("--turn-augment-max-age", type=float, default=None, metavar="SECONDS",
+                    help="turn only samples whose features are drawn younger than this (default: at every age)")
     ap.add_argument("--patience", type=int, default=8, help="epochs without validation improvement before stopping")
     ap.add_argument("--sample-dt", type=float, default=0.02, help="s between training samples in a bag")
     ap.add_argument("--seed", type=int, default=0)
@@ -524,6 +532,8 @@ def _check_args(args, dist) -> None:
         raise ValueError(f"--sensor-dropout: expected a fraction in [0, 1], got {args.sensor_dropout}")
     if not 0.0 <= args.turn_augment <= 1.0:
         raise ValueError(f"--turn-augment: expected a fraction in [0, 1], got {args.turn_augment}")
+    if args.turn_augment_max_age is not None and args.turn_augment_max_age <= 0:
+        raise ValueError(f"--turn-augment-max-age: expected seconds > 0, got {args.turn_augment_max_age}")
     if args.turn_augment > 0 and (args.labels != "sim-expert" or not args.motion_input):
         raise ValueError("--turn-augment: turned samples need --labels sim-expert (labels recomputed from the "
                          "pose) and the motion input (which carries the turn); got "
@@ -623,7 +633,8 @@ def _write_outputs(args, spec, trainer, train, val, vlm_path: Path, write_model_
     baseline = np.abs(labels).mean()
     mean_action = np.asarray(spec.normalization.action_mean, dtype=np.float32)
     lo, hi = args.turn_augment_range
-    turned = f", {args.turn_augment:g} of them turned by {lo:g} to {hi:g} rad" if args.turn_augment else ""
+    younger = "" if args.turn_augment_max_age is None else f" (features younger than {args.turn_augment_max_age:g} s)"
+    turned = f", {args.turn_augment:g} of them{younger} turned by {lo:g} to {hi:g} rad" if args.turn_augment else ""
     spec.notes = (f"trained by mobile-vla-train ({args.labels} labels) on {len(train)} samples{turned}; best val MAE "
                   f"(chunk) {trainer.best:.4f} (zero action {baseline:.4f}, mean action "
                   f"{np.abs(labels - mean_action).mean():.4f})")
@@ -633,7 +644,8 @@ def _write_outputs(args, spec, trainer, train, val, vlm_path: Path, write_model_
     report = {"best_val_mae_chunk": trainer.best, "val_zero_action_mae": float(baseline),
               "val_mean_action_mae": float(np.abs(labels - mean_action).mean()), "labels": args.labels,
               "staleness_range": list(spec.staleness_range),
-              "turn_augment": {"fraction": args.turn_augment, "range_rad": list(args.turn_augment_range)},
+              "turn_augment": {"fraction": args.turn_augment, "range_rad": list(args.turn_augment_range),
+                               "max_age_s": args.turn_augment_max_age},
               "epochs": trainer.epoch, "history": trainer.history,
               "onnx_max_abs_error": error}
     (args.out / "train_report.json").write_text(json.dumps(report, indent=1))
