@@ -76,3 +76,24 @@ def test_closed_loop_benchmark_reports_the_expert_upper_bound_beside_the_policy(
     assert [e["seed"] for e in rows["async-motion"]["episodes"]] == [e["seed"] for e in rows["expert"]["episodes"]]
     assert "| hard | 1.5 s | 0.59 | expert | 2/2 (100 %) |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_closed_loop_rows_are_the_same_spread_over_processes_as_run_in_one():
+    """With more workers than rows the bench splits each row's seeds over processes and joins them
+    back: the same episodes, in seed order, and the same summary as in one process."""
+    from mobile_vla_ros.tools.bench import closed_loop
+
+    assert closed_loop.seed_chunks(list(range(60)), 8, 16) == [list(range(30)), list(range(30, 60))]
+    assert closed_loop.seed_chunks([1, 2, 3], 1, 8) == [[1], [2], [3]]
+    assert closed_loop.seed_chunks([1, 2, 3], 4, 2) == [[1, 2, 3]]
+    args = ({"motion": "unused by the expert"}, [1000, 1001, 1002], ["hard"], ["expert"], [(1.5, 0.59), (0.3, 1.0)])
+    one = closed_loop.run_matrix(*args, workers=1)
+    spread = closed_loop.run_matrix(*args, workers=3)
+    assert [(r["latency"], r["vlm_hz"]) for r in spread] == [(1.5, 0.59), (0.3, 1.0)]
+    for a, b in zip(one, spread):
+        assert [e["seed"] for e in b["episodes"]] == [1000, 1001, 1002]
+        drop = {"wall_seconds"}
+        assert [{k: v for k, v in e.items() if k not in drop} for e in a["episodes"]] == \
+               [{k: v for k, v in e.items() if k not in drop} for e in b["episodes"]]
+        assert {k: a[k] for k in ("successes", "mean_time_to_target_s", "path_ratio")} == \
+               {k: b[k] for k in ("successes", "mean_time_to_target_s", "path_ratio")}

@@ -84,25 +84,61 @@ def summarize(episodes: list[dict]) -> dict:
             "smoothness": mean("smoothness", episodes)}
 
 
+def seed_chunks(seeds: list[int], runs: int, workers: int) -> list[list[int]]:
+    """`seeds` in consecutive chunks, so that `runs` rows give every worker a job (a few rows of many
+    episodes would otherwise leave workers idle while each row runs its episodes one by one)."""
+    pieces = min(len(seeds), max(1, -(-workers // max(runs, 1))))
+    size = -(-len(seeds) // pieces)
+    return [seeds[i:i + size] for i in range(0, len(seeds), size)]
+
+
+def _one_thread_set(threads: int) -> None:
+    """Pool initialiser: `threads` torch threads per worker, so that workers x threads fit the cores."""
+    import os
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def run_matrix(models: dict[str, str], seeds: list[int], task_sets: list[str], modes: list[str],
                settings: list[tuple], workers: int, progress=None) -> list[dict]:
+    """One row per (task set, setting, mode), in that order; with `workers` > 1 the rows' episodes are
+    spread over that many processes of cores / workers threads each, and `progress(done, total, row)`
+    is called as each row completes."""
     forward = measured_forward_seconds(Path(models["motion"])) if any(s[0] == CPU_STAND_IN for s in settings) else 0
-    jobs = [(Run(task_set, mode, lat, hz), forward if lat == CPU_STAND_IN else float(lat), seeds, models)
+    runs = [(Run(task_set, mode, lat, hz), forward if lat == CPU_STAND_IN else float(lat))
             for task_set in task_sets for lat, hz in settings for mode in modes]
     rows = []
     if workers <= 1:
-        for job in jobs:
-            rows.append(_run_one(job))
+        for run, latency in runs:
+            rows.append(_run_one((run, latency, seeds, models)))
             if progress:
-                progress(len(rows), len(jobs), rows[-1])
+                progress(len(rows), len(runs), rows[-1])
         return rows
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        for row in pool.imap_unordered(_run_one, jobs):
-            rows.append(row)
-            if progress:
-                progress(len(rows), len(jobs), row)
-    order = {(j[0].task_set, j[0].mode, j[0].latency, j[0].vlm_hz): i for i, j in enumerate(jobs)}
-    return sorted(rows, key=lambda r: order[(r["task_set"], r["mode"], r["latency"], r["vlm_hz"])])
+    chunks = seed_chunks(seeds, len(runs), workers)
+    jobs = [(run, latency, chunk, models) for run, latency in runs for chunk in chunks]
+    parts: dict[Run, list[dict]] = {run: [] for run, _ in runs}
+    threads = max(1, (multiprocessing.cpu_count() or 1) // workers)
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_one_thread_set,
+                                                   initargs=(threads,)) as pool:
+        for part in pool.imap_unordered(_run_one, jobs):
+            run = Run(part["task_set"], part["mode"], part["latency"], part["vlm_hz"])
+            parts[run].append(part)
+            if len(parts[run]) == len(chunks):
+                rows.append(_joined(parts[run]))
+                if progress:
+                    progress(len(rows), len(runs), rows[-1])
+    order = {run: i for i, (run, _) in enumerate(runs)}
+    return sorted(rows, key=lambda r: order[Run(r["task_set"], r["mode"], r["latency"], r["vlm_hz"])])
+
+
+def _joined(parts: list[dict]) -> dict:
+    """One row from the rows of its seed chunks: episodes in seed order, the summary over all of them."""
+    episodes = sorted((e for p in parts for e in p["episodes"]), key=lambda e: e["seed"])
+    return {**parts[0], "episodes": episodes, **summarize(episodes),
+            "wall_seconds": sum(p["wall_seconds"] for p in parts)}
 
 
 def _fmt(value, spec: str) -> str:
