@@ -71,6 +71,17 @@ def _eager_forward(extractor, backend: str, images: list[np.ndarray]):
     return run
 
 
+def _graph_forward(extractor, backend: str, images: list[np.ndarray]):
+    """(the extractor's CUDA-graph forward, its prepared inputs for `images`)."""
+    prepared = extractor.prepare(images, INSTRUCTION)
+    if backend != "qwen2_5_vl":
+        return extractor.forward, prepared
+    fast, prepared = prepared
+    if not fast:
+        raise RuntimeError("224x224 views must take the fast path")
+    return extractor.fast_forward, prepared
+
+
 def _measure_views(extractor, backend: str, images: list[np.ndarray], iters: int, max_seconds: float,
                    full: bool = True):
     """All variants (`full`), or only the graph forward and end to end."""
@@ -78,12 +89,7 @@ def _measure_views(extractor, backend: str, images: list[np.ndarray], iters: int
 
     from ...vlm.static_forward import StaticForward
 
-    prepared = extractor.prepare(images, INSTRUCTION)
-    graph_forward = extractor.fast_forward if backend == "qwen2_5_vl" else extractor.forward
-    if backend == "qwen2_5_vl":
-        fast, prepared = prepared
-        if not fast:
-            raise RuntimeError("224x224 views must take the fast path")
+    graph_forward, prepared = _graph_forward(extractor, backend, images)
     eager_ours = StaticForward(graph_forward.fn, use_graphs=False)
 
     def synced(fn):
@@ -111,10 +117,7 @@ def _profile_forward(extractor, backend: str, images: list[np.ndarray], path: Pa
 
     from ...vlm.static_forward import StaticForward
 
-    prepared = extractor.prepare(images, INSTRUCTION)
-    graph_forward = extractor.fast_forward if backend == "qwen2_5_vl" else extractor.forward
-    if backend == "qwen2_5_vl":
-        prepared = prepared[1]
+    graph_forward, prepared = _graph_forward(extractor, backend, images)
     forward = StaticForward(graph_forward.fn, use_graphs=False)
     forward(**prepared)
     torch.cuda.synchronize()
