@@ -152,7 +152,7 @@ def test_sim_expert_labels_train_on_record_sim_bags(sim_bags, tiny_vlm_dir, tmp_
                                  "--turn-augment", "0.5")) == 0
     report = json.loads((out / "train_report.json").read_text())
     assert report["labels"] == "sim-expert" and report["best_val_mae_chunk"] < report["val_zero_action_mae"]
-    assert report["turn_augment"] == {"fraction": 0.5, "range_rad": [-1.0, 1.0]}
+    assert report["turn_augment"] == {"fraction": 0.5, "range_rad": [-1.0, 1.0], "max_age_s": None}
     notes = ModelSpec.load(out).notes
     assert "sim-expert labels" in notes and "0.5 of them turned by -1 to 1 rad" in notes
 

@@ -47,6 +47,19 @@ def test_a_padded_mlp_gives_the_same_outputs_with_whole_tiles(build, names):
     assert sorted(mlp.state_dict()) == sorted(f"{n}.{p}" for n in names for p in ("weight", "bias"))
 
 
+def test_an_mlp_that_normalises_its_hidden_layer_is_left_alone():
+    """Kosmos-2's text FFN: fc1 -> activation -> LayerNorm over the hidden layer -> fc2; zero channels
+    would change the norm's statistics (and its weights do not cover them)."""
+    from transformers import Kosmos2Config
+    from transformers.models.kosmos2.modeling_kosmos2 import Kosmos2TextFFN
+
+    ffn = Kosmos2TextFFN(Kosmos2Config(text_config={"embed_dim": 32, "ffn_dim": 50}).text_config).eval()
+    layers = [ffn.fc1, ffn.fc2]
+    assert pad_mlp_hidden(ffn) == 0 and [ffn.fc1, ffn.fc2] == layers and ffn.fc1.out_features == 50
+    with torch.no_grad():
+        assert ffn(torch.randn(3, 32)).shape == (3, 32)
+
+
 def test_aligned_mlps_are_left_alone_and_inconsistent_ones_refused():
     mlp = _qwen_vision_mlp(128)
     layers = [mlp.gate_proj, mlp.up_proj, mlp.down_proj]

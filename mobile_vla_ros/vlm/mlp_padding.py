@@ -7,7 +7,8 @@ the H200 they took 7.1 of the compiled forward's 15.8 ms of kernels
 (`docs/bench/profile_qwen2_5_vl_5views_fp16_compiled_h200.txt`). Zero channels appended to the hidden layer
 change no output, because the output projection's weights for them are zero; they add 1 % to these
 GEMMs' work. The layers keep their names, so the module tree (and what int8 quantisation replaces) is
-unchanged; only their shapes grow.
+unchanged; only their shapes grow. An MLP with its own weights over the hidden layer (Kosmos-2's text
+FFN normalises it: a LayerNorm would count the zero channels) is left as it is.
 """
 
 from __future__ import annotations
@@ -32,9 +33,16 @@ def _padded(linear: torch.nn.Linear, rows: int = 0, columns: int = 0) -> torch.n
     return out.requires_grad_(linear.weight.requires_grad)
 
 
+def _acts_on_hidden(mlp: torch.nn.Module, projections: list[torch.nn.Module], width: int) -> bool:
+    """Whether a module of `mlp` besides its projections has weights over the `width` hidden channels."""
+    skip = {id(p) for layer in projections for p in layer.parameters()}
+    return any(width in p.shape for p in mlp.parameters() if id(p) not in skip)
+
+
 def pad_mlp_hidden(model: torch.nn.Module, multiple: int = MULTIPLE) -> int:
     """Pads, in place, the hidden layer of every MLP of `model` whose width is not a multiple of
-    `multiple` (a module with Linear gate_proj/up_proj/down_proj, or fc1/fc2); returns how many."""
+    `multiple` (a module with Linear gate_proj/up_proj/down_proj, or fc1/fc2, and no other weights over
+    the hidden layer); returns how many."""
     done = 0
     for mlp in model.modules():
         for into_names, out_name in MLP_LAYOUTS:
@@ -47,7 +55,7 @@ def pad_mlp_hidden(model: torch.nn.Module, multiple: int = MULTIPLE) -> int:
                 raise ValueError(f"{type(mlp).__name__}: hidden widths differ: "
                                  f"{[layer.out_features for layer in into]} into, {width} out")
             extra = -width % multiple
-            if extra:
+            if extra and not _acts_on_hidden(mlp, layers, width):
                 for name, layer in zip(into_names, into):
                     setattr(mlp, name, _padded(layer, rows=extra))
                 setattr(mlp, out_name, _padded(out, columns=extra))

@@ -92,7 +92,7 @@ def seed_chunks(seeds: list[int], runs: int, workers: int) -> list[list[int]]:
     return [seeds[i:i + size] for i in range(0, len(seeds), size)]
 
 
-def _one_thread_set(threads: int) -> None:
+def _set_worker_threads(threads: int) -> None:
     """Pool initialiser: `threads` torch threads per worker, so that workers x threads fit the cores."""
     import os
 
@@ -121,7 +121,7 @@ def run_matrix(models: dict[str, str], seeds: list[int], task_sets: list[str], m
     jobs = [(run, latency, chunk, models) for run, latency in runs for chunk in chunks]
     parts: dict[Run, list[dict]] = {run: [] for run, _ in runs}
     threads = max(1, (multiprocessing.cpu_count() or 1) // workers)
-    with multiprocessing.get_context("spawn").Pool(workers, initializer=_one_thread_set,
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_set_worker_threads,
                                                    initargs=(threads,)) as pool:
         for part in pool.imap_unordered(_run_one, jobs):
             run = Run(part["task_set"], part["mode"], part["latency"], part["vlm_hz"])
