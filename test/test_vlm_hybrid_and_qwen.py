@@ -154,6 +154,21 @@ def test_a_transformers_release_the_qwen_forward_does_not_follow_is_refused_by_n
         check_transformers_below("Qwen2.5-VL", (5, 0), version="10.1.0")  # numbers, not strings, compared
 
 
+@pytest.mark.parametrize("backend, name", [("kosmos2", "Kosmos-2"), ("kosmos2_clip", "Kosmos-2"),
+                                           ("qwen2_5_vl", r"Qwen2\.5-VL")])
+def test_every_extractor_refuses_transformers_5_at_start_up(backend, name, monkeypatch, tiny_vlm_dir,
+                                                           tiny_clip_dir, tiny_qwen_dir):
+    """Our forwards follow transformers 4.x's model code; with 5.17 Kosmos-2's first forward fails in the
+    pooling and Qwen's in get_rope_index. With the installed release read as 5.17.0 (5 is not installable
+    beside the pinned stack here), each extractor stops before loading, naming what it found."""
+    from mobile_vla_ros.vlm import base
+
+    monkeypatch.setattr(base, "transformers_version", lambda: "5.17.0")
+    path = tiny_qwen_dir if backend == "qwen2_5_vl" else tiny_vlm_dir
+    with pytest.raises(VlmLoadError, match=rf"{name}: needs transformers < 5\.0 .*found 5\.17\.0"):
+        create_extractor(ExtractorConfig(backend=backend, model_path=str(path), clip_model_path=str(tiny_clip_dir)))
+
+
 def test_a_kosmos2_directory_is_refused_as_qwen(tiny_vlm_dir):
     with pytest.raises(VlmLoadError, match=r"expected a qwen2_5_vl checkpoint .*, got 'kosmos-2'"):
         create_extractor(ExtractorConfig(backend="qwen2_5_vl", model_path=str(tiny_vlm_dir)))

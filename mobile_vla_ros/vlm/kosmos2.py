@@ -20,6 +20,7 @@ from .base import (
     check_model_dir,
     check_model_type,
     check_pooling,
+    check_transformers_below,
     from_local_dir,
     load_model,
     torch_dtype,
@@ -76,6 +77,9 @@ class Kosmos2Extractor:
         import torch
         from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
 
+        # Our forward follows transformers 4.x's Kosmos-2 code; with 5.17 its first forward fails inside the
+        # pooling (docs/bench/kosmos2_transformers_5_17_failure_h200.log).
+        check_transformers_below("Kosmos-2", (5, 0))
         check_pooling(config.pooling)
         path = check_model_dir(config.model_path)
         check_model_type(path, "kosmos-2")
