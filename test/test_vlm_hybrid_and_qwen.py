@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from vlm_reference import qwen_stock_hidden
 
 from mobile_vla_ros.vlm.base import ExtractorConfig, VlmLoadError, check_transformers_below
 from mobile_vla_ros.vlm.factory import create_extractor
@@ -80,14 +81,8 @@ def test_qwen_fast_forward_equals_stock_transformers_forward(qwen, pooling):
     assert fast, "224x224 views tile into whole attention windows"
     ours = extractor.fast_forward(**inputs)
     # stock: the model's own forward (per-window attention, its rope index, boolean-mask image scatter)
-    pixels = extractor.image_processor(images=views, return_tensors="pt")
-    n = int(pixels["image_grid_thw"][0].prod()) // extractor.merge_unit
-    prompt = extractor.prompt.format(instruction="go to the red cylinder").replace("<|image_pad|>",
-                                                                                  "<|image_pad|>" * n)
-    text = extractor.tokenizer([prompt] * 2, return_tensors="pt")
-    with torch.inference_mode():
-        hidden = extractor.vlm(**text, **pixels, use_cache=False).last_hidden_state
-    image = text["input_ids"].eq(extractor.image_token_id)
+    hidden, ids = qwen_stock_hidden(extractor, extractor.vlm, views, "go to the red cylinder")
+    image = ids.eq(extractor.image_token_id)
     if pooling == "last_token":
         stock = hidden[:, -1]
     else:

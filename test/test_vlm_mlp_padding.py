@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from vlm_reference import qwen_stock_hidden
 
 from mobile_vla_ros.vlm.base import ExtractorConfig
 from mobile_vla_ros.vlm.factory import create_extractor
@@ -90,12 +91,6 @@ def test_qwen_with_the_released_misaligned_vision_mlp_loads_padded_and_equals_th
     fast, inputs = extractor.prepare(views, "go to the red cylinder")
     assert fast
     ours = extractor.fast_forward(**inputs)
-    pixels = extractor.image_processor(images=views, return_tensors="pt")
-    n = int(pixels["image_grid_thw"][0].prod()) // extractor.merge_unit
-    prompt = extractor.prompt.format(instruction="go to the red cylinder").replace("<|image_pad|>",
-                                                                                  "<|image_pad|>" * n)
-    with torch.inference_mode():
-        stock_model = stock.model if hasattr(stock, "model") else stock
-        want = stock_model(**extractor.tokenizer([prompt], return_tensors="pt"), **pixels,
-                           use_cache=False).last_hidden_state[:, -1]
+    stock_model = stock.model if hasattr(stock, "model") else stock
+    want = qwen_stock_hidden(extractor, stock_model, views, "go to the red cylinder")[0][:, -1]
     assert torch.allclose(ours, want, atol=1e-5), float((ours - want).abs().max())
