@@ -147,11 +147,13 @@ def _with_processor(extractor, images: list[np.ndarray]):
 
 
 def vlm_rows(backends: list[str], views: list[int], iters: int, max_seconds: float, int8: bool = True,
-             compile_mode: str = "", profile_dir: Path | None = None, log=print) -> list[dict]:
+             compile_mode: str = "", compile_dtypes: tuple[str, ...] = ("fp16",), profile_dir: Path | None = None,
+             log=print, on_backend_done=None) -> list[dict]:
     """Rows per backend, views and variant; with `int8`, the same checkpoint with int8 weights
     (`dtype: int8w`) beside it: its graph forward and end to end, weight bytes, feature cosine vs FP16;
-    with `compile_mode`, each dtype again with the forward through torch.compile before the capture
-    (its first forward per shape, the compilation, is timed separately)."""
+    with `compile_mode`, each of `compile_dtypes` again with the forward through torch.compile before the
+    capture (its first forward per shape, the compilation, is timed separately). `on_backend_done(rows)`
+    gets the rows so far after each backend, so that a long run interrupted keeps what it measured."""
     import gc
 
     import torch
@@ -164,8 +166,8 @@ def vlm_rows(backends: list[str], views: list[int], iters: int, max_seconds: flo
     rows = []
     dtypes = ("fp16", "int8w") if int8 else ("fp16",)
     # label -> (dtype, compile mode); "fp16" is the reference of every cosine and ratio.
-    setups = {d: (d, "") for d in dtypes} | ({f"{d} compiled": (d, compile_mode) for d in dtypes}
-                                           if compile_mode else {})
+    compiled = [d for d in dtypes if d in compile_dtypes] if compile_mode else []
+    setups = {d: (d, "") for d in dtypes} | {f"{d} compiled": (d, compile_mode) for d in compiled}
     for backend in backends:
         with tempfile.TemporaryDirectory() as tmp:
             log(f"{backend}: writing full-size random-weight checkpoint")
@@ -221,6 +223,8 @@ def vlm_rows(backends: list[str], views: list[int], iters: int, max_seconds: flo
         del extractors, models
         gc.collect()
         torch.cuda.empty_cache()
+        if on_backend_done is not None:
+            on_backend_done(rows)
     return rows
 
 
