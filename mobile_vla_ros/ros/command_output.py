@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 from geometry_msgs.msg import Twist, TwistStamped
+from rclpy.duration import Duration
 from rclpy.node import Node
 
 from ..core.action_pipeline import ActionExpertCore
@@ -24,6 +25,7 @@ from ..core.scheduling import period_from_hz
 from .conversions import action_to_twist, stamped, twist_to_action
 
 CMD_VEL_FRAME = BASE_FRAME
+FINAL_ZERO_ACK_TIMEOUT = Duration(seconds=0.5)  # a live subscription acknowledges within milliseconds
 
 
 class CommandOutput:
@@ -56,7 +58,7 @@ class CommandOutput:
             self.node.destroy_timer(self._timer)
             self._timer = None
         self.on_chunk(None, was_running=True)
-        self.publish_zero()
+        self.publish_final_zero()
 
     def close(self) -> None:
         """Stop and free the publisher/subscription (a managed node's cleanup)."""
@@ -113,6 +115,15 @@ class CommandOutput:
             self.publisher.publish(twist)
 
     def publish_zero(self) -> None:
-        """Final zero command (shutdown): the robot must not keep the last velocity."""
+        """A zero command now (a clock jump; `stop`): the robot must not keep the last velocity."""
         if self.publisher is not None:
             self.publish(self._zero)
+
+    def publish_final_zero(self) -> None:
+        """A zero command, and wait until the base's subscriptions have it: at deactivation or shutdown
+        the publisher (or the process) goes next, and a reliable sample still in flight then is lost."""
+        self.publish_zero()
+        if self.publisher is not None and not self.publisher.wait_for_all_acked(FINAL_ZERO_ACK_TIMEOUT):
+            self.node.get_logger().warning(
+                f"the final zero cmd_vel was not acknowledged by every subscription within "
+                f"{FINAL_ZERO_ACK_TIMEOUT.nanoseconds / 1e9:.1f} s")

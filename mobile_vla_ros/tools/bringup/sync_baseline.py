@@ -107,7 +107,7 @@ class SyncBaselineNode(Node):
 
 
 def main(args=None) -> int:
-    return run_node(SyncBaselineNode, args, on_shutdown=lambda node: node.output.publish_zero()
+    return run_node(SyncBaselineNode, args, on_shutdown=lambda node: node.output.publish_final_zero()
                     if isinstance(node, SyncBaselineNode) else None, startup_errors=(VlmLoadError, ModelSpecError))
 
 
