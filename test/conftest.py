@@ -41,10 +41,11 @@ def probe(rclpy_session):
 @pytest.fixture
 def processes():
     """Start NodeProcess objects through this list; all are stopped when the test ends, pass or fail."""
+    from mobile_vla_ros.tools.bringup.processes import stop_all
+
     started = []
     yield started
-    for proc in reversed(started):
-        proc.stop()
+    stop_all(started)
 
 
 @pytest.fixture(scope="session")

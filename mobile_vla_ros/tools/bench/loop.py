@@ -26,7 +26,7 @@ from ...core.params import SYNC_LOOP_VLM_HZ
 from ...core.safety import feature_age_limit
 from ...paths import share_dir
 from ...ros.conversions import stamp_to_sec
-from ..bringup.processes import NodeProcess, yaml_params
+from ..bringup.processes import NodeProcess, stop_all, yaml_params
 from ..ros_observer import Observer, ProcessSampler, wait_for
 
 ASYNC, SYNC = "async", "sync"
@@ -227,8 +227,7 @@ def running_system(cfg: LoopConfig, observer_type: type[LoopObserver] = LoopObse
         for b in burners:
             b.kill()
         observer.destroy()
-        for p in procs.values():
-            p.stop()
+        stop_all(procs.values())
 
 
 def raise_if_dead(procs: dict[str, NodeProcess]) -> None:

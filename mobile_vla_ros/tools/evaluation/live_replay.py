@@ -29,7 +29,7 @@ from ...core.names import (
     SENSOR_FRAME,
     SENSOR_TOPIC,
 )
-from ..bringup.processes import NodeProcess
+from ..bringup.processes import NodeProcess, stop_all
 from ..recordings import Recording, commands_over
 
 
@@ -59,8 +59,7 @@ def live_replay(rec: Recording, spec: ModelSpec, model_dir: Path, vlm_model_path
         texts = [(rec.sensor[0][0] - 0.5, instruction)] if instruction is not None else rec.instructions
         passes = [player.play(rec, texts) for _ in range(loops)]
     finally:
-        for p in procs:
-            p.stop()
+        stop_all(procs)
         observer.destroy()
     per_pass = [_score(rec, spec, chunks, features, wall0, wall1) for wall0, wall1 in passes]
     return {"ticks": [t for ticks in per_pass for t in ticks], "passes": per_pass}
