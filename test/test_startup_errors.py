@@ -49,12 +49,11 @@ def test_vlm_node_names_missing_files_and_valid_backends(processes, tmp_path):
     incomplete = tmp_path / "vlm"
     incomplete.mkdir()
     (incomplete / "config.json").write_text("{}")
+    # Independent nodes, started together: their start-ups (transformers' import) overlap.
     node = NodeProcess("vlm_node", {"device": "cpu", "dtype": "fp32", "model_path": str(incomplete)})
-    processes.append(node)
-    fails_with(node, "preprocessor_config.json", "model weights", "tokenizer")
-
     unknown = NodeProcess("vlm_node", {"device": "cpu", "dtype": "fp32", "vlm_backend": "llava"})
-    processes.append(unknown)
+    processes.extend([node, unknown])
+    fails_with(node, "preprocessor_config.json", "model weights", "tokenizer")
     fails_with(unknown, "'llava' is not one of kosmos2, kosmos2_clip, qwen2_5_vl")
 
 
@@ -68,19 +67,16 @@ def test_out_of_range_yaml_value_stops_start_up(processes):
 @pytest.mark.timeout(120)
 def test_vlm_node_refuses_features_the_action_model_was_not_trained_on(processes, tiny_qwen_dir):
     # The shipped action model was trained on kosmos2 / last_token / 64-dim features.
+    # Independent nodes, started together: their start-ups (transformers' import) overlap.
     pooling = NodeProcess("vlm_node", {"device": "cpu", "dtype": "fp32", "feature_pooling": "mean_image"})
-    processes.append(pooling)
-    fails_with(pooling, "feature_pooling: expected 'last_token' (model.yaml), got 'mean_image'")
-
     qwen = NodeProcess("vlm_node", {"device": "cpu", "dtype": "fp32", "vlm_backend": "qwen2_5_vl",
                                     "model_path": str(tiny_qwen_dir)})
-    processes.append(qwen)
-    fails_with(qwen, "vlm_backend: expected 'kosmos2' (model.yaml), got 'qwen2_5_vl'")
-
     # With the check switched off the same VLM starts (e.g. to record features for a new model).
     unchecked = NodeProcess("vlm_node", {"device": "cpu", "dtype": "fp32", "vlm_backend": "qwen2_5_vl",
                                          "model_path": str(tiny_qwen_dir), "action_model_dir": "none"})
-    processes.append(unchecked)
+    processes.extend([pooling, qwen, unchecked])
+    fails_with(pooling, "feature_pooling: expected 'last_token' (model.yaml), got 'mean_image'")
+    fails_with(qwen, "vlm_backend: expected 'kosmos2' (model.yaml), got 'qwen2_5_vl'")
     wait_for(lambda: "feature dim 64" in unchecked.output() or not unchecked.alive(), 60, "qwen vlm_node start")
     assert unchecked.alive(), unchecked.output()
 
