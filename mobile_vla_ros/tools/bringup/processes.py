@@ -65,12 +65,15 @@ class NodeProcess:
     def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            self.wait_or_kill(timeout)
         return self.proc.returncode
+
+    def wait_or_kill(self, timeout: float) -> None:
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
     def wait(self, timeout: float) -> int:
         return self.proc.wait(timeout=timeout)
@@ -83,8 +86,8 @@ def stop_all(processes, sig: int = signal.SIGINT, timeout: float = 10.0) -> None
     for p in running:
         p.proc.send_signal(sig)
     deadline = time.monotonic() + timeout
-    for p in running:
-        p.stop(sig, timeout=max(0.0, deadline - time.monotonic()))
+    for p in running:  # signalled once: a second SIGINT could interrupt a node's clean shutdown
+        p.wait_or_kill(max(0.0, deadline - time.monotonic()))
 
 
 def yaml_params(files: list[Path], nodes: tuple[str, ...]) -> dict:
