@@ -70,3 +70,22 @@ def test_launch_and_bringup_order_parameter_files_by_one_rule(tmp_path):
     assert params["simulated_latency"] == 1.5 and params["use_sim_time"] is True and params["autostart"] is True
     action = yaml_params(params_file_order([robot], False, config), ("action_expert_node",))
     assert action["autostart"] is False  # on the robot the operator arms the action expert
+
+
+@pytest.mark.timeout(90)
+def test_stop_all_shuts_nodes_down_cleanly_and_kills_what_outlives_the_timeout():
+    from mobile_vla_ros.tools.bringup.processes import NodeProcess, stop_all
+
+    def started_pair() -> list[NodeProcess]:
+        pair = [NodeProcess("tools.bringup.synthetic_sources", {}), NodeProcess("action_expert_node", {})]
+        wait_for(lambda: "]: active" in pair[1].output() or not pair[1].alive(), 60, "the action node active")
+        return pair
+
+    clean = started_pair()
+    stop_all(clean)
+    assert [p.proc.returncode for p in clean] == [0, 0], [p.output()[-1500:] for p in clean]
+    assert "Traceback" not in clean[1].output()
+
+    cut_short = started_pair()
+    stop_all(cut_short, timeout=0.0)  # no time for a clean shutdown: killed, not left running
+    assert all(p.proc.returncode == -9 for p in cut_short), [p.proc.returncode for p in cut_short]
