@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from ros_harness import REPO, wait_for
@@ -73,19 +74,24 @@ def test_launch_and_bringup_order_parameter_files_by_one_rule(tmp_path):
 
 
 @pytest.mark.timeout(90)
-def test_stop_all_shuts_nodes_down_cleanly_and_kills_what_outlives_the_timeout():
+def test_stop_all_shuts_nodes_down_cleanly_and_kills_what_outlives_the_timeout(tmp_path):
     from mobile_vla_ros.tools.bringup.processes import NodeProcess, stop_all
 
-    def started_pair() -> list[NodeProcess]:
-        pair = [NodeProcess("tools.bringup.synthetic_sources", {}), NodeProcess("action_expert_node", {})]
+    def started_pair(log_dir=None) -> list[NodeProcess]:
+        pair = [NodeProcess("tools.bringup.synthetic_sources", {}, log_dir=log_dir),
+                NodeProcess("action_expert_node", {}, log_dir=log_dir)]
         wait_for(lambda: "]: active" in pair[1].output() or not pair[1].alive(), 60, "the action node active")
         return pair
 
     clean = started_pair()
+    own_dirs = [Path(p.log.name).parent for p in clean]
     stop_all(clean)
     assert [p.proc.returncode for p in clean] == [0, 0], [p.output()[-1500:] for p in clean]
     assert "Traceback" not in clean[1].output()
+    # Given no log directory, a node's files (parameters, log) go with it; its output stays readable.
+    assert not any(d.exists() for d in own_dirs) and "]: active" in clean[1].output()
 
-    cut_short = started_pair()
+    cut_short = started_pair(log_dir=tmp_path)
     stop_all(cut_short, timeout=0.0)  # no time for a clean shutdown: killed, not left running
     assert all(p.proc.returncode == -9 for p in cut_short), [p.proc.returncode for p in cut_short]
+    assert len(list(tmp_path.glob("*.log"))) == 2  # asked for: kept

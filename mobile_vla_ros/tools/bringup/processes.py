@@ -5,6 +5,7 @@ the parameters a set of ROS 2 parameter files gives a node."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +30,9 @@ def node_command(module: str, params_files: list[Path], namespace: str, log_leve
 class NodeProcess:
     """One node as a child process: `python -m mobile_vla_ros.<module> --ros-args ...`, its parameters
     from `params` (written to a YAML file) and/or `params_files`, its output in a log file.
-    `stop` always ends it: SIGINT first (the node shuts down cleanly), kill after `timeout`."""
+    `stop` always ends it: SIGINT first (the node shuts down cleanly), kill after `timeout`.
+    Without `log_dir` the two files live in a directory of its own that is removed once the process has
+    ended and been waited for (`stop`, `wait`, `stop_all`); `output()` still returns the log then."""
 
     def __init__(self, module: str, params: dict | None = None, node_name: str | None = None,
                  extra_args: list[str] = (), params_files: list[Path] = (), namespace: str = "",
@@ -37,6 +40,9 @@ class NodeProcess:
         self.module = module
         self.node_name = node_name or module.split(".")[-1]
         files = list(params_files)
+        self._own_dir = None if log_dir is not None else Path(tempfile.mkdtemp(prefix=f"mobile_vla_{self.node_name}_"))
+        self._ended_output: str | None = None
+        log_dir = log_dir if log_dir is not None else self._own_dir
         if params:
             fd, path = tempfile.mkstemp(suffix=".yaml", prefix=f"{self.node_name}_", dir=log_dir)
             with os.fdopen(fd, "w") as fh:
@@ -52,7 +58,17 @@ class NodeProcess:
         return self.proc.pid
 
     def output(self) -> str:
+        if self._ended_output is not None:
+            return self._ended_output
         return Path(self.log.name).read_text(errors="replace")
+
+    def _release_files(self) -> None:
+        """Once the process has ended: its log kept in memory, its own directory removed."""
+        if self._own_dir is None or self._ended_output is not None or self.proc.poll() is None:
+            return
+        self.log.close()
+        self._ended_output = Path(self.log.name).read_text(errors="replace")
+        shutil.rmtree(self._own_dir, ignore_errors=True)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -65,7 +81,7 @@ class NodeProcess:
     def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.wait_or_kill(timeout)
+        self.wait_or_kill(timeout)
         return self.proc.returncode
 
     def wait_or_kill(self, timeout: float) -> None:
@@ -74,19 +90,23 @@ class NodeProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self._release_files()
 
     def wait(self, timeout: float) -> int:
-        return self.proc.wait(timeout=timeout)
+        code = self.proc.wait(timeout=timeout)
+        self._release_files()
+        return code
 
 
 def stop_all(processes, sig: int = signal.SIGINT, timeout: float = 10.0) -> None:
     """`NodeProcess.stop` for several at once: all are signalled first, so that their clean shutdowns
     (about a second each) overlap; any still running after `timeout` is killed."""
-    running = [p for p in processes if p.alive()]
-    for p in running:
-        p.proc.send_signal(sig)
+    processes = list(processes)
+    for p in processes:
+        if p.alive():
+            p.proc.send_signal(sig)
     deadline = time.monotonic() + timeout
-    for p in running:  # signalled once: a second SIGINT could interrupt a node's clean shutdown
+    for p in processes:  # signalled once: a second SIGINT could interrupt a node's clean shutdown
         p.wait_or_kill(max(0.0, deadline - time.monotonic()))
 
 
