@@ -173,7 +173,7 @@ def test_sensor_dropout_replaces_whole_windows_by_the_mean():
 def test_two_process_ddp_trains_the_same_model_as_one(sim_bags, tiny_vlm_dir, tmp_path):
     common = ["--epochs", "3", "--staleness", "fresh"]
     assert train.main(train_args(sim_bags, tiny_vlm_dir, tmp_path / "one", tmp_path / "cache", *common)) == 0
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))  # torchrun leaves a torchelastic_* dir there
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
                            str(29500 + os.getpid() % 1000), "-m", "mobile_vla_ros.tools.training.train",
                            *train_args(sim_bags, tiny_vlm_dir, tmp_path / "two", tmp_path / "cache", *common)],
