@@ -40,9 +40,10 @@ class NodeProcess:
         self.module = module
         self.node_name = node_name or module.split(".")[-1]
         files = list(params_files)
-        self._own_dir = None if log_dir is not None else Path(tempfile.mkdtemp(prefix=f"mobile_vla_{self.node_name}_"))
+        self._own_dir: Path | None = None
+        if log_dir is None:
+            log_dir = self._own_dir = Path(tempfile.mkdtemp(prefix=f"mobile_vla_{self.node_name}_"))
         self._ended_output: str | None = None
-        log_dir = log_dir if log_dir is not None else self._own_dir
         if params:
             fd, path = tempfile.mkstemp(suffix=".yaml", prefix=f"{self.node_name}_", dir=log_dir)
             with os.fdopen(fd, "w") as fh:
@@ -64,7 +65,7 @@ class NodeProcess:
 
     def _release_files(self) -> None:
         """Once the process has ended: its log kept in memory, its own directory removed."""
-        if self._own_dir is None or self._ended_output is not None or self.proc.poll() is None:
+        if self._own_dir is None or self._ended_output is not None or self.alive():
             return
         self.log.close()
         self._ended_output = Path(self.log.name).read_text(errors="replace")
@@ -79,9 +80,7 @@ class NodeProcess:
         return psutil.Process(self.pid).memory_info().rss // 1024
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        self.wait_or_kill(timeout)
+        stop_all([self], sig, timeout)
         return self.proc.returncode
 
     def wait_or_kill(self, timeout: float) -> None:
