@@ -73,6 +73,10 @@ def test_closed_loop_benchmark_reports_the_expert_upper_bound_beside_the_policy(
     rows = {r["mode"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["expert"]["successes"] == 2 and rows["expert"]["model_dir"] == "none (ground truth)"
     assert rows["expert"]["smoothness"] is None and rows["async-motion"]["smoothness"] > 0
+    # every failed episode is counted once, by where it ended
+    for row in rows.values():
+        assert sum(row["failures"].values()) == row["episodes_run"] - row["successes"], row["failures"]
+        assert [e["outcome"] == "target" for e in row["episodes"]] == [e["success"] for e in row["episodes"]]
     assert [e["seed"] for e in rows["async-motion"]["episodes"]] == [e["seed"] for e in rows["expert"]["episodes"]]
     assert "| hard | 1.5 s | 0.59 | expert | 2/2 (100 %) |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 0

@@ -45,3 +45,27 @@ def test_sync_decides_once_per_forward_and_async_at_action_hz():
 def test_max_feature_age_covers_one_late_forward():
     assert feature_age_limit(1.5, 0.59) == pytest.approx(3.0 + 1 / 0.59)
     assert feature_age_limit(0.01, 3.33) == 2.0  # never below the node's default
+
+
+def test_a_failed_episode_is_told_apart_by_where_it_ended():
+    """Wrong object (within the success radius of another object), in place (less than IN_PLACE_PATH of
+    path: it only turned), elsewhere; a success is "target" wherever it ended."""
+    from mobile_vla_ros.sim.world import sample_task
+    from mobile_vla_ros.tools.simulation.closed_loop import IN_PLACE_PATH, path_summary
+
+    task = sample_task(1004, SIM)
+    x0, y0, _ = task.start
+    other = next(o for i, o in enumerate(task.objects) if i != task.target)
+
+    def outcome(end, success=False, via=None):
+        path = [(x0, y0), *([via] if via else []), end]
+        return path_summary({"path": path, "success": success}, task, SIM)["outcome"]
+
+    beside_other = (other.x + other.radius + SIM.success_radius - 0.01, other.y)
+    assert outcome(beside_other) == "wrong_object"
+    assert outcome((other.x + other.radius + SIM.success_radius + 0.3, other.y + 5.0)) == "elsewhere"
+    assert outcome((x0 + IN_PLACE_PATH * 0.9, y0)) == "in_place"
+    assert outcome((x0 + IN_PLACE_PATH * 1.1, y0)) == "elsewhere"
+    assert outcome(beside_other, success=True) == "target"
+    # a long way round that ends where it began is not "in place": it drove
+    assert outcome((x0, y0), via=(x0 + 2.0, y0)) == "elsewhere"

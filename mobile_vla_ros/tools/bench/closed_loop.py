@@ -6,8 +6,9 @@ for a forward), `async-no-motion` (the two nodes, a model without the motion inp
 `async-motion` (the two nodes, the shipped model with it), and `expert`: the rule the model is
 trained on, with ground-truth perception, on the images that VLM delivers (an upper bound: what is
 left between it and `async-motion` is perception and imitation error, not latency). Reports success,
-mean time to target, path length / straight-line distance and command smoothness (mean |change| of
-the executed command per cmd_vel step); Markdown + JSON + one PNG. Runs are spread over processes.
+mean time to target, path length / straight-line distance, command smoothness (mean |change| of
+the executed command per cmd_vel step) and how the failed episodes ended (at another object, in
+place, elsewhere); Markdown + JSON + one PNG. Runs are spread over processes.
 """
 
 from __future__ import annotations
@@ -79,9 +80,12 @@ def summarize(episodes: list[dict]) -> dict:
         values = [e[key] for e in rows if e[key] is not None]
         return float(np.mean(values)) if values else None
 
+    from ..simulation.closed_loop import OUTCOMES
+
+    failures = {kind: sum(e["outcome"] == kind for e in episodes) for kind in OUTCOMES[1:]}
     return {"successes": len(ok), "episodes_run": len(episodes), "success_rate": len(ok) / max(len(episodes), 1),
             "mean_time_to_target_s": mean("duration", ok), "path_ratio": mean("path_ratio", ok),
-            "smoothness": mean("smoothness", episodes)}
+            "smoothness": mean("smoothness", episodes), "failures": failures}
 
 
 def seed_chunks(seeds: list[int], runs: int, workers: int) -> list[list[int]]:
@@ -147,14 +151,15 @@ def _fmt(value, spec: str) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = ["| task set | VLM latency | vlm_hz | mode | success | mean time to target s | path / straight line | "
-             "mean \\|Δcmd\\| per step |", "|---|---|---|---|---|---|---|---|"]
+             "mean \\|Δcmd\\| per step | failed: wrong object / in place / elsewhere |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         latency = f"CPU stand-in ({r['latency_s'] * 1e3:.0f} ms)" if r["latency"] == CPU_STAND_IN \
             else f"{r['latency_s']:.1f} s"
         lines.append(f"| {r['task_set']} | {latency} | {r['vlm_hz']} | {r['mode']} | "
                      f"{r['successes']}/{r['episodes_run']} ({100 * r['success_rate']:.0f} %) | "
                      f"{_fmt(r['mean_time_to_target_s'], '.1f')} | {_fmt(r['path_ratio'], '.2f')} | "
-                     f"{_fmt(r['smoothness'], '.4f')} |")
+                     f"{_fmt(r['smoothness'], '.4f')} | {' / '.join(str(n) for n in r['failures'].values())} |")
     return "\n".join(lines)
 
 

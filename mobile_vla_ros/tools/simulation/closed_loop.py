@@ -186,14 +186,32 @@ class ClosedLoopEpisode:
         self.episode.close()
 
 
+# An episode that failed ended in one of three ways, which say whether perception or control failed:
+# at another object (it took that one for the target), in place (it never drove off: still searching
+# for a target it did not see), or elsewhere.
+OUTCOMES = ("target", "wrong_object", "in_place", "elsewhere")
+IN_PLACE_PATH = 0.5  # m of path: less, and the base only turned
+
+
 def path_summary(result: dict, task, cfg: SimConfig) -> dict:
-    """Path length and its ratio to the straight line from the start to the success radius."""
+    """Path length, its ratio to the straight line from the start to the success radius, and the
+    episode's outcome (OUTCOMES; "wrong_object": within the success radius of another object)."""
     path = np.asarray(result["path"])
     length = float(np.sum(np.hypot(*np.diff(path, axis=0).T))) if len(path) > 1 else 0.0
     x0, y0, _ = task.start
     target = task.target_object
     straight = max(math.hypot(target.x - x0, target.y - y0) - target.radius - cfg.success_radius, 1e-6)
-    return {"path_ratio": length / straight, "path_length": length}
+    x, y = path[-1][:2] if len(path) else (x0, y0)
+    if result["success"]:
+        outcome = "target"
+    elif length < IN_PLACE_PATH:
+        outcome = "in_place"
+    elif any(math.hypot(o.x - x, o.y - y) - o.radius <= cfg.success_radius
+             for i, o in enumerate(task.objects) if i != task.target):
+        outcome = "wrong_object"
+    else:
+        outcome = "elsewhere"
+    return {"path_ratio": length / straight, "path_length": length, "outcome": outcome}
 
 
 class InformedExpertEpisode(ClosedLoopEpisode):
