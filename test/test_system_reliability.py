@@ -173,3 +173,31 @@ def test_malformed_message_flood_is_dropped_and_counted_while_chunks_keep_flowin
         assert arrives * n <= counted <= n, f"{name}: {counted} rejections counted for {n} malformed messages"
     assert int(action["instructions_rejected"]) + int(vlm["instructions_rejected"]) >= 2
     assert action["safe_stop_reason"] == "running"
+
+
+@pytest.mark.timeout(120)
+def test_executor_stalls_lose_no_sensor_samples(probe, processes):
+    """The 650 Hz stream survives stalls of the action node (an inference holding the GIL, a GC pause, a
+    loaded machine): its subscription queues a sensor window, so a 60 ms stop of the whole process
+    (SIGSTOP) loses nothing. With the sensor-data default of 5 samples (8 ms), each stop lost ~30."""
+    from mobile_vla_ros.tools.bench.loop import _quiet_counts
+
+    probe.diagnostics()
+    processes.append(NodeProcess("tools.bringup.synthetic_sources", {}))
+    action = NodeProcess("action_expert_node", {})
+    processes.append(action)
+    wait_for(lambda: int(probe.latest_diagnostics("action_expert_node").get("sensor_accepted", "0")) > 650, 60,
+             "the action node receiving the sensor stream")
+    sent0, received0 = _quiet_counts(probe, "action_expert_node")
+    time.sleep(1.0)
+    stops = 8
+    for _ in range(stops):
+        action.proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.06)
+        action.proc.send_signal(signal.SIGCONT)
+        time.sleep(0.4)
+    sent1, received1 = _quiet_counts(probe, "action_expert_node")
+    sent, lost = sent1 - sent0, (sent1 - sent0) - (received1 - received0)
+    assert sent > 0.8 * 650 * stops * 0.46
+    # A stop of 60 ms holds 39 samples; allow a tenth of one stop's worth per stop for the machine's noise.
+    assert lost <= stops * 4, f"{lost} of {sent} sensor samples lost over {stops} stops of 60 ms"

@@ -30,12 +30,12 @@ from ...ros.conversions import SENSOR_MESSAGES, chunk_to_trajectory, stamp_to_se
 from ...ros.node_support import (
     LATCHED_QOS,
     RELIABLE_QOS,
-    SENSOR_QOS,
     declare_from_specs,
     diagnostics,
     diagnostics_timer,
     install_live_parameters,
     run_node,
+    sensor_stream_qos,
 )
 from ...ros.vlm_runner import VlmRunner
 from ...vlm.base import VlmLoadError
@@ -63,7 +63,7 @@ class SyncBaselineNode(Node):
         self.output = CommandOutput(self, self.core, self.params, self._core_lock)
         self.output.start()
         msg_type, self._to_sample = SENSOR_MESSAGES[self.params["sensor_type"]]
-        self.create_subscription(msg_type, "sensor", self._on_sensor, SENSOR_QOS)
+        self.create_subscription(msg_type, "sensor", self._on_sensor, sensor_stream_qos(self.core.spec.sensor_window))
         self.vlm = VlmRunner(self, self.params, self._decide)
         self.vlm.start()
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
