@@ -37,7 +37,8 @@ from .ros.node_support import (
     diagnostics_timer,
     install_live_parameters,
     run_node,
-    sensor_stream_qos,
+    sensor_qos,
+    sensor_queue_depth,
     valid_instruction,
     watch_clock_jumps,
 )
@@ -85,7 +86,7 @@ class ActionExpertNode(ManagedNode):
         self.output = CommandOutput(self, self.core, p)
         msg_type, self._to_sample = SENSOR_MESSAGES[p["sensor_type"]]
         self._inputs = [self.create_subscription(msg_type, "sensor", self._on_sensor,
-                                                 sensor_stream_qos(self.spec.sensor_window)),
+                                                 sensor_qos(sensor_queue_depth(p["sensor_hz"], p["max_sensor_gap"]))),
                         self.create_subscription(Image, FEATURES_TOPIC, self._on_features, LATCHED_INPUT_QOS),
                         self.create_subscription(String, "instruction", self._on_instruction, LATCHED_INPUT_QOS)]
         self._jump_handle = watch_clock_jumps(self, self._on_clock_jump)

@@ -178,13 +178,14 @@ def test_malformed_message_flood_is_dropped_and_counted_while_chunks_keep_flowin
 @pytest.mark.timeout(120)
 def test_executor_stalls_lose_no_sensor_samples(probe, processes):
     """The 650 Hz stream survives stalls of the action node (an inference holding the GIL, a GC pause, a
-    loaded machine): its subscription queues a sensor window, so a 60 ms stop of the whole process
-    (SIGSTOP) loses nothing. With the sensor-data default of 5 samples (8 ms), each stop lost ~30."""
+    loaded machine): its subscription queues half of max_sensor_gap of the stream (sensor_queue_depth),
+    so with max_sensor_gap 0.2 s (65 samples) a 60 ms stop of the whole process (SIGSTOP) loses nothing.
+    With the sensor-data default of 5 samples (8 ms), each stop lost ~37."""
     from mobile_vla_ros.tools.bench.loop import _quiet_counts
 
     probe.diagnostics()
     processes.append(NodeProcess("tools.bringup.synthetic_sources", {}))
-    action = NodeProcess("action_expert_node", {})
+    action = NodeProcess("action_expert_node", {"max_sensor_gap": 0.2})
     processes.append(action)
     wait_for(lambda: int(probe.latest_diagnostics("action_expert_node").get("sensor_accepted", "0")) > 650, 60,
              "the action node receiving the sensor stream")
@@ -201,3 +202,13 @@ def test_executor_stalls_lose_no_sensor_samples(probe, processes):
     assert sent > 0.8 * 650 * stops * 0.46
     # A stop of 60 ms holds 39 samples; allow a tenth of one stop's worth per stop for the machine's noise.
     assert lost <= stops * 4, f"{lost} of {sent} sensor samples lost over {stops} stops of 60 ms"
+
+
+def test_the_sensor_queue_is_half_the_gap_gate():
+    """Long enough to ride out stalls, short enough that a backlog never ages the newest sample past the
+    gap gate (a whole window, 100 ms, stopped the robot under a malformed-message flood)."""
+    from mobile_vla_ros.ros.node_support import sensor_queue_depth
+
+    assert sensor_queue_depth(650.0, 0.05) == 16  # 25 ms of the stream
+    assert sensor_queue_depth(650.0, 0.2) == 65
+    assert sensor_queue_depth(650.0, 0.001) == 5  # never below sensor-data QoS's own depth

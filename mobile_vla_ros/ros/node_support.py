@@ -35,13 +35,21 @@ LATCHED_INPUT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
 RELIABLE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
-def sensor_stream_qos(window: int) -> QoSProfile:
-    """Sensor-data QoS (best effort, volatile) with a queue of one sensor window instead of 5 samples.
-    At 650 Hz five samples are 8 ms: any longer stall of the node's executor (the GIL held by an
-    inference, a GC pause, a loaded 2-core machine) overwrote samples the window needs -- 5 % of the
-    stream in one CI run. A window's worth (100 ms) rides such stalls out; older samples are useless."""
-    return QoSProfile(depth=max(int(window), SENSOR_QOS.depth), history=HistoryPolicy.KEEP_LAST,
-                      reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+def sensor_qos(depth: int) -> QoSProfile:
+    """Sensor-data QoS (best effort, volatile) with a queue of `depth` samples instead of 5."""
+    return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+def sensor_queue_depth(sensor_hz: float, max_sensor_gap: float) -> int:
+    """Samples the sensor subscription queues: half of `max_sensor_gap` of the stream (16 at 650 Hz and
+    50 ms), at least sensor-data's 5. Five samples are 8 ms at 650 Hz: any longer stall of the node's
+    executor (the GIL held by an inference, a GC pause, a loaded 2-core machine) overwrote samples the
+    window needs, 5 % of the stream in one CI run. A longer queue rides such stalls out, but when the node
+    falls behind for good it turns into latency: a queue of a whole window (100 ms) made every sample older
+    than the gap gate and stopped the robot under a malformed-message flood. Half the gate keeps both."""
+    return max(SENSOR_QOS.depth, int(0.5 * max_sensor_gap * sensor_hz))
+
 
 _ROS_TYPES = {
     P.DOUBLE: Parameter.Type.DOUBLE, P.INTEGER: Parameter.Type.INTEGER, P.BOOL: Parameter.Type.BOOL,

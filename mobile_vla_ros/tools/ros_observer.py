@@ -21,7 +21,11 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 
-from ..ros.node_support import LATCHED_QOS, SENSOR_QOS
+from ..ros.node_support import LATCHED_QOS, sensor_qos
+
+# Sensor-data QoS with 150 ms of a 650 Hz stream queued: the observer shares its executor among many
+# subscriptions, and the profile's 5-sample queue lost samples whenever it fell 8 ms behind.
+RECORDING_QOS = sensor_qos(100)
 
 
 class Recorder:
@@ -94,12 +98,12 @@ class Observer:
         return self.recorders[topic]
 
     def record_sensor(self, msg_type, topic: str, transform=None) -> Recorder:
-        return self.record(msg_type, topic, SENSOR_QOS, transform)
+        return self.record(msg_type, topic, RECORDING_QOS, transform)
 
     @contextlib.contextmanager
     def recording_sensor(self, msg_type, topic: str, transform=None):
         """A sensor-QoS Recorder for the `with` block only (a 650 Hz stream costs the observer CPU)."""
-        rec, subscription = self._subscribe(msg_type, topic, SENSOR_QOS, transform)
+        rec, subscription = self._subscribe(msg_type, topic, RECORDING_QOS, transform)
         try:
             yield rec
         finally:

@@ -35,7 +35,8 @@ from ...ros.node_support import (
     diagnostics_timer,
     install_live_parameters,
     run_node,
-    sensor_stream_qos,
+    sensor_qos,
+    sensor_queue_depth,
 )
 from ...ros.vlm_runner import VlmRunner
 from ...vlm.base import VlmLoadError
@@ -63,7 +64,8 @@ class SyncBaselineNode(Node):
         self.output = CommandOutput(self, self.core, self.params, self._core_lock)
         self.output.start()
         msg_type, self._to_sample = SENSOR_MESSAGES[self.params["sensor_type"]]
-        self.create_subscription(msg_type, "sensor", self._on_sensor, sensor_stream_qos(self.core.spec.sensor_window))
+        depth = sensor_queue_depth(self.params["sensor_hz"], self.params["max_sensor_gap"])
+        self.create_subscription(msg_type, "sensor", self._on_sensor, sensor_qos(depth))
         self.vlm = VlmRunner(self, self.params, self._decide)
         self.vlm.start()
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
