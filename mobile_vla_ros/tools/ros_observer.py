@@ -21,11 +21,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 
-from ..ros.node_support import LATCHED_QOS, sensor_qos
-
-# Sensor-data QoS with 150 ms of a 650 Hz stream queued: the observer shares its executor among many
-# subscriptions, and the profile's 5-sample queue lost samples whenever it fell 8 ms behind.
-RECORDING_QOS = sensor_qos(100)
+from ..ros.node_support import LATCHED_QOS, SENSOR_QOS
 
 
 class Recorder:
@@ -98,12 +94,15 @@ class Observer:
         return self.recorders[topic]
 
     def record_sensor(self, msg_type, topic: str, transform=None) -> Recorder:
-        return self.record(msg_type, topic, RECORDING_QOS, transform)
+        # The profile's queue of 5, not the nodes' longer one: the observer stamps each message's arrival
+        # when its callback runs, so a backlog of a 650 Hz stream would delay every other recording (a
+        # 100-deep queue made one soak measure a stop 0.29 s late); it prefers fresh to complete.
+        return self.record(msg_type, topic, SENSOR_QOS, transform)
 
     @contextlib.contextmanager
     def recording_sensor(self, msg_type, topic: str, transform=None):
         """A sensor-QoS Recorder for the `with` block only (a 650 Hz stream costs the observer CPU)."""
-        rec, subscription = self._subscribe(msg_type, topic, RECORDING_QOS, transform)
+        rec, subscription = self._subscribe(msg_type, topic, SENSOR_QOS, transform)
         try:
             yield rec
         finally:
