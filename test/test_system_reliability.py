@@ -181,7 +181,7 @@ def test_executor_stalls_lose_no_sensor_samples(probe, processes):
     loaded machine): its subscription queues half of max_sensor_gap of the stream (sensor_queue_depth),
     so with max_sensor_gap 0.2 s (65 samples) a 60 ms stop of the whole process (SIGSTOP) loses nothing.
     With the sensor-data default of 5 samples (8 ms), each stop lost ~37."""
-    from mobile_vla_ros.tools.bench.loop import _quiet_counts
+    from mobile_vla_ros.tools.bench.loop import quiet_sensor_counts
 
     probe.diagnostics()
     processes.append(NodeProcess("tools.bringup.synthetic_sources", {}))
@@ -189,7 +189,7 @@ def test_executor_stalls_lose_no_sensor_samples(probe, processes):
     processes.append(action)
     wait_for(lambda: int(probe.latest_diagnostics("action_expert_node").get("sensor_accepted", "0")) > 650, 60,
              "the action node receiving the sensor stream")
-    sent0, received0 = _quiet_counts(probe, "action_expert_node")
+    sent0, received0 = quiet_sensor_counts(probe, "action_expert_node")
     time.sleep(1.0)
     stops = 8
     for _ in range(stops):
@@ -197,7 +197,7 @@ def test_executor_stalls_lose_no_sensor_samples(probe, processes):
         time.sleep(0.06)
         action.proc.send_signal(signal.SIGCONT)
         time.sleep(0.4)
-    sent1, received1 = _quiet_counts(probe, "action_expert_node")
+    sent1, received1 = quiet_sensor_counts(probe, "action_expert_node")
     sent, lost = sent1 - sent0, (sent1 - sent0) - (received1 - received0)
     assert sent > 0.8 * 650 * stops * 0.46
     # A stop of 60 ms holds 39 samples; allow a tenth of one stop's worth per stop for the machine's noise.

@@ -173,7 +173,7 @@ def _set_sensor(observer: Observer, enabled: bool) -> None:
         raise RuntimeError(f"synthetic_sources refused sensor_enabled={enabled}: {result.reason}")
 
 
-def _quiet_counts(observer: Observer, policy: str) -> tuple[int, int]:
+def quiet_sensor_counts(observer: Observer, policy: str) -> tuple[int, int]:
     """Sensor sent/received with the sensor paused: both counters stable, read after a diagnostics cycle."""
     _set_sensor(observer, False)
     time.sleep(2.5)
@@ -187,7 +187,7 @@ def run_loop(cfg: LoopConfig, sample_every: float = 1.0, progress=None) -> dict:
     policy = _policy_node(cfg)
     with running_system(cfg) as (procs, observer):
         time.sleep(cfg.warmup)
-        sent0, received0 = _quiet_counts(observer, policy)
+        sent0, received0 = quiet_sensor_counts(observer, policy)
         time.sleep(1.0 + 2.0 * cfg.vlm_latency)  # back to running after the pause
         sampler = ProcessSampler({name: p.pid for name, p in procs.items()})
         t0 = time.monotonic()
@@ -199,7 +199,7 @@ def run_loop(cfg: LoopConfig, sample_every: float = 1.0, progress=None) -> dict:
             if progress is not None:
                 progress(min(1.0, (time.monotonic() - t0) / cfg.seconds))
         t1 = time.monotonic()
-        sent1, received1 = _quiet_counts(observer, policy)
+        sent1, received1 = quiet_sensor_counts(observer, policy)
         stats = chunk_statistics([c for c in observer.chunks.since(t0) if c[0] <= t1],
                                  observer.features.since(0.0), cfg.action_hz)
         sent, received = sent1 - sent0, received1 - received0
