@@ -35,9 +35,11 @@ LATCHED_INPUT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
 RELIABLE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
-def sensor_qos(depth: int) -> QoSProfile:
-    """Sensor-data QoS (best effort, volatile) with a queue of `depth` samples instead of 5."""
-    return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT,
+def sensor_input_qos(params: dict) -> QoSProfile:
+    """The sensor subscription's QoS for a node's `sensor_hz` and `max_sensor_gap`: sensor data (best
+    effort, volatile) with a queue of `sensor_queue_depth` samples instead of 5."""
+    return QoSProfile(depth=sensor_queue_depth(params["sensor_hz"], params["max_sensor_gap"]),
+                      history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT,
                       durability=DurabilityPolicy.VOLATILE)
 
 

@@ -35,8 +35,7 @@ from ...ros.node_support import (
     diagnostics_timer,
     install_live_parameters,
     run_node,
-    sensor_qos,
-    sensor_queue_depth,
+    sensor_input_qos,
 )
 from ...ros.vlm_runner import VlmRunner
 from ...vlm.base import VlmLoadError
@@ -64,8 +63,7 @@ class SyncBaselineNode(Node):
         self.output = CommandOutput(self, self.core, self.params, self._core_lock)
         self.output.start()
         msg_type, self._to_sample = SENSOR_MESSAGES[self.params["sensor_type"]]
-        depth = sensor_queue_depth(self.params["sensor_hz"], self.params["max_sensor_gap"])
-        self.create_subscription(msg_type, "sensor", self._on_sensor, sensor_qos(depth))
+        self.create_subscription(msg_type, "sensor", self._on_sensor, sensor_input_qos(self.params))
         self.vlm = VlmRunner(self, self.params, self._decide)
         self.vlm.start()
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
