@@ -207,7 +207,7 @@ class FaultInjector:
         recovered = self.obs.first_chunk_after(t_restart, RECOVERY_TIMEOUT)
         extra = {"killed_to_due_s": due - t_kill, "restart_attempts": attempts,
                  "features_since_restart": len(self.obs.features.since(t_restart))}
-        return self._measure(due, t_restart, recovered, wrong_chunks=len(late)) | extra
+        return self._measure(due, t_restart, recovered, wrong_chunks=len(late)) | extra | late_chunks(late, due)
 
     def _restart_vlm_node(self) -> int:
         """Start vlm_node again until it publishes features (RESTART_ATTEMPTS at most); the attempts made.
@@ -271,7 +271,7 @@ class FaultInjector:
         late = [a for a, _ in self.obs.chunks.since(due + self.action_period + DELIVERY) if a < t_end]
         self._set("synthetic_sources", "sensor_enabled", True)
         recovered = self.obs.first_chunk_after(t_end, RECOVERY_TIMEOUT)
-        return self._measure(due, t_end, recovered, wrong_chunks=len(late))
+        return self._measure(due, t_end, recovered, wrong_chunks=len(late)) | late_chunks(late, due)
 
     def malformed_burst(self, n_sensor: int = 200) -> dict:
         from sensor_msgs.msg import Image, Imu
@@ -335,6 +335,12 @@ class FaultInjector:
         wait_for(lambda: any("action_expert_node" in diagnostics_of(m) for _, m in recorder.since(t)), 5,
                  "fresh diagnostics")
         return self.obs.latest_diagnostics("action_expert_node")
+
+
+def late_chunks(arrivals: list[float], due: float) -> dict:
+    """When each chunk that came after the stop was due arrived, in s after due: one within a scheduling
+    slot is a chunk sent in time and delivered late; a run of them is a node that kept going."""
+    return {"late_chunks_after_due_s": [round(a - due, 4) for a in arrivals]}
 
 
 def run_soak(minutes: float, cpu_burners: int, sensor_hz: float, action_hz: float = 10.0,
