@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ros_harness import REPO, wait_for
+from ros_harness import REPO, run_group, start_group, stop_group, wait_for
 from trajectory_msgs.msg import JointTrajectory
 
 BRINGUP = [sys.executable, "-m", "mobile_vla_ros.tools.bringup.cli"]
@@ -17,18 +17,18 @@ BRINGUP = [sys.executable, "-m", "mobile_vla_ros.tools.bringup.cli"]
 @pytest.mark.timeout(120)
 def test_bringup_runs_nodes_in_namespace_with_yaml(probe):
     chunks = probe.record(JointTrajectory, "/robot1/action_chunk", 10)
-    proc = subprocess.Popen([*BRINGUP, "--params-file", "config/robot.yaml", "--params-file",
-                             "config/desktop.yaml", "--synthetic", "--namespace", "robot1", "--duration", "25"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_group([*BRINGUP, "--params-file", "config/robot.yaml", "--params-file",
+                        "config/desktop.yaml", "--synthetic", "--namespace", "robot1", "--duration", "25"],
+                       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: chunks.count() >= 10, 60, "chunks on /robot1/action_chunk")
         assert probe.get_param("robot1/action_expert_node", "max_feature_age") == 2.0  # from robot.yaml
         assert probe.get_param("robot1/vlm_node", "device") == "cpu"  # desktop.yaml overrides robot.yaml
-        proc.send_signal(2)  # Ctrl-C stops every node
+        proc.send_signal(2)  # Ctrl-C to the bring-up alone: it stops every node
         out, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            stop_group(proc)
     assert proc.returncode == 0, out
     assert "exited with code" not in out
 
@@ -43,9 +43,8 @@ def test_bringup_rejects_missing_params_file():
 def test_bringup_reports_a_node_that_fails_to_start(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("/**/action_expert_node:\n  ros__parameters:\n    chunk_size: 4\n")
-    result = subprocess.run([*BRINGUP, "--params-file", "config/robot.yaml", "--params-file", "config/desktop.yaml",
-                             "--params-file", str(bad), "--duration", "60"], cwd=REPO, capture_output=True,
-                            text=True, timeout=90)
+    result = run_group([*BRINGUP, "--params-file", "config/robot.yaml", "--params-file", "config/desktop.yaml",
+                        "--params-file", str(bad), "--duration", "60"], timeout=90, cwd=REPO)
     assert result.returncode == 2, result.stderr
     assert "chunk_size: expected 8 (model.yaml), got 4" in result.stderr
     assert "action_expert_node exited with code 2" in result.stderr
@@ -95,3 +94,14 @@ def test_stop_all_shuts_nodes_down_cleanly_and_kills_what_outlives_the_timeout(t
     stop_all(cut_short, timeout=0.0)  # no time for a clean shutdown: killed, not left running
     assert all(p.proc.returncode == -9 for p in cut_short), [p.proc.returncode for p in cut_short]
     assert len(list(tmp_path.glob("*.log"))) == 2  # asked for: kept
+
+
+def test_a_timed_out_group_leaves_no_child_running():
+    """The harness's timeout stops the command's children too (a bring-up killed alone leaves its nodes
+    running, loading every later test): here a shell whose child ignores SIGINT."""
+    import psutil
+
+    marker = "mobile_vla_group_test_9d1c"
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_group(["bash", "-c", f"trap '' INT; exec -a {marker} sleep 60 & wait"], timeout=1.0, grace=0.5)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]

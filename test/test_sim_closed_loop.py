@@ -5,10 +5,10 @@ beside zero/random-action baselines, the nodes' achieved rates, feature age and 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
+from ros_harness import run_group
 
 from mobile_vla_ros.paths import share_dir
 
@@ -16,8 +16,8 @@ from mobile_vla_ros.paths import share_dir
 @pytest.mark.timeout(400)
 def test_bringup_sim_runs_episodes_closed_loop_and_reports(tmp_path):
     out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.bringup.cli", "--sim", "--episodes", "3",
-                           "--out", str(out)], capture_output=True, text=True, timeout=380)
+    proc = run_group([sys.executable, "-m", "mobile_vla_ros.tools.bringup.cli", "--sim", "--episodes", "3",
+                      "--out", str(out)], timeout=380)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     episodes = report["episodes"]
@@ -35,8 +35,8 @@ def test_bringup_sim_runs_episodes_closed_loop_and_reports(tmp_path):
 
 
 def bringup_sim(tmp_path, *args, timeout=380) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "mobile_vla_ros.tools.bringup.cli", "--sim", "--out", str(tmp_path),
-                           *args], capture_output=True, text=True, timeout=timeout)
+    proc = run_group([sys.executable, "-m", "mobile_vla_ros.tools.bringup.cli", "--sim", "--out", str(tmp_path),
+                      *args], timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((tmp_path / "report.json").read_text())
 
