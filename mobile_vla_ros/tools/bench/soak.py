@@ -207,7 +207,7 @@ class FaultInjector:
         recovered = self.obs.first_chunk_after(t_restart, RECOVERY_TIMEOUT)
         extra = {"killed_to_due_s": due - t_kill, "restart_attempts": attempts,
                  "features_since_restart": len(self.obs.features.since(t_restart))}
-        return self._measure(due, t_restart, recovered, wrong_chunks=len(late)) | extra | late_chunks(late, due)
+        return self._measure(due, t_restart, recovered, wrong_chunks=len(late), late=late) | extra
 
     def _restart_vlm_node(self) -> int:
         """Start vlm_node again until it publishes features (RESTART_ATTEMPTS at most); the attempts made.
@@ -271,7 +271,7 @@ class FaultInjector:
         late = [a for a, _ in self.obs.chunks.since(due + self.action_period + DELIVERY) if a < t_end]
         self._set("synthetic_sources", "sensor_enabled", True)
         recovered = self.obs.first_chunk_after(t_end, RECOVERY_TIMEOUT)
-        return self._measure(due, t_end, recovered, wrong_chunks=len(late)) | late_chunks(late, due)
+        return self._measure(due, t_end, recovered, wrong_chunks=len(late), late=late)
 
     def malformed_burst(self, n_sensor: int = 200) -> dict:
         from sensor_msgs.msg import Image, Imu
@@ -311,9 +311,13 @@ class FaultInjector:
                 "ok": stops == 0 and not zeros, "_window_end": t1 + 1.0}
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _measure(self, due: float, fault_end: float, recovered: float | None, wrong_chunks: int) -> dict:
+    def _measure(self, due: float, fault_end: float, recovered: float | None, wrong_chunks: int,
+                 late: list[float] | None = None) -> dict:
         """The stop is the first zero command after the last chunk of the fault's span: at or before
-        `due` (it stopped for an earlier reason, e.g. the transport stalled at the kill) counts as 0."""
+        `due` (it stopped for an earlier reason, e.g. the transport stalled at the kill) counts as 0.
+        `late`: arrivals of the chunks that came after the stop was due, reported in s after due: one
+        within a scheduling slot is a chunk sent in time and delivered late; a run of them is a node
+        that kept going."""
         last_chunk = max((a for a, _ in self.obs.chunks.since(due - 60.0) if a <= due + DELIVERY),
                          default=due - DELIVERY)
         zero = self.obs.first_zero_after(last_chunk)
@@ -321,7 +325,8 @@ class FaultInjector:
         return {"stop_expected": True, "time_to_zero_s": time_to_zero, "wrong_chunks": wrong_chunks,
                 "time_to_recovery_s": None if recovered is None else recovered - fault_end,
                 "ok": time_to_zero is not None and time_to_zero <= self.action_period and wrong_chunks == 0
-                and recovered is not None, "_window_end": (recovered or time.monotonic()) + 1.0}
+                and recovered is not None, "_window_end": (recovered or time.monotonic()) + 1.0,
+                **({} if late is None else {"late_chunks_after_due_s": [round(a - due, 4) for a in late]})}
 
     def _set(self, node: str, name: str, value) -> None:
         result = self.obs.set_param(f"/{node}", name, value)
@@ -335,12 +340,6 @@ class FaultInjector:
         wait_for(lambda: any("action_expert_node" in diagnostics_of(m) for _, m in recorder.since(t)), 5,
                  "fresh diagnostics")
         return self.obs.latest_diagnostics("action_expert_node")
-
-
-def late_chunks(arrivals: list[float], due: float) -> dict:
-    """When each chunk that came after the stop was due arrived, in s after due: one within a scheduling
-    slot is a chunk sent in time and delivered late; a run of them is a node that kept going."""
-    return {"late_chunks_after_due_s": [round(a - due, 4) for a in arrivals]}
 
 
 def run_soak(minutes: float, cpu_burners: int, sensor_hz: float, action_hz: float = 10.0,
