@@ -15,8 +15,8 @@ from mobile_vla_ros.tools.bringup.processes import NodeProcess
 from mobile_vla_ros.tools.ros_observer import Observer, Recorder, diagnostics_of, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
-__all__ = ["REPO", "NodeProcess", "Probe", "Recorder", "diag_values", "diagnostics_of", "run_group", "start_group",
-           "stop_group", "wait_for"]
+__all__ = ["REPO", "NodeProcess", "Probe", "Recorder", "diag_values", "diagnostics_of", "lifecycle_state_once_up",
+           "run_group", "start_group", "stop_group", "wait_for"]
 
 
 class Probe(Observer):
@@ -30,6 +30,16 @@ def diag_values(recorder: Recorder, node_name: str) -> dict[str, str]:
         if values is not None:
             return values
     return {}
+
+
+def lifecycle_state_once_up(probe: Probe, node: str, timeout: float = 2.0) -> str | None:
+    """The node's lifecycle state, or None while no answer comes (the process still starting on a
+    loaded machine, or a first request answered before discovery finished both ways): polling with
+    `wait_for` retries instead of failing on the first unanswered request."""
+    try:
+        return probe.lifecycle_state(node, timeout)
+    except TimeoutError:
+        return None
 
 
 def start_group(cmd: list[str], **popen_kwargs) -> subprocess.Popen:

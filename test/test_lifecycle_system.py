@@ -9,7 +9,7 @@ import time
 
 import pytest
 from geometry_msgs.msg import Twist
-from ros_harness import NodeProcess, diag_values, wait_for
+from ros_harness import NodeProcess, diag_values, lifecycle_state_once_up, wait_for
 from sensor_msgs.msg import Image
 from trajectory_msgs.msg import JointTrajectory
 
@@ -41,7 +41,7 @@ def test_nothing_moves_before_the_arm_step_and_deactivate_stops_within_one_actio
     processes.append(NodeProcess("action_expert_node", {"autostart": False, "action_hz": ACTION_HZ,
                                                         "zero_cmd_hold": 60.0}))
     for node in ("vlm_node", "action_expert_node"):
-        wait_for(lambda n=node: probe.lifecycle_state(n) == "unconfigured", 60, f"{node} unconfigured")
+        wait_for(lambda n=node: lifecycle_state_once_up(probe, n) == "unconfigured", 60, f"{node} unconfigured")
     wait_for(lambda: diag_values(diags, "action_expert_node").get("lifecycle_state") == "unconfigured", 10,
              "the lifecycle state on /diagnostics")
     assert probe.change_state("vlm_node", "configure") and probe.change_state("action_expert_node", "configure")
@@ -88,7 +88,7 @@ def test_a_failed_configure_leaves_the_node_unconfigured_and_alive_with_the_reas
     missing.mkdir()
     action = NodeProcess("action_expert_node", {"autostart": False, "model_dir": str(missing)})
     processes.append(action)
-    wait_for(lambda: probe.lifecycle_state("action_expert_node") == "unconfigured", 60, "the node up")
+    wait_for(lambda: lifecycle_state_once_up(probe, "action_expert_node") == "unconfigured", 60, "the node up")
     assert not probe.change_state("action_expert_node", "configure")
     assert probe.lifecycle_state("action_expert_node") == "unconfigured"
     wait_for(lambda: "model.yaml" in diag_values(diags, "action_expert_node").get("_message", ""), 5,
