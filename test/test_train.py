@@ -13,7 +13,7 @@ import pytest
 from bag_fixtures import write_episode_bag
 
 from mobile_vla_ros.core.backend_factory import create_backend
-from mobile_vla_ros.core.model_spec import ModelSpec
+from mobile_vla_ros.core.model_spec import INPUT_FEATURES, INPUT_SENSOR, ModelSpec
 from mobile_vla_ros.tools.recordings import Recording
 from mobile_vla_ros.tools.simulation import record_sim
 from mobile_vla_ros.tools.training import make_default_model as recipe
@@ -155,6 +155,35 @@ def test_sim_expert_labels_train_on_record_sim_bags(sim_bags, tiny_vlm_dir, tmp_
     assert report["turn_augment"] == {"fraction": 0.5, "range_rad": [-1.0, 1.0], "max_age_s": None}
     notes = ModelSpec.load(out).notes
     assert "sim-expert labels" in notes and "0.5 of them turned by -1 to 1 rad" in notes
+
+
+def test_a_geometry_head_model_trains_exports_and_runs_with_three_inputs(sim_bags, tiny_vlm_dir, tmp_path):
+    """`--geometry-head`: model.yaml records it, the exported graph keeps the three named inputs and
+    one output and matches PyTorch (checked by the export), and the core runs it like any model."""
+    out = tmp_path / "geometry"
+    assert train.main(train_args(sim_bags, tiny_vlm_dir, out, tmp_path / "cache", "--epochs", "2",
+                                 "--staleness", "0,3.5", "--labels", "sim-expert", "--geometry-head")) == 0
+    spec = ModelSpec.load(out)
+    assert spec.architecture.get("geometry_head") is True and spec.motion_input
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["best_val_mae_chunk"] < report["val_zero_action_mae"] and report["geometry_head"] is True
+    last = report["history"][-1]
+    assert 0.5 < last["geometry_in_view_accuracy"] <= 1.0 and last["geometry_position_error_m_p50"] < 4.0
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out / "action_expert.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [INPUT_FEATURES, INPUT_SENSOR, spec.motion_input]
+    assert len(session.get_outputs()) == 1
+
+
+def test_a_geometry_head_needs_ground_truth_and_the_motion_input(sim_bags, tiny_vlm_dir, tmp_path, capsys):
+    from mobile_vla_ros.models.action_expert import ActionExpertConfig, build_action_expert
+
+    with pytest.raises(ValueError, match="geometry_head needs the motion input"):
+        build_action_expert(ActionExpertConfig(geometry_head=True))
+    assert train.main(train_args(sim_bags, tiny_vlm_dir, tmp_path / "m", tmp_path / "cache",
+                                 "--geometry-head")) != 0
+    assert "--geometry-head" in capsys.readouterr().err
 
 
 def test_sensor_dropout_replaces_whole_windows_by_the_mean():

@@ -15,6 +15,11 @@ from torch import nn
 
 from ..core.model_spec import ModelSpec, Normalization
 
+# What the geometry head predicts about the features' image: the logit of "the target is in view"
+# and, when it is, the target's position in the body frame at the image (x ahead, y left, m / GEOMETRY_SCALE).
+GEOMETRY_LAYOUT = ("in_view_logit", "x", "y")
+GEOMETRY_SCALE = 4.0  # m: the farthest targets
+
 
 @dataclass
 class ActionExpertConfig:
@@ -28,10 +33,14 @@ class ActionExpertConfig:
     recurrent_hidden: int = 4096
     recurrent_steps: int = 8  # the sensor window is encoded into this many tokens for the LSTM
     motion_dim: int = 0  # > 0: a third input, the motion since the features' source image (core/motion.py)
+    # The features also predict where the target was in their image (GEOMETRY_LAYOUT, supervised in
+    # training with the simulator's ground truth); moved by the motion since the image, that estimate
+    # enters the fusion head. Needs the motion input.
+    geometry_head: bool = False
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> ActionExpertConfig:
-        known = {"hidden_dim", "head", "recurrent_hidden", "recurrent_steps"}
+        known = {"hidden_dim", "head", "recurrent_hidden", "recurrent_steps", "geometry_head"}
         arch = {k: v for k, v in spec.architecture.items() if k in known}
         return cls(feature_dim=spec.feature_dim, sensor_channels=spec.sensor_channels,
                    sensor_window=spec.sensor_window, chunk_size=spec.chunk_size,
@@ -62,13 +71,21 @@ class _Normalized(nn.Module):
 
     def forward_normalized(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor,
                            motion_norm: torch.Tensor | None = None) -> torch.Tensor:
+        return self.predict_normalized(vl_features, sensor_norm, motion_norm)[0]
+
+    def predict_normalized(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor,
+                           motion_norm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> (normalised actions [B, K, D], the geometry head's prediction [B, 3] or None)."""
         raise NotImplementedError
 
     def forward(self, vl_features: torch.Tensor, sensor_window: torch.Tensor,
-                motion: torch.Tensor | None = None) -> torch.Tensor:
+                motion: torch.Tensor | None = None, return_geometry: bool = False):
+        """Raw units in and out; `return_geometry` (training) also returns the geometry head's output."""
         sensor_norm = (sensor_window - self.sensor_mean) / self.sensor_std
         motion_norm = None if motion is None else (motion - self.motion_mean) / self.motion_std
-        return self.forward_normalized(vl_features, sensor_norm, motion_norm) * self.action_std + self.action_mean
+        actions, geometry = self.predict_normalized(vl_features, sensor_norm, motion_norm)
+        actions = actions * self.action_std + self.action_mean
+        return (actions, geometry) if return_geometry else actions
 
 
 class ActionExpert(_Normalized):
@@ -88,11 +105,19 @@ class ActionExpert(_Normalized):
         self.motion_proj = (nn.Sequential(nn.Linear(c.motion_dim, h), nn.GELU(), nn.Linear(h, h), nn.GELU())
                             if c.motion_dim else None)
         fused = (3 if c.motion_dim else 2) * h
+        self.geometry = self.geometry_proj = None
+        if c.geometry_head:
+            if not c.motion_dim:
+                raise ValueError("geometry_head needs the motion input (motion_dim > 0): it moves the "
+                                 "image's target estimate by the motion since the image")
+            self.geometry = nn.Linear(h, len(GEOMETRY_LAYOUT))
+            self.geometry_proj = nn.Sequential(nn.Linear(3, h), nn.GELU())
+            fused += h
         self.head = nn.Sequential(nn.Linear(fused, h), nn.GELU(), nn.Linear(h, c.chunk_size * c.action_dim))
         self._register_normalization(c.sensor_channels, c.action_dim, c.motion_dim)
 
-    def forward_normalized(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor,
-                           motion_norm: torch.Tensor | None = None) -> torch.Tensor:
+    def predict_normalized(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor,
+                           motion_norm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Normalised sensor window [B, W, C] (and motion [B, M]) -> normalised actions [B, K, D]."""
         f = self.feature_proj(vl_features)
         s = self.sensor_encoder(sensor_norm.transpose(1, 2)).mean(dim=2)
@@ -103,8 +128,23 @@ class ActionExpert(_Normalized):
                 raise ValueError(f"this model takes a third input, the motion since the image [B, "
                                  f"{self.config.motion_dim}]")
             parts.append(self.motion_proj(motion_norm))
+        geometry = None
+        if self.geometry is not None:
+            geometry = self.geometry(f)
+            motion = motion_norm * self.motion_std + self.motion_mean
+            parts.append(self.geometry_proj(self._target_now(geometry, motion)))
         out = self.head(torch.cat(parts, dim=1))
-        return out.view(-1, self.config.chunk_size, self.config.action_dim)
+        return out.view(-1, self.config.chunk_size, self.config.action_dim), geometry
+
+    @staticmethod
+    def _target_now(geometry: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+        """[B, 3]: P(in view) and that probability times the target's position now (body frame, /
+        GEOMETRY_SCALE): the image's estimate less the translation since, rotated by the turn since."""
+        in_view = torch.sigmoid(geometry[:, 0:1])
+        x = geometry[:, 1:2] - motion[:, 1:2] / GEOMETRY_SCALE
+        y = geometry[:, 2:3] - motion[:, 2:3] / GEOMETRY_SCALE
+        cos, sin = torch.cos(motion[:, 3:4]), torch.sin(motion[:, 3:4])
+        return torch.cat([in_view, in_view * (cos * x + sin * y), in_view * (-sin * x + cos * y)], dim=1)
 
 
 class RecurrentActionExpert(_Normalized):
@@ -122,16 +162,26 @@ class RecurrentActionExpert(_Normalized):
         self.lstm = nn.LSTM(c.feature_dim, c.recurrent_hidden, batch_first=True)
         self.head = nn.Sequential(nn.Linear(c.recurrent_hidden, 1024), nn.GELU(),
                                   nn.Linear(1024, c.chunk_size * c.action_dim))
-        if c.motion_dim:
-            raise ValueError("the recurrent head takes no motion input (motion_dim must be 0)")
+        if c.motion_dim or c.geometry_head:
+            raise ValueError("the recurrent head takes no motion input (motion_dim must be 0, no geometry_head)")
         self._register_normalization(c.sensor_channels, c.action_dim)
 
-    def forward_normalized(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor,
-                           motion_norm: torch.Tensor | None = None) -> torch.Tensor:
+    def predict_normalized(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor,
+                           motion_norm: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
         newest = sensor_norm[:, -self.segment * self.config.recurrent_steps :]
         tokens = self.sensor_tokens(newest.transpose(1, 2)).transpose(1, 2) + vl_features.unsqueeze(1)
         out, _ = self.lstm(tokens)
-        return self.head(out[:, -1]).view(-1, self.config.chunk_size, self.config.action_dim)
+        return self.head(out[:, -1]).view(-1, self.config.chunk_size, self.config.action_dim), None
+
+
+def geometry_loss(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """The geometry head's loss: binary cross-entropy of "in view", plus the squared error of the
+    target's position (in GEOMETRY_SCALE units) over the images that show it. `truth` [B, 3]: in view
+    (0/1), x, y in m (InformedLabels.image_geometry)."""
+    in_view = truth[:, 0]
+    seen = nn.functional.binary_cross_entropy_with_logits(predicted[:, 0], in_view)
+    position = ((predicted[:, 1:] - truth[:, 1:] / GEOMETRY_SCALE) ** 2).sum(dim=1)
+    return seen + (position * in_view).sum() / in_view.sum().clamp(min=1.0)
 
 
 def build_action_expert(config: ActionExpertConfig) -> nn.Module:

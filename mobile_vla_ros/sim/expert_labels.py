@@ -70,6 +70,7 @@ class InformedLabels:
     sample_target: np.ndarray        # [S, 3] target x, y, radius of the sample's episode
     image_shows_target: np.ndarray   # [N_img] bool
     image_yaw: np.ndarray            # [N_img] unwrapped yaw when the image was taken
+    image_target_xy: np.ndarray      # [N_img, 2] the target's centre in the body frame at the image (m)
 
     @classmethod
     def of_episode(cls, pose_times: np.ndarray, poses: np.ndarray, target: tuple[float, float, float],
@@ -83,13 +84,16 @@ class InformedLabels:
                              np.interp(times, pose_times, yaw)], axis=1)
 
         image_pose, target_row = at(image_times), np.asarray(target, dtype=np.float64)
+        bearing, distance = bearing_and_distance(*image_pose.T, target_row)
+        centre = distance + target_row[2]
         return cls(at(sample_times), np.tile(target_row, (len(sample_times), 1)),
-                   target_in_view(*image_pose.T, target_row), image_pose[:, 2])
+                   target_in_view(*image_pose.T, target_row), image_pose[:, 2],
+                   np.stack([centre * np.cos(bearing), centre * np.sin(bearing)], axis=1))
 
     @classmethod
     def concatenate(cls, parts: list[InformedLabels]) -> InformedLabels:
         return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in
-                     ("sample_pose", "sample_target", "image_shows_target", "image_yaw")))
+                     ("sample_pose", "sample_target", "image_shows_target", "image_yaw", "image_target_xy")))
 
     def chunks(self, samples: np.ndarray, image_index: np.ndarray, steps: int, dt: float,
                turn: np.ndarray | None = None) -> np.ndarray:
@@ -101,3 +105,9 @@ class InformedLabels:
             pose[:, 2] += turn
         return informed_chunks(pose, self.sample_target[samples], self.image_shows_target[image_index],
                                self.image_yaw[image_index], steps, dt)
+
+    def image_geometry(self, image_index: np.ndarray) -> np.ndarray:
+        """[B, 3] float32 targets of the action expert's geometry head for these images: whether the
+        image shows the target, and its centre (x, y) in the body frame at the image (m)."""
+        return np.concatenate([self.image_shows_target[image_index, None], self.image_target_xy[image_index]],
+                              axis=1).astype(np.float32)

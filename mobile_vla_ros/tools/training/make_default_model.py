@@ -16,8 +16,9 @@
 3. mobile-vla-train on those bags with that VLM: the motion since the image as a third input, feature
    ages drawn uniformly over 0-3.5 s (every deployment from the CPU stand-in at 3.33 Hz to a 1.5 s VLM at
    0.59 Hz, whose features are up to 3.2 s old), labels from the expert that knows only the sample's
-   image and the motion since it (`--labels sim-expert`; `--turn-augment`: samples turned in place,
-   measured, not shipped) -> OUT; the same without the motion input -> --no-motion-out (the closed-loop
+   image and the motion since it (`--labels sim-expert`; `--turn-augment`: samples turned in place, and
+   `--geometry-head`: a supervised estimate of where the image showed the target, both measured, not
+   shipped) -> OUT; the same without the motion input -> --no-motion-out (the closed-loop
    benchmark's ablation).
 """
 
@@ -67,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
                          "without it cannot carry a turn); default 0: the shipped model")
     ap.add_argument("--turn-augment-range", default=None, metavar="LO,HI",
                     help="mobile-vla-train --turn-augment-range (rad); default: mobile-vla-train's")
+    ap.add_argument("--geometry-head", action="store_true",
+                    help="mobile-vla-train --geometry-head for the model with the motion input (the ablation "
+                         "without it cannot move the estimate)")
     ap.add_argument("--no-motion-out", type=Path, default=Path("models/no_motion"),
                     help="the same model without the motion input ('' to skip)")
     ap.add_argument("--seed", type=int, default=0)
@@ -129,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     turned = ["--turn-augment", str(args.turn_augment)] if args.turn_augment else []
     if args.turn_augment and args.turn_augment_range is not None:
         turned += ["--turn-augment-range", args.turn_augment_range]
-    code = train.main([*common, *turned, "--out", str(args.out), "--name", args.out.name])
+    geometry = ["--geometry-head"] if args.geometry_head else []
+    code = train.main([*common, *turned, *geometry, "--out", str(args.out), "--name", args.out.name])
     if code == 0 and str(args.no_motion_out):
         code = train.main([*common, "--out", str(args.no_motion_out), "--name", args.no_motion_out.name,
                            "--no-motion-input"])

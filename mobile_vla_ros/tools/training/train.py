@@ -117,6 +117,8 @@ class Dataset:
     # --labels sim-expert: (samples, image indices, turns or None) -> [S, K, D] labels from the expert
     # with the information of each sample's image, replacing `targets`.
     relabel: Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray] | None = None
+    # --labels sim-expert: image indices -> [B, 3] the geometry head's targets (InformedLabels.image_geometry)
+    geometry: Callable[[np.ndarray], np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.times)
@@ -199,6 +201,7 @@ def build_dataset(recordings: list[Recording], features: list[np.ndarray], spec:
         expert, columns = InformedLabels.concatenate(informed), [EXPERT_FIELDS.index(f) for f in twist_mapping]
         dataset.relabel = lambda samples, images, turn: expert.chunks(samples, images, k, dt, turn)[
             ..., columns].astype(np.float32)
+        dataset.geometry = expert.image_geometry
     return dataset
 
 
@@ -256,6 +259,24 @@ def drop_windows(windows, dropped: np.ndarray, sensor_mean):
     return torch.where(keep, windows, sensor_mean.to(windows.dtype))
 
 
+def geometry_metrics(predicted: np.ndarray, truth: np.ndarray) -> dict:
+    """How well the geometry head read the validation images: "in view" right, and the median error
+    of the target's position (m) over the images that show it."""
+    from ...models.action_expert import GEOMETRY_SCALE
+
+    shown = truth[:, 0] > 0.5
+    error = np.hypot(*(predicted[shown, 1:] * GEOMETRY_SCALE - truth[shown, 1:]).T)
+    return {"geometry_in_view_accuracy": float(((predicted[:, 0] > 0) == shown).mean()),
+            "geometry_position_error_m_p50": float(np.median(error)) if shown.any() else float("nan")}
+
+
+def _geometry_text(val: dict) -> str:
+    if "geometry_in_view_accuracy" not in val:
+        return ""
+    return (f"  in view {val['geometry_in_view_accuracy']:.1%}, position error "
+            f"{val['geometry_position_error_m_p50']:.2f} m")
+
+
 class Trainer:
     def __init__(self, args, spec: ModelSpec, train: Dataset, val: Dataset, dist) -> None:
         import torch
@@ -265,7 +286,9 @@ class Trainer:
         self.torch, self.args, self.spec, self.train, self.val, self.dist = torch, args, spec, train, val, dist
         torch.manual_seed(args.seed)
         self.device = torch.device(dist.device)
-        model = build_action_expert(ActionExpertConfig.from_spec(spec))
+        config = ActionExpertConfig.from_spec(spec)
+        self.geometry_head = config.geometry_head
+        model = build_action_expert(config)
         model.set_normalization(spec.normalization)
         self.model = model.to(self.device)
         self.ddp = self.model
@@ -286,7 +309,7 @@ class Trainer:
         self.action_std = torch.tensor(spec.normalization.action_std, device=self.device)
 
     def _batch(self, data: Dataset, samples: np.ndarray, staleness: np.ndarray, turn: np.ndarray | None = None):
-        """(inputs in graph order, targets) of `samples` with features `staleness` s older than each
+        """(inputs in graph order, targets, image indices) of `samples` with features `staleness` s older than each
         (and turned in place by `turn` rad: `turn_augmentation`)."""
         t = self.torch
         image = data.feature_index(samples, staleness)
@@ -294,10 +317,12 @@ class Trainer:
         if self.spec.motion_input:
             inputs.append(data.motion(samples, image, turn))
         return ([t.from_numpy(np.ascontiguousarray(x)).to(self.device) for x in inputs],
-                t.from_numpy(data.labels(samples, image, turn)).to(self.device))
+                t.from_numpy(data.labels(samples, image, turn)).to(self.device), image)
 
     def run_epoch(self) -> float:
         """One epoch; every rank draws the same permutation and staleness and takes its share."""
+        from ...models.action_expert import geometry_loss
+
         torch, args, dist = self.torch, self.args, self.dist
         rng = np.random.default_rng([args.seed, self.epoch])
         order = rng.permutation(len(self.train))
@@ -310,13 +335,20 @@ class Trainer:
             mine = batch[dist.rank * per_rank:(dist.rank + 1) * per_rank]
             turn = turn_augmentation(rng, len(mine), args.turn_augment, args.turn_augment_range, staleness[mine],
                                      args.turn_augment_max_age)
-            inputs, y = self._batch(self.train, mine, staleness[mine], turn)
+            inputs, y, images = self._batch(self.train, mine, staleness[mine], turn)
             if args.sensor_dropout > 0:
                 inputs[1] = drop_windows(inputs[1], rng.random(len(mine)) < args.sensor_dropout, self.sensor_mean)
             # Through the (DDP) module's forward, so DDP's gradient hooks fire; the loss is on
             # normalised actions so both dimensions weigh alike.
-            pred = (self.ddp(*inputs) - self.action_mean) / self.action_std
+            if self.geometry_head:
+                actions, geometry = self.ddp(*inputs, return_geometry=True)
+            else:
+                actions = self.ddp(*inputs)
+            pred = (actions - self.action_mean) / self.action_std
             loss = torch.nn.functional.mse_loss(pred, (y - self.action_mean) / self.action_std)
+            if self.geometry_head:
+                truth = torch.from_numpy(self.train.geometry(images)).to(self.device)
+                loss = loss + geometry_loss(geometry, truth)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -330,15 +362,23 @@ class Trainer:
     def validate(self) -> dict:
         torch = self.torch
         self.model.eval()
-        errs = []
+        errs, geometry, truth = [], [], []
         with torch.no_grad():
             for start in range(0, len(self.val), 4096):
                 idx = np.arange(start, min(start + 4096, len(self.val)))
-                inputs, y = self._batch(self.val, idx, self.val_staleness[idx])
-                errs.append((self.model(*inputs) - y).abs().cpu().numpy())
+                inputs, y, images = self._batch(self.val, idx, self.val_staleness[idx])
+                actions, predicted = self.model(*inputs, return_geometry=True) if self.geometry_head else \
+                    (self.model(*inputs), None)
+                errs.append((actions - y).abs().cpu().numpy())
+                if predicted is not None:
+                    geometry.append(predicted.cpu().numpy())
+                    truth.append(self.val.geometry(images))
         err = np.concatenate(errs)
-        return {"mae_chunk": float(err.mean()), "mae_first_step": float(err[:, 0].mean()),
-                "mae_per_dim": [float(v) for v in err.mean(axis=(0, 1))]}
+        metrics = {"mae_chunk": float(err.mean()), "mae_first_step": float(err[:, 0].mean()),
+                   "mae_per_dim": [float(v) for v in err.mean(axis=(0, 1))]}
+        if geometry:
+            metrics |= geometry_metrics(np.concatenate(geometry), np.concatenate(truth))
+        return metrics
 
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
@@ -370,7 +410,7 @@ class Trainer:
                                  "seconds": time.monotonic() - began})
             if self.dist.rank == 0:
                 print(f"\repoch {self.epoch:3d}  train loss {train_loss:.4f}  val MAE chunk {val['mae_chunk']:.4f} "
-                      f"first step {val['mae_first_step']:.4f}{'  *' if improved else ''}"
+                      f"first step {val['mae_first_step']:.4f}{'  *' if improved else ''}{_geometry_text(val)}"
                       f"  ({time.monotonic() - began:.1f} s)", flush=True)
                 tmp = state_path.with_suffix(".tmp")
                 torch.save(self.state(), tmp)
@@ -457,6 +497,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="give the model the motion since the features' image as a third input (default); "
                          "--no-motion-input trains a two-input model")
     ap.add_argument("--hidden-dim", type=int, default=128)
+    ap.add_argument("--geometry-head", action="store_true",
+                    help="the features also predict where the target was in their image, supervised by the "
+                         "simulator's ground truth, and that estimate moved by the motion since the image "
+                         "enters the head (needs --labels sim-expert and the motion input)")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -534,6 +578,9 @@ def _check_args(args, dist) -> None:
         raise ValueError(f"--turn-augment: expected a fraction in [0, 1], got {args.turn_augment}")
     if args.turn_augment_max_age is not None and args.turn_augment_max_age <= 0:
         raise ValueError(f"--turn-augment-max-age: expected seconds > 0, got {args.turn_augment_max_age}")
+    if args.geometry_head and (args.labels != "sim-expert" or not args.motion_input):
+        raise ValueError("--geometry-head: its targets come from the simulator's ground truth and it moves them "
+                         "by the motion since the image (needs --labels sim-expert and the motion input)")
     if args.turn_augment > 0 and (args.labels != "sim-expert" or not args.motion_input):
         raise ValueError("--turn-augment: turned samples need --labels sim-expert (labels recomputed from the "
                          "pose) and the motion input (which carries the turn); got "
@@ -566,7 +613,8 @@ def _initial_spec(args, feature_dim: int, sensor_type: str, lo_hi: tuple[float, 
                                                  [1.0] * actions),
                      vlm_backend=args.vlm_backend, vlm_pooling=args.pooling, staleness_range=lo_hi,
                      motion_input=MOTION_INPUT if args.motion_input else None,
-                     architecture={"hidden_dim": args.hidden_dim})
+                     architecture={"hidden_dim": args.hidden_dim, **({"geometry_head": True} if args.geometry_head
+                                                                      else {})})
 
 
 def _split(args, bags: list[Path]) -> tuple[list[Path], list[Path]]:
@@ -635,8 +683,9 @@ def _write_outputs(args, spec, trainer, train, val, vlm_path: Path, write_model_
     lo, hi = args.turn_augment_range
     younger = "" if args.turn_augment_max_age is None else f" (features younger than {args.turn_augment_max_age:g} s)"
     turned = f", {args.turn_augment:g} of them{younger} turned by {lo:g} to {hi:g} rad" if args.turn_augment else ""
-    spec.notes = (f"trained by mobile-vla-train ({args.labels} labels) on {len(train)} samples{turned}; best val MAE "
-                  f"(chunk) {trainer.best:.4f} (zero action {baseline:.4f}, mean action "
+    head = ", with the geometry head" if args.geometry_head else ""
+    spec.notes = (f"trained by mobile-vla-train ({args.labels} labels{head}) on {len(train)} samples{turned}; "
+                  f"best val MAE (chunk) {trainer.best:.4f} (zero action {baseline:.4f}, mean action "
                   f"{np.abs(labels - mean_action).mean():.4f})")
     error = write_model_dir(model, spec, args.out, extra={"history": trainer.history})
     if Path(vlm_path).resolve() != (args.out / "vlm").resolve():
@@ -646,7 +695,7 @@ def _write_outputs(args, spec, trainer, train, val, vlm_path: Path, write_model_
               "staleness_range": list(spec.staleness_range),
               "turn_augment": {"fraction": args.turn_augment, "range_rad": list(args.turn_augment_range),
                                "max_age_s": args.turn_augment_max_age},
-              "epochs": trainer.epoch, "history": trainer.history,
+              "geometry_head": args.geometry_head, "epochs": trainer.epoch, "history": trainer.history,
               "onnx_max_abs_error": error}
     (args.out / "train_report.json").write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}: action_expert.pt, action_expert.onnx (max |ONNX - PyTorch| {error:.1e}), model.yaml, "
