@@ -78,18 +78,23 @@ TOPICS = {"image": "/camera/image_raw", "sensor": "/sensor", "instruction": "/in
           "action": "/cmd_vel", "executed": EXECUTED_TOPIC} | SIM_TRUTH_TOPICS
 
 
+def relabelled(bag):
+    """(recording, its sim-expert dataset with zero features, the ground truth it relabels from; one
+    bag: its times are unshifted)."""
+    spec = ModelSpec.load(default_model_dir())
+    rec = read_recording(bag, spec, TOPICS, TWIST)
+    data = train.build_dataset([rec], [np.zeros((len(rec.images), spec.feature_dim), np.float32)], spec, 0.04,
+                               TWIST, labels="sim-expert")
+    return rec, data, train._informed_labels(rec, 0, np.array([t for t, _ in rec.images]), data.times)
+
+
 def test_labels_of_a_recorded_episode_depend_on_what_the_samples_image_and_motion_input_show(hard_bag):
     """Relabelled from the bag's ground truth: where the sample's image showed the target the label
     steers to it; where it did not, the label searches or holds by the turn since that image, and that
     turn is what the policy's own motion input (integrated gyro) says, to within a few degrees."""
-    spec = ModelSpec.load(default_model_dir())
-    rec = read_recording(hard_bag, spec, TOPICS, TWIST)
+    rec, data, informed = relabelled(hard_bag)
     assert rec.task is not None and len(rec.poses) > 100
-    data = train.build_dataset([rec], [np.zeros((len(rec.images), spec.feature_dim), np.float32)], spec, 0.04,
-                               TWIST, labels="sim-expert")
     samples = np.arange(len(data))
-    # The ground truth the dataset relabels from (one bag: its times are unshifted).
-    informed = train._informed_labels(rec, 0, np.array([t for t, _ in rec.images]), data.times)
     for age in (0.0, 1.6, 3.0):
         images = data.feature_index(samples, np.full(len(data), age))
         labels = data.labels(samples, images)
@@ -128,11 +133,7 @@ def test_a_sample_turned_in_place_has_the_turn_in_its_motion_input_and_the_turne
     yaw grows by delta (dx, dy unchanged) and its labels are the rule's at the turned pose, so a target
     the image showed is steered to from where it now is, and a search holds once the turn since the
     image reaches SEARCH_STEP."""
-    spec = ModelSpec.load(default_model_dir())
-    rec = read_recording(hard_bag, spec, TOPICS, TWIST)
-    data = train.build_dataset([rec], [np.zeros((len(rec.images), spec.feature_dim), np.float32)], spec, 0.04,
-                               TWIST, labels="sim-expert")
-    informed = train._informed_labels(rec, 0, np.array([t for t, _ in rec.images]), data.times)
+    _, data, informed = relabelled(hard_bag)
     samples = np.arange(len(data))
     images = data.feature_index(samples, np.full(len(data), 1.6))
     turn = np.random.default_rng(0).uniform(-1.0, 1.0, len(data))
@@ -164,11 +165,7 @@ def test_the_geometry_heads_targets_moved_by_the_motion_input_land_on_the_target
 
     from mobile_vla_ros.models.action_expert import GEOMETRY_SCALE, ActionExpert
 
-    spec = ModelSpec.load(default_model_dir())
-    rec = read_recording(hard_bag, spec, TOPICS, TWIST)
-    data = train.build_dataset([rec], [np.zeros((len(rec.images), spec.feature_dim), np.float32)], spec, 0.04,
-                               TWIST, labels="sim-expert")
-    informed = train._informed_labels(rec, 0, np.array([t for t, _ in rec.images]), data.times)
+    _, data, informed = relabelled(hard_bag)
     samples = np.arange(len(data))
     x, y, yaw = informed.sample_pose.T
     tx, ty, _ = informed.sample_target.T
