@@ -37,7 +37,7 @@ from .ros.node_support import (
     diagnostics_timer,
     install_live_parameters,
     run_node,
-    sensor_input_qos,
+    subscribe_sensor,
     valid_instruction,
     watch_clock_jumps,
 )
@@ -84,7 +84,7 @@ class ActionExpertNode(ManagedNode):
         self.chunk_pub = self.create_lifecycle_publisher(JointTrajectory, CHUNK_TOPIC, RELIABLE_QOS)
         self.output = CommandOutput(self, self.core, p)
         msg_type, self._to_sample = SENSOR_MESSAGES[p["sensor_type"]]
-        self._inputs = [self.create_subscription(msg_type, "sensor", self._on_sensor, sensor_input_qos(p)),
+        self._inputs = [subscribe_sensor(self, msg_type, self._on_sensor, p),
                         self.create_subscription(Image, FEATURES_TOPIC, self._on_features, LATCHED_INPUT_QOS),
                         self.create_subscription(String, "instruction", self._on_instruction, LATCHED_INPUT_QOS)]
         self._jump_handle = watch_clock_jumps(self, self._on_clock_jump)

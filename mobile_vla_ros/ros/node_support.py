@@ -22,6 +22,7 @@ from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import Header
 
 from ..core import params as P
+from ..core.names import SENSOR_TOPIC
 from ..core.validation import check_instruction
 from ..params_files import first_params_file_error, params_files_in
 
@@ -51,6 +52,30 @@ def sensor_queue_depth(sensor_hz: float, max_sensor_gap: float) -> int:
     falls behind for good it turns into latency: a queue of a whole window (100 ms) made every sample older
     than the gap gate and stopped the robot under a malformed-message flood. Half the gate keeps both."""
     return max(SENSOR_QOS.depth, int(0.5 * max_sensor_gap * sensor_hz))
+
+
+def subscribe_sensor(node: Node, msg_type: type, on_sample: Callable[[Any], None], params: dict):
+    """The node's subscription to `sensor` (`sensor_input_qos`): each executor wake-up hands `on_sample`
+    the message it took and then every sample already queued behind it (up to one queue's worth, so
+    the 10 Hz decision timer is never starved). rclpy's executor rebuilds its whole wait set (a managed
+    node's dozen services, timers, events) for each message it takes; at 650 Hz that cost ~1 ms per
+    sample on this computer, so after any stall the node could not drain the queue before it
+    overflowed: with both cores busy, 25 % of the stream was lost, and 1-7 % with one busy core.
+    Taking the queued samples in the same wake-up lost 0.02 % and under 0.1 % in the same runs."""
+    qos = sensor_input_qos(params)
+    subscription = None
+
+    def on_message(msg) -> None:
+        on_sample(msg)
+        for _ in range(qos.depth):
+            with subscription.handle:
+                taken = subscription.handle.take_message(subscription.msg_type, subscription.raw)
+            if taken is None:
+                return
+            on_sample(taken[0])
+
+    subscription = node.create_subscription(msg_type, SENSOR_TOPIC, on_message, qos)
+    return subscription
 
 
 _ROS_TYPES = {

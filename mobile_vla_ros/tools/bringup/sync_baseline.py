@@ -35,7 +35,7 @@ from ...ros.node_support import (
     diagnostics_timer,
     install_live_parameters,
     run_node,
-    sensor_input_qos,
+    subscribe_sensor,
 )
 from ...ros.vlm_runner import VlmRunner
 from ...vlm.base import VlmLoadError
@@ -63,7 +63,7 @@ class SyncBaselineNode(Node):
         self.output = CommandOutput(self, self.core, self.params, self._core_lock)
         self.output.start()
         msg_type, self._to_sample = SENSOR_MESSAGES[self.params["sensor_type"]]
-        self.create_subscription(msg_type, "sensor", self._on_sensor, sensor_input_qos(self.params))
+        subscribe_sensor(self, msg_type, self._on_sensor, self.params)
         self.vlm = VlmRunner(self, self.params, self._decide)
         self.vlm.start()
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
