@@ -37,6 +37,7 @@ from .ros.node_support import (
     diagnostics_timer,
     install_live_parameters,
     run_node,
+    subscribe_draining,
     subscribe_sensor,
     valid_instruction,
     watch_clock_jumps,
@@ -85,8 +86,8 @@ class ActionExpertNode(ManagedNode):
         self.output = CommandOutput(self, self.core, p)
         msg_type, self._to_sample = SENSOR_MESSAGES[p["sensor_type"]]
         self._inputs = [subscribe_sensor(self, msg_type, self._on_sensor, p),
-                        self.create_subscription(Image, FEATURES_TOPIC, self._on_features, LATCHED_INPUT_QOS),
-                        self.create_subscription(String, "instruction", self._on_instruction, LATCHED_INPUT_QOS)]
+                        subscribe_draining(self, Image, FEATURES_TOPIC, self._on_features, LATCHED_INPUT_QOS),
+                        subscribe_draining(self, String, "instruction", self._on_instruction, LATCHED_INPUT_QOS)]
         self._jump_handle = watch_clock_jumps(self, self._on_clock_jump)
 
     def _activate(self) -> None:

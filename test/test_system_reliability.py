@@ -165,11 +165,13 @@ def test_malformed_message_flood_is_dropped_and_counted_while_chunks_keep_flowin
         assert (counted > 0) == bool(faults) and counted <= n, f"{reason}: {counted} counted for {n} sent"
     # Transport: best-effort topics lose part of a burst, more on a loaded 2-core machine (65-78 % of the
     # sensor flood arrived beside the 650 Hz stream in one CI run, 19 % with a third process spinning on
-    # one of the two cores): at least a tenth of it, 80 % on the reliable features topic; no valid message
-    # may be counted as rejected.
+    # one of the two cores): at least a tenth of it. The reliable features topic loses only what overflows
+    # the node's queue: 98-100 % arrive, idle or beside a busy loop, when every input drains its queue per
+    # wake-up (93 % when only the sensor did, and 79 % in a CI run). No valid message may be counted as
+    # rejected.
     for name, counted, n, arrives in (("sensor", sensor_rejected, sent["sensor"], 0.1),
                                       ("images", images_rejected, sent["image"], 0.1),
-                                      ("features", features_rejected, sent["features"], 0.8)):
+                                      ("features", features_rejected, sent["features"], 0.95)):
         assert arrives * n <= counted <= n, f"{name}: {counted} rejections counted for {n} malformed messages"
     assert int(action["instructions_rejected"]) + int(vlm["instructions_rejected"]) >= 2
     assert action["safe_stop_reason"] == "running"
