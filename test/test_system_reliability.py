@@ -177,6 +177,22 @@ def test_malformed_message_flood_is_dropped_and_counted_while_chunks_keep_flowin
     assert action["safe_stop_reason"] == "running"
 
 
+@pytest.mark.timeout(60)
+def test_a_crashing_node_leaves_its_python_stacks_in_its_log(probe, processes):
+    """A segfault (a C extension's, at shutdown once in CI) kills the node; its log then says where each
+    thread was, so the crash can be diagnosed from one occurrence."""
+    diags = probe.diagnostics()
+    sources = NodeProcess("tools.bringup.synthetic_sources", {})
+    processes.append(sources)
+    wait_for(lambda: any("synthetic_sources" in diagnostics_of(m) for _, m in diags.since(0.0)), 30,
+             "synthetic_sources running")
+    sources.proc.send_signal(signal.SIGSEGV)
+    assert sources.wait(10) == -signal.SIGSEGV
+    log = sources.output()
+    assert "Fatal Python error: Segmentation fault" in log, log[-2000:]
+    assert "in run_node" in log and "in _sensor_loop" in log, log[-2000:]  # the spin loop and the worker
+
+
 @pytest.mark.timeout(120)
 def test_executor_stalls_lose_no_sensor_samples(probe, processes):
     """The 650 Hz stream survives stalls of the action node (an inference holding the GIL, a GC pause, a

@@ -4,6 +4,7 @@ core specs, live-change validation, QoS profiles, diagnostics messages, and the 
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import sys
 import threading
@@ -341,8 +342,11 @@ def run_node(factory: Callable[[], Node], args=None, on_shutdown: Callable[[Node
     SIGINT and SIGTERM only set a flag that the spin loop checks, and `on_shutdown` (a final zero
     cmd_vel) runs while the node can still publish. (Raising KeyboardInterrupt from the handler is
     not safe: landing inside rclpy's C++ message conversion it surfaces as a RuntimeError.)
-    Configuration errors exit with code 2 and one fatal line.
+    Configuration errors exit with code 2 and one fatal line. A fatal signal (SIGSEGV in a C extension,
+    SIGABRT) writes every thread's Python stack to stderr (faulthandler) before the process dies, so a
+    crash on a robot or in CI leaves where it happened in the node's log.
     """
+    faulthandler.enable()
     bad_file = first_params_file_error(params_files_in(sys.argv if args is None else args))
     if bad_file:  # rcl would end in a traceback; one line instead
         print(f"[FATAL] [mobile_vla_ros]: start-up failed: {bad_file}", file=sys.stderr)
