@@ -65,7 +65,7 @@ def subscribe_draining(node: Node, msg_type: type, topic: str, callback: Callabl
     overflowed: with both cores busy, 25 % of the stream was lost, and 1-7 % with one busy core; taking
     the queued samples in the same wake-up lost 0.02 % and under 0.1 % in the same runs. Every input
     of a node drains so, or a busy one would crowd out the others (the reliable features topic under a
-    flood: 93 % taken while only the sensor drained, 100 % with all). The take is the call rclpy's own
+    flood: 93 % taken while only the sensor drained, 98-100 % with all). The take is the call rclpy's own
     executor makes (Humble to Kilted)."""
     subscription = None
 
