@@ -199,24 +199,18 @@ def test_executor_stalls_lose_no_sensor_samples(probe, processes):
     loaded machine): its subscription queues half of max_sensor_gap of the stream (sensor_queue_depth),
     so with max_sensor_gap 0.2 s (65 samples) a 60 ms stop of the whole process (SIGSTOP) loses nothing.
     With the sensor-data default of 5 samples (8 ms), each stop lost ~37."""
-    from mobile_vla_ros.tools.bench.loop import quiet_sensor_counts
-
-    probe.diagnostics()
-    processes.append(NodeProcess("tools.bringup.synthetic_sources", {}))
     action = NodeProcess("action_expert_node", {"max_sensor_gap": 0.2})
-    processes.append(action)
-    wait_for(lambda: int(probe.latest_diagnostics("action_expert_node").get("sensor_accepted", "0")) > 650, 60,
-             "the action node receiving the sensor stream")
-    sent0, received0 = quiet_sensor_counts(probe, "action_expert_node")
-    time.sleep(1.0)
     stops = 8
-    for _ in range(stops):
-        action.proc.send_signal(signal.SIGSTOP)
-        time.sleep(0.06)
-        action.proc.send_signal(signal.SIGCONT)
-        time.sleep(0.4)
-    sent1, received1 = quiet_sensor_counts(probe, "action_expert_node")
-    sent, lost = sent1 - sent0, (sent1 - sent0) - (received1 - received0)
+
+    def stop_and_continue() -> None:
+        time.sleep(1.0)
+        for _ in range(stops):
+            action.proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.06)
+            action.proc.send_signal(signal.SIGCONT)
+            time.sleep(0.4)
+
+    sent, lost = _sensor_sent_and_lost(probe, processes, action, stop_and_continue)
     assert sent > 0.8 * 650 * stops * 0.46
     # A stop of 60 ms holds 39 samples; allow a tenth of one stop's worth per stop for the machine's noise.
     assert lost <= stops * 4, f"{lost} of {sent} sensor samples lost over {stops} stops of 60 ms"
@@ -259,31 +253,36 @@ def test_both_cores_busy_lose_no_sensor_samples(probe, processes):
     (the CI run that lost 1.8 % of it in the loop benchmark had one test process's load beside it)."""
     import multiprocessing
 
-    from mobile_vla_ros.tools.bench.loop import quiet_sensor_counts
+    from mobile_vla_ros.tools.bench.loop import busy_loop
 
-    probe.diagnostics()
-    processes.append(NodeProcess("tools.bringup.synthetic_sources", {}))
-    processes.append(NodeProcess("action_expert_node", {}))
-    wait_for(lambda: int(probe.latest_diagnostics("action_expert_node").get("sensor_accepted", "0")) > 650, 60,
-             "the action node receiving the sensor stream")
-    sent0, received0 = quiet_sensor_counts(probe, "action_expert_node")
-    burners = [multiprocessing.Process(target=_busy_loop, daemon=True) for _ in range(2)]
-    for b in burners:
-        b.start()
-    try:
-        time.sleep(8.0)
-    finally:
+    def load_both_cores() -> None:
+        burners = [multiprocessing.Process(target=busy_loop, daemon=True) for _ in range(2)]
         for b in burners:
-            b.kill()
-    sent1, received1 = quiet_sensor_counts(probe, "action_expert_node")
-    sent, lost = sent1 - sent0, (sent1 - sent0) - (received1 - received0)
+            b.start()
+        try:
+            time.sleep(8.0)
+        finally:
+            for b in burners:
+                b.kill()
+
+    sent, lost = _sensor_sent_and_lost(probe, processes, NodeProcess("action_expert_node", {}), load_both_cores)
     assert sent > 0.8 * 650 * 8
     assert lost <= 0.01 * sent, f"{lost} of {sent} sensor samples lost with both cores busy"
 
 
-def _busy_loop() -> None:
-    while True:
-        pass
+def _sensor_sent_and_lost(probe, processes, action: NodeProcess, disturb) -> tuple[int, int]:
+    """Sensor messages synthetic_sources sent, and those `action` did not receive, across `disturb()`:
+    counted with the sensor paused before and after (the loop benchmark's exact count)."""
+    from mobile_vla_ros.tools.bench.loop import quiet_sensor_counts
+
+    probe.diagnostics()
+    processes += [NodeProcess("tools.bringup.synthetic_sources", {}), action]
+    wait_for(lambda: int(probe.latest_diagnostics("action_expert_node").get("sensor_accepted", "0")) > 650, 60,
+             "the action node receiving the sensor stream")
+    sent0, received0 = quiet_sensor_counts(probe, "action_expert_node")
+    disturb()
+    sent1, received1 = quiet_sensor_counts(probe, "action_expert_node")
+    return sent1 - sent0, (sent1 - sent0) - (received1 - received0)
 
 
 def test_the_sensor_queue_is_half_the_gap_gate():

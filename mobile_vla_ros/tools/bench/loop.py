@@ -155,7 +155,8 @@ def chunk_statistics(chunks: list[tuple[float, tuple[float, float, int]]],
     }
 
 
-def _burn() -> None:
+def busy_loop() -> None:
+    """One core's worth of load (a process target): the benchmarks' and tests' loaded machine."""
     while True:
         pass
 
@@ -215,7 +216,7 @@ def running_system(cfg: LoopConfig, observer_type: type[LoopObserver] = LoopObse
     on exit, pass or fail."""
     procs = start_nodes(cfg)
     observer = observer_type(sim_time=cfg.sim_time)
-    burners = [multiprocessing.Process(target=_burn, daemon=True) for _ in range(cfg.cpu_burners)]
+    burners = [multiprocessing.Process(target=busy_loop, daemon=True) for _ in range(cfg.cpu_burners)]
     try:
         wait_for(lambda: observer.chunks.count() > 0 or any(not p.alive() for p in procs.values()), 120,
                  "the first action chunk")
