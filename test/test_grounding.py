@@ -11,15 +11,19 @@ from mobile_vla_ros.sim.world import SimConfig, SimRobot, sample_task
 from mobile_vla_ros.vlm import grounding
 
 
+def _extractor(model_dir):
+    from mobile_vla_ros.vlm.base import ExtractorConfig
+    from mobile_vla_ros.vlm.factory import create_extractor
+
+    return create_extractor(ExtractorConfig(backend="kosmos2", pooling="last_token", model_path=str(model_dir),
+                                            device="cpu", dtype="fp32"))
+
+
 def image_to_text_ratio(model_dir) -> float:
     """Mean |image latent| / mean |token embedding| of a tiny Kosmos-2."""
     import torch
 
-    from mobile_vla_ros.vlm.base import ExtractorConfig
-    from mobile_vla_ros.vlm.factory import create_extractor
-
-    ex = create_extractor(ExtractorConfig(backend="kosmos2", pooling="last_token", model_path=str(model_dir),
-                                          device="cpu", dtype="fp32"))
+    ex = _extractor(model_dir)
     with SimRobot(sample_task(0)) as robot:
         inputs = ex.prepare([robot.render()], "go to the red cylinder")
     with torch.no_grad():
@@ -150,3 +154,50 @@ def test_stand_in_size_parses_and_names_itself():
     assert str(grounding.StandInSize(resampler_causal=False)) == "64x2x16x16-full-resampler"
     with pytest.raises(ValueError, match="expected WIDTHxLAYERS"):
         grounding.StandInSize.parse("wide")
+
+
+def test_render_objects_marks_the_pixels_each_object_covers():
+    task = sample_task(1003, SimConfig(task_set="hard"))
+    target = task.target_object
+    with SimRobot(task) as robot:
+        robot.place(target.x - 2.0, target.y, 0.0)  # 2 m short of the target, facing it
+        rgb, objects = robot.render(), robot.render_objects()
+        assert objects.shape == rgb.shape[:2] and set(np.unique(objects)) >= {-1, task.target}
+        on_target = objects == task.target
+        assert on_target[:, 100:124].mean() > 0.1  # straight ahead, in the image's middle columns
+        red, green, blue = rgb[on_target].mean(axis=0)
+        assert red > 2 * green and red > 2 * blue and target.color == "red"  # the target's own pixels
+        assert rgb[objects == -1].mean(axis=0).std() < 10  # the rest is the grey floor and sky
+        kinds = grounding.kind_map(robot)
+        assert np.array_equal(kinds == 1 + grounding.KINDS.index((target.color, target.shape)), on_target)
+        robot.place(target.x - 2.0, target.y, math.pi)  # turned away: the target is out of view
+        assert not (robot.render_objects() == task.target).any()
+
+
+def test_patch_kind_targets_give_each_patch_its_share_of_every_kind():
+    import torch
+
+    kinds = torch.zeros(1, 4, 8, dtype=torch.uint8)  # one 4x8 image, two 4-pixel patches
+    kinds[0, :, 4:] = 3  # the right patch all kind 3
+    kinds[0, :2, :4] = 5  # the left patch half kind 5, half none
+    targets = grounding.patch_kind_targets(kinds, 4)
+    assert targets.shape == (1, 2, 1 + len(grounding.KINDS))
+    assert torch.allclose(targets.sum(-1), torch.ones(1, 2))
+    assert targets[0, 0, 5] == 0.5 and targets[0, 0, 0] == 0.5 and targets[0, 1, 3] == 1.0
+    logits = torch.full_like(targets, -5.0)
+    logits[0, 0, 6] = logits[0, 1, 3] = 5.0  # left: kind 6 (same colour, the other shape); right: right
+    accuracy = grounding._patch_kind_accuracy(logits, targets)
+    assert accuracy == {"kind": 0.5, "shape": 0.5, "patches": 2}
+
+
+def test_grounding_with_patch_kinds_trains_a_patch_head_and_reports_it(tmp_path):
+    size = grounding.StandInSize.parse("32x1x32x8")
+    recipe = grounding.GroundingRecipe(patch_kinds=True)
+    frames = grounding.render_frames(4, 2, seed=0, recipe=recipe)
+    assert all(f[4].shape == f[0].shape[:2] and f[4].max() > 0 for f in frames[::4])  # every frame has its map
+    metrics = grounding.build_grounded_vlm(tmp_path / "vlm", tasks=4, epochs=1, batch=4, size=size, recipe=recipe,
+                                           frames=(frames[:6], frames[6:]), log=lambda _: None)
+    assert metrics["patch_kinds"]["patches"] > 0 and 0.0 <= metrics["patch_kinds"]["shape"] <= 1.0
+    assert metrics["recipe"]["patch_kinds"] and (tmp_path / "vlm" / "model.safetensors").exists()
+    with pytest.raises(ValueError, match="every frame has its kind map or none"):
+        grounding.Batcher(_extractor(tmp_path / "vlm"), [frames[0], (*frames[1][:4], None)])

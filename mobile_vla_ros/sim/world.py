@@ -237,6 +237,7 @@ class SimRobot:
         self.place(*task.start)
         self._rng = np.random.default_rng(task.seed + 7919)
         self._renderer = mujoco.Renderer(self.model, self.cfg.image_size, self.cfg.image_size) if render else None
+        self._segmenter = None  # a second renderer, made on the first render_objects()
         self.steps = 0
         target = task.target_object
         self._target = np.array([target.x, target.y, target.radius])
@@ -266,6 +267,21 @@ class SimRobot:
         self._renderer.update_scene(self.data, camera="front")
         return self._renderer.render().copy()
 
+    def render_objects(self) -> np.ndarray:
+        """Which of the task's objects each pixel of the front camera shows: int16 [H, W], the index into
+        `task.objects`, -1 where none (floor, sky, the robot). Labels for training perception."""
+        if self._renderer is None:
+            raise RuntimeError("SimRobot was created with render=False")
+        if self._segmenter is None:
+            self._segmenter = self._mj.Renderer(self.model, self.cfg.image_size, self.cfg.image_size)
+            self._segmenter.enable_segmentation_rendering()
+        self._segmenter.update_scene(self.data, camera="front")
+        geom_ids = self._segmenter.render()[..., 0]  # each pixel's geom id, -1 where no geom
+        lookup = np.full(self.model.ngeom + 1, -1, dtype=np.int16)  # geom id -1 (nothing) -> the last entry
+        for i in range(len(self.task.objects)):
+            lookup[self._mj.mj_name2id(self.model, self._mj.mjtObj.mjOBJ_GEOM, f"object{i}")] = i
+        return lookup[geom_ids]
+
     def pose(self) -> tuple[float, float, float]:
         x, y, yaw = self.data.qpos[:3]
         return float(x), float(y), wrap_angle(float(yaw))
@@ -292,9 +308,10 @@ class SimRobot:
         return self.target_distance() <= self.cfg.success_radius
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        for renderer in (self._renderer, self._segmenter):
+            if renderer is not None:
+                renderer.close()
+        self._renderer = self._segmenter = None
 
     def __enter__(self) -> SimRobot:
         return self

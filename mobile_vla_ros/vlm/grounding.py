@@ -45,11 +45,16 @@ class GroundingRecipe:
     `twin_pairs` ("all" or "in-view"): every hard-task training frame (or those with the twin in view)
     is used twice, once instructed with the target and once with its twin (same phrasing, the other
     shape, the twin's labels), so the same image asks for two answers that only the shape word tells
-    apart (validation frames stay unpaired)."""
+    apart (validation frames stay unpaired). `patch_kinds`: each patch token of the vision tower also
+    predicts which kind of object (colour and shape) covers its pixels, from the renderer's
+    segmentation: the shipped stand-in's patch tokens carry no shape (a probe: chance), and this asks
+    the tower for it; its head stayed at chance too and the twin confusion rose (measured, not shipped:
+    docs/closed_loop_experiments.md)."""
 
     shape_slots: bool = False
     twin_views: bool = False
     twin_pairs: str = ""
+    patch_kinds: bool = False
 
     def __post_init__(self) -> None:
         if self.twin_pairs not in TWIN_PAIRS:
@@ -97,6 +102,13 @@ def grounding_label(robot: SimRobot, shape_slots: bool = False, task: Task | Non
     return np.array(label, dtype=np.float32)
 
 
+def kind_map(robot: SimRobot) -> np.ndarray:
+    """Per pixel of the robot's view, which kind of object it shows: uint8 [H, W], 0 for none, else
+    1 + the (colour, shape) index in KINDS."""
+    classes = np.array([1 + KINDS.index((o.color, o.shape)) for o in robot.task.objects] + [0], dtype=np.uint8)
+    return classes[robot.render_objects()]  # index -1 (no object) -> the trailing 0
+
+
 def twin_bearing(robot: SimRobot, task: Task | None = None) -> float:
     """Bearing of the target's same-colour twin (the other shape) when it is in view, else NaN: the
     frames on which a colour-only guess points at the twin, wherever the target is."""
@@ -109,7 +121,7 @@ def twin_bearing(robot: SimRobot, task: Task | None = None) -> float:
 
 def render_frames(tasks: int, per_task: int, seed: int, workers: int = 1,
                   recipe: GroundingRecipe = GroundingRecipe()) -> list[tuple]:
-    """(rgb, instruction, label, twin bearing) at random poses of `tasks` seeded tasks; `workers`
+    """(rgb, instruction, label, twin bearing, kind map or None) at random poses of `tasks` seeded tasks; `workers`
     processes render task ranges in parallel (each task's poses come from its own seed, so the result
     is the same)."""
     ranges = [(seed, per_task, range(k, tasks, workers), recipe) for k in range(workers)]
@@ -155,10 +167,12 @@ def _render_tasks(seed: int, per_task: int, indices: range,
                     yaw = to_target + rng.uniform(-0.7, 0.7)
                 robot.place(x, y, yaw)
                 rgb = robot.render()
-                frames.append((rgb, task.instruction, grounding_label(robot, recipe.shape_slots), twin_bearing(robot)))
+                kinds = kind_map(robot) if recipe.patch_kinds else None
+                frames.append((rgb, task.instruction, grounding_label(robot, recipe.shape_slots), twin_bearing(robot),
+                               kinds))
                 if paired is not None and (recipe.twin_pairs == "all" or not math.isnan(frames[-1][3])):
                     frames.append((rgb, paired.instruction, grounding_label(robot, recipe.shape_slots, paired),
-                                   twin_bearing(robot, paired)))
+                                   twin_bearing(robot, paired), kinds))
         out.append((i, frames))
     return out
 
@@ -192,6 +206,10 @@ class Batcher:
             self.text[t]["image_index"] = p["image_index"].cpu()
         self.instructions = [f[1] for f in frames]
         self.labels = torch.from_numpy(np.stack([f[2] for f in frames])).to(device)
+        has_kinds = [f[4] is not None for f in frames]
+        if any(has_kinds) and not all(has_kinds):
+            raise ValueError("either every frame has its kind map or none has")
+        self.kind_maps = torch.from_numpy(np.stack([f[4] for f in frames])).to(device) if all(has_kinds) else None
         # Everything on the training device once: a batch is then a gather, not a host copy.
         self.images = self.images.to(device)
         self.text = {t: {k: v.to(device) for k, v in p.items()} for t, p in self.text.items()}
@@ -207,6 +225,27 @@ class Batcher:
         out["image_index"] = torch.cat([r["image_index"] + j * self.length for j, r in enumerate(rows)])
         out["pixel_values"] = self._pixels(self.images[torch.as_tensor(idx, device=self.device)])
         return out
+
+
+def patch_kind_targets(kind_maps, patch_size: int):
+    """Per-pixel kind maps uint8 [B, H, W] -> each patch's share of every kind, [B, patches, classes]."""
+    import torch
+
+    one_hot = torch.nn.functional.one_hot(kind_maps.long(), 1 + len(KINDS)).permute(0, 3, 1, 2).float()
+    return torch.nn.functional.avg_pool2d(one_hot, patch_size).flatten(2).transpose(1, 2)
+
+
+def _patch_kind_accuracy(logits, targets, min_share: float = 0.4) -> dict:
+    """On patches an object covers at least `min_share` of: how often the most likely kind is the
+    covering one, and how often its shape is the covering object's shape."""
+    share, truth = targets[..., 1:].max(dim=-1)
+    covered = share >= min_share
+    predicted = logits[..., 1:].argmax(dim=-1)[covered]
+    truth = truth[covered]
+    shape = len(SHAPES)
+    return {"kind": float((predicted == truth).float().mean()) if covered.any() else math.nan,
+            "shape": float((predicted % shape == truth % shape).float().mean()) if covered.any() else math.nan,
+            "patches": int(covered.sum())}
 
 
 def _angle_error(a, b):
@@ -239,6 +278,11 @@ def train_grounding(extractor, train: list, val: list, epochs: int, lr: float = 
     kind_head = torch.nn.Linear(dim, labels.shape[1] - 3).to(device)
     model = extractor.model
     params = [*model.parameters(), *target_head.parameters(), *kind_head.parameters()]
+    patch_size = model.config.vision_config.patch_size
+    patch_head = None
+    if data.kind_maps is not None:
+        patch_head = torch.nn.Linear(model.config.vision_config.hidden_size, 1 + len(KINDS)).to(device)
+        params += [*patch_head.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     steps_per_epoch = max(1, n // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.1)
@@ -247,7 +291,16 @@ def train_grounding(extractor, train: list, val: list, epochs: int, lr: float = 
         inputs = data.batch(idx)
         pooled = extractor._features(**inputs)
         kinds = extractor.image_latents(inputs["pixel_values"]).mean(dim=1).float()
-        return target_head(pooled), kind_head(kinds)
+        patches = None
+        if patch_head is not None:  # every patch token (the class token dropped)
+            patches = patch_head(extractor.vision_tokens(inputs["pixel_values"])[:, 1:].float())
+        return target_head(pooled), kind_head(kinds), patches
+
+    def patch_loss(patches, idx):
+        if patches is None:
+            return 0.0
+        targets = patch_kind_targets(data.kind_maps[torch.as_tensor(idx, device=device)], patch_size)
+        return -(targets * patches.log_softmax(dim=-1)).sum(dim=-1).mean()
 
     metrics: dict = {}
     for epoch in range(epochs):
@@ -256,16 +309,17 @@ def train_grounding(extractor, train: list, val: list, epochs: int, lr: float = 
         order = rng.permutation(n)
         for step in range(steps_per_epoch):
             idx = order[step * batch:(step + 1) * batch]
-            target, kinds = heads(idx)
+            target, kinds, patches = heads(idx)
             loss = (torch.nn.functional.mse_loss(target, labels[idx, :3])
-                    + torch.nn.functional.mse_loss(kinds, labels[idx, 3:]))
+                    + torch.nn.functional.mse_loss(kinds, labels[idx, 3:]) + patch_loss(patches, idx))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
         model.eval()
         with torch.no_grad():
-            preds = torch.cat([heads(np.arange(i, min(i + 256, n + n_val)))[0] for i in range(n, n + n_val, 256)])
+            outputs = [heads(np.arange(i, min(i + 256, n + n_val))) for i in range(n, n + n_val, 256)]
+            preds = torch.cat([o[0] for o in outputs])
         truth = labels[n:]
         predicted = torch.atan2(preds[:, 0], preds[:, 1])
         error = _angle_error(predicted, torch.atan2(truth[:, 0], truth[:, 1]))
@@ -273,10 +327,16 @@ def train_grounding(extractor, train: list, val: list, epochs: int, lr: float = 
                    "twin_confusion": _twin_confusion(predicted, error, twins),
                    "bearing_mae_deg_zero": math.degrees(float(torch.atan2(truth[:, 0], truth[:, 1]).abs().mean())),
                    "distance_mae_m": float((preds[:, 2] - truth[:, 2]).abs().mean()), "epochs": epoch + 1}
+        if patch_head is not None:
+            targets = patch_kind_targets(data.kind_maps[n:], patch_size)
+            metrics["patch_kinds"] = _patch_kind_accuracy(torch.cat([o[2] for o in outputs]), targets)
         log(f"grounding epoch {epoch + 1}/{epochs}: loss {float(loss.detach()):.4f}, val bearing MAE "
             f"{metrics['bearing_mae_deg']:.1f} deg (predicting 0: {metrics['bearing_mae_deg_zero']:.1f}), "
             f"nearer the twin {metrics['twin_confusion']['rate']:.0%} of {metrics['twin_confusion']['frames']}, "
-            f"distance MAE {metrics['distance_mae_m']:.2f} m ({time.monotonic() - began:.1f} s)")
+            f"distance MAE {metrics['distance_mae_m']:.2f} m"
+            + (", patch kinds right {kind:.0%} (shape {shape:.0%}) of {patches}".format(**metrics["patch_kinds"])
+               if "patch_kinds" in metrics else "")
+            + f" ({time.monotonic() - began:.1f} s)")
     return metrics
 
 
@@ -394,11 +454,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--twin-views", action="store_true", help="hard-task frames between target and twin")
     ap.add_argument("--twin-pairs", choices=TWIN_PAIRS[1:], default="",
                     help="hard-task frames (all, or those with the twin in view) also instructed with the twin")
+    ap.add_argument("--patch-kinds", action="store_true",
+                    help="each vision patch token also predicts the kind (colour, shape) of object it shows")
     args = ap.parse_args(argv)
     if args.full_resampler:
         args.sizes = [replace(size, resampler_causal=False) for size in args.sizes]
     common = {"epochs": args.epochs, "device": args.device, "batch": args.batch, "lr": args.lr,
-              "recipe": GroundingRecipe(args.shape_slots, args.twin_views, args.twin_pairs)}
+              "recipe": GroundingRecipe(args.shape_slots, args.twin_views, args.twin_pairs, args.patch_kinds)}
     if len(args.sizes) > 1:
         results = build_sizes(args.out, args.sizes, args.tasks, args.frames_per_task, args.seed, args.workers, **common)
     else:
