@@ -47,7 +47,7 @@ class GroundingRecipe:
     shape, the twin's labels), so the same image asks for two answers that only the shape word tells
     apart (validation frames stay unpaired). `patch_kinds`: each patch token of the vision tower also
     predicts which kind of object (colour and shape) covers its pixels, from the renderer's
-    segmentation: the shipped stand-in's patch tokens carry no shape (a probe: chance), and this asks
+    segmentation: the shipped stand-in's patch tokens carry no shape (vlm/shape_probe.py: chance), and this asks
     the tower for it; its head stayed at chance too and the twin confusion rose (measured, not shipped:
     docs/closed_loop_experiments.md)."""
 
