@@ -46,9 +46,9 @@ class GroundingRecipe:
     is used twice, once instructed with the target and once with its twin (same phrasing, the other
     shape, the twin's labels), so the same image asks for two answers that only the shape word tells
     apart (validation frames stay unpaired). `patch_kinds`: each patch token of the vision tower also
-    predicts which kind of object (colour and shape) covers its pixels, from the renderer's
-    segmentation: the shipped stand-in's patch tokens carry no shape (vlm/shape_probe.py: chance), and this asks
-    the tower for it; its head stayed at chance too and the twin confusion rose (measured, not shipped:
+    predicts which kind of object (colour and shape) covers its pixels, from the renderer's segmentation:
+    the shipped stand-in's patch tokens carry no shape (vlm/shape_probe.py: chance), and this asks the
+    tower for it; its head stayed at chance too and the twin confusion rose (measured, not shipped:
     docs/closed_loop_experiments.md)."""
 
     shape_slots: bool = False
@@ -121,9 +121,9 @@ def twin_bearing(robot: SimRobot, task: Task | None = None) -> float:
 
 def render_frames(tasks: int, per_task: int, seed: int, workers: int = 1,
                   recipe: GroundingRecipe = GroundingRecipe()) -> list[tuple]:
-    """(rgb, instruction, label, twin bearing, kind map or None) at random poses of `tasks` seeded tasks; `workers`
-    processes render task ranges in parallel (each task's poses come from its own seed, so the result
-    is the same)."""
+    """(rgb, instruction, label, twin bearing, kind map or None) at random poses of `tasks` seeded tasks;
+    `workers` processes render task ranges in parallel (each task's poses come from its own seed, so the
+    result is the same)."""
     ranges = [(seed, per_task, range(k, tasks, workers), recipe) for k in range(workers)]
     if workers <= 1:
         parts = [_render_tasks(*ranges[0])]
