@@ -237,7 +237,7 @@ class SimRobot:
         self.place(*task.start)
         self._rng = np.random.default_rng(task.seed + 7919)
         self._renderer = mujoco.Renderer(self.model, self.cfg.image_size, self.cfg.image_size) if render else None
-        self._segmenter = None  # a second renderer, made on the first render_objects()
+        self._segmenter = self._object_of_geom = None  # made on the first render_objects()
         self.steps = 0
         target = task.target_object
         self._target = np.array([target.x, target.y, target.radius])
@@ -275,12 +275,12 @@ class SimRobot:
         if self._segmenter is None:
             self._segmenter = self._mj.Renderer(self.model, self.cfg.image_size, self.cfg.image_size)
             self._segmenter.enable_segmentation_rendering()
+            lookup = np.full(self.model.ngeom + 1, -1, dtype=np.int16)  # geom id -1 (nothing) -> the last entry
+            for i in range(len(self.task.objects)):
+                lookup[self._mj.mj_name2id(self.model, self._mj.mjtObj.mjOBJ_GEOM, f"object{i}")] = i
+            self._object_of_geom = lookup
         self._segmenter.update_scene(self.data, camera="front")
-        geom_ids = self._segmenter.render()[..., 0]  # each pixel's geom id, -1 where no geom
-        lookup = np.full(self.model.ngeom + 1, -1, dtype=np.int16)  # geom id -1 (nothing) -> the last entry
-        for i in range(len(self.task.objects)):
-            lookup[self._mj.mj_name2id(self.model, self._mj.mjtObj.mjOBJ_GEOM, f"object{i}")] = i
-        return lookup[geom_ids]
+        return self._object_of_geom[self._segmenter.render()[..., 0]]  # each pixel's geom id, -1 where none
 
     def pose(self) -> tuple[float, float, float]:
         x, y, yaw = self.data.qpos[:3]

@@ -227,15 +227,25 @@ class Batcher:
         return out
 
 
-def patch_kind_targets(kind_maps, patch_size: int):
-    """Per-pixel kind maps uint8 [B, H, W] -> each patch's share of every kind, [B, patches, classes]."""
+# A patch shows an object when the object covers at least this share of the patch's pixels.
+COVERED_SHARE = 0.4
+
+
+def patch_shares(label_maps, classes: int, patch_size: int):
+    """Per-pixel labels [B, H, W] (0 .. classes - 1) -> each patch's share of every label, [B, patches,
+    classes], the patches row by row as the vision tower's tokens."""
     import torch
 
-    one_hot = torch.nn.functional.one_hot(kind_maps.long(), 1 + len(KINDS)).permute(0, 3, 1, 2).float()
+    one_hot = torch.nn.functional.one_hot(label_maps.long(), classes).permute(0, 3, 1, 2).float()
     return torch.nn.functional.avg_pool2d(one_hot, patch_size).flatten(2).transpose(1, 2)
 
 
-def _patch_kind_accuracy(logits, targets, min_share: float = 0.4) -> dict:
+def patch_kind_targets(kind_maps, patch_size: int):
+    """Per-pixel kind maps uint8 [B, H, W] -> each patch's share of every kind, [B, patches, classes]."""
+    return patch_shares(kind_maps, 1 + len(KINDS), patch_size)
+
+
+def _patch_kind_accuracy(logits, targets, min_share: float = COVERED_SHARE) -> dict:
     """On patches an object covers at least `min_share` of: how often the most likely kind is the
     covering one, and how often its shape is the covering object's shape."""
     share, truth = targets[..., 1:].max(dim=-1)
@@ -279,10 +289,11 @@ def train_grounding(extractor, train: list, val: list, epochs: int, lr: float = 
     model = extractor.model
     params = [*model.parameters(), *target_head.parameters(), *kind_head.parameters()]
     patch_size = model.config.vision_config.patch_size
-    patch_head = None
+    patch_head = val_patch_targets = None
     if data.kind_maps is not None:
         patch_head = torch.nn.Linear(model.config.vision_config.hidden_size, 1 + len(KINDS)).to(device)
         params += [*patch_head.parameters()]
+        val_patch_targets = patch_kind_targets(data.kind_maps[n:], patch_size)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     steps_per_epoch = max(1, n // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.1)
@@ -328,8 +339,7 @@ def train_grounding(extractor, train: list, val: list, epochs: int, lr: float = 
                    "bearing_mae_deg_zero": math.degrees(float(torch.atan2(truth[:, 0], truth[:, 1]).abs().mean())),
                    "distance_mae_m": float((preds[:, 2] - truth[:, 2]).abs().mean()), "epochs": epoch + 1}
         if patch_head is not None:
-            targets = patch_kind_targets(data.kind_maps[n:], patch_size)
-            metrics["patch_kinds"] = _patch_kind_accuracy(torch.cat([o[2] for o in outputs]), targets)
+            metrics["patch_kinds"] = _patch_kind_accuracy(torch.cat([o[2] for o in outputs]), val_patch_targets)
         log(f"grounding epoch {epoch + 1}/{epochs}: loss {float(loss.detach()):.4f}, val bearing MAE "
             f"{metrics['bearing_mae_deg']:.1f} deg (predicting 0: {metrics['bearing_mae_deg_zero']:.1f}), "
             f"nearer the twin {metrics['twin_confusion']['rate']:.0%} of {metrics['twin_confusion']['frames']}, "

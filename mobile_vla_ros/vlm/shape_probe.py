@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..sim.world import SimConfig, SimRobot, sample_task
+from .grounding import COVERED_SHARE, patch_shares
 
 FIRST_SCENE_SEED = 5000  # apart from training (< 1000), evaluation (1000+) and grounding renders (2000+)
 
@@ -43,18 +44,15 @@ def render_pair_views(scenes: int, views: int, seed: int = 0) -> list[tuple]:
     return out
 
 
-def patch_shapes(object_map: np.ndarray, task, patch: int, min_share: float = 0.4) -> list[tuple[int, bool, int]]:
+def patch_shapes(object_map: np.ndarray, task, patch: int,
+                 min_share: float = COVERED_SHARE) -> list[tuple[int, bool, int]]:
     """(patch index, is a box, object index) of each patch that one object covers at least `min_share` of;
     patches are numbered row by row, as the vision tower's tokens."""
-    grid = object_map.shape[0] // patch
-    labelled = []
-    for p in range(grid * grid):
-        row, col = divmod(p, grid)
-        cell = object_map[row * patch:(row + 1) * patch, col * patch:(col + 1) * patch]
-        for i, obj in enumerate(task.objects):
-            if (cell == i).mean() >= min_share:
-                labelled.append((p, obj.shape == "box", i))
-    return labelled
+    import torch
+
+    # Object index -1 (none) .. len - 1 as labels 0 .. len: the share of each object is column 1 + index.
+    shares = patch_shares(torch.from_numpy(object_map + 1)[None], 1 + len(task.objects), patch)[0, :, 1:]
+    return [(int(p), task.objects[i].shape == "box", int(i)) for p, i in (shares >= min_share).nonzero().tolist()]
 
 
 def fit_probe(x_train, y_train, x_test, epochs: int = 60, seed: int = 0) -> np.ndarray:
