@@ -10,11 +10,31 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+
+def _private_domain() -> int:
+    """A DDS domain for this test process and the nodes it starts. pytest-xdist's workers (gw0, gw1, ...)
+    of one run take consecutive domains from the run's id, so they never share one; a run without
+    workers takes one from its pid. A process a worker starts inherits its domain (the second-distro
+    run, while that worker waits for it)."""
+    run, worker = os.environ.get("PYTEST_XDIST_TESTRUNUID"), os.environ.get("PYTEST_XDIST_WORKER")
+    if run and worker:
+        return 1 + (int(run, 16) + int(worker.removeprefix("gw"))) % 100
+    return 1 + os.getpid() % 100
+
+
 # Every process of this test session (probe and node processes) talks on one private domain, on
-# loopback only: parallel CI runs and other ROS systems on the machine cannot interfere.
-os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
+# loopback only: parallel CI runs, the other test worker and other ROS systems on the machine cannot
+# interfere.
+os.environ["ROS_DOMAIN_ID"] = str(_private_domain())
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("RCUTILS_COLORIZED_OUTPUT", "0")
+
+
+def pytest_collection_modifyitems(items):
+    """Files with a `long` test first, in collection order otherwise (a stable sort): with two workers
+    taking whole files, a long file started last would leave one worker idle at the end."""
+    long_files = {item.path for item in items if item.get_closest_marker("long")}
+    items.sort(key=lambda item: item.path not in long_files)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ ACTION_PERIOD = 0.1  # s, action_hz 10
 SCHEDULING_SLOT = 0.15
 
 
+@pytest.mark.long
 @pytest.mark.timeout(240)
 def test_loop_benchmark_async_beats_sync_and_loses_no_sensor_messages(tmp_path, capsys):
     out = tmp_path / "loop.json"
@@ -40,6 +41,7 @@ def test_loop_benchmark_async_beats_sync_and_loses_no_sensor_messages(tmp_path, 
     assert VLM_LATENCY <= run["feature_age_s"]["p50"] <= run["config"]["vlm_latency"] * 2 + 1.0
 
 
+@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_soak_with_faults_stops_in_time_and_recovers_from_each(tmp_path, capsys):
     """A short soak on sim time with every fault injected at least once: clock 10 s back and forward,

@@ -41,6 +41,7 @@ def bringup_sim(tmp_path, *args, timeout=380) -> dict:
     return json.loads((tmp_path / "report.json").read_text())
 
 
+@pytest.mark.long
 @pytest.mark.timeout(400)
 def test_a_slow_vlm_still_reaches_the_targets_through_the_real_nodes(tmp_path):
     """1.5 s per forward at 0.59 Hz (config/sim_slow_vlm.yaml): features are reused for up to 3 s, and
