@@ -30,6 +30,18 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("RCUTILS_COLORIZED_OUTPUT", "0")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """Two worker processes, each taking whole test files (a module's fixtures are built once), unless
+    `-n` is given or pytest-xdist is not installed (a ROS machine's own pytest): CI's two cores were about
+    half idle with one process while system tests waited on their nodes."""
+    if (config.pluginmanager.has_plugin("xdist") and not hasattr(config, "workerinput")
+            and config.option.numprocesses is None):
+        config.option.numprocesses = 2
+        if config.option.dist == "no":
+            config.option.dist = "loadfile"
+
+
 def pytest_collection_modifyitems(items):
     """Files with a `long` test first, in collection order otherwise (a stable sort): with two workers
     taking whole files, a long file started last would leave one worker idle at the end."""
