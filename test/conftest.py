@@ -33,10 +33,11 @@ os.environ.setdefault("RCUTILS_COLORIZED_OUTPUT", "0")
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config):
     """Two worker processes, each taking whole test files (a module's fixtures are built once), unless
-    `-n` is given or pytest-xdist is not installed (a ROS machine's own pytest): CI's two cores were about
-    half idle with one process while system tests waited on their nodes."""
+    `-n` is given, a debugger is asked for (`--pdb`, `--trace`: one process) or pytest-xdist is not
+    installed (a ROS machine's own pytest): CI's two cores were about half idle with one process while
+    system tests waited on their nodes."""
     if (config.pluginmanager.has_plugin("xdist") and not hasattr(config, "workerinput")
-            and config.option.numprocesses is None):
+            and config.option.numprocesses is None and not (config.option.usepdb or config.option.trace)):
         config.option.numprocesses = 2
         if config.option.dist == "no":
             config.option.dist = "loadfile"
