@@ -23,29 +23,16 @@ def _private_domain() -> int:
 
 
 # Every process of this test session (probe and node processes) talks on one private domain, on
-# loopback only: parallel CI runs, the other test worker and other ROS systems on the machine cannot
+# loopback only: parallel CI runs, a second test worker (-n 2) and other ROS systems on the machine cannot
 # interfere.
 os.environ["ROS_DOMAIN_ID"] = str(_private_domain())
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("RCUTILS_COLORIZED_OUTPUT", "0")
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_cmdline_main(config):
-    """Two worker processes, each taking whole test files (a module's fixtures are built once), unless
-    `-n` is given, a debugger is asked for (`--pdb`, `--trace`: one process) or pytest-xdist is not
-    installed (a ROS machine's own pytest): CI's two cores were about half idle with one process while
-    system tests waited on their nodes."""
-    if (config.pluginmanager.has_plugin("xdist") and not hasattr(config, "workerinput")
-            and config.option.numprocesses is None and not (config.option.usepdb or config.option.trace)):
-        config.option.numprocesses = 2
-        if config.option.dist == "no":
-            config.option.dist = "loadfile"
-
-
 def pytest_collection_modifyitems(items):
-    """Files with a `long` test first, in collection order otherwise (a stable sort): with two workers
-    taking whole files, a long file started last would leave one worker idle at the end."""
+    """Files with a `long` test first, in collection order otherwise (a stable sort): with `-n 2 --dist
+    loadfile` (two workers taking whole files), a long file started last would leave one worker idle."""
     long_files = {item.path for item in items if item.get_closest_marker("long")}
     items.sort(key=lambda item: item.path not in long_files)
 

@@ -49,8 +49,7 @@ def test_the_ros_facing_tests_pass_on_ros2_jazzy():
     assert torch_file == os.path.realpath(importlib.util.find_spec("torch").origin), (
         f"Jazzy imports torch from {torch_file}, not .venv's files: a .venv-jazzy made before the ML stack was "
         f"linked keeps its own copy; remove .venv-jazzy and run again")
-    # One process (-n 0): the run's other worker keeps the second core busy meanwhile.
-    result = subprocess.run([python, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *ROS_FACING],
+    result = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *ROS_FACING],
                             cwd=REPO,
                             capture_output=True, text=True, timeout=1500, env={**jazzy_env(), INNER: "1"})
     print(result.stdout[-3000:])
