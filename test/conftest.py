@@ -30,11 +30,32 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("RCUTILS_COLORIZED_OUTPUT", "0")
 
 
-def pytest_collection_modifyitems(items):
-    """Files with a `long` test first, in collection order otherwise (a stable sort): with `-n 2 --dist
-    loadfile` (two workers taking whole files), a long file started last would leave one worker idle."""
-    long_files = {item.path for item in items if item.get_closest_marker("long")}
-    items.sort(key=lambda item: item.path not in long_files)
+# Fixtures that start ROS: a test using one runs at full priority, one system test at a time.
+ROS_FIXTURES = {"rclpy_session", "probe", "processes"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups below
+def pytest_collection_modifyitems(config, items):
+    """With `--dist loadgroup` (pytest.ini) every test joins one of two groups, each taken by one worker:
+    `system` (marked: starts node processes or measures wall-clock time) and `compute` (the rest, run at
+    the lowest CPU priority: pytest_runtest_setup). System tests never share the machine with each other,
+    and the compute tests only take the CPU time the system tests leave idle."""
+    unmarked = [item.nodeid for item in items
+                if ROS_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("system")]
+    if unmarked:
+        raise pytest.UsageError(f"tests that start ROS must be marked `system`: {', '.join(unmarked)}")
+    if getattr(config.option, "loadgroup", False):  # what pytest-xdist tells a worker of `--dist loadgroup`
+        for item in items:
+            item.add_marker(pytest.mark.xdist_group("system" if item.get_closest_marker("system") else "compute"))
+
+
+def pytest_runtest_setup(item):
+    """A worker running compute tests lowers every one of its threads (and so the processes and threads
+    they start) to the lowest CPU priority (nice 19), once: Linux keeps a nice value per thread."""
+    if (os.environ.get("PYTEST_XDIST_WORKER") and item.get_closest_marker("xdist_group")
+            and not item.get_closest_marker("system") and os.getpriority(os.PRIO_PROCESS, 0) < 19):
+        for thread_id in os.listdir("/proc/self/task"):
+            os.setpriority(os.PRIO_PROCESS, int(thread_id), 19)
 
 
 @pytest.fixture(scope="session")

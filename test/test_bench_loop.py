@@ -10,6 +10,8 @@ import pytest
 
 from mobile_vla_ros.tools.bench import cli as bench
 
+pytestmark = pytest.mark.system
+
 VLM_LATENCY = 0.3
 ACTION_PERIOD = 0.1  # s, action_hz 10
 # One late scheduling slot of a node or of the observer on a loaded 2-core machine: chunk gaps of 0.18-0.20 s
@@ -18,7 +20,6 @@ ACTION_PERIOD = 0.1  # s, action_hz 10
 SCHEDULING_SLOT = 0.15
 
 
-@pytest.mark.long
 @pytest.mark.timeout(240)
 def test_loop_benchmark_async_beats_sync_and_loses_no_sensor_messages(tmp_path, capsys):
     out = tmp_path / "loop.json"
@@ -41,7 +42,6 @@ def test_loop_benchmark_async_beats_sync_and_loses_no_sensor_messages(tmp_path, 
     assert VLM_LATENCY <= run["feature_age_s"]["p50"] <= run["config"]["vlm_latency"] * 2 + 1.0
 
 
-@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_soak_with_faults_stops_in_time_and_recovers_from_each(tmp_path, capsys):
     """A short soak on sim time with every fault injected at least once: clock 10 s back and forward,

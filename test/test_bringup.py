@@ -11,6 +11,8 @@ import pytest
 from ros_harness import REPO, run_group, start_group, stop_group, wait_for
 from trajectory_msgs.msg import JointTrajectory
 
+pytestmark = pytest.mark.system
+
 BRINGUP = [sys.executable, "-m", "mobile_vla_ros.tools.bringup.cli"]
 
 

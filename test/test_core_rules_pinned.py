@@ -524,6 +524,7 @@ def test_bag_topics_are_absolute_names():
     assert bag_topic("cmd_vel") == "/cmd_vel" and bag_topic("/robot1/cmd_vel") == "/robot1/cmd_vel"
 
 
+@pytest.mark.system
 def test_the_worker_reports_idle_promptly_and_shuts_down_without_waiting_when_asked():
     import threading
     import time

@@ -153,6 +153,7 @@ def test_bad_bags_give_one_line_errors(bags, tmp_path, capsys):
     fails(["--bag", str(no_instruction)], "pass --instruction")
 
 
+@pytest.mark.system
 @pytest.mark.timeout(300)
 def test_live_replay_on_sim_time_reproduces_the_offline_result_on_every_loop(bags, tmp_path):
     """The nodes themselves, on use_sim_time with this process publishing /clock and the bag's

@@ -21,6 +21,8 @@ from ros_harness import wait_for
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
+pytestmark = pytest.mark.system
+
 LAUNCH_FILE = Path(__file__).resolve().parents[1] / "launch" / "robot.launch.py"
 RUN_LAUNCH = """
 import sys

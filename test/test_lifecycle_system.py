@@ -13,6 +13,8 @@ from ros_harness import NodeProcess, diag_values, lifecycle_state_once_up, wait_
 from sensor_msgs.msg import Image
 from trajectory_msgs.msg import JointTrajectory
 
+pytestmark = pytest.mark.system
+
 ACTION_HZ = 10.0
 DELIVERY_MARGIN = 0.3  # DDS delivery and scheduling on a loaded 2-core machine
 VLM = {"device": "cpu", "dtype": "fp32", "vlm_hz": 3.0}

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.system
+
 REPO = Path(__file__).resolve().parents[1]
 # What differs between distros is rclpy's and rcl's surface: parameters (declared, set live, from YAML),
 # QoS, time sources and clock jumps, lifecycle, start-up failures, processes. These files exercise each of
@@ -31,7 +33,6 @@ def jazzy_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "_ROS_WHEELS_BOOTSTRAP_COMPLETE")}
 
 
-@pytest.mark.long
 @pytest.mark.timeout(1800)
 @pytest.mark.skipif(os.environ.get(INNER) == "1", reason="this is the second-distro run itself")
 def test_the_ros_facing_tests_pass_on_ros2_jazzy():
@@ -49,7 +50,7 @@ def test_the_ros_facing_tests_pass_on_ros2_jazzy():
     assert torch_file == os.path.realpath(importlib.util.find_spec("torch").origin), (
         f"Jazzy imports torch from {torch_file}, not .venv's files: a .venv-jazzy made before the ML stack was "
         f"linked keeps its own copy; remove .venv-jazzy and run again")
-    result = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *ROS_FACING],
+    result = subprocess.run([python, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *ROS_FACING],
                             cwd=REPO,
                             capture_output=True, text=True, timeout=1500, env={**jazzy_env(), INNER: "1"})
     print(result.stdout[-3000:])

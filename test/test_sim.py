@@ -208,6 +208,7 @@ def test_record_sim_rejects_bad_arguments(tmp_path):
     assert record_sim.main(both) == 2 and not any(tmp_path.iterdir())
 
 
+@pytest.mark.system
 def test_sim_node_publishes_sensors_clock_and_results_and_obeys_cmd_vel(probe, processes):
     from geometry_msgs.msg import Twist
     from ros_harness import NodeProcess, wait_for

@@ -12,6 +12,8 @@ from ros_harness import run_group
 
 from mobile_vla_ros.paths import share_dir
 
+pytestmark = pytest.mark.system
+
 
 @pytest.mark.timeout(400)
 def test_bringup_sim_runs_episodes_closed_loop_and_reports(tmp_path):
@@ -41,7 +43,6 @@ def bringup_sim(tmp_path, *args, timeout=380) -> dict:
     return json.loads((tmp_path / "report.json").read_text())
 
 
-@pytest.mark.long
 @pytest.mark.timeout(400)
 def test_a_slow_vlm_still_reaches_the_targets_through_the_real_nodes(tmp_path):
     """1.5 s per forward at 0.59 Hz (config/sim_slow_vlm.yaml): features are reused for up to 3 s, and

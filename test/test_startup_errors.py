@@ -10,6 +10,8 @@ from ros_harness import NodeProcess, wait_for
 
 from mobile_vla_ros.paths import default_model_dir
 
+pytestmark = pytest.mark.system
+
 
 def fails_with(node: NodeProcess, *fragments: str) -> None:
     code = node.wait(timeout=60)

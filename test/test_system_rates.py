@@ -15,6 +15,8 @@ from trajectory_msgs.msg import JointTrajectory
 from mobile_vla_ros.core.params import ACTION_NODE_PARAMS, VLM_NODE_PARAMS
 from mobile_vla_ros.ros.conversions import image_to_features, stamp_to_sec, trajectory_to_actions
 
+pytestmark = pytest.mark.system
+
 VLM_CPU = {"device": "cpu", "dtype": "fp32"}
 
 

@@ -20,6 +20,8 @@ from mobile_vla_ros.core.sensor_window import PushResult
 from mobile_vla_ros.ros.conversions import sec_to_stamp
 from mobile_vla_ros.ros.node_support import LATCHED_QOS, SENSOR_QOS
 
+pytestmark = pytest.mark.system
+
 VLM = {"device": "cpu", "dtype": "fp32", "vlm_hz": 3.0}
 
 

@@ -13,6 +13,8 @@ from ros_harness import NodeProcess, diag_values, wait_for
 from sensor_msgs.msg import Image
 from trajectory_msgs.msg import JointTrajectory
 
+pytestmark = pytest.mark.system
+
 MAX_FEATURE_AGE = 1.0
 MAX_SENSOR_GAP = 0.05
 ZERO_HOLD = 0.5

@@ -22,6 +22,8 @@ from trajectory_msgs.msg import JointTrajectory
 from mobile_vla_ros.ros.conversions import stamp_to_sec
 from mobile_vla_ros.tools.bench.soak import ClockTracker
 
+pytestmark = pytest.mark.system
+
 SENSOR_HZ, WINDOW = 650.0, 65
 VLM_HZ = 3.0
 ACTION_PERIOD = 0.1

@@ -192,7 +192,6 @@ def test_cuda_graph_replay_matches_the_eager_forward_on_gpu(backend, tiny_vlm_di
     assert 2 <= forward.captured <= 4  # one graph per (views, padded text length)
 
 
-@pytest.mark.long
 @pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile (inductor) on the CPU needs a C compiler")
 def test_a_compiled_forward_gives_the_plain_features_on_the_cpu(tiny_vlm_dir):
     """`compile_mode` on the CPU (inductor's C++ kernels): the forward is frozen, the features are the

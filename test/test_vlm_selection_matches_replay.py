@@ -26,6 +26,8 @@ from mobile_vla_ros.tools.recordings import Recording
 from mobile_vla_ros.vlm.base import ExtractorConfig
 from mobile_vla_ros.vlm.factory import create_extractor
 
+pytestmark = pytest.mark.system
+
 VLM_HZ = 3.33
 LATENCY = 0.47           # longer than the VLM period: skipped ticks and catch-up (no ties with frame times)
 MAX_IMAGE_AGE = 0.3
