@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..sim.world import COLORS, SHAPES, SimConfig, SimRobot, Task, sample_task, wrap_angle
+from .patch_labels import COVERED_SHARE, patch_shares
 from .preprocess import ClipPixels
 
 # target: sin, cos bearing, distance; then per colour (or, with shape slots, per colour and shape):
@@ -227,19 +228,6 @@ class Batcher:
         return out
 
 
-# A patch shows an object when the object covers at least this share of the patch's pixels.
-COVERED_SHARE = 0.4
-
-
-def patch_shares(label_maps, classes: int, patch_size: int):
-    """Per-pixel labels [B, H, W] (0 .. classes - 1) -> each patch's share of every label, [B, patches,
-    classes], the patches row by row as the vision tower's tokens."""
-    import torch
-
-    one_hot = torch.nn.functional.one_hot(label_maps.long(), classes).permute(0, 3, 1, 2).float()
-    return torch.nn.functional.avg_pool2d(one_hot, patch_size).flatten(2).transpose(1, 2)
-
-
 def patch_kind_targets(kind_maps, patch_size: int):
     """Per-pixel kind maps uint8 [B, H, W] -> each patch's share of every kind, [B, patches, classes]."""
     return patch_shares(kind_maps, 1 + len(KINDS), patch_size)
@@ -379,9 +367,11 @@ class StandInSize:
 def build_grounded_vlm(out: Path, tasks: int, epochs: int, seed: int = 0, device: str = "cpu",
                        per_task: int = 4, batch: int = 64, lr: float = 2e-3, workers: int = 1,
                        size: StandInSize = StandInSize(), recipe: GroundingRecipe = GroundingRecipe(),
-                       frames: tuple[list, list] | None = None, log=print) -> dict:
-    """Build the trainable tiny Kosmos-2, ground it on renders (`frames`: already rendered training and
-    validation frames), save it (FP32) to `out`."""
+                       frames: tuple[list, list] | None = None, shape_steps: int = 0, shape_scenes: int = 400,
+                       log=print) -> dict:
+    """Build the trainable tiny Kosmos-2, first train its vision tower on shape for `shape_steps` steps
+    (on far views of `shape_scenes` hard scenes: vlm/shape_stage.py), ground it on renders (`frames`:
+    already rendered training and validation frames), save it (FP32) to `out`."""
     import shutil
     import tempfile
 
@@ -397,9 +387,19 @@ def build_grounded_vlm(out: Path, tasks: int, epochs: int, seed: int = 0, device
                            image_tokens=size.image_tokens, trainable=True, resampler_causal=size.resampler_causal)
         extractor = create_extractor(ExtractorConfig(backend="kosmos2", pooling="last_token", model_path=tmp,
                                                      device=device, dtype="fp32", cuda_graphs=False))
+    shape_stage = None
+    if shape_steps:
+        from .shape_stage import render_shape_views, train_tower_shape
+
+        shape_train, shape_test = render_shape_views(shape_scenes, max(25, shape_scenes // 4), workers)
+        log(f"rendered {len(shape_train)} + {len(shape_test)} held-out views for the shape stage "
+            f"({time.monotonic() - began:.0f} s)")
+        shape_stage = train_tower_shape(extractor, shape_train, shape_test, shape_steps, seed=seed, log=log)
     frames, val = frames or render_grounding_frames(tasks, per_task, seed, workers, recipe)
     log(f"rendered {len(frames)} training and {len(val)} validation frames ({time.monotonic() - began:.0f} s)")
     metrics = train_grounding(extractor, frames, val, epochs, lr=lr, batch=batch, seed=seed, log=log)
+    if shape_stage is not None:
+        metrics["shape_stage"] = shape_stage
     shutil.rmtree(out, ignore_errors=True)
     extractor.model.to(torch.float32).cpu().save_pretrained(out)
     extractor.processor.save_pretrained(out)
@@ -466,11 +466,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="hard-task frames (all, or those with the twin in view) also instructed with the twin")
     ap.add_argument("--patch-kinds", action="store_true",
                     help="each vision patch token also predicts the kind (colour, shape) of object it shows")
+    ap.add_argument("--shape-steps", type=int, default=0,
+                    help="first train the vision tower on box-or-cylinder per patch for this many steps "
+                         "(vlm/shape_stage.py; 0: no shape stage, as shipped)")
+    ap.add_argument("--shape-scenes", type=int, default=400, help="hard scenes (4 far views each) of the shape stage")
     args = ap.parse_args(argv)
     if args.full_resampler:
         args.sizes = [replace(size, resampler_causal=False) for size in args.sizes]
     common = {"epochs": args.epochs, "device": args.device, "batch": args.batch, "lr": args.lr,
-              "recipe": GroundingRecipe(args.shape_slots, args.twin_views, args.twin_pairs, args.patch_kinds)}
+              "recipe": GroundingRecipe(args.shape_slots, args.twin_views, args.twin_pairs, args.patch_kinds),
+              "shape_steps": args.shape_steps, "shape_scenes": args.shape_scenes}
     if len(args.sizes) > 1:
         results = build_sizes(args.out, args.sizes, args.tasks, args.frames_per_task, args.seed, args.workers, **common)
     else:

@@ -14,45 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
-from ..sim.world import SimConfig, SimRobot, sample_task
-from .grounding import COVERED_SHARE, patch_shares
+from .patch_labels import patch_labels, render_pair_views
 
 FIRST_SCENE_SEED = 5000  # apart from training (< 1000), evaluation (1000+) and grounding renders (2000+)
-
-
-def render_pair_views(scenes: int, views: int, seed: int = 0) -> list[tuple]:
-    """(rgb, per-pixel object index, task, robot x, y) of `views` poses per hard scene, each looking at
-    the midpoint of the target and its twin from 1-4.5 m away."""
-    rng = np.random.default_rng(seed)
-    cfg = SimConfig(task_set="hard")
-    out = []
-    for s in range(scenes):
-        task = sample_task(FIRST_SCENE_SEED + s, cfg)
-        target, twin = task.target_object, task.twins[0]
-        mx, my = (target.x + twin.x) / 2, (target.y + twin.y) / 2
-        with SimRobot(task, cfg) as robot:
-            for _ in range(views):
-                distance, around = rng.uniform(1.0, 4.5), rng.uniform(-math.pi, math.pi)
-                x, y = mx + distance * math.cos(around), my + distance * math.sin(around)
-                robot.place(x, y, math.atan2(my - y, mx - x) + rng.uniform(-0.3, 0.3))
-                out.append((robot.render(), robot.render_objects(), task, x, y))
-    return out
-
-
-def patch_shapes(object_map: np.ndarray, task, patch: int,
-                 min_share: float = COVERED_SHARE) -> list[tuple[int, bool, int]]:
-    """(patch index, is a box, object index) of each patch that one object covers at least `min_share` of;
-    patches are numbered row by row, as the vision tower's tokens."""
-    import torch
-
-    # Object index -1 (none) .. len - 1 as labels 0 .. len: the share of each object is column 1 + index.
-    shares = patch_shares(torch.from_numpy(object_map + 1)[None], 1 + len(task.objects), patch)[0, :, 1:]
-    return [(int(p), task.objects[i].shape == "box", int(i)) for p, i in (shares >= min_share).nonzero().tolist()]
 
 
 def fit_probe(x_train, y_train, x_test, epochs: int = 60, seed: int = 0) -> np.ndarray:
@@ -89,7 +57,7 @@ def probe(vlm_dir: Path, scenes: int = 300, views: int = 4, epochs: int = 60, se
     extractor = create_extractor(ExtractorConfig(backend="kosmos2", model_path=str(vlm_dir), cuda_graphs=False))
     patch = extractor.model.config.vision_config.patch_size
     normalise = ClipPixels(extractor.processor.image_processor, "cpu").ops.normalise
-    frames = render_pair_views(scenes, views, seed)
+    frames = render_pair_views(scenes, views, seed, FIRST_SCENE_SEED)
     images = torch.from_numpy(np.stack([f[0] for f in frames])).permute(0, 3, 1, 2).float()
     with torch.no_grad():
         layers = []  # per frame [layers + 1, patches, D]: the patch embedding, then each layer's output
@@ -99,10 +67,9 @@ def probe(vlm_dir: Path, scenes: int = 300, views: int = 4, epochs: int = 60, se
         tokens = np.concatenate(layers)
         pixels = normalise(images).unfold(2, patch, patch).unfold(3, patch, patch)  # [N, 3, G, G, P, P]
         pixels = pixels.permute(0, 2, 3, 1, 4, 5).reshape(len(frames), -1, 3 * patch * patch).numpy()
-    rows = [(n, p, box, math.hypot(task.objects[i].x - x, task.objects[i].y - y))
-            for n, (_, objects, task, x, y) in enumerate(frames)
-            for p, box, i in patch_shapes(objects, task, patch)]
-    frame, index, box, distance = (np.array(v) for v in zip(*rows, strict=True))
+    labels, distances = patch_labels(frames, patch)
+    frame, index = np.nonzero(labels >= 0)
+    box, distance = labels[frame, index] == 1, distances[frame, index]
     train = frame < int(0.7 * len(frames))  # by scene: a scene's views are consecutive
     inputs = {"raw pixels": pixels[frame, index]}
     inputs |= {("patch embedding" if k == 0 else f"vision layer {k}"): tokens[frame, k, index]
