@@ -44,6 +44,7 @@ def pytest_collection_modifyitems(config, items):
                 if ROS_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("system")]
     if unmarked:
         raise pytest.UsageError(f"tests that start ROS must be marked `system`: {', '.join(unmarked)}")
+    items.sort(key=lambda item: item.get_closest_marker("early") is None)  # stable: otherwise as collected
     if getattr(config.option, "loadgroup", False):  # what pytest-xdist tells a worker of `--dist loadgroup`
         for item in items:
             item.add_marker(pytest.mark.xdist_group("system" if item.get_closest_marker("system") else "compute"))
