@@ -254,8 +254,9 @@ def _parser() -> argparse.ArgumentParser:
     soak.add_argument("--sensor-hz", type=float, default=650.0)
     soak.add_argument("--faults", action="store_true",
                       help="on sim time, inject a fault every --fault-interval s after the warm-up, in turn: /clock "
-                           "10 s back, 10 s forward, SIGKILL + restart of vlm_node, 2 s sensor stall, malformed burst; "
-                           "report per fault the time to the zero command and to recovery")
+                           "10 s back, 10 s forward, SIGKILL + restart of vlm_node, 2 s sensor stall, malformed burst "
+                           "(each at least once: the run outlasts --minutes if it must); report per fault the time to "
+                           "the zero command and to recovery")
     soak.add_argument("--fault-interval", type=float, default=60.0)
     soak.add_argument("--warmup", type=float, default=None, metavar="S",
                       help="seconds before RSS growth is measured and the first fault (default: 20 %% of the run, "

@@ -347,7 +347,8 @@ def run_soak(minutes: float, cpu_burners: int, sensor_hz: float, action_hz: floa
              warmup: float | None = None, log=print) -> dict:
     """The async pipeline at full rate for `minutes`; RSS is compared after `warmup` s (default: the
     first 20 %, at least 30 s: allocator pools, DDS buffers and ORT arenas fill up first). With
-    `faults`, one fault every `fault_interval` s after the warm-up (module docstring)."""
+    `faults`, one fault every `fault_interval` s after the warm-up (module docstring), and the run goes on
+    past `minutes` until each fault has been injected once."""
     cfg = LoopConfig(mode=ASYNC, vlm_latency=0.3, sensor_hz=sensor_hz, action_hz=action_hz,
                      seconds=minutes * 60.0, cpu_burners=cpu_burners, sim_time=faults)
     crashes: dict[str, int] = {}
@@ -364,7 +365,7 @@ def run_soak(minutes: float, cpu_burners: int, sensor_hz: float, action_hz: floa
         rss_at_warmup: dict[str, float] = {}
         next_report, next_fault = t0 + 60.0, t0 + warmup + 5.0
         sampler.sample()
-        while time.monotonic() - t0 < cfg.seconds:
+        while time.monotonic() - t0 < cfg.seconds or (faults and len(fault_results) < len(FAULTS)):
             time.sleep(sample_every)
             sampler.sample()
             for name, p in procs.items():
@@ -376,7 +377,10 @@ def run_soak(minutes: float, cpu_burners: int, sensor_hz: float, action_hz: floa
             if stops_at_warmup is None and elapsed >= warmup:
                 stops_at_warmup = int(observer.latest_diagnostics("action_expert_node").get("safe_stop_events", 0))
                 rss_at_warmup = {n: s[-1][2] for n, s in sampler.samples.items() if s}
-            if faults and time.monotonic() >= next_fault and cfg.seconds - elapsed > fault_interval / 2:
+            # Every fault once, however long the faults before it took on a loaded machine; then no fault
+            # in the run's last half interval, which would end before its recovery is seen.
+            if faults and time.monotonic() >= next_fault and (len(fault_results) < len(FAULTS)
+                                                               or cfg.seconds - elapsed > fault_interval / 2):
                 fault = FAULTS[len(fault_results) % len(FAULTS)]
                 result = injector.inject(fault)
                 result["at_s"] -= t0
