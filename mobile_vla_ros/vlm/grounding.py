@@ -391,7 +391,7 @@ def build_grounded_vlm(out: Path, tasks: int, epochs: int, seed: int = 0, device
     if shape_steps:
         from .shape_stage import render_shape_views, train_tower_shape
 
-        shape_train, shape_test = render_shape_views(shape_scenes, max(25, shape_scenes // 4), workers)
+        shape_train, shape_test = render_shape_views(shape_scenes, max(1, shape_scenes // 4), workers)
         log(f"rendered {len(shape_train)} + {len(shape_test)} held-out views for the shape stage "
             f"({time.monotonic() - began:.0f} s)")
         shape_stage = train_tower_shape(extractor, shape_train, shape_test, shape_steps, seed=seed, log=log)

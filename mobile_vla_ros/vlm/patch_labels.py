@@ -23,7 +23,6 @@ def patch_shares(label_maps, classes: int, patch_size: int):
     return torch.nn.functional.avg_pool2d(one_hot, patch_size).flatten(2).transpose(1, 2)
 
 
-
 def render_pair_views(scenes: int, views: int, seed: int, first_scene: int) -> list[tuple]:
     """(rgb, per-pixel object index, task, robot x, y) of `views` poses per hard scene (seeds from
     `first_scene`), each looking at the midpoint of the target and its twin from 1-4.5 m away."""
