@@ -39,7 +39,8 @@ def pytest_collection_modifyitems(config, items):
     """With `--dist loadgroup` (pytest.ini) every test joins one of two groups, each taken by one worker:
     `system` (marked: starts node processes or measures wall-clock time) and `compute` (the rest,
     run only on idle cores: pytest_runtest_setup). System tests never share the machine with each
-    other, and the compute tests only take the CPU time the system tests leave idle."""
+    other, and the compute tests only take the CPU time the system tests leave idle. Tests marked `early`
+    come first in their group (the Jazzy environment, built beside the system tests that need it)."""
     unmarked = [item.nodeid for item in items
                 if ROS_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("system")]
     if unmarked:
