@@ -21,3 +21,14 @@ def cannot_simulate(episodes: int) -> str | None:
     if episodes < 1:
         return "--episodes must be >= 1"
     return mujoco_missing()
+
+
+def render_in_processes(function, args: list[tuple], workers: int) -> list:
+    """`[function(*a) for a in args]`, spread over `workers` spawned processes when more than one (each
+    starts its own MuJoCo renderer)."""
+    if workers <= 1:
+        return [function(*a) for a in args]
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        return pool.starmap(function, args)

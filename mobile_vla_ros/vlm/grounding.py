@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..sim import render_in_processes
 from ..sim.world import COLORS, SHAPES, SimConfig, SimRobot, Task, sample_task, wrap_angle
 from .patch_labels import COVERED_SHARE, patch_shares
 from .preprocess import ClipPixels
@@ -125,14 +126,8 @@ def render_frames(tasks: int, per_task: int, seed: int, workers: int = 1,
     """(rgb, instruction, label, twin bearing, kind map or None) at random poses of `tasks` seeded tasks;
     `workers` processes render task ranges in parallel (each task's poses come from its own seed, so the
     result is the same)."""
-    ranges = [(seed, per_task, range(k, tasks, workers), recipe) for k in range(workers)]
-    if workers <= 1:
-        parts = [_render_tasks(*ranges[0])]
-    else:
-        import multiprocessing
-
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            parts = pool.starmap(_render_tasks, ranges)
+    ranges = [(seed, per_task, range(k, tasks, workers), recipe) for k in range(max(1, workers))]
+    parts = render_in_processes(_render_tasks, ranges, workers)
     by_task = {i: frames for part in parts for i, frames in part}
     return [frame for i in range(tasks) for frame in by_task[i]]
 
