@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from ..sim import render_in_processes
 from .patch_labels import patch_labels, render_pair_views
 from .preprocess import ClipPixels
 
@@ -32,14 +33,8 @@ def render_shape_views(scenes: int, test_scenes: int, workers: int = 1) -> tuple
     ranges = [(first, min(25, end - first)) for start, end in ((TRAIN_SCENES_FROM, TRAIN_SCENES_FROM + scenes),
                                                                (TEST_SCENES_FROM, TEST_SCENES_FROM + test_scenes))
               for first in range(start, end, 25)]
-    args = [(count, VIEWS_PER_SCENE, first, first) for first, count in ranges]
-    if workers <= 1:
-        parts = [render_pair_views(*a) for a in args]
-    else:
-        import multiprocessing
-
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            parts = pool.starmap(render_pair_views, args)
+    parts = render_in_processes(render_pair_views, [(count, VIEWS_PER_SCENE, first, first) for first, count in ranges],
+                                workers)
     frames = [[f for (first, _), part in zip(ranges, parts, strict=True) if (first >= TRAIN_SCENES_FROM) == train
                for f in part] for train in (True, False)]
     return frames[0], frames[1]
@@ -47,9 +42,9 @@ def render_shape_views(scenes: int, test_scenes: int, workers: int = 1) -> tuple
 
 def train_tower_shape(extractor, train_frames: list[tuple], test_frames: list[tuple], steps: int,
                       batch: int = 128, lr: float = 1e-3, warmup: int = 300, seed: int = 0, log=print) -> dict:
-    """Train the Kosmos-2 extractor's vision tower in place on box-or-cylinder per patch of
-    `render_pair_views` frames; returns the held-out accuracy on `test_frames` (all covered patches, and
-    those of objects farther than FAR)."""
+    """Train the Kosmos-2 extractor's vision tower in place for `steps` (>= 1) steps on box-or-cylinder per
+    patch of `render_pair_views` frames, and leave it in eval mode; returns the held-out accuracy on
+    `test_frames` (all covered patches, and those of objects farther than FAR)."""
     import torch
 
     torch.manual_seed(seed)
@@ -69,8 +64,8 @@ def train_tower_shape(extractor, train_frames: list[tuple], test_frames: list[tu
     train_images, train_labels, _ = tensors(train_frames)
     test_images, test_labels, test_distances = tensors(test_frames)
     tower = extractor.model.vision_model
-    head = torch.nn.Sequential(torch.nn.LayerNorm(extractor.model.config.vision_config.hidden_size),
-                               torch.nn.Linear(extractor.model.config.vision_config.hidden_size, 1)).to(device)
+    width = extractor.model.config.vision_config.hidden_size
+    head = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, 1)).to(device)
 
     def logits(x):  # the class token dropped
         return head(extractor.vision_tokens(x)[:, 1:].float())[..., 0]
@@ -81,7 +76,6 @@ def train_tower_shape(extractor, train_frames: list[tuple], test_frames: list[tu
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / steps)))
 
     def held_out() -> dict:
-        tower.eval()
         right, far = [], []
         with torch.no_grad():
             for i in range(0, len(test_images), 64):
@@ -89,15 +83,14 @@ def train_tower_shape(extractor, train_frames: list[tuple], test_frames: list[tu
                 covered = labels >= 0
                 right.append(((logits(pixels(test_images[i:i + 64])) > 0).long() == labels)[covered])
                 far.append(test_distances[i:i + 64][covered] > FAR)
-        tower.train()
         right, far = torch.cat(right).float(), torch.cat(far)
         return {"accuracy": float(right.mean()), "accuracy_far": float(right[far].mean()),
                 "patches": len(right), "box_share": float((test_labels == 1).sum() / (test_labels >= 0).sum())}
 
     generator = torch.Generator(device="cpu").manual_seed(seed)
     began = time.monotonic()
-    tower.train()
     for step in range(steps):
+        tower.train()
         idx = torch.randint(0, len(train_images), (batch,), generator=generator).to(device)
         x, y = pixels(train_images[idx]), train_labels[idx]
         flip = (torch.rand(batch, generator=generator) < 0.5).to(device)  # a view and its labels, mirrored
@@ -110,11 +103,11 @@ def train_tower_shape(extractor, train_frames: list[tuple], test_frames: list[tu
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        if (step + 1) % max(1, steps // 10) == 0 or step + 1 == steps:
+        if (step + 1) % max(1, steps // 10) == 0 or step + 1 == steps:  # the last step always
+            tower.eval()
             result = held_out()
             log(f"shape stage step {step + 1}/{steps}: loss {float(loss.detach()):.3f}, held-out shape right "
                 f"{result['accuracy']:.1%} (beyond {FAR} m {result['accuracy_far']:.1%}) "
                 f"({time.monotonic() - began:.0f} s)")
-    tower.eval()
-    return {**held_out(), "steps": steps, "train_views": len(train_frames), "test_views": len(test_frames),
+    return {**result, "steps": steps, "train_views": len(train_frames), "test_views": len(test_frames),
             "seconds": time.monotonic() - began}
