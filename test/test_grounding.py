@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -82,6 +83,29 @@ def test_grounding_pretraining_runs_and_saves_a_loadable_kosmos2(tmp_path):
     assert features.shape == (1, 32) and np.isfinite(features).all()
     assert ex.model.config.vision_config.patch_size == 32 and ex.image_tokens == 8
     assert ex.model.image_to_text_projection.x_attn.is_causal and metrics["size"]["resampler_causal"]
+
+
+def test_the_shape_stage_and_the_grounding_run_as_two_steps(tmp_path):
+    """`--epochs 0` saves the stand-in after its shape stage; `--init` grounds that one, its size its own."""
+    import torch
+    from safetensors.torch import load_file
+
+    size = grounding.StandInSize.parse("32x1x32x8")
+    shaped = grounding.build_grounded_vlm(tmp_path / "shaped", tasks=0, epochs=0, size=size, shape_steps=2,
+                                          shape_scenes=4, shape_views=2, log=lambda _: None)
+    assert "bearing_mae_deg" not in shaped and shaped["shape_stage"]["train_views"] == 4 * 2
+    copied = grounding.build_grounded_vlm(tmp_path / "copy", tasks=0, epochs=0, init=tmp_path / "shaped",
+                                          log=lambda _: None)
+    weights = load_file(tmp_path / "shaped" / "model.safetensors")
+    assert copied["size"] == shaped["size"] and copied["init"] == str(tmp_path / "shaped")
+    copy = load_file(tmp_path / "copy" / "model.safetensors")
+    assert weights.keys() == copy.keys() and all(torch.equal(weights[k], copy[k]) for k in weights)
+    grounded = grounding.build_grounded_vlm(tmp_path / "grounded", tasks=4, epochs=1, per_task=2, batch=4,
+                                            init=tmp_path / "shaped", log=lambda _: None)
+    assert np.isfinite(grounded["bearing_mae_deg"]) and grounded["size"] == asdict(size)
+    after = load_file(tmp_path / "grounded" / "model.safetensors")
+    assert not torch.equal(after["vision_model.model.embeddings.patch_embedding.weight"],
+                           weights["vision_model.model.embeddings.patch_embedding.weight"])
 
 
 def test_twin_in_view_is_the_same_colour_other_shape():
@@ -165,6 +189,7 @@ def test_render_objects_marks_the_pixels_each_object_covers():
         robot.place(target.x - 2.0, target.y, 0.0)  # 2 m short of the target, facing it
         rgb, objects = robot.render(), robot.render_objects()
         assert objects.shape == rgb.shape[:2] and set(np.unique(objects)) >= {-1, task.target}
+        assert np.array_equal(robot.render(), rgb)  # the camera is back to colour after the segmentation
         on_target = objects == task.target
         assert on_target[:, 100:124].mean() > 0.1  # straight ahead, in the image's middle columns
         red, green, blue = rgb[on_target].mean(axis=0)

@@ -237,7 +237,7 @@ class SimRobot:
         self.place(*task.start)
         self._rng = np.random.default_rng(task.seed + 7919)
         self._renderer = mujoco.Renderer(self.model, self.cfg.image_size, self.cfg.image_size) if render else None
-        self._segmenter = self._object_of_geom = None  # made on the first render_objects()
+        self._object_of_geom = None  # made on the first render_objects()
         self.steps = 0
         target = task.target_object
         self._target = np.array([target.x, target.y, target.radius])
@@ -272,15 +272,20 @@ class SimRobot:
         `task.objects`, -1 where none (floor, sky, the robot). Labels for training perception."""
         if self._renderer is None:
             raise RuntimeError("SimRobot was created with render=False")
-        if self._segmenter is None:
-            self._segmenter = self._mj.Renderer(self.model, self.cfg.image_size, self.cfg.image_size)
-            self._segmenter.enable_segmentation_rendering()
+        if self._object_of_geom is None:
             lookup = np.full(self.model.ngeom + 1, -1, dtype=np.int16)  # geom id -1 (nothing) -> the last entry
             for i in range(len(self.task.objects)):
                 lookup[self._mj.mj_name2id(self.model, self._mj.mjtObj.mjOBJ_GEOM, f"object{i}")] = i
             self._object_of_geom = lookup
-        self._segmenter.update_scene(self.data, camera="front")
-        return self._object_of_geom[self._segmenter.render()[..., 0]]  # each pixel's geom id, -1 where none
+        # The camera's own renderer in segmentation mode: a second renderer is a second GL context per
+        # world, which costs more than the renders on EGL.
+        self._renderer.enable_segmentation_rendering()
+        try:
+            self._renderer.update_scene(self.data, camera="front")
+            geoms = self._renderer.render()[..., 0]  # each pixel's geom id, -1 where none
+        finally:
+            self._renderer.disable_segmentation_rendering()
+        return self._object_of_geom[geoms]
 
     def pose(self) -> tuple[float, float, float]:
         x, y, yaw = self.data.qpos[:3]
@@ -308,10 +313,9 @@ class SimRobot:
         return self.target_distance() <= self.cfg.success_radius
 
     def close(self) -> None:
-        for renderer in (self._renderer, self._segmenter):
-            if renderer is not None:
-                renderer.close()
-        self._renderer = self._segmenter = None
+        if self._renderer is not None:
+            self._renderer.close()
+        self._renderer = None
 
     def __enter__(self) -> SimRobot:
         return self

@@ -363,10 +363,12 @@ def build_grounded_vlm(out: Path, tasks: int, epochs: int, seed: int = 0, device
                        per_task: int = 4, batch: int = 64, lr: float = 2e-3, workers: int = 1,
                        size: StandInSize = StandInSize(), recipe: GroundingRecipe = GroundingRecipe(),
                        frames: tuple[list, list] | None = None, shape_steps: int = 0, shape_scenes: int = 400,
-                       log=print) -> dict:
-    """Build the trainable tiny Kosmos-2, first train its vision tower on shape for `shape_steps` steps
-    (on far views of `shape_scenes` hard scenes: vlm/shape_stage.py), ground it on renders (`frames`:
-    already rendered training and validation frames), save it (FP32) to `out`."""
+                       shape_views: int = 4, init: Path | None = None, log=print) -> dict:
+    """Build the trainable tiny Kosmos-2 (or start from the stand-in saved in `init`; `size` is then
+    its own), first train its vision tower on shape for `shape_steps` steps (on `shape_views` far views of
+    each of `shape_scenes` hard scenes: vlm/shape_stage.py), ground it for `epochs` epochs on renders
+    (`frames`: already rendered training and validation frames; 0 epochs: none rendered), save it (FP32)
+    to `out`."""
     import shutil
     import tempfile
 
@@ -374,33 +376,47 @@ def build_grounded_vlm(out: Path, tasks: int, epochs: int, seed: int = 0, device
 
     from .base import ExtractorConfig
     from .factory import create_extractor
+    from .kosmos2 import RESAMPLER_CAUSAL_KEY
     from .tiny import build_tiny_kosmos2
 
+    def load(path) -> object:
+        return create_extractor(ExtractorConfig(backend="kosmos2", pooling="last_token", model_path=str(path),
+                                                device=device, dtype="fp32", cuda_graphs=False))
+
     began = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp:
-        build_tiny_kosmos2(tmp, seed=seed, embed_dim=size.embed_dim, layers=size.layers, patch_size=size.patch_size,
-                           image_tokens=size.image_tokens, trainable=True, resampler_causal=size.resampler_causal)
-        extractor = create_extractor(ExtractorConfig(backend="kosmos2", pooling="last_token", model_path=tmp,
-                                                     device=device, dtype="fp32", cuda_graphs=False))
-    shape_stage = None
+    if init is not None:
+        extractor = load(init)
+        config = extractor.model.config
+        size = StandInSize(config.vision_config.hidden_size, config.vision_config.num_hidden_layers,
+                           config.vision_config.patch_size, config.latent_query_num,
+                           bool(getattr(config, RESAMPLER_CAUSAL_KEY, False)))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            build_tiny_kosmos2(tmp, seed=seed, embed_dim=size.embed_dim, layers=size.layers,
+                               patch_size=size.patch_size, image_tokens=size.image_tokens, trainable=True,
+                               resampler_causal=size.resampler_causal)
+            extractor = load(tmp)
+    metrics: dict = {}
     if shape_steps:
         from .shape_stage import render_shape_views, train_tower_shape
 
-        shape_train, shape_test = render_shape_views(shape_scenes, max(1, shape_scenes // 4), workers)
+        shape_train, shape_test = render_shape_views(shape_scenes, max(1, shape_scenes // 4), workers, shape_views)
         log(f"rendered {len(shape_train)} + {len(shape_test)} held-out views for the shape stage "
             f"({time.monotonic() - began:.0f} s)")
-        shape_stage = train_tower_shape(extractor, shape_train, shape_test, shape_steps, seed=seed, log=log)
-    frames, val = frames or render_grounding_frames(tasks, per_task, seed, workers, recipe)
-    log(f"rendered {len(frames)} training and {len(val)} validation frames ({time.monotonic() - began:.0f} s)")
-    metrics = train_grounding(extractor, frames, val, epochs, lr=lr, batch=batch, seed=seed, log=log)
-    if shape_stage is not None:
-        metrics["shape_stage"] = shape_stage
+        metrics["shape_stage"] = train_tower_shape(extractor, shape_train, shape_test, shape_steps, seed=seed,
+                                                   log=log)
+    if epochs:
+        frames, val = frames or render_grounding_frames(tasks, per_task, seed, workers, recipe)
+        log(f"rendered {len(frames)} training and {len(val)} validation frames ({time.monotonic() - began:.0f} s)")
+        metrics.update(train_grounding(extractor, frames, val, epochs, lr=lr, batch=batch, seed=seed, log=log))
     shutil.rmtree(out, ignore_errors=True)
     extractor.model.to(torch.float32).cpu().save_pretrained(out)
     extractor.processor.save_pretrained(out)
     metrics["seconds"] = time.monotonic() - began
     metrics["size"] = asdict(size)
     metrics["recipe"] = asdict(recipe)
+    if init is not None:
+        metrics["init"] = str(init)
     return metrics
 
 
@@ -445,7 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", type=int, default=3500, help="seeded tasks")
     ap.add_argument("--frames-per-task", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2, help="rendering processes")
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=40,
+                    help="of grounding; 0: none (e.g. save the stand-in after --shape-steps, to ground it later "
+                         "with --init)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--batch", type=int, default=64)
@@ -464,18 +482,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape-steps", type=int, default=0,
                     help="first train the vision tower on box-or-cylinder per patch for this many steps "
                          "(vlm/shape_stage.py; 0: no shape stage, as shipped)")
-    ap.add_argument("--shape-scenes", type=int, default=400, help="hard scenes (4 far views each) of the shape stage")
+    ap.add_argument("--shape-scenes", type=int, default=400, help="hard scenes of the shape stage")
+    ap.add_argument("--shape-views", type=int, default=4, help="far views per scene of the shape stage")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from this saved stand-in (its own size) instead of a freshly initialised one")
     args = ap.parse_args(argv)
+    if args.init is not None and len(args.sizes) > 1:
+        ap.error("--init grounds one stand-in; --sizes takes one size with it (the stand-in's own)")
     if args.full_resampler:
         args.sizes = [replace(size, resampler_causal=False) for size in args.sizes]
     common = {"epochs": args.epochs, "device": args.device, "batch": args.batch, "lr": args.lr,
               "recipe": GroundingRecipe(args.shape_slots, args.twin_views, args.twin_pairs, args.patch_kinds),
-              "shape_steps": args.shape_steps, "shape_scenes": args.shape_scenes}
+              "shape_steps": args.shape_steps, "shape_scenes": args.shape_scenes, "shape_views": args.shape_views}
     if len(args.sizes) > 1:
         results = build_sizes(args.out, args.sizes, args.tasks, args.frames_per_task, args.seed, args.workers, **common)
     else:
         results = {str(args.out): build_grounded_vlm(args.out, args.tasks, seed=args.seed, workers=args.workers,
-                                                     per_task=args.frames_per_task, size=args.sizes[0], **common)}
+                                                     per_task=args.frames_per_task, size=args.sizes[0],
+                                                     init=args.init, **common)}
     for out, metrics in results.items():
         print(f"grounded stand-in VLM -> {out}: {metrics}")
     return 0

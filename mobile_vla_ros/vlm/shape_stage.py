@@ -27,14 +27,17 @@ TRAIN_SCENES_FROM, TEST_SCENES_FROM = 10_000, 9_000
 VIEWS_PER_SCENE = 4
 
 
-def render_shape_views(scenes: int, test_scenes: int, workers: int = 1) -> tuple[list, list]:
-    """Training and held-out frames of `render_pair_views`, `workers` processes rendering scene ranges
-    (each range's poses from its own seed: the same frames for any number of workers)."""
+def render_shape_views(scenes: int, test_scenes: int, workers: int = 1,
+                       views_per_scene: int = VIEWS_PER_SCENE) -> tuple[list, list]:
+    """Training frames (`views_per_scene` per scene) and held-out frames (VIEWS_PER_SCENE per scene) of
+    `render_pair_views`, `workers` processes rendering scene ranges (each range's poses from its own
+    seed: the same frames for any number of workers)."""
     ranges = [(first, min(25, end - first)) for start, end in ((TRAIN_SCENES_FROM, TRAIN_SCENES_FROM + scenes),
                                                                (TEST_SCENES_FROM, TEST_SCENES_FROM + test_scenes))
               for first in range(start, end, 25)]
-    parts = render_in_processes(render_pair_views, [(count, VIEWS_PER_SCENE, first, first) for first, count in ranges],
-                                workers)
+    parts = render_in_processes(render_pair_views,
+                                [(count, views_per_scene if first >= TRAIN_SCENES_FROM else VIEWS_PER_SCENE, first,
+                                  first) for first, count in ranges], workers)
     frames = [[f for (first, _), part in zip(ranges, parts, strict=True) if (first >= TRAIN_SCENES_FROM) == train
                for f in part] for train in (True, False)]
     return frames[0], frames[1]
