@@ -53,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="stand-in VLM WIDTHxLAYERSxPATCHxTOKENS (default %(default)s)")
     ap.add_argument("--vlm-full-resampler", action="store_true",
                     help="the stand-in's resampler attends to every image token (default: causal, as shipped)")
+    ap.add_argument("--vlm-shape-steps", type=int, default=0,
+                    help="steps of the stand-in tower's shape stage before its grounding (vlm/shape_stage.py); "
+                         "0: none")
+    ap.add_argument("--vlm-shape-scenes", type=int, default=1000, help="hard scenes of the shape stage")
+    ap.add_argument("--vlm-shape-views", type=int, default=8, help="far views per scene of the shape stage")
     ap.add_argument("--epochs", type=int, default=30, help="action-expert epochs")
     ap.add_argument("--staleness", default="0.0,3.5", help="feature ages trained on (s): the whole deployment range")
     ap.add_argument("--expert-delay-max", type=float, default=1.5)
@@ -71,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--geometry-head", action="store_true",
                     help="mobile-vla-train --geometry-head for the model with the motion input (the ablation "
                          "without it cannot move the estimate)")
-    ap.add_argument("--no-motion-out", type=Path, default=Path("models/no_motion"),
+    ap.add_argument("--no-motion-out", default="models/no_motion",
                     help="the same model without the motion input ('' to skip)")
     ap.add_argument("--seed", type=int, default=0)
     return ap
@@ -115,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics = build_grounded_vlm(vlm_dir, args.grounding_tasks, args.grounding_epochs, args.seed, args.device,
                                      per_task=8, batch=256 if args.device == "cuda" else 64,
                                      workers=min(14, os.cpu_count() or 1),
-                                     size=replace(args.vlm_size, resampler_causal=not args.vlm_full_resampler))
+                                     size=replace(args.vlm_size, resampler_causal=not args.vlm_full_resampler),
+                                     shape_steps=args.vlm_shape_steps, shape_scenes=args.vlm_shape_scenes,
+                                     shape_views=args.vlm_shape_views)
         print(f"stand-in VLM -> {vlm_dir}: {metrics}")
     bags: dict[str, list[str]] = {"train": [], "val": []}
     for task_set in TASK_SETS:
@@ -135,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         turned += ["--turn-augment-range", args.turn_augment_range]
     geometry = ["--geometry-head"] if args.geometry_head else []
     code = train.main([*common, *turned, *geometry, "--out", str(args.out), "--name", args.out.name])
-    if code == 0 and str(args.no_motion_out):
-        code = train.main([*common, "--out", str(args.no_motion_out), "--name", args.no_motion_out.name,
+    if code == 0 and args.no_motion_out:  # a string: Path("") would be "."
+        code = train.main([*common, "--out", args.no_motion_out, "--name", Path(args.no_motion_out).name,
                            "--no-motion-input"])
     return code
 
