@@ -362,8 +362,8 @@ class StandInSize:
 def build_grounded_vlm(out: Path, tasks: int, epochs: int, seed: int = 0, device: str = "cpu",
                        per_task: int = 4, batch: int = 64, lr: float = 2e-3, workers: int = 1,
                        size: StandInSize = StandInSize(), recipe: GroundingRecipe = GroundingRecipe(),
-                       frames: tuple[list, list] | None = None, shape_steps: int = 0, shape_scenes: int = 400,
-                       shape_views: int = 4, init: Path | None = None, log=print) -> dict:
+                       frames: tuple[list, list] | None = None, shape_steps: int = 0, shape_scenes: int = 1000,
+                       shape_views: int = 8, init: Path | None = None, log=print) -> dict:
     """Build the trainable tiny Kosmos-2 (or start from the stand-in saved in `init`; `size` is then
     its own), first train its vision tower on shape for `shape_steps` steps (on `shape_views` far views of
     each of `shape_scenes` hard scenes: vlm/shape_stage.py), ground it for `epochs` epochs on renders
@@ -379,7 +379,7 @@ def build_grounded_vlm(out: Path, tasks: int, epochs: int, seed: int = 0, device
     from .kosmos2 import RESAMPLER_CAUSAL_KEY
     from .tiny import build_tiny_kosmos2
 
-    def load(path) -> object:
+    def load(path):
         return create_extractor(ExtractorConfig(backend="kosmos2", pooling="last_token", model_path=str(path),
                                                 device=device, dtype="fp32", cuda_graphs=False))
 
@@ -482,8 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape-steps", type=int, default=0,
                     help="first train the vision tower on box-or-cylinder per patch for this many steps "
                          "(vlm/shape_stage.py; 0: no shape stage, as shipped)")
-    ap.add_argument("--shape-scenes", type=int, default=400, help="hard scenes of the shape stage")
-    ap.add_argument("--shape-views", type=int, default=4, help="far views per scene of the shape stage")
+    ap.add_argument("--shape-scenes", type=int, default=1000, help="hard scenes of the shape stage")
+    ap.add_argument("--shape-views", type=int, default=8, help="far views per scene of the shape stage")
     ap.add_argument("--init", type=Path, default=None,
                     help="start from this saved stand-in (its own size) instead of a freshly initialised one")
     args = ap.parse_args(argv)
