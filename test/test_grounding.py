@@ -71,7 +71,7 @@ def test_grounding_pretraining_runs_and_saves_a_loadable_kosmos2(tmp_path):
     assert all(np.array_equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(frames, serial, strict=True))
     size = grounding.StandInSize.parse("32x1x32x8")
     metrics = grounding.build_grounded_vlm(tmp_path / "vlm", tasks=8, epochs=2, per_task=2, batch=4, size=size,
-                                           shape_steps=3, shape_scenes=4, log=lambda _: None)
+                                           shape_steps=3, shape_scenes=4, shape_views=4, log=lambda _: None)
     assert set(metrics) >= {"bearing_mae_deg", "distance_mae_m", "twin_confusion", "shape_stage"}
     shape_stage = metrics["shape_stage"]  # the tower first learned shape, on 4 scenes' far views, 1 held out
     assert (shape_stage["steps"], shape_stage["train_views"], shape_stage["test_views"]) == (3, 16, 4)
