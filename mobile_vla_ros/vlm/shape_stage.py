@@ -32,15 +32,16 @@ def render_shape_views(scenes: int, test_scenes: int, workers: int = 1,
     """Training frames (`views_per_scene` per scene) and held-out frames (VIEWS_PER_SCENE per scene) of
     `render_pair_views`, `workers` processes rendering scene ranges (each range's poses from its own
     seed: the same frames for any number of workers)."""
-    ranges = [(first, min(25, end - first)) for start, end in ((TRAIN_SCENES_FROM, TRAIN_SCENES_FROM + scenes),
-                                                               (TEST_SCENES_FROM, TEST_SCENES_FROM + test_scenes))
-              for first in range(start, end, 25)]
-    parts = render_in_processes(render_pair_views,
-                                [(count, views_per_scene if first >= TRAIN_SCENES_FROM else VIEWS_PER_SCENE, first,
-                                  first) for first, count in ranges], workers)
-    frames = [[f for (first, _), part in zip(ranges, parts, strict=True) if (first >= TRAIN_SCENES_FROM) == train
-               for f in part] for train in (True, False)]
-    return frames[0], frames[1]
+    jobs = [(train, first, min(25, end - first), views)  # ranges of at most 25 scenes
+            for train, start, end, views in ((True, TRAIN_SCENES_FROM, TRAIN_SCENES_FROM + scenes, views_per_scene),
+                                             (False, TEST_SCENES_FROM, TEST_SCENES_FROM + test_scenes, VIEWS_PER_SCENE))
+            for first in range(start, end, 25)]
+    parts = render_in_processes(render_pair_views, [(count, views, first, first) for _, first, count, views in jobs],
+                                workers)
+    frames: dict[bool, list] = {True: [], False: []}
+    for (train, *_), part in zip(jobs, parts, strict=True):
+        frames[train] += part
+    return frames[True], frames[False]
 
 
 def train_tower_shape(extractor, train_frames: list[tuple], test_frames: list[tuple], steps: int,
