@@ -51,6 +51,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group("system" if item.get_closest_marker("system") else "compute"))
 
 
+def pytest_xdist_node_collection_finished(node, ids):
+    """pytest-xdist tells the scheduler a test's group by a suffix on its id; with pytest 9.2 that suffix
+    is silently lost and every test is scheduled on its own (pytest-xdist issue 1386), so system tests
+    ran beside each other, some under the compute worker's SCHED_IDLE. Stop instead."""
+    if node.config.getoption("dist") == "loadgroup" and any("@" not in test_id for test_id in ids):
+        from importlib.metadata import version
+
+        raise pytest.UsageError(
+            f"pytest-xdist did not group the tests (pytest {version('pytest')}, pytest-xdist "
+            f"{version('pytest-xdist')}): system tests would run beside each other; install the versions "
+            f"in requirements/common.txt")
+
+
 def pytest_runtest_setup(item):
     """A worker running compute tests puts every one of its threads (and so the threads and processes
     they start) under SCHED_IDLE, once: they run only on a core no other thread wants. (Linux keeps the
@@ -83,14 +96,28 @@ def probe(rclpy_session):
     p.destroy()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on the test item (`item.report_call`, ...), for fixtures that act on failure."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def processes():
-    """Start NodeProcess objects through this list; all are stopped when the test ends, pass or fail."""
+def processes(request):
+    """Start NodeProcess objects through this list; all are stopped when the test ends, pass or fail.
+    When the test failed, the end of each node's log is printed (pytest shows it under the failure)."""
     from mobile_vla_ros.tools.bringup.processes import stop_all
 
     started = []
     yield started
     stop_all(started)
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        for process in started:
+            print(f"--- {process.node_name} (pid {process.pid}, exit {process.proc.returncode}): end of its log ---")
+            print(process.output()[-3000:])
 
 
 @pytest.fixture(scope="session")
