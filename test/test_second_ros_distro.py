@@ -18,12 +18,23 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # What differs between distros is rclpy's and rcl's surface: parameters (declared, set live, from YAML),
-# QoS, time sources and clock jumps, lifecycle, start-up failures, processes. These files exercise each of
-# it. The reliability and safe-stop files drive the same subscriptions and timers with other inputs (floods,
-# a killed node, NaN models, stale features): the rules they check live in the core, so they run on Kilted
-# only -- running every system test twice doubled CI's exposure to a loaded machine for no new coverage.
-ROS_FACING = ["test/test_system_rates.py", "test/test_time_faults_system.py", "test/test_startup_errors.py",
-              "test/test_bringup.py", "test/test_lifecycle_system.py"]
+# QoS, time sources and clock jumps, lifecycle, start-up failures, processes. These tests exercise each of
+# it. The other tests of their files, and the reliability and safe-stop files, drive the same
+# subscriptions, timers and parameters with other inputs (a slow VLM, floods, a killed node, NaN models,
+# stale features, models that do not match, process supervision): the rules they check live in the core
+# or in this package's process handling, so they run on Kilted only -- running them twice doubled CI's
+# exposure to a loaded machine for no new coverage.
+ROS_FACING = [
+    "test/test_system_rates.py::test_features_and_chunks_at_their_rates_with_contract_shapes",
+    "test/test_system_rates.py::test_rates_change_live_and_bad_values_are_rejected",
+    "test/test_system_rates.py::test_live_safety_parameters_take_effect",
+    "test/test_time_faults_system.py",
+    "test/test_lifecycle_system.py",
+    "test/test_startup_errors.py::test_action_node_refuses_parameters_that_contradict_model_yaml",
+    "test/test_startup_errors.py::test_out_of_range_yaml_value_stops_start_up",
+    "test/test_startup_errors.py::test_a_malformed_parameter_file_ends_in_one_line_naming_file_and_line",
+    "test/test_bringup.py::test_bringup_runs_nodes_in_namespace_with_yaml",
+]
 INNER = "MOBILE_VLA_SECOND_DISTRO"
 
 
