@@ -365,8 +365,9 @@ def run_soak(minutes: float, cpu_burners: int, sensor_hz: float, action_hz: floa
         rss_at_warmup: dict[str, float] = {}
         next_report, next_fault = t0 + 60.0, t0 + warmup + 5.0
         sampler.sample()
+        tick = min(sample_every, fault_interval) if faults else sample_every  # faults come on time
         while time.monotonic() - t0 < cfg.seconds or (faults and len(fault_results) < len(FAULTS)):
-            time.sleep(sample_every)
+            time.sleep(tick)
             sampler.sample()
             for name, p in procs.items():
                 if not p.alive() and name not in crashes and not (name == "vlm_node" and p.proc.returncode
