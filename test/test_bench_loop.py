@@ -96,15 +96,21 @@ def test_closed_loop_benchmark_reports_the_expert_upper_bound_beside_the_policy(
 
 def test_closed_loop_rows_are_the_same_spread_over_processes_as_run_in_one():
     """With more workers than rows the bench splits each row's seeds over processes and joins them
-    back: the same episodes, in seed order, and the same summary as in one process."""
+    back: the same episodes, in seed order, and the same summary as in one process. Progress counts
+    episodes as they finish, each once, up to all of them and every row."""
     from mobile_vla_ros.tools.bench import closed_loop
 
     assert closed_loop.seed_chunks(list(range(60)), 8, 16) == [list(range(30)), list(range(30, 60))]
     assert closed_loop.seed_chunks([1, 2, 3], 1, 8) == [[1], [2], [3]]
     assert closed_loop.seed_chunks([1, 2, 3], 4, 2) == [[1, 2, 3]]
     args = ({"motion": "unused by the expert"}, [1000, 1001, 1002], ["hard"], ["expert"], [(1.5, 0.59), (0.3, 1.0)])
-    one = closed_loop.run_matrix(*args, workers=1)
-    spread = closed_loop.run_matrix(*args, workers=3)
+    calls: dict[int, list] = {1: [], 3: []}
+    one, spread = (closed_loop.run_matrix(*args, workers=w, progress=lambda done, total, rows, runs, w=w:
+                                          calls[w].append((done, total, len(rows), runs))) for w in (1, 3))
+    assert calls[1] == [(1, 6, 0, 2), (2, 6, 0, 2), (3, 6, 0, 2), (3, 6, 1, 2),
+                        (4, 6, 1, 2), (5, 6, 1, 2), (6, 6, 1, 2), (6, 6, 2, 2)]
+    done = [c[0] for c in calls[3]]
+    assert done == sorted(done) and calls[3][-1] == (6, 6, 2, 2), calls[3]
     assert [(r["latency"], r["vlm_hz"]) for r in spread] == [(1.5, 0.59), (0.3, 1.0)]
     for a, b in zip(one, spread):
         assert [e["seed"] for e in b["episodes"]] == [1000, 1001, 1002]

@@ -334,9 +334,12 @@ def closed_loop_bench(args) -> int:
     workers = args.workers or os.cpu_count() or 1
     began = time.monotonic()
 
-    def progress(done, total, row):
-        progress_bar(f"closed loop {done}/{total} runs ({row['task_set']} {row['mode']} {row['latency']}@"
-                     f"{row['vlm_hz']}: {row['successes']}/{row['episodes_run']})", done / total)
+    def progress(episodes_done, episodes_total, rows_done, rows_total):
+        last = rows_done[-1] if rows_done else None
+        finished = (f"; {last['task_set']} {last['mode']} {last['latency']}@{last['vlm_hz']}: "
+                    f"{last['successes']}/{last['episodes_run']}") if last else ""
+        progress_bar(f"closed loop {episodes_done}/{episodes_total} episodes, {len(rows_done)}/{rows_total} runs"
+                     f"{finished}", episodes_done / episodes_total)
 
     rows = C.run_matrix(models, seeds, args.task_sets, args.modes, settings, workers, progress)
     print()

@@ -55,7 +55,12 @@ def measured_forward_seconds(model_dir: Path, repeats: int = 20) -> float:
     return float(np.median(times[2:]))
 
 
-def _run_one(job: tuple[Run, float, list[int], dict[str, str]]) -> dict:
+# In a pool worker: where it announces each finished episode (set by the pool's initialiser).
+_episode_done_queue = None
+
+
+def _run_one(job: tuple[Run, float, list[int], dict[str, str]], on_episode=None) -> dict:
+    """One row's episodes for the job's seeds; `on_episode(done, rows)` after each."""
     from ...sim.world import SimConfig
     from ..simulation.closed_loop import LoopConfig, informed_expert_episodes, run_episodes
 
@@ -65,10 +70,10 @@ def _run_one(job: tuple[Run, float, list[int], dict[str, str]]) -> dict:
     began = time.monotonic()
     if run.mode == EXPERT:
         model = "none (ground truth)"
-        episodes = informed_expert_episodes(seeds, sim_cfg, latency, run.vlm_hz)
+        episodes = informed_expert_episodes(seeds, sim_cfg, latency, run.vlm_hz, on_episode)
     else:
         cfg = LoopConfig(mode="sync" if run.mode == "sync" else "async", vlm_hz=run.vlm_hz, vlm_latency=latency)
-        episodes = run_episodes(seeds, sim_cfg, cfg, Path(model))
+        episodes = run_episodes(seeds, sim_cfg, cfg, Path(model), on_episode)
     return {**asdict(run), "latency_s": latency, "model_dir": model, "episodes": episodes,
             **summarize(episodes), "wall_seconds": time.monotonic() - began}
 
@@ -96,10 +101,13 @@ def seed_chunks(seeds: list[int], runs: int, workers: int) -> list[list[int]]:
     return [seeds[i:i + size] for i in range(0, len(seeds), size)]
 
 
-def _set_worker_threads(threads: int) -> None:
-    """Pool initialiser: `threads` torch threads per worker, so that workers x threads fit the cores."""
+def _init_worker(threads: int, episode_done_queue) -> None:
+    """Pool initialiser: `threads` torch threads per worker, so that workers x threads fit the cores, and
+    the queue on which each finished episode is announced."""
     import os
 
+    global _episode_done_queue
+    _episode_done_queue = episode_done_queue
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
@@ -109,33 +117,71 @@ def _set_worker_threads(threads: int) -> None:
 def run_matrix(models: dict[str, str], seeds: list[int], task_sets: list[str], modes: list[str],
                settings: list[tuple], workers: int, progress=None) -> list[dict]:
     """One row per (task set, setting, mode), in that order; with `workers` > 1 the rows' episodes are
-    spread over that many processes of cores / workers threads each, and `progress(done, total, row)`
-    is called as each row completes."""
+    spread over that many processes of cores / workers threads each. `progress(episodes_done,
+    episodes_total, rows_done, rows_total)` is called as episodes finish (`rows_done`: the rows complete
+    so far, in the order they completed)."""
     forward = measured_forward_seconds(Path(models["motion"])) if any(s[0] == CPU_STAND_IN for s in settings) else 0
     runs = [(Run(task_set, mode, lat, hz), forward if lat == CPU_STAND_IN else float(lat))
             for task_set in task_sets for lat, hz in settings for mode in modes]
-    rows = []
+    total = len(runs) * len(seeds)
+    rows: list[dict] = []
     if workers <= 1:
         for run, latency in runs:
-            rows.append(_run_one((run, latency, seeds, models)))
+            before = len(rows) * len(seeds)
+            on_episode = None if progress is None else (
+                lambda done, _, before=before: progress(before + done, total, rows, len(runs)))
+            rows.append(_run_one((run, latency, seeds, models), on_episode))
             if progress:
-                progress(len(rows), len(runs), rows[-1])
+                progress(len(rows) * len(seeds), total, rows, len(runs))
         return rows
     chunks = seed_chunks(seeds, len(runs), workers)
     jobs = [(run, latency, chunk, models) for run, latency in runs for chunk in chunks]
     parts: dict[Run, list[dict]] = {run: [] for run, _ in runs}
     threads = max(1, (multiprocessing.cpu_count() or 1) // workers)
-    with multiprocessing.get_context("spawn").Pool(workers, initializer=_set_worker_threads,
-                                                   initargs=(threads,)) as pool:
-        for part in pool.imap_unordered(_run_one, jobs):
-            run = Run(part["task_set"], part["mode"], part["latency"], part["vlm_hz"])
-            parts[run].append(part)
-            if len(parts[run]) == len(chunks):
-                rows.append(_joined(parts[run]))
-                if progress:
-                    progress(len(rows), len(runs), rows[-1])
+    context = multiprocessing.get_context("spawn")
+    episode_done_queue = context.Queue()
+    # Episodes done per job: announced one by one while it runs, then its own count once it returns
+    # (an announcement can arrive after the result, and is not counted twice).
+    done_by_job, returned, reported = [0] * len(jobs), set(), None
+    with context.Pool(workers, initializer=_init_worker, initargs=(threads, episode_done_queue)) as pool:
+        results = pool.imap_unordered(_run_pooled, enumerate(jobs))
+        while len(returned) < len(jobs):
+            try:
+                index, part = results.next(timeout=0.5)
+            except multiprocessing.TimeoutError:
+                index, part = None, None
+            for announced in _drain(episode_done_queue):
+                done_by_job[announced] += announced not in returned
+            if part is not None:
+                returned.add(index)
+                done_by_job[index] = len(part["episodes"])
+                run = Run(part["task_set"], part["mode"], part["latency"], part["vlm_hz"])
+                parts[run].append(part)
+                if len(parts[run]) == len(chunks):
+                    rows.append(_joined(parts[run]))
+            if progress and (sum(done_by_job), len(rows)) != reported:
+                reported = (sum(done_by_job), len(rows))
+                progress(reported[0], total, rows, len(runs))
     order = {run: i for i, (run, _) in enumerate(runs)}
     return sorted(rows, key=lambda r: order[Run(r["task_set"], r["mode"], r["latency"], r["vlm_hz"])])
+
+
+def _run_pooled(indexed_job: tuple[int, tuple]) -> tuple[int, dict]:
+    """`_run_one` in a pool worker; each finished episode is announced by the job's index."""
+    index, job = indexed_job
+    return index, _run_one(job, on_episode=lambda done, rows: _episode_done_queue.put(index))
+
+
+def _drain(queue) -> list:
+    """The items waiting on `queue`, taken off it."""
+    import queue as queues
+
+    items = []
+    while True:
+        try:
+            items.append(queue.get_nowait())
+        except queues.Empty:
+            return items
 
 
 def _joined(parts: list[dict]) -> dict:

@@ -248,17 +248,21 @@ class InformedExpertEpisode(ClosedLoopEpisode):
             self.commands.append(self.command.copy())
 
 
-def informed_expert_episodes(seeds: list[int], sim_cfg: SimConfig, vlm_latency: float, vlm_hz: float) -> list[dict]:
+def informed_expert_episodes(seeds: list[int], sim_cfg: SimConfig, vlm_latency: float, vlm_hz: float,
+                             progress=None) -> list[dict]:
     """`InformedExpertEpisode` for `seeds`: what the labels teach, followed exactly, on the images this
-    VLM latency and rate deliver; an upper bound of the learned policy. No command smoothness."""
+    VLM latency and rate deliver; an upper bound of the learned policy. No command smoothness.
+    `progress(done, rows)` after each episode, as in `run_episodes`."""
     rows = []
-    for seed in seeds:
+    for i, seed in enumerate(seeds):
         loop = InformedExpertEpisode(sample_task(seed, sim_cfg), sim_cfg, LoopConfig(vlm_hz=vlm_hz,
                                                                                       vlm_latency=vlm_latency))
         try:
             rows.append({**loop.run(), "smoothness": None})
         finally:
             loop.close()
+        if progress is not None:
+            progress(i + 1, rows)
     return rows
 
 
@@ -277,7 +281,8 @@ def load_policy(model_dir) -> tuple:
 
 
 def run_episodes(seeds: list[int], sim_cfg: SimConfig, cfg: LoopConfig, model_dir, progress=None) -> list[dict]:
-    """Closed-loop episodes for `seeds` with the model in `model_dir` (`load_policy`)."""
+    """Closed-loop episodes for `seeds` with the model in `model_dir` (`load_policy`); `progress(done,
+    rows)` after each episode."""
     spec, backend, extractor = load_policy(model_dir)
     rows = []
     for i, seed in enumerate(seeds):
