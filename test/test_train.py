@@ -112,12 +112,12 @@ def test_a_different_vlm_or_pooling_gets_its_own_feature_cache(tiny_vlm_dir, tmp
     rec.instructions = [(0.0, "go to the red cylinder")]
     mean_text = ExtractorConfig(backend="kosmos2", pooling="mean_text", model_path=str(tiny_vlm_dir))
     cache = tmp_path / "cache"
-    by_last = train.bag_features(rec, create_extractor(base), cache, key, "a")
-    by_mean = train.bag_features(rec, create_extractor(mean_text), cache, train.vlm_key(mean_text, tiny_vlm_dir), "a")
+    by_last = train.bag_features(rec, create_extractor(base), cache, key)
+    by_mean = train.bag_features(rec, create_extractor(mean_text), cache, train.vlm_key(mean_text, tiny_vlm_dir))
     assert len(list(cache.rglob("*.npy"))) == 2 and not np.allclose(by_last, by_mean)
     direct = create_extractor(mean_text).extract([rec.images[1][1]], "go to the red cylinder")[0]
     np.testing.assert_allclose(by_mean[1], direct, atol=1e-6)  # computed by the pooling asked for
-    np.testing.assert_array_equal(train.bag_features(rec, None, cache, key, "a"), by_last)  # served, not run
+    np.testing.assert_array_equal(train.bag_features(rec, None, cache, key), by_last)  # served, not run
 
 
 def test_train_writes_a_complete_model_that_beats_zero_action_and_resumes(sim_bags, tiny_vlm_dir, tmp_path, capsys):

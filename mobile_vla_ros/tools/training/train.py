@@ -70,8 +70,9 @@ def vlm_key(extractor_config, model_path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def bag_features(rec: Recording, extractor, cache_dir: Path, key: str, label: str) -> np.ndarray:
-    """[N_images, F] features of the bag's images (each with the instruction active at its stamp)."""
+def bag_features(rec: Recording, extractor, cache_dir: Path, key: str, progress=None) -> np.ndarray:
+    """[N_images, F] features of the bag's images (each with the instruction active at its stamp);
+    `progress(fraction of this bag)` now and then while they are computed."""
     texts = [_instruction_at(rec, t) for t, _ in rec.images]
     h = hashlib.sha256(key.encode())
     for (_, rgb), text in zip(rec.images, texts):
@@ -83,8 +84,8 @@ def bag_features(rec: Recording, extractor, cache_dir: Path, key: str, label: st
     feats = []
     for i, ((_, rgb), text) in enumerate(zip(rec.images, texts)):
         feats.append(extractor.extract([rgb], text)[0])
-        if i % 20 == 0:
-            progress_bar(f"VLM features {label}", i / len(rec.images))
+        if i % 20 == 0 and progress is not None:
+            progress(i / len(rec.images))
     out = np.stack(feats).astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
@@ -641,12 +642,13 @@ def _dataset(args, group: list[Path], label: str, spec: ModelSpec, extractor, ke
         if not rec.instructions:
             raise BagError(f"{bag}: no instruction on {args.instruction_topic}")
         if dist.rank == 0:
-            feats.append(bag_features(rec, extractor, args.cache_dir, key, f"{label} {i + 1}/{len(group)}"))
+            feats.append(bag_features(rec, extractor, args.cache_dir, key, lambda fraction, i=i: progress_bar(
+                f"VLM features {label} {i + 1}/{len(group)}", (i + fraction) / len(group))))
             _drop_pixels(rec)
         recs.append(rec)
     dist.barrier()
     if dist.rank != 0:
-        feats = [bag_features(rec, extractor, args.cache_dir, key, "") for rec in recs]
+        feats = [bag_features(rec, extractor, args.cache_dir, key) for rec in recs]
         for rec in recs:
             _drop_pixels(rec)
     return build_dataset(recs, feats, spec, args.sample_dt, list(args.twist_mapping), args.labels)
