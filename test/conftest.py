@@ -51,6 +51,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group("system" if item.get_closest_marker("system") else "compute"))
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: without pytest-xdist it is not called
 def pytest_xdist_node_collection_finished(node, ids):
     """pytest-xdist tells the scheduler a test's group by a suffix on its id; with pytest 9.2 that suffix
     is silently lost and every test is scheduled on its own (pytest-xdist issue 1386), so system tests
