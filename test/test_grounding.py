@@ -170,7 +170,7 @@ def test_twin_confusion_counts_predictions_nearer_the_twin():
     predicted = torch.tensor([0.0, 0.5, 1.0, 0.2])
     target = torch.tensor([0.1, 0.0, 3.0, 0.0])
     twins = torch.tensor([0.6, 0.45, math.nan, math.nan])
-    metrics = grounding._twin_confusion(predicted, grounding._angle_error(predicted, target), twins)
+    metrics = grounding.twin_confusion(predicted, grounding.angle_error(predicted, target), twins)
     assert metrics == {"rate": 0.5, "frames": 2}  # the first is nearer its target, the second its twin
 
 

@@ -241,16 +241,16 @@ def _patch_kind_accuracy(logits, targets, min_share: float = COVERED_SHARE) -> d
             "patches": int(covered.sum())}
 
 
-def _angle_error(a, b):
+def angle_error(a, b):
     return (a - b + math.pi).remainder(2 * math.pi).sub(math.pi).abs()
 
 
-def _twin_confusion(predicted, error, twins) -> dict:
+def twin_confusion(predicted, error, twins) -> dict:
     """On frames with the target's same-colour twin in view: how often the predicted bearing lies
     nearer the twin than the target."""
     both = ~twins.isnan()
     frames = int(both.sum())
-    nearer_twin = _angle_error(predicted[both], twins[both]) < error[both]
+    nearer_twin = angle_error(predicted[both], twins[both]) < error[both]
     return {"rate": float(nearer_twin.float().mean()) if frames else math.nan, "frames": frames}
 
 
@@ -316,9 +316,9 @@ def train_grounding(extractor, train: list, val: list, epochs: int, lr: float = 
             preds = torch.cat([o[0] for o in outputs])
         truth = labels[n:]
         predicted = torch.atan2(preds[:, 0], preds[:, 1])
-        error = _angle_error(predicted, torch.atan2(truth[:, 0], truth[:, 1]))
+        error = angle_error(predicted, torch.atan2(truth[:, 0], truth[:, 1]))
         metrics = {"bearing_mae_deg": math.degrees(float(error.mean())),
-                   "twin_confusion": _twin_confusion(predicted, error, twins),
+                   "twin_confusion": twin_confusion(predicted, error, twins),
                    "bearing_mae_deg_zero": math.degrees(float(torch.atan2(truth[:, 0], truth[:, 1]).abs().mean())),
                    "distance_mae_m": float((preds[:, 2] - truth[:, 2]).abs().mean()), "epochs": epoch + 1}
         if patch_head is not None:

@@ -1,0 +1,104 @@
+"""Does a stand-in VLM's feature point at the instructed object or at its same-colour twin? A probe of the
+feature vlm_node publishes, on enough frames to rank stand-ins.
+
+A grounding run scores the twin confusion on the few validation frames that happen to show both objects
+(22-35 of 700), and two seeds of one recipe gave 26 % and 59 % there (docs/closed_loop_experiments.md).
+This renders grounding frames of tasks no grounding run uses (`grounding.render_frames`), fits a linear
+readout of the instructed target's bearing (ridge regression to its sine and cosine, the form of the
+grounding's own head) to each stand-in's pooled feature on frames of standard and hard tasks, and scores
+it on frames of other hard tasks that look between the target and its twin (as `--twin-views` renders
+them), those that show both: how often the bearing read lies nearer the twin than the target, and its
+error. Every stand-in given is scored on the same frames.
+
+  python -m mobile_vla_ros.vlm.twin_probe --vlm models/default/vlm OTHER/vlm [--tasks 600] [--out probe.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .grounding import GroundingRecipe, angle_error, render_frames, twin_confusion
+
+# Grounding runs render tasks FIRST_TASK_SEED + seed x 100,000 + i for seeds 0, 1, ... (validation: seed + 1);
+# the probe's seeds are far from any run's.
+PROBE_SEED = 70
+
+
+def render_probe_frames(tasks: int, workers: int = 1) -> tuple[list, list]:
+    """(frames the readout is fitted on: 4 per task, half of the tasks hard; frames it is scored on: those
+    of 9 per task that show both the target and its twin, most of them from the hard tasks' 3 between the
+    two)."""
+    from ..sim.world import SimConfig
+
+    half_fov = math.radians(SimConfig().camera_fovy) / 2
+    fit = render_frames(tasks, 4, PROBE_SEED, workers)
+    scored = render_frames(tasks, 9, PROBE_SEED + 1, workers, GroundingRecipe(twin_views=True))
+    return fit, [frame for frame in scored
+                 if not math.isnan(frame[3]) and abs(math.atan2(frame[2][0], frame[2][1])) < half_fov]
+
+
+def pooled_features(vlm_dir: Path, frames: list) -> np.ndarray:
+    """[N, F] the stand-in's pooled feature of each frame with its instruction (CPU, FP32)."""
+    from .base import ExtractorConfig
+    from .factory import create_extractor
+
+    extractor = create_extractor(ExtractorConfig(backend="kosmos2", pooling="last_token", model_path=str(vlm_dir),
+                                                 device="cpu", dtype="fp32"))
+    return np.stack([extractor.extract([rgb], instruction)[0] for rgb, instruction, *_ in frames])
+
+
+def ridge_readout(x_fit: np.ndarray, y_fit: np.ndarray, x: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+    """What a ridge regression fitted to standardised (x_fit, y_fit) reads from x."""
+    mean, std = x_fit.mean(0), x_fit.std(0) + 1e-6
+    a = np.hstack([(x_fit - mean) / std, np.ones((len(x_fit), 1))])
+    weights = np.linalg.solve(a.T @ a + alpha * np.eye(a.shape[1]), a.T @ y_fit)
+    return np.hstack([(x - mean) / std, np.ones((len(x), 1))]) @ weights
+
+
+def probe(vlm_dir: Path, fit: list, scored: list) -> dict:
+    """The stand-in's bearing readout on the `scored` frames: twin confusion and errors (degrees)."""
+    import torch
+
+    def bearings(frames):
+        labels = np.stack([frame[2] for frame in frames])
+        return np.arctan2(labels[:, 0], labels[:, 1])
+
+    features = pooled_features(vlm_dir, fit + scored)
+    read = ridge_readout(features[:len(fit)], np.stack([frame[2][:2] for frame in fit]), features[len(fit):])
+    predicted = torch.as_tensor(np.arctan2(read[:, 0], read[:, 1]))
+    target, twin = torch.as_tensor(bearings(scored)), torch.as_tensor([frame[3] for frame in scored])
+    error = angle_error(predicted, target)
+    confusion = twin_confusion(predicted, error, twin)
+    return {"vlm": str(vlm_dir), "nearer_the_twin": confusion["rate"], "frames": confusion["frames"],
+            "bearing_mae_deg": math.degrees(float(error.mean())),
+            "bearing_mae_deg_zero": math.degrees(float(angle_error(torch.zeros_like(target), target).mean()))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mobile_vla_ros.vlm.twin_probe", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vlm", type=Path, nargs="+", required=True,
+                    help="stand-in VLM directories (Kosmos-2 architecture)")
+    ap.add_argument("--tasks", type=int, default=600, help="seeded tasks of each of the two frame sets")
+    ap.add_argument("--workers", type=int, default=1, help="rendering processes")
+    ap.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
+    args = ap.parse_args(argv)
+    fit, scored = render_probe_frames(args.tasks, args.workers)
+    results = [probe(vlm_dir, fit, scored) for vlm_dir in args.vlm]
+    print(f"{len(fit)} frames to fit the readout on, {len(scored)} frames that show the target and its twin\n")
+    print("| stand-in | nearer the twin | bearing MAE (predicting 0) |\n|---|---|---|")
+    for r in results:
+        print(f"| {r['vlm']} | {r['nearer_the_twin']:.0%} of {r['frames']} | "
+              f"{r['bearing_mae_deg']:.1f}° ({r['bearing_mae_deg_zero']:.1f}°) |")
+    if args.out is not None:
+        args.out.write_text(json.dumps({"tasks": args.tasks, "fit_frames": len(fit), "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""The twin probe: a linear bearing readout of a stand-in's pooled feature, scored on frames that show
+the target's same-colour twin, the same frames for every stand-in."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from mobile_vla_ros.paths import default_model_dir
+from mobile_vla_ros.vlm import twin_probe
+
+
+def test_the_ridge_readout_recovers_a_linear_map_and_not_noise():
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (400, 6))
+    y = x @ rng.normal(0, 1, (6, 2)) + 0.5
+    read = twin_probe.ridge_readout(x[:300], y[:300], x[300:], alpha=1e-3)
+    np.testing.assert_allclose(read, y[300:], atol=1e-2)
+    noise = rng.normal(0, 1, (400, 2))
+    assert np.abs(twin_probe.ridge_readout(x[:300], noise[:300], x[300:]) - noise[300:]).mean() > 0.6
+
+
+def test_the_probe_scores_every_stand_in_on_the_same_twin_frames(tmp_path, capsys):
+    fit, scored = twin_probe.render_probe_frames(8, workers=2)
+    assert len(fit) == 8 * 4 and scored and all(not math.isnan(frame[3]) for frame in scored)
+    out = tmp_path / "probe.json"
+    vlm = default_model_dir() / "vlm"
+    assert twin_probe.main(["--vlm", str(vlm), str(vlm), "--tasks", "8", "--workers", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    first, second = result["results"]
+    assert first == second and first["frames"] == len(scored)  # the same stand-in twice: the same numbers
+    assert 0.0 <= first["nearer_the_twin"] <= 1.0 and first["bearing_mae_deg"] >= 0.0
+    assert f"| {vlm} | {first['nearer_the_twin']:.0%} of {len(scored)} |" in capsys.readouterr().out
