@@ -115,3 +115,16 @@ def test_bad_backend_pooling_and_dtype_are_refused(tiny_vlm_dir):
         create_extractor(ExtractorConfig(model_path=str(tiny_vlm_dir), pooling="max"))
     with pytest.raises(VlmLoadError, match="fp16 needs device cuda"):
         create_extractor(ExtractorConfig(model_path=str(tiny_vlm_dir), dtype="fp16"))
+
+
+def test_the_stand_in_tokenizer_is_the_same_in_every_process():
+    """The unigram trainer orders near-tied pieces differently from one process to the next; the
+    stand-in's build orders them itself, so rebuilding it gives the same token ids."""
+    import subprocess
+    import sys
+
+    build = ("import hashlib; from mobile_vla_ros.vlm.tiny import kosmos2_tokenizer; "
+             "print(hashlib.sha256(kosmos2_tokenizer().to_str().encode()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", build], capture_output=True, text=True, check=True).stdout
+               for _ in range(4)}
+    assert len(digests) == 1, digests

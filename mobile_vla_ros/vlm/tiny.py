@@ -21,6 +21,32 @@ CORPUS = [
 ]
 
 
+KOSMOS2_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+
+def kosmos2_tokenizer():
+    """The stand-in's unigram tokenizer, trained on CORPUS. The trainer orders near-tied pieces, and
+    gives them their scores, differently from one process to the next (two single-character ids swapped
+    between builds); pieces ordered by their score to 0.01, then by text, with those scores, give the
+    same ids every time."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(CORPUS * 4, trainers.UnigramTrainer(
+        vocab_size=120, special_tokens=KOSMOS2_SPECIAL_TOKENS, unk_token="<unk>"))
+    trained = json.loads(tok.to_str())["model"]["vocab"]
+    specials = [(piece, score) for piece, score in trained[:len(KOSMOS2_SPECIAL_TOKENS)]]
+    pieces = sorted(((piece, round(score, 2)) for piece, score in trained[len(KOSMOS2_SPECIAL_TOKENS):]),
+                    key=lambda piece_score: (-piece_score[1], piece_score[0]))
+    tok.model = models.Unigram(specials + pieces, unk_id=KOSMOS2_SPECIAL_TOKENS.index("<unk>"), byte_fallback=False)
+    return tok
+
+
 def build_tiny_kosmos2(out_dir: str | Path, seed: int = 0, embed_dim: int = 64, image_size: int = 224,
                        patch_size: int = 32, image_tokens: int = 16, layers: int = 2, full_size: bool = False,
                        trainable: bool = False, resampler_causal: bool = False) -> Path:
@@ -29,7 +55,7 @@ def build_tiny_kosmos2(out_dir: str | Path, seed: int = 0, embed_dim: int = 64, 
     the initialisation of `trainable_init` (the start of the shipped stand-in's grounding training).
     `resampler_causal`: the resampler's latent i attends to image tokens 0..i only (the shipped stand-in's
     architecture, recorded in config.json; Kosmos-2 attends to all)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import processors
     from transformers import (
         CLIPImageProcessor,
         Kosmos2Config,
@@ -40,13 +66,7 @@ def build_tiny_kosmos2(out_dir: str | Path, seed: int = 0, embed_dim: int = 64, 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(CORPUS * 4, trainers.UnigramTrainer(vocab_size=120, special_tokens=specials,
-                                                                 unk_token="<unk>"))
+    tok = kosmos2_tokenizer()
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
     tokenizer = XLMRobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
