@@ -359,6 +359,15 @@ class StandInSize:
                              "e.g. 128x4x16x16") from None
 
 
+def load_stand_in(path, device: str = "cpu"):
+    """A stand-in VLM as grounding trains and scores it: Kosmos-2 extractor, pooled last token, FP32."""
+    from .base import ExtractorConfig
+    from .factory import create_extractor
+
+    return create_extractor(ExtractorConfig(backend="kosmos2", pooling="last_token", model_path=str(path),
+                                            device=device, dtype="fp32", cuda_graphs=False))
+
+
 def build_grounded_vlm(out: Path, tasks: int, epochs: int, seed: int = 0, device: str = "cpu",
                        per_task: int = 4, batch: int = 64, lr: float = 2e-3, workers: int = 1,
                        size: StandInSize = StandInSize(), recipe: GroundingRecipe = GroundingRecipe(),
@@ -374,18 +383,12 @@ def build_grounded_vlm(out: Path, tasks: int, epochs: int, seed: int = 0, device
 
     import torch
 
-    from .base import ExtractorConfig
-    from .factory import create_extractor
     from .kosmos2 import RESAMPLER_CAUSAL_KEY
     from .tiny import build_tiny_kosmos2
 
-    def load(path):
-        return create_extractor(ExtractorConfig(backend="kosmos2", pooling="last_token", model_path=str(path),
-                                                device=device, dtype="fp32", cuda_graphs=False))
-
     began = time.monotonic()
     if init is not None:
-        extractor = load(init)
+        extractor = load_stand_in(init, device)
         config = extractor.model.config
         size = StandInSize(config.vision_config.hidden_size, config.vision_config.num_hidden_layers,
                            config.vision_config.patch_size, config.latent_query_num,
@@ -395,7 +398,7 @@ def build_grounded_vlm(out: Path, tasks: int, epochs: int, seed: int = 0, device
             build_tiny_kosmos2(tmp, seed=seed, embed_dim=size.embed_dim, layers=size.layers,
                                patch_size=size.patch_size, image_tokens=size.image_tokens, trainable=True,
                                resampler_causal=size.resampler_causal)
-            extractor = load(tmp)
+            extractor = load_stand_in(tmp, device)
     metrics: dict = {}
     if shape_steps:
         from .shape_stage import render_shape_views, train_tower_shape

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .grounding import GroundingRecipe, angle_error, render_frames, twin_confusion
+from .grounding import GroundingRecipe, angle_error, load_stand_in, render_frames, twin_confusion
 
 # Grounding runs render tasks FIRST_TASK_SEED + seed x 100,000 + i for seeds 0, 1, ... (validation: seed + 1);
 # the probe's seeds are far from any run's.
@@ -38,17 +38,17 @@ def render_probe_frames(tasks: int, workers: int = 1) -> tuple[list, list]:
     half_fov = math.radians(SimConfig().camera_fovy) / 2
     fit = render_frames(tasks, 4, PROBE_SEED, workers)
     scored = render_frames(tasks, 9, PROBE_SEED + 1, workers, GroundingRecipe(twin_views=True))
-    return fit, [frame for frame in scored
-                 if not math.isnan(frame[3]) and abs(math.atan2(frame[2][0], frame[2][1])) < half_fov]
+    return fit, [frame for frame in scored if not math.isnan(frame[3]) and abs(target_bearing(frame)) < half_fov]
+
+
+def target_bearing(frame: tuple) -> float:
+    """The instructed target's bearing in a grounding frame, from its label's sine and cosine."""
+    return math.atan2(frame[2][0], frame[2][1])
 
 
 def pooled_features(vlm_dir: Path, frames: list) -> np.ndarray:
     """[N, F] the stand-in's pooled feature of each frame with its instruction (CPU, FP32)."""
-    from .base import ExtractorConfig
-    from .factory import create_extractor
-
-    extractor = create_extractor(ExtractorConfig(backend="kosmos2", pooling="last_token", model_path=str(vlm_dir),
-                                                 device="cpu", dtype="fp32"))
+    extractor = load_stand_in(vlm_dir)
     return np.stack([extractor.extract([rgb], instruction)[0] for rgb, instruction, *_ in frames])
 
 
@@ -64,14 +64,11 @@ def probe(vlm_dir: Path, fit: list, scored: list) -> dict:
     """The stand-in's bearing readout on the `scored` frames: twin confusion and errors (degrees)."""
     import torch
 
-    def bearings(frames):
-        labels = np.stack([frame[2] for frame in frames])
-        return np.arctan2(labels[:, 0], labels[:, 1])
-
     features = pooled_features(vlm_dir, fit + scored)
     read = ridge_readout(features[:len(fit)], np.stack([frame[2][:2] for frame in fit]), features[len(fit):])
     predicted = torch.as_tensor(np.arctan2(read[:, 0], read[:, 1]))
-    target, twin = torch.as_tensor(bearings(scored)), torch.as_tensor([frame[3] for frame in scored])
+    target = torch.as_tensor([target_bearing(frame) for frame in scored], dtype=torch.float64)
+    twin = torch.as_tensor([frame[3] for frame in scored])
     error = angle_error(predicted, target)
     confusion = twin_confusion(predicted, error, twin)
     return {"vlm": str(vlm_dir), "nearer_the_twin": confusion["rate"], "frames": confusion["frames"],
