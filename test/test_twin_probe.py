@@ -1,5 +1,6 @@
 """The twin probe: a linear bearing readout of a stand-in's pooled feature, scored on frames that show
-the target's same-colour twin, the same frames for every stand-in."""
+the target's same-colour twin and on frames that show the target without it, the same frames for every
+stand-in."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 import numpy as np
 
 from mobile_vla_ros.paths import default_model_dir
+from mobile_vla_ros.sim.world import SimConfig
 from mobile_vla_ros.vlm import twin_probe
 
 
@@ -22,14 +24,22 @@ def test_the_ridge_readout_recovers_a_linear_map_and_not_noise():
     assert np.abs(twin_probe.ridge_readout(x[:300], noise[:300], x[300:]) - noise[300:]).mean() > 0.6
 
 
-def test_the_probe_scores_every_stand_in_on_the_same_twin_frames(tmp_path, capsys):
+def test_the_probe_scores_every_stand_in_on_the_same_frames_with_and_without_the_twin(tmp_path, capsys):
     fit, scored = twin_probe.render_probe_frames(8, workers=2)
-    assert len(fit) == 8 * 4 and scored and all(not math.isnan(frame[3]) for frame in scored)
+    assert len(fit) == 8 * 4 and set(scored) == {"twin", "standard", "hard, no twin"}
+    assert scored["twin"] and all(not math.isnan(frame[3]) for frame in scored["twin"])
+    assert scored["standard"] and all(math.isnan(frame[3]) for frame in scored["standard"])  # no twins there
+    assert all(math.isnan(frame[3]) for frame in scored["hard, no twin"])
+    half_fov = math.radians(SimConfig().camera_fovy) / 2
+    assert all(abs(twin_probe.target_bearing(f)) < half_fov for group in scored.values() for f in group)
     out = tmp_path / "probe.json"
     vlm = default_model_dir() / "vlm"
     assert twin_probe.main(["--vlm", str(vlm), str(vlm), "--tasks", "8", "--workers", "2", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     first, second = result["results"]
-    assert first == second and first["frames"] == len(scored)  # the same stand-in twice: the same numbers
-    assert 0.0 <= first["nearer_the_twin"] <= 1.0 and first["bearing_mae_deg"] >= 0.0
-    assert f"| {vlm} | {first['nearer_the_twin']:.0%} of {len(scored)} |" in capsys.readouterr().out
+    assert first == second  # the same stand-in twice: the same numbers
+    assert {name: first[name]["frames"] for name in scored} == {name: len(group) for name, group in scored.items()}
+    assert 0.0 <= first["twin"]["nearer_the_twin"] <= 1.0
+    # the shipped stand-in reads the target where it is the only object of its colour in view
+    assert first["standard"]["bearing_mae_deg"] < first["standard"]["bearing_mae_deg_zero"]
+    assert f"| {vlm} | {first['twin']['nearer_the_twin']:.0%} of {len(scored['twin'])} |" in capsys.readouterr().out

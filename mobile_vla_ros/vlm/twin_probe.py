@@ -8,7 +8,9 @@ readout of the instructed target's bearing (ridge regression to its sine and cos
 grounding's own head) to each stand-in's pooled feature on frames of standard and hard tasks, and scores
 it on frames of other hard tasks that look between the target and its twin (as `--twin-views` renders
 them), those that show both: how often the bearing read lies nearer the twin than the target, and its
-error. Every stand-in given is scored on the same frames.
+error. The same readout is also scored where no twin is in view (frames of a third set of tasks that
+show the target: standard tasks, and hard tasks without the twin in view): a recipe that tells the twin
+apart may read the target less well elsewhere. Every stand-in given is scored on the same frames.
 
   python -m mobile_vla_ros.vlm.twin_probe --vlm models/default/vlm OTHER/vlm [--tasks 600] [--out probe.json]
 """
@@ -29,16 +31,25 @@ from .grounding import GroundingRecipe, angle_error, load_stand_in, render_frame
 PROBE_SEED = 70
 
 
-def render_probe_frames(tasks: int, workers: int = 1) -> tuple[list, list]:
-    """(frames the readout is fitted on: 4 per task, half of the tasks hard; frames it is scored on: those
-    of 9 per task that show both the target and its twin, most of them from the hard tasks' 3 between the
-    two)."""
+def render_probe_frames(tasks: int, workers: int = 1) -> tuple[list, dict[str, list]]:
+    """(frames the readout is fitted on: 4 per task, half of the tasks hard; frame sets it is scored on:
+    "twin", those of 9 per task that show both the target and its twin, most of them from the hard tasks'
+    3 between the two; "standard" and "hard, no twin", those of 4 per task of another half as many tasks
+    that show the target and no twin)."""
     from ..sim.world import SimConfig
 
     half_fov = math.radians(SimConfig().camera_fovy) / 2
+
+    def target_in_view(frame):
+        return abs(target_bearing(frame)) < half_fov
+
     fit = render_frames(tasks, 4, PROBE_SEED, workers)
-    scored = render_frames(tasks, 9, PROBE_SEED + 1, workers, GroundingRecipe(twin_views=True))
-    return fit, [frame for frame in scored if not math.isnan(frame[3]) and abs(target_bearing(frame)) < half_fov]
+    twin = render_frames(tasks, 9, PROBE_SEED + 1, workers, GroundingRecipe(twin_views=True))
+    other = render_frames(max(2, tasks // 2), 4, PROBE_SEED + 2, workers)  # task i is hard for odd i
+    return fit, {"twin": [f for f in twin if not math.isnan(f[3]) and target_in_view(f)],
+                 "standard": [f for k, f in enumerate(other) if (k // 4) % 2 == 0 and target_in_view(f)],
+                 "hard, no twin": [f for k, f in enumerate(other)
+                                   if (k // 4) % 2 == 1 and math.isnan(f[3]) and target_in_view(f)]}
 
 
 def target_bearing(frame: tuple) -> float:
@@ -60,20 +71,29 @@ def ridge_readout(x_fit: np.ndarray, y_fit: np.ndarray, x: np.ndarray, alpha: fl
     return np.hstack([(x - mean) / std, np.ones((len(x), 1))]) @ weights
 
 
-def probe(vlm_dir: Path, fit: list, scored: list) -> dict:
-    """The stand-in's bearing readout on the `scored` frames: twin confusion and errors (degrees)."""
+def probe(vlm_dir: Path, fit: list, scored: dict[str, list]) -> dict:
+    """The stand-in's bearing readout on each set of `scored` frames: its errors (degrees), and on the
+    "twin" set how often it lies nearer the twin."""
     import torch
 
-    features = pooled_features(vlm_dir, fit + scored)
+    frames = [frame for group in scored.values() for frame in group]
+    features = pooled_features(vlm_dir, fit + frames)
     read = ridge_readout(features[:len(fit)], np.stack([frame[2][:2] for frame in fit]), features[len(fit):])
     predicted = torch.as_tensor(np.arctan2(read[:, 0], read[:, 1]))
-    target = torch.as_tensor([target_bearing(frame) for frame in scored], dtype=torch.float64)
-    twin = torch.as_tensor([frame[3] for frame in scored])
+    target = torch.as_tensor([target_bearing(frame) for frame in frames], dtype=torch.float64)
     error = angle_error(predicted, target)
-    confusion = twin_confusion(predicted, error, twin)
-    return {"vlm": str(vlm_dir), "nearer_the_twin": confusion["rate"], "frames": confusion["frames"],
-            "bearing_mae_deg": math.degrees(float(error.mean())),
-            "bearing_mae_deg_zero": math.degrees(float(angle_error(torch.zeros_like(target), target).mean()))}
+    result: dict = {"vlm": str(vlm_dir)}
+    start = 0
+    for name, group in scored.items():
+        part = slice(start, start + len(group))
+        start += len(group)
+        result[name] = {"frames": len(group), "bearing_mae_deg": math.degrees(float(error[part].mean())),
+                        "over_15_deg": float((error[part] > math.radians(15)).float().mean()),
+                        "bearing_mae_deg_zero": math.degrees(float(target[part].abs().mean()))}
+        if name == "twin":
+            twin = torch.as_tensor([frame[3] for frame in group])
+            result[name]["nearer_the_twin"] = twin_confusion(predicted[part], error[part], twin)["rate"]
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,11 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     fit, scored = render_probe_frames(args.tasks, args.workers)
     results = [probe(vlm_dir, fit, scored) for vlm_dir in args.vlm]
-    print(f"{len(fit)} frames to fit the readout on, {len(scored)} frames that show the target and its twin\n")
-    print("| stand-in | nearer the twin | bearing MAE (predicting 0) |\n|---|---|---|")
+    print(f"{len(fit)} frames to fit the readout on; frames scored: "
+          + ", ".join(f"{len(group)} {name}" for name, group in scored.items()) + "\n")
+    print("| stand-in | twin in view: nearer the twin | bearing MAE (predicting 0) | standard: bearing MAE | "
+          "share over 15° | hard, no twin: bearing MAE | share over 15° |\n|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['vlm']} | {r['nearer_the_twin']:.0%} of {r['frames']} | "
-              f"{r['bearing_mae_deg']:.1f}° ({r['bearing_mae_deg_zero']:.1f}°) |")
+        twin, standard, hard = r["twin"], r["standard"], r["hard, no twin"]
+        print(f"| {r['vlm']} | {twin['nearer_the_twin']:.0%} of {twin['frames']} | {twin['bearing_mae_deg']:.1f}° "
+              f"({twin['bearing_mae_deg_zero']:.1f}°) | {standard['bearing_mae_deg']:.1f}° | "
+              f"{standard['over_15_deg']:.0%} | {hard['bearing_mae_deg']:.1f}° | {hard['over_15_deg']:.0%} |")
     if args.out is not None:
         args.out.write_text(json.dumps({"tasks": args.tasks, "fit_frames": len(fit), "results": results}, indent=1))
     return 0
