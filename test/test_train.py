@@ -280,3 +280,17 @@ def test_the_default_model_recipe_records_informed_episodes_only_for_the_task_se
     assert recipe._record_args("val", "hard", informed) == recipe._record_args("val", "hard", shipped)
     with pytest.raises(SystemExit):
         recipe._parser().parse_args(["--informed-task-sets", "hard,maze"])
+
+
+def test_the_default_model_recipe_grounds_the_stand_in_it_is_asked_for():
+    """make_default_model: by default the shipped stand-in (causal resampler, labels per colour, no twin
+    pairs); the flags give the recipe that tells the twin apart (full resampler, shape slots, twin pairs)."""
+    from mobile_vla_ros.vlm.grounding import GroundingRecipe, StandInSize
+
+    assert recipe._stand_in(recipe._parser().parse_args([])) == {"size": StandInSize(), "recipe": GroundingRecipe()}
+    asked = recipe._stand_in(recipe._parser().parse_args(
+        ["--vlm-full-resampler", "--vlm-shape-slots", "--vlm-twin-pairs", "in-view"]))
+    assert asked == {"size": StandInSize(resampler_causal=False),
+                     "recipe": GroundingRecipe(shape_slots=True, twin_pairs="in-view")}
+    with pytest.raises(SystemExit):
+        recipe._parser().parse_args(["--vlm-twin-pairs", "some"])

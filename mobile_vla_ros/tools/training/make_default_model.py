@@ -6,7 +6,9 @@
    as shipped, or full with `--vlm-full-resampler`) built with `trainable_init`,
    grounding-pretrained on 28,000 seeded renders of standard and hard tasks, instructions with the
    training paraphrases (vlm/grounding.py; 6 min on one H200 with MUJOCO_GL=egl and 16 cores, hours on
-   2 CPU cores) and saved to OUT/vlm; `--vlm DIR` uses an already grounded one instead;
+   2 CPU cores; with `--vlm-full-resampler --vlm-shape-slots --vlm-twin-pairs in-view`, the recipe whose
+   features tell the target from its same-colour twin, measured, not shipped) and saved to OUT/vlm;
+   `--vlm DIR` uses an already grounded one instead;
 2. mobile-vla-record-sim: expert episodes of both task sets, seeds 0..N-1 for training and 900.. for
    validation (`mobile-vla-bringup --sim` evaluates on seeds from 1000, renders use 2000+: never trained
    on), in parallel processes, phrased with the training paraphrases too; the base executes the expert's
@@ -31,7 +33,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ...vlm.grounding import StandInSize
+from ...vlm.grounding import TWIN_PAIRS, GroundingRecipe, StandInSize
 
 VAL_SEED = 900
 # Training episodes driven by the image-informed rule use their own seeds (a work directory of its own).
@@ -53,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="stand-in VLM WIDTHxLAYERSxPATCHxTOKENS (default %(default)s)")
     ap.add_argument("--vlm-full-resampler", action="store_true",
                     help="the stand-in's resampler attends to every image token (default: causal, as shipped)")
+    ap.add_argument("--vlm-shape-slots", action="store_true",
+                    help="grounding: the image latents' labels per colour and shape (vlm/grounding.py --shape-slots)")
+    ap.add_argument("--vlm-twin-pairs", choices=TWIN_PAIRS[1:], default="",
+                    help="grounding: hard frames (all, or those with the twin in view) also instructed with the twin "
+                         "(vlm/grounding.py --twin-pairs; default: none, as shipped)")
     ap.add_argument("--vlm-shape-steps", type=int, default=0,
                     help="steps of the stand-in tower's shape stage before its grounding (vlm/shape_stage.py); "
                          "0: none")
@@ -92,6 +99,12 @@ def _task_sets(value: str) -> tuple[str, ...]:
     return names
 
 
+def _stand_in(args) -> dict:
+    """The stand-in VLM's size and grounding recipe, as build_grounded_vlm takes them."""
+    return {"size": replace(args.vlm_size, resampler_causal=not args.vlm_full_resampler),
+            "recipe": GroundingRecipe(shape_slots=args.vlm_shape_slots, twin_pairs=args.vlm_twin_pairs)}
+
+
 def _record_args(split: str, task_set: str, args) -> list[str]:
     """mobile-vla-record-sim arguments of one split of one task set."""
     if split == "val":
@@ -120,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = build_grounded_vlm(vlm_dir, args.grounding_tasks, args.grounding_epochs, args.seed, args.device,
                                      per_task=8, batch=256 if args.device == "cuda" else 64,
                                      workers=min(14, os.cpu_count() or 1),
-                                     size=replace(args.vlm_size, resampler_causal=not args.vlm_full_resampler),
+                                     **_stand_in(args),
                                      shape_steps=args.vlm_shape_steps, shape_scenes=args.vlm_shape_scenes,
                                      shape_views=args.vlm_shape_views)
         print(f"stand-in VLM -> {vlm_dir}: {metrics}")
