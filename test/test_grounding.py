@@ -108,6 +108,17 @@ def test_the_shape_stage_and_the_grounding_run_as_two_steps(tmp_path):
                            weights["vision_model.model.embeddings.patch_embedding.weight"])
 
 
+def test_init_refuses_a_size_or_attention_it_would_not_use(tmp_path, capsys):
+    """A saved stand-in is grounded at its own size and resampler attention: `--sizes` or
+    `--full-resampler` beside `--init` stop at parsing instead of being ignored."""
+    for extra in (["--sizes", "128x4"], ["--full-resampler"]):
+        with pytest.raises(SystemExit) as stopped:
+            grounding.main(["--out", str(tmp_path / "out"), "--init", str(tmp_path / "saved"), *extra])
+        assert stopped.value.code == 2
+        assert "leave out --sizes and --full-resampler" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_twin_in_view_is_the_same_colour_other_shape():
     task = next(t for t in (sample_task(s, SimConfig(task_set="hard")) for s in range(50)))
     target = task.target_object

@@ -471,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--sizes", type=StandInSize.parse, nargs="+", default=[StandInSize()],
+    ap.add_argument("--sizes", type=StandInSize.parse, nargs="+", default=None,
                     help="WIDTHxLAYERSxPATCHxTOKENS; several: each is grounded on the same renders -> OUT/<size>")
     ap.add_argument("--full-resampler", action="store_true",
                     help="the resampler attends to every image token (Kosmos-2's attention; the shipped stand-in's "
@@ -490,8 +490,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init", type=Path, default=None,
                     help="start from this saved stand-in (its own size) instead of a freshly initialised one")
     args = ap.parse_args(argv)
-    if args.init is not None and len(args.sizes) > 1:
-        ap.error("--init grounds one stand-in; --sizes takes one size with it (the stand-in's own)")
+    if args.init is not None and (args.sizes is not None or args.full_resampler):
+        ap.error("--init grounds the saved stand-in at its own size and resampler attention (its config.json): "
+                 "leave out --sizes and --full-resampler")
+    args.sizes = args.sizes or [StandInSize()]
     if args.full_resampler:
         args.sizes = [replace(size, resampler_causal=False) for size in args.sizes]
     common = {"epochs": args.epochs, "device": args.device, "batch": args.batch, "lr": args.lr,
