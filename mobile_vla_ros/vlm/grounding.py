@@ -121,6 +121,11 @@ def twin_bearing(robot: SimRobot, task: Task | None = None) -> float:
     return min(in_view, key=abs) if in_view else math.nan
 
 
+def is_hard_task(index: int) -> bool:
+    """Whether render_frames' task `index` is from the hard set (every other one)."""
+    return index % 2 == 1
+
+
 def render_frames(tasks: int, per_task: int, seed: int, workers: int = 1,
                   recipe: GroundingRecipe = GroundingRecipe()) -> list[tuple]:
     """(rgb, instruction, label, twin bearing, kind map or None) at random poses of `tasks` seeded tasks;
@@ -140,7 +145,7 @@ def _render_tasks(seed: int, per_task: int, indices: range,
     out = []
     for i in indices:
         rng = np.random.default_rng([seed, i])
-        hard = i % 2 == 1
+        hard = is_hard_task(i)
         task = sample_task(FIRST_TASK_SEED + seed * 100_000 + i,
                            SimConfig(task_set="hard" if hard else "standard", paraphrases=True))
         frames = []

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .grounding import GroundingRecipe, angle_error, load_stand_in, render_frames, twin_confusion
+from .grounding import GroundingRecipe, angle_error, is_hard_task, load_stand_in, render_frames, twin_confusion
 
 # Grounding runs render tasks FIRST_TASK_SEED + seed x 100,000 + i for seeds 0, 1, ... (validation: seed + 1);
 # the probe's seeds are far from any run's.
@@ -45,11 +45,11 @@ def render_probe_frames(tasks: int, workers: int = 1) -> tuple[list, dict[str, l
 
     fit = render_frames(tasks, 4, PROBE_SEED, workers)
     twin = render_frames(tasks, 9, PROBE_SEED + 1, workers, GroundingRecipe(twin_views=True))
-    other = render_frames(max(2, tasks // 2), 4, PROBE_SEED + 2, workers)  # task i is hard for odd i
+    other = render_frames(max(2, tasks // 2), 4, PROBE_SEED + 2, workers)  # 4 frames per task, in task order
     return fit, {"twin": [f for f in twin if not math.isnan(f[3]) and target_in_view(f)],
-                 "standard": [f for k, f in enumerate(other) if (k // 4) % 2 == 0 and target_in_view(f)],
+                 "standard": [f for k, f in enumerate(other) if not is_hard_task(k // 4) and target_in_view(f)],
                  "hard, no twin": [f for k, f in enumerate(other)
-                                   if (k // 4) % 2 == 1 and math.isnan(f[3]) and target_in_view(f)]}
+                                   if is_hard_task(k // 4) and math.isnan(f[3]) and target_in_view(f)]}
 
 
 def target_bearing(frame: tuple) -> float:
