@@ -45,11 +45,13 @@ def render_probe_frames(tasks: int, workers: int = 1) -> tuple[list, dict[str, l
 
     fit = render_frames(tasks, 4, PROBE_SEED, workers)
     twin = render_frames(tasks, 9, PROBE_SEED + 1, workers, GroundingRecipe(twin_views=True))
-    other = render_frames(max(2, tasks // 2), 4, PROBE_SEED + 2, workers)  # 4 frames per task, in task order
+    per_task = 4
+    other = render_frames(max(2, tasks // 2), per_task, PROBE_SEED + 2, workers)  # in task order
     return fit, {"twin": [f for f in twin if not math.isnan(f[3]) and target_in_view(f)],
-                 "standard": [f for k, f in enumerate(other) if not is_hard_task(k // 4) and target_in_view(f)],
+                 "standard": [f for k, f in enumerate(other)
+                              if not is_hard_task(k // per_task) and target_in_view(f)],
                  "hard, no twin": [f for k, f in enumerate(other)
-                                   if is_hard_task(k // 4) and math.isnan(f[3]) and target_in_view(f)]}
+                                   if is_hard_task(k // per_task) and math.isnan(f[3]) and target_in_view(f)]}
 
 
 def target_bearing(frame: tuple) -> float:
