@@ -431,6 +431,15 @@ class Distributed:
 
             torch.distributed.barrier()
 
+    def close(self) -> None:
+        """Ranks leave together: one that tore gloo down while rank 0 still wrote the model dir
+        aborted at exit ("terminate called without an active exception", seen once in CI)."""
+        if self.world > 1:
+            import torch.distributed
+
+            self.barrier()
+            torch.distributed.destroy_process_group()
+
 
 def init_distributed() -> Distributed:
     """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: gloo on CPU, NCCL with one GPU per rank. A single
@@ -564,8 +573,7 @@ def _run(args) -> int:
     trainer.fit(state_path)
     if dist.rank == 0:
         _write_outputs(args, spec, trainer, train, val, vlm_path, write_model_dir)
-    if dist.world > 1:
-        torch.distributed.destroy_process_group()
+    dist.close()
     return 0
 
 
