@@ -432,11 +432,15 @@ class Distributed:
             torch.distributed.barrier()
 
     def close(self) -> None:
-        """Ranks leave together: one that tore gloo down while rank 0 still wrote the model dir
-        aborted at exit ("terminate called without an active exception", seen once in CI)."""
+        """Ranks leave together, with nothing left holding the process group (DDP's reducer does): one
+        that tore gloo down while rank 0 still wrote the model dir aborted at exit ("terminate called
+        without an active exception", seen once in CI)."""
         if self.world > 1:
+            import gc
+
             import torch.distributed
 
+            gc.collect()
             self.barrier()
             torch.distributed.destroy_process_group()
 
@@ -573,6 +577,7 @@ def _run(args) -> int:
     trainer.fit(state_path)
     if dist.rank == 0:
         _write_outputs(args, spec, trainer, train, val, vlm_path, write_model_dir)
+    del trainer  # its DDP reducer holds the process group: Distributed.close
     dist.close()
     return 0
 
