@@ -108,6 +108,21 @@ def test_the_shape_stage_and_the_grounding_run_as_two_steps(tmp_path):
                            weights["vision_model.model.embeddings.patch_embedding.weight"])
 
 
+def test_one_set_of_renders_grounds_stand_ins_of_another_seed(tmp_path):
+    """`render_seed` fixes the rendered tasks and `seed` the initialisation and batch order: a stand-in of
+    seed 1 grounded on seed 0's renders is scored on seed 0's validation frames (the same predict-zero
+    error) and is another model."""
+    from safetensors.torch import load_file
+
+    size = grounding.StandInSize.parse("32x1x32x8")
+    runs = {seed: grounding.build_grounded_vlm(tmp_path / str(seed), tasks=4, epochs=1, per_task=2, batch=4, seed=seed,
+                                               size=size, render_seed=0, log=lambda _: None) for seed in (0, 1)}
+    assert runs[0]["bearing_mae_deg_zero"] == runs[1]["bearing_mae_deg_zero"]
+    weights = [load_file(tmp_path / str(seed) / "model.safetensors") for seed in (0, 1)]
+    key = "vision_model.model.embeddings.patch_embedding.weight"
+    assert not np.array_equal(weights[0][key].numpy(), weights[1][key].numpy())
+
+
 def test_init_refuses_a_size_or_attention_it_would_not_use(tmp_path, capsys):
     """A saved stand-in is grounded at its own size and resampler attention: `--sizes` or
     `--full-resampler` beside `--init` stop at parsing instead of being ignored."""

@@ -266,20 +266,25 @@ def test_bad_bags_stop_with_one_line(tmp_path, tiny_vlm_dir, capsys):
 def test_the_default_model_recipe_records_informed_episodes_only_for_the_task_sets_asked():
     """make_default_model: the shipped recipe drives every recording with the delayed memory expert;
     `--informed-task-sets hard` drives the hard training episodes with the image-informed rule, on their
-    own seeds, and leaves validation as it was; an unknown task set stops at parsing."""
+    own seeds, and leaves validation as it was; `--also-informed-task-sets hard` records both; an unknown
+    task set stops at parsing, and so does one task set given to both flags."""
     shipped = recipe._parser().parse_args([])
     informed = recipe._parser().parse_args(["--informed-task-sets", "hard"])
-    for task_set in ("standard", "hard"):
-        args = recipe._record_args("train", task_set, shipped)
-        assert "--expert-delay-max" in args and "--informed-latency-max" not in args
-        assert args[args.index("--seed") + 1] == "0"
-    hard = recipe._record_args("train", "hard", informed)
+    both = recipe._parser().parse_args(["--also-informed-task-sets", "hard"])
+    assert [recipe._training_drivers(t, shipped) for t in ("standard", "hard")] == [("memory",), ("memory",)]
+    assert [recipe._training_drivers(t, informed) for t in ("standard", "hard")] == [("memory",), ("informed",)]
+    assert [recipe._training_drivers(t, both) for t in ("standard", "hard")] == [("memory",), ("memory", "informed")]
+    memory = recipe._record_args("train", "memory", shipped)
+    assert "--expert-delay-max" in memory and "--informed-latency-max" not in memory
+    assert memory[memory.index("--seed") + 1] == "0"
+    hard = recipe._record_args("train", "informed", informed)
     assert hard[hard.index("--informed-latency-max") + 1] == "1.5" and "--expert-delay-max" not in hard
     assert hard[hard.index("--seed") + 1] == str(recipe.INFORMED_SEED)
-    assert recipe._record_args("train", "standard", informed) == recipe._record_args("train", "standard", shipped)
-    assert recipe._record_args("val", "hard", informed) == recipe._record_args("val", "hard", shipped)
+    assert recipe._record_args("val", "informed", informed) == recipe._record_args("val", "memory", shipped)
     with pytest.raises(SystemExit):
         recipe._parser().parse_args(["--informed-task-sets", "hard,maze"])
+    with pytest.raises(SystemExit):
+        recipe.main(["--informed-task-sets", "hard", "--also-informed-task-sets", "standard,hard"])
 
 
 def test_the_default_model_recipe_grounds_the_stand_in_it_is_asked_for():

@@ -377,12 +377,14 @@ def build_grounded_vlm(out: Path, tasks: int, epochs: int, seed: int = 0, device
                        per_task: int = 4, batch: int = 64, lr: float = 2e-3, workers: int = 1,
                        size: StandInSize = StandInSize(), recipe: GroundingRecipe = GroundingRecipe(),
                        frames: tuple[list, list] | None = None, shape_steps: int = 0, shape_scenes: int = 1000,
-                       shape_views: int = 8, init: Path | None = None, log=print) -> dict:
+                       shape_views: int = 8, init: Path | None = None, render_seed: int | None = None,
+                       log=print) -> dict:
     """Build the trainable tiny Kosmos-2 (or start from the stand-in saved in `init`; `size` is then
     its own), first train its vision tower on shape for `shape_steps` steps (on `shape_views` far views of
     each of `shape_scenes` hard scenes: vlm/shape_stage.py), ground it for `epochs` epochs on renders
     (`frames`: already rendered training and validation frames; 0 epochs: none rendered), save it (FP32)
-    to `out`."""
+    to `out`. `seed` sets the initialisation and the batch order, `render_seed` (default: `seed`) the
+    rendered tasks: one set of renders can ground stand-ins of several seeds."""
     import shutil
     import tempfile
 
@@ -414,7 +416,8 @@ def build_grounded_vlm(out: Path, tasks: int, epochs: int, seed: int = 0, device
         metrics["shape_stage"] = train_tower_shape(extractor, shape_train, shape_test, shape_steps, seed=seed,
                                                    log=log)
     if epochs:
-        frames, val = frames or render_grounding_frames(tasks, per_task, seed, workers, recipe)
+        frames, val = frames or render_grounding_frames(tasks, per_task, seed if render_seed is None else render_seed,
+                                                        workers, recipe)
         log(f"rendered {len(frames)} training and {len(val)} validation frames ({time.monotonic() - began:.0f} s)")
         metrics.update(train_grounding(extractor, frames, val, epochs, lr=lr, batch=batch, seed=seed, log=log))
     shutil.rmtree(out, ignore_errors=True)
@@ -442,12 +445,13 @@ def _build_in_child(out: Path, size: StandInSize, frames: tuple[list, list], kwa
 
 
 def build_sizes(out: Path, sizes: list[StandInSize], tasks: int, per_task: int, seed: int, workers: int,
-                recipe: GroundingRecipe = GroundingRecipe(), **kwargs) -> dict[str, dict]:
+                recipe: GroundingRecipe = GroundingRecipe(), render_seed: int | None = None,
+                **kwargs) -> dict[str, dict]:
     """Ground several stand-in sizes on the same renders, each in its own process (forked after
     rendering, before any CUDA use) -> OUT/<size>; returns each one's validation metrics."""
     import multiprocessing
 
-    frames = render_grounding_frames(tasks, per_task, seed, workers, recipe)
+    frames = render_grounding_frames(tasks, per_task, seed if render_seed is None else render_seed, workers, recipe)
     fork = multiprocessing.get_context("fork")
     queue = fork.Queue()
     children = [fork.Process(target=_build_in_child, args=(out / str(size), size, frames,
@@ -472,7 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=40,
                     help="of grounding; 0: none (e.g. save the stand-in after --shape-steps, to ground it later "
                          "with --init)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="initialisation and batch order (and the renders, unless --render-seed)")
+    ap.add_argument("--render-seed", type=int, default=None, help="the rendered tasks' seed (default: --seed)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -505,11 +511,12 @@ def main(argv: list[str] | None = None) -> int:
               "recipe": GroundingRecipe(args.shape_slots, args.twin_views, args.twin_pairs, args.patch_kinds),
               "shape_steps": args.shape_steps, "shape_scenes": args.shape_scenes, "shape_views": args.shape_views}
     if len(args.sizes) > 1:
-        results = build_sizes(args.out, args.sizes, args.tasks, args.frames_per_task, args.seed, args.workers, **common)
+        results = build_sizes(args.out, args.sizes, args.tasks, args.frames_per_task, args.seed, args.workers,
+                              render_seed=args.render_seed, **common)
     else:
         results = {str(args.out): build_grounded_vlm(args.out, args.tasks, seed=args.seed, workers=args.workers,
                                                      per_task=args.frames_per_task, size=args.sizes[0],
-                                                     init=args.init, **common)}
+                                                     init=args.init, render_seed=args.render_seed, **common)}
     for out, metrics in results.items():
         print(f"grounded stand-in VLM -> {out}: {metrics}")
     return 0

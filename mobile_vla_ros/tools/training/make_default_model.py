@@ -7,14 +7,16 @@
    grounding-pretrained on 28,000 seeded renders of standard and hard tasks, instructions with the
    training paraphrases (vlm/grounding.py; 6 min on one H200 with MUJOCO_GL=egl and 16 cores, hours on
    2 CPU cores; with `--vlm-full-resampler --vlm-shape-slots --vlm-twin-pairs in-view`, the recipe whose
-   features tell the target from its same-colour twin, measured, not shipped) and saved to OUT/vlm;
+   features tell the target from its same-colour twin, measured, not shipped; its grounding seed decides
+   whether it also keeps the standard set: `--vlm-seed 2` does, 0 and 1 did not) and saved to OUT/vlm;
    `--vlm DIR` uses an already grounded one instead;
 2. mobile-vla-record-sim: expert episodes of both task sets, seeds 0..N-1 for training and 900.. for
    validation (`mobile-vla-bringup --sim` evaluates on seeds from 1000, renders use 2000+: never trained
    on), in parallel processes, phrased with the training paraphrases too; the base executes the expert's
    command for a state up to 1.5 s old (as a policy on stale images drives) plus correlated noise, while
    the label is the expert's command for the current state (`--informed-task-sets hard`: the hard
-   training episodes driven by the image-informed rule instead, seeds from 300; measured, not shipped);
+   training episodes driven by the image-informed rule instead, seeds from 300; `--also-informed-task-sets
+   hard`: those beside the memory-driven ones; both measured, not shipped);
 3. mobile-vla-train on those bags with that VLM: the motion since the image as a third input, feature
    ages drawn uniformly over 0-3.5 s (every deployment from the CPU stand-in at 3.33 Hz to a 1.5 s VLM at
    0.59 Hz, whose features are up to 3.2 s old), labels from the expert that knows only the sample's
@@ -72,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="task sets whose training episodes are driven by the image-informed rule on images up to "
                          "--informed-latency-max s late (mobile-vla-record-sim --informed-latency-max; seeds from "
                          f"{INFORMED_SEED}) instead of the delayed memory expert; default: none (the shipped model)")
+    ap.add_argument("--also-informed-task-sets", type=_task_sets, default="",
+                    help="task sets whose training episodes driven by the delayed memory expert are joined by as many "
+                         "driven by the image-informed rule (both drivers); default: none")
     ap.add_argument("--informed-latency-max", type=float, default=1.5)
     ap.add_argument("--labels", default="sim-expert", choices=["recorded", "sim-expert"],
                     help="mobile-vla-train --labels: the expert with the information of each sample's image")
@@ -86,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-motion-out", default="models/no_motion",
                     help="the same model without the motion input ('' to skip)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vlm-seed", type=int, default=None,
+                    help="the stand-in's initialisation and batch order in grounding (default: --seed); its renders "
+                         "follow --seed")
     return ap
 
 
@@ -105,12 +113,20 @@ def _stand_in(args) -> dict:
             "recipe": GroundingRecipe(shape_slots=args.vlm_shape_slots, twin_pairs=args.vlm_twin_pairs)}
 
 
-def _record_args(split: str, task_set: str, args) -> list[str]:
-    """mobile-vla-record-sim arguments of one split of one task set."""
+def _training_drivers(task_set: str, args) -> tuple[str, ...]:
+    """Who drives the base in a task set's training episodes: the delayed memory expert, the
+    image-informed rule, or both (one recording each)."""
+    if task_set in args.informed_task_sets:
+        return ("informed",)
+    return ("memory", "informed") if task_set in args.also_informed_task_sets else ("memory",)
+
+
+def _record_args(split: str, driver: str, args) -> list[str]:
+    """mobile-vla-record-sim arguments of one split driven by `driver` (validation: always the memory expert)."""
     if split == "val":
         return ["--seed", str(VAL_SEED), "--episodes", str(args.val_episodes),
                 "--expert-delay-max", str(args.expert_delay_max)]
-    if task_set in args.informed_task_sets:
+    if driver == "informed":
         return ["--seed", str(INFORMED_SEED + args.seed), "--episodes", str(args.episodes),
                 "--informed-latency-max", str(args.informed_latency_max)]
     return ["--seed", str(args.seed), "--episodes", str(args.episodes),
@@ -118,7 +134,12 @@ def _record_args(split: str, task_set: str, args) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    both = set(args.informed_task_sets) & set(args.also_informed_task_sets)
+    if both:
+        parser.error(f"{', '.join(sorted(both))}: in --informed-task-sets (informed driver only) and "
+                     f"--also-informed-task-sets (both drivers); give each task set one of them")
     from ...sim.world import TASK_SETS
     from ...vlm.grounding import build_grounded_vlm
     from ..simulation import record_sim
@@ -130,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(vlm_dir, ignore_errors=True)
             shutil.copytree(args.vlm, vlm_dir)
     else:
-        metrics = build_grounded_vlm(vlm_dir, args.grounding_tasks, args.grounding_epochs, args.seed, args.device,
+        metrics = build_grounded_vlm(vlm_dir, args.grounding_tasks, args.grounding_epochs,
+                                     args.seed if args.vlm_seed is None else args.vlm_seed, args.device,
+                                     render_seed=args.seed,
                                      per_task=8, batch=256 if args.device == "cuda" else 64,
                                      workers=min(14, os.cpu_count() or 1),
                                      **_stand_in(args),
@@ -139,13 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stand-in VLM -> {vlm_dir}: {metrics}")
     bags: dict[str, list[str]] = {"train": [], "val": []}
     for task_set in TASK_SETS:
-        for split in ("train", "val"):
-            informed = split == "train" and task_set in args.informed_task_sets
-            out = args.work / f"{split}_{task_set}{'_informed' if informed else ''}"
-            if record_sim.main([*_record_args(split, task_set, args), "--out", str(out), "--task-set", task_set,
-                                "--paraphrases", "--workers", str(os.cpu_count() or 1)]) != 0:
-                return 1
-            bags[split].append(str(out))
+        for split, drivers in (("train", _training_drivers(task_set, args)), ("val", ("memory",))):
+            for driver in drivers:
+                out = args.work / f"{split}_{task_set}{'_informed' if driver == 'informed' else ''}"
+                if record_sim.main([*_record_args(split, driver, args), "--out", str(out), "--task-set", task_set,
+                                    "--paraphrases", "--workers", str(os.cpu_count() or 1)]) != 0:
+                    return 1
+                bags[split].append(str(out))
     common = ["--bags", *bags["train"], "--val-bags", *bags["val"], "--vlm-model-path", str(vlm_dir),
               "--epochs", str(args.epochs), "--patience", "6", "--sample-dt", "0.04", "--staleness", args.staleness,
               "--hidden-dim", "256", "--labels", args.labels,
