@@ -88,6 +88,9 @@ def test_expert_succeeds_and_baselines_do_not():
             k += 1
             episode.advance(*expert.command(episode.robot), k / 50)
         result = episode.result()
+        # the path, reported in every closed-loop JSON, is kept to the millimetre and ends where the robot stopped
+        assert all(round(c, 3) == c for point in result.path for c in point)
+        assert np.hypot(*np.subtract(result.path[-1], episode.robot.pose()[:2])) < 1e-3
         episode.close()
         assert result.success and result.duration < 10.0 and result.final_distance <= 0.45
         assert run_baseline(sample_task(seed), "zero").success is False

@@ -30,7 +30,7 @@ class EpisodeResult:
     success: bool
     duration: float  # s of sim time until success or the time limit
     final_distance: float
-    path: list[tuple[float, float]] = field(default_factory=list)  # base x, y at 10 Hz
+    path: list[tuple[float, float]] = field(default_factory=list)  # base x, y at 10 Hz, to the millimetre
     objects: list[dict] = field(default_factory=list)
     target: int = 0
 
@@ -80,7 +80,7 @@ class SimEpisode:
                 events.append(SensorEvent("image", self.robot.time, self._frame(self.robot)))
                 self._frames += 1
             if active and self.robot.steps % path_every == 0:
-                self._path.append(self.robot.pose()[:2])
+                self._path.append(self._position())
             imu = self.robot.step(v, w) if active else self.robot.step(0.0, 0.0)
             events.append(SensorEvent("imu", self.robot.time, imu))
             if not active:
@@ -91,9 +91,13 @@ class SimEpisode:
                 self.done = True
         return events
 
+    def _position(self) -> tuple[float, float]:
+        x, y = self.robot.pose()[:2]
+        return round(float(x), 3), round(float(y), 3)
+
     def result(self) -> EpisodeResult:
         return EpisodeResult(self.task.seed, self.task.instruction, self.success, self.elapsed,
-                             self.robot.target_distance(), [*self._path, self.robot.pose()[:2]],
+                             self.robot.target_distance(), [*self._path, self._position()],
                              [{"color": o.color, "shape": o.shape, "x": o.x, "y": o.y, "radius": o.radius}
                               for o in self.task.objects], self.task.target)
 
