@@ -287,6 +287,42 @@ def test_the_default_model_recipe_records_informed_episodes_only_for_the_task_se
         recipe.main(["--informed-task-sets", "hard", "--also-informed-task-sets", "standard,hard"])
 
 
+def test_the_default_model_command_runs_end_to_end_at_a_tiny_scale(tmp_path, capsys):
+    """The one command that produces models/default, every step at a tiny scale (a 32-dim stand-in
+    grounded one epoch on 4 tasks, two episodes a recording, one epoch a model): the stand-in grounded
+    as asked (full resampler attention) is what both models carry, the hard set is recorded by both
+    drivers on their own seeds, the model has the motion input and the ablation has not, and each
+    runs in the action core the node runs."""
+    from mobile_vla_ros.core.action_pipeline import ActionExpertCore
+    from mobile_vla_ros.vlm.kosmos2 import RESAMPLER_CAUSAL_KEY
+
+    out, ablation, work = tmp_path / "default", tmp_path / "no_motion", tmp_path / "work"
+    assert recipe.main(["--out", str(out), "--no-motion-out", str(ablation), "--work", str(work),
+                        "--episodes", "2", "--val-episodes", "1", "--grounding-tasks", "4", "--grounding-epochs", "1",
+                        "--vlm-size", "32x1x32x8", "--vlm-full-resampler", "--vlm-shape-slots",
+                        "--vlm-twin-pairs", "in-view", "--vlm-seed", "2", "--also-informed-task-sets", "hard",
+                        "--epochs", "1"]) == 0
+    assert "6 training bags" in capsys.readouterr().out  # standard, hard and hard informed: two each
+    seeds = {name: sorted(json.loads((work / name / "episodes.json").read_text()))
+             for name in ("train_standard", "train_hard", "train_hard_informed", "val_hard")}
+    assert seeds == {"train_standard": ["0", "1"], "train_hard": ["0", "1"],
+                     "train_hard_informed": [str(recipe.INFORMED_SEED), str(recipe.INFORMED_SEED + 1)],
+                     "val_hard": [str(recipe.VAL_SEED)]}
+    vlm_config = json.loads((out / "vlm" / "config.json").read_text())
+    assert not vlm_config.get(RESAMPLER_CAUSAL_KEY, False)
+    assert (out / "vlm" / "model.safetensors").read_bytes() == (ablation / "vlm" / "model.safetensors").read_bytes()
+    for model_dir, motion in ((out, True), (ablation, False)):
+        spec = ModelSpec.load(model_dir)
+        assert spec.feature_dim == 32 and (spec.motion_input is not None) == motion
+        core = ActionExpertCore(spec, create_backend("onnxruntime", model_dir, spec, None), 2.0, 0.05)
+        core.on_instruction("go to the red box", now=100.0)
+        core.on_features(np.zeros((1, spec.feature_dim), np.float32), source_stamp=100.0, now=100.0)
+        for j in range(70):
+            t = 100.0 + j / 650
+            core.on_sensor(t, [0.0, 0.0, 9.81, 0.0, 0.0, 0.0], now=t)
+        assert core.tick(100.0 + 69 / 650).chunk is not None
+
+
 def test_the_default_model_recipe_grounds_the_stand_in_it_is_asked_for():
     """make_default_model: by default the shipped stand-in (causal resampler, labels per colour, no twin
     pairs); the flags give the recipe that tells the twin apart (full resampler, shape slots, twin pairs)."""
