@@ -50,7 +50,7 @@ def jump_and_check(probe, clocks, chunks, twists, features, offset: float) -> di
     # probe's one thread takes /clock and action_chunk in its own order, and lags on a loaded machine):
     # at most one, within an action period, stamped on the old timeline no later than the old clock. A
     # node that went on with the old timeline would send one every action period.
-    old_clock = max(v for t, v in clocks.since(0.0) if t < t_jump)
+    old_clock = [v for t, v in clocks.since(0.0) if t < t_jump][-1]  # the last one before the jump
     after = chunks.since(t_jump + DELIVERY)
     in_flight = [(arrival, stamp) for arrival, stamp in after if abs(stamp - new_clock) > JUMP / 2]
     assert len(in_flight) <= 1 and all(arrival - t_jump <= ACTION_PERIOD and stamp <= old_clock + DELIVERY
