@@ -215,6 +215,20 @@ def test_two_process_ddp_trains_the_same_model_as_one(sim_bags, tiny_vlm_dir, tm
         assert b["mae_chunk"] == pytest.approx(a["mae_chunk"], rel=0.02, abs=2e-3)
 
 
+def chunk_from_the_action_core(model_dir, spec: ModelSpec, sample: list[float]):
+    """The chunk the node's action core (ONNX Runtime) makes of `model_dir` from zero features and 70
+    identical sensor samples, or None."""
+    from mobile_vla_ros.core.action_pipeline import ActionExpertCore
+
+    core = ActionExpertCore(spec, create_backend("onnxruntime", model_dir, spec, None), 2.0, 0.05)
+    core.on_instruction("go", now=100.0)
+    core.on_features(np.zeros((1, spec.feature_dim), np.float32), source_stamp=100.0, now=100.0)
+    for j in range(70):
+        t = 100.0 + j / 650
+        core.on_sensor(t, sample, now=t)
+    return core.tick(100.0 + 69 / 650).chunk
+
+
 def test_a_wrench_model_is_trained_from_wrench_bags_and_runs_in_the_core(tiny_vlm_dir, tmp_path):
     """The sensor type follows the bag (WrenchStamped on /sensor): model.yaml says wrench and the
     action core the node runs takes wrench windows."""
@@ -224,15 +238,7 @@ def test_a_wrench_model_is_trained_from_wrench_bags_and_runs_in_the_core(tiny_vl
     assert train.main(train_args(tmp_path / "bags", tiny_vlm_dir, out, tmp_path / "cache", "--epochs", "1")) == 0
     spec = ModelSpec.load(out)
     assert spec.sensor_type == "wrench" and spec.motion_input is not None
-    from mobile_vla_ros.core.action_pipeline import ActionExpertCore
-
-    core = ActionExpertCore(spec, create_backend("onnxruntime", out, spec, None), 2.0, 0.05)
-    core.on_instruction("go", now=100.0)
-    core.on_features(np.zeros((1, spec.feature_dim), np.float32), source_stamp=100.0, now=100.0)
-    for j in range(70):
-        t = 100.0 + j / 650
-        core.on_sensor(t, [0.0, 0.0, -20.0, 0.0, 0.0, 0.1], now=t)
-    assert core.tick(100.0 + 69 / 650).chunk is not None
+    assert chunk_from_the_action_core(out, spec, [0.0, 0.0, -20.0, 0.0, 0.0, 0.1]) is not None
 
 
 def test_bad_bags_stop_with_one_line(tmp_path, tiny_vlm_dir, capsys):
@@ -293,7 +299,6 @@ def test_the_default_model_command_runs_end_to_end_at_a_tiny_scale(tmp_path, cap
     as asked (full resampler attention) is what both models carry, the hard set is recorded by both
     drivers on their own seeds, the model has the motion input and the ablation has not, and each
     runs in the action core the node runs."""
-    from mobile_vla_ros.core.action_pipeline import ActionExpertCore
     from mobile_vla_ros.vlm.kosmos2 import RESAMPLER_CAUSAL_KEY
 
     out, ablation, work = tmp_path / "default", tmp_path / "no_motion", tmp_path / "work"
@@ -314,13 +319,7 @@ def test_the_default_model_command_runs_end_to_end_at_a_tiny_scale(tmp_path, cap
     for model_dir, motion in ((out, True), (ablation, False)):
         spec = ModelSpec.load(model_dir)
         assert spec.feature_dim == 32 and (spec.motion_input is not None) == motion
-        core = ActionExpertCore(spec, create_backend("onnxruntime", model_dir, spec, None), 2.0, 0.05)
-        core.on_instruction("go to the red box", now=100.0)
-        core.on_features(np.zeros((1, spec.feature_dim), np.float32), source_stamp=100.0, now=100.0)
-        for j in range(70):
-            t = 100.0 + j / 650
-            core.on_sensor(t, [0.0, 0.0, 9.81, 0.0, 0.0, 0.0], now=t)
-        assert core.tick(100.0 + 69 / 650).chunk is not None
+        assert chunk_from_the_action_core(model_dir, spec, [0.0, 0.0, 9.81, 0.0, 0.0, 0.0]) is not None
 
 
 def test_the_default_model_recipe_grounds_the_stand_in_it_is_asked_for():
