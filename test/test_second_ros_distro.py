@@ -86,5 +86,8 @@ def test_the_ros_facing_tests_pass_on_ros2_jazzy():
     result = subprocess.run([str(JAZZY_PYTHON), "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *ROS_FACING],
                             cwd=REPO, capture_output=True, text=True, timeout=1500, env={**jazzy_env(), INNER: "1"})
     print(result.stdout[-3000:])
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    # The failures section starts with each failed assertion; its captured node logs follow and would push
+    # the assertion out of a tail of the output.
+    failures = result.stdout[result.stdout.find("= FAILURES ="):][:6000] if "= FAILURES =" in result.stdout else ""
+    assert result.returncode == 0, failures + "\n...\n" + result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout.splitlines()[-1] and sys.executable != str(JAZZY_PYTHON)
