@@ -270,16 +270,17 @@ def test_bad_bags_stop_with_one_line(tmp_path, tiny_vlm_dir, capsys):
 
 
 def test_the_default_model_recipe_records_informed_episodes_only_for_the_task_sets_asked():
-    """make_default_model: the shipped recipe drives every recording with the delayed memory expert;
-    `--informed-task-sets hard` drives the hard training episodes with the image-informed rule, on their
-    own seeds, and leaves validation as it was; `--also-informed-task-sets hard` records both; an unknown
-    task set stops at parsing, and so does one task set given to both flags."""
-    shipped = recipe._parser().parse_args([])
-    informed = recipe._parser().parse_args(["--informed-task-sets", "hard"])
-    both = recipe._parser().parse_args(["--also-informed-task-sets", "hard"])
-    assert [recipe._training_drivers(t, shipped) for t in ("standard", "hard")] == [("memory",), ("memory",)]
+    """make_default_model: the shipped recipe records the standard set with the delayed memory expert and
+    the hard set with both drivers (the informed ones on their own seeds); `--informed-task-sets hard`
+    drives the hard training episodes with the image-informed rule only, `--also-informed-task-sets ''`
+    with the memory expert only; validation stays as it was; an unknown task set stops at parsing, and so
+    does one task set given to both flags."""
+    shipped = recipe._parse([])
+    informed = recipe._parse(["--informed-task-sets", "hard"])
+    memory_only = recipe._parse(["--also-informed-task-sets", ""])
+    assert [recipe._training_drivers(t, shipped) for t in ("standard", "hard")] == [("memory",), ("memory", "informed")]
     assert [recipe._training_drivers(t, informed) for t in ("standard", "hard")] == [("memory",), ("informed",)]
-    assert [recipe._training_drivers(t, both) for t in ("standard", "hard")] == [("memory",), ("memory", "informed")]
+    assert [recipe._training_drivers(t, memory_only) for t in ("standard", "hard")] == [("memory",), ("memory",)]
     memory = recipe._record_args("train", "memory", shipped)
     assert "--expert-delay-max" in memory and "--informed-latency-max" not in memory
     assert memory[memory.index("--seed") + 1] == "0"
@@ -288,25 +289,23 @@ def test_the_default_model_recipe_records_informed_episodes_only_for_the_task_se
     assert hard[hard.index("--seed") + 1] == str(recipe.INFORMED_SEED)
     assert recipe._record_args("val", "informed", informed) == recipe._record_args("val", "memory", shipped)
     with pytest.raises(SystemExit):
-        recipe._parser().parse_args(["--informed-task-sets", "hard,maze"])
+        recipe._parse(["--informed-task-sets", "hard,maze"])
     with pytest.raises(SystemExit):
         recipe.main(["--informed-task-sets", "hard", "--also-informed-task-sets", "standard,hard"])
 
 
 def test_the_default_model_command_runs_end_to_end_at_a_tiny_scale(tmp_path, capsys):
     """The one command that produces models/default, every step at a tiny scale (a 32-dim stand-in
-    grounded one epoch on 4 tasks, two episodes a recording, one epoch a model): the stand-in grounded
-    as asked (full resampler attention) is what both models carry, the hard set is recorded by both
-    drivers on their own seeds, the model has the motion input and the ablation has not, and each
-    runs in the action core the node runs."""
+    grounded one epoch on 4 tasks, two episodes a recording, one epoch a model), otherwise its
+    defaults: the stand-in grounded as shipped (full resampler attention) is what both models carry,
+    the hard set is recorded by both drivers on their own seeds, the model has the motion input and the
+    ablation has not, and each runs in the action core the node runs."""
     from mobile_vla_ros.vlm.kosmos2 import RESAMPLER_CAUSAL_KEY
 
     out, ablation, work = tmp_path / "default", tmp_path / "no_motion", tmp_path / "work"
     assert recipe.main(["--out", str(out), "--no-motion-out", str(ablation), "--work", str(work),
                         "--episodes", "2", "--val-episodes", "1", "--grounding-tasks", "4", "--grounding-epochs", "1",
-                        "--vlm-size", "32x1x32x8", "--vlm-full-resampler", "--vlm-shape-slots",
-                        "--vlm-twin-pairs", "in-view", "--vlm-seed", "2", "--also-informed-task-sets", "hard",
-                        "--epochs", "1"]) == 0
+                        "--vlm-size", "32x1x32x8", "--epochs", "1"]) == 0
     assert "6 training bags" in capsys.readouterr().out  # standard, hard and hard informed: two each
     seeds = {name: sorted(json.loads((work / name / "episodes.json").read_text()))
              for name in ("train_standard", "train_hard", "train_hard_informed", "val_hard")}
@@ -323,14 +322,17 @@ def test_the_default_model_command_runs_end_to_end_at_a_tiny_scale(tmp_path, cap
 
 
 def test_the_default_model_recipe_grounds_the_stand_in_it_is_asked_for():
-    """make_default_model: by default the shipped stand-in (causal resampler, labels per colour, no twin
-    pairs); the flags give the recipe that tells the twin apart (full resampler, shape slots, twin pairs)."""
+    """make_default_model: by default the shipped stand-in (full resampler attention, labels per colour and
+    shape, twin pairs in view, grounding seed 2); the flags give the recipe shipped before (causal
+    resampler, labels per colour, no twin pairs)."""
     from mobile_vla_ros.vlm.grounding import GroundingRecipe, StandInSize
 
-    assert recipe._stand_in(recipe._parser().parse_args([])) == {"size": StandInSize(), "recipe": GroundingRecipe()}
-    asked = recipe._stand_in(recipe._parser().parse_args(
-        ["--vlm-full-resampler", "--vlm-shape-slots", "--vlm-twin-pairs", "in-view"]))
-    assert asked == {"size": StandInSize(resampler_causal=False),
-                     "recipe": GroundingRecipe(shape_slots=True, twin_pairs="in-view")}
+    shipped = recipe._parse([])
+    assert recipe._stand_in(shipped) == {"size": StandInSize(resampler_causal=False),
+                                         "recipe": GroundingRecipe(shape_slots=True, twin_pairs="in-view")}
+    assert shipped.vlm_seed == 2 and shipped.seed == 0
+    before = recipe._stand_in(recipe._parse(["--no-vlm-full-resampler", "--no-vlm-shape-slots",
+                                             "--vlm-twin-pairs", "none"]))
+    assert before == {"size": StandInSize(), "recipe": GroundingRecipe()}
     with pytest.raises(SystemExit):
-        recipe._parser().parse_args(["--vlm-twin-pairs", "some"])
+        recipe._parse(["--vlm-twin-pairs", "some"])

@@ -2,21 +2,23 @@
 
   python -m mobile_vla_ros.tools.training.make_default_model --out models/default [--device cuda]
 
-1. the stand-in VLM: a tiny Kosmos-2 (patch 16, 64-dim; `--vlm-size`; its resampler's attention causal,
-   as shipped, or full with `--vlm-full-resampler`) built with `trainable_init`,
-   grounding-pretrained on 28,000 seeded renders of standard and hard tasks, instructions with the
-   training paraphrases (vlm/grounding.py; 6 min on one H200 with MUJOCO_GL=egl and 16 cores, hours on
-   2 CPU cores; with `--vlm-full-resampler --vlm-shape-slots --vlm-twin-pairs in-view`, the recipe whose
-   features tell the target from its same-colour twin, measured, not shipped; its grounding seed decides
-   whether it also keeps the standard set: `--vlm-seed 2` does, 0 and 1 did not) and saved to OUT/vlm;
-   `--vlm DIR` uses an already grounded one instead;
+1. the stand-in VLM: a tiny Kosmos-2 (patch 16, 64-dim; `--vlm-size`) whose resampler attends to every
+   image token, built with `trainable_init`, grounding-pretrained on 28,000 seeded renders of standard and
+   hard tasks, instructions with the training paraphrases, the hard frames that show the target's
+   same-colour twin also instructed with the twin, and the image latents asked for each colour-and-shape
+   kind's place (vlm/grounding.py --full-resampler --shape-slots --twin-pairs in-view: the recipe whose
+   features tell the target from its twin; 6 min on one H200 with MUJOCO_GL=egl and 16 cores, hours on 2
+   CPU cores), grounding seed 2 (`--vlm-seed`: of seeds 0, 1 and 2 the one that also keeps the standard
+   set; renders follow --seed), saved to OUT/vlm; `--vlm DIR` uses an already grounded one instead;
+   `--no-vlm-full-resampler --no-vlm-shape-slots --vlm-twin-pairs none` grounds the stand-in shipped
+   before it;
 2. mobile-vla-record-sim: expert episodes of both task sets, seeds 0..N-1 for training and 900.. for
    validation (`mobile-vla-bringup --sim` evaluates on seeds from 1000, renders use 2000+: never trained
    on), in parallel processes, phrased with the training paraphrases too; the base executes the expert's
    command for a state up to 1.5 s old (as a policy on stale images drives) plus correlated noise, while
-   the label is the expert's command for the current state (`--informed-task-sets hard`: the hard
-   training episodes driven by the image-informed rule instead, seeds from 300; `--also-informed-task-sets
-   hard`: those beside the memory-driven ones; both measured, not shipped);
+   the label is the expert's command for the current state; the hard set's training episodes are joined
+   by as many driven by the image-informed rule (seeds from 300; `--also-informed-task-sets ''`: none;
+   `--informed-task-sets hard`: those only);
 3. mobile-vla-train on those bags with that VLM: the motion since the image as a third input, feature
    ages drawn uniformly over 0-3.5 s (every deployment from the CPU stand-in at 3.33 Hz to a 1.5 s VLM at
    0.59 Hz, whose features are up to 3.2 s old), labels from the expert that knows only the sample's
@@ -40,6 +42,10 @@ from ...vlm.grounding import TWIN_PAIRS, GroundingRecipe, StandInSize
 VAL_SEED = 900
 # Training episodes driven by the image-informed rule use their own seeds (a work directory of its own).
 INFORMED_SEED = 300
+# The grounding seed of the shipped stand-in: of seeds 0, 1 and 2 of its recipe, the one whose features tell the
+# target from its twin and still read the standard set's scenes as well as before (README, #13 table).
+SHIPPED_VLM_SEED = 2
+SHIPPED_BOTH_DRIVERS = ("hard",)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,13 +61,15 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--grounding-epochs", type=int, default=40)
     ap.add_argument("--vlm-size", type=StandInSize.parse, default=StandInSize(),
                     help="stand-in VLM WIDTHxLAYERSxPATCHxTOKENS (default %(default)s)")
-    ap.add_argument("--vlm-full-resampler", action="store_true",
-                    help="the stand-in's resampler attends to every image token (default: causal, as shipped)")
-    ap.add_argument("--vlm-shape-slots", action="store_true",
-                    help="grounding: the image latents' labels per colour and shape (vlm/grounding.py --shape-slots)")
-    ap.add_argument("--vlm-twin-pairs", choices=TWIN_PAIRS[1:], default="",
-                    help="grounding: hard frames (all, or those with the twin in view) also instructed with the twin "
-                         "(vlm/grounding.py --twin-pairs; default: none, as shipped)")
+    ap.add_argument("--vlm-full-resampler", action=argparse.BooleanOptionalAction, default=True,
+                    help="the stand-in's resampler attends to every image token, as shipped (--no-...: causally, "
+                         "the recipe shipped before)")
+    ap.add_argument("--vlm-shape-slots", action=argparse.BooleanOptionalAction, default=True,
+                    help="grounding: the image latents' labels per colour and shape, as shipped (vlm/grounding.py "
+                         "--shape-slots; --no-...: per colour)")
+    ap.add_argument("--vlm-twin-pairs", choices=("none", *TWIN_PAIRS[1:]), default="in-view",
+                    help="grounding: hard frames (all, or those with the twin in view, as shipped) also instructed "
+                         "with the twin (vlm/grounding.py --twin-pairs)")
     ap.add_argument("--vlm-shape-steps", type=int, default=0,
                     help="steps of the stand-in tower's shape stage before its grounding (vlm/shape_stage.py); "
                          "0: none")
@@ -74,9 +82,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="task sets whose training episodes are driven by the image-informed rule on images up to "
                          "--informed-latency-max s late (mobile-vla-record-sim --informed-latency-max; seeds from "
                          f"{INFORMED_SEED}) instead of the delayed memory expert; default: none (the shipped model)")
-    ap.add_argument("--also-informed-task-sets", type=_task_sets, default="",
+    ap.add_argument("--also-informed-task-sets", type=_task_sets, default=None,
                     help="task sets whose training episodes driven by the delayed memory expert are joined by as many "
-                         "driven by the image-informed rule (both drivers); default: none")
+                         f"driven by the image-informed rule (both drivers; default: {','.join(SHIPPED_BOTH_DRIVERS)}, "
+                         "as shipped, less those in --informed-task-sets; '' for none)")
     ap.add_argument("--informed-latency-max", type=float, default=1.5)
     ap.add_argument("--labels", default="sim-expert", choices=["recorded", "sim-expert"],
                     help="mobile-vla-train --labels: the expert with the information of each sample's image")
@@ -91,9 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-motion-out", default="models/no_motion",
                     help="the same model without the motion input ('' to skip)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vlm-seed", type=int, default=None,
-                    help="the stand-in's initialisation and batch order in grounding (default: --seed); its renders "
-                         "follow --seed")
+    ap.add_argument("--vlm-seed", type=int, default=SHIPPED_VLM_SEED,
+                    help="the stand-in's initialisation and batch order in grounding (default: %(default)s, as "
+                         "shipped); its renders follow --seed")
     return ap
 
 
@@ -110,7 +119,8 @@ def _task_sets(value: str) -> tuple[str, ...]:
 def _stand_in(args) -> dict:
     """The stand-in VLM's size and grounding recipe, as build_grounded_vlm takes them."""
     return {"size": replace(args.vlm_size, resampler_causal=not args.vlm_full_resampler),
-            "recipe": GroundingRecipe(shape_slots=args.vlm_shape_slots, twin_pairs=args.vlm_twin_pairs)}
+            "recipe": GroundingRecipe(shape_slots=args.vlm_shape_slots,
+                                      twin_pairs="" if args.vlm_twin_pairs == "none" else args.vlm_twin_pairs)}
 
 
 def _training_drivers(task_set: str, args) -> tuple[str, ...]:
@@ -133,13 +143,21 @@ def _record_args(split: str, driver: str, args) -> list[str]:
             "--expert-delay-max", str(args.expert_delay_max)]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments, with the drivers of each task set resolved (the shipped both-driver sets unless given)."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.also_informed_task_sets is None:
+        args.also_informed_task_sets = tuple(t for t in SHIPPED_BOTH_DRIVERS if t not in args.informed_task_sets)
     both = set(args.informed_task_sets) & set(args.also_informed_task_sets)
     if both:
         parser.error(f"{', '.join(sorted(both))}: in --informed-task-sets (informed driver only) and "
                      f"--also-informed-task-sets (both drivers); give each task set one of them")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
     from ...sim.world import TASK_SETS
     from ...vlm.grounding import build_grounded_vlm
     from ..simulation import record_sim
@@ -152,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copytree(args.vlm, vlm_dir)
     else:
         metrics = build_grounded_vlm(vlm_dir, args.grounding_tasks, args.grounding_epochs,
-                                     args.seed if args.vlm_seed is None else args.vlm_seed, args.device,
+                                     args.vlm_seed, args.device,
                                      render_seed=args.seed,
                                      per_task=8, batch=256 if args.device == "cuda" else 64,
                                      workers=min(14, os.cpu_count() or 1),
