@@ -70,8 +70,8 @@ def test_the_resampler_latents_attend_to_every_image_token(extractors, tiny_vlm_
 
 
 def test_a_checkpoint_trained_with_a_causal_resampler_runs_as_trained(tiny_vlm_dir, tmp_path):
-    """config.json `resampler_causal_attention: true` (the shipped stand-in): latent i sees image tokens
-    0..i only, so the last patch moves no latent and the class token moves all."""
+    """config.json `resampler_causal_attention: true` (the stand-in shipped before 2026-12-03): latent i
+    sees image tokens 0..i only, so the last patch moves no latent and the class token moves all."""
     import torch
 
     causal = tmp_path / "causal"

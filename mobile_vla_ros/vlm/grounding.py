@@ -39,17 +39,18 @@ TWIN_PAIRS = ("", "all", "in-view")
 
 @dataclass(frozen=True)
 class GroundingRecipe:
-    """What the renders teach. The shipped stand-in uses the defaults. `shape_slots`: the latents'
-    labels per colour and shape instead of per colour; `twin_views`: a third of each hard task's
-    frames look between the target and its same-colour twin (the twin alone or both in view)
-    instead of at the target. Both were tried to make the 64-dim stand-in tell a box from a cylinder
-    (README, Models: they lowered the twin confusion of the grounding but not the closed loop).
+    """What the renders teach. The defaults are the stand-in shipped before 2026-12-03; the shipped one
+    has `shape_slots` and `twin_pairs="in-view"` (with full resampler attention: make_default_model's
+    defaults). `shape_slots`: the latents' labels per colour and shape instead of per colour;
+    `twin_views`: a third of each hard task's frames look between the target and its same-colour twin
+    (the twin alone or both in view) instead of at the target (with the causal resampler it lowered the
+    twin confusion of the grounding but not the closed loop: docs/closed_loop_experiments.md).
     `twin_pairs` ("all" or "in-view"): every hard-task training frame (or those with the twin in view)
     is used twice, once instructed with the target and once with its twin (same phrasing, the other
     shape, the twin's labels), so the same image asks for two answers that only the shape word tells
     apart (validation frames stay unpaired). `patch_kinds`: each patch token of the vision tower also
     predicts which kind of object (colour and shape) covers its pixels, from the renderer's segmentation:
-    the shipped stand-in's patch tokens carry no shape (vlm/shape_probe.py: chance), and this asks the
+    the causal stand-in's patch tokens carry no shape (vlm/shape_probe.py: chance), and this asks the
     tower for it; its head stayed at chance too and the twin confusion rose (measured, not shipped:
     docs/closed_loop_experiments.md)."""
 
@@ -342,8 +343,8 @@ def train_grounding(extractor, train: list, val: list, epochs: int, lr: float = 
 class StandInSize:
     """The stand-in tiny Kosmos-2's size: embedding width, layers (vision and text each), patch size
     in pixels (224-pixel images), image tokens after the resampler; and whether the resampler's
-    attention is causal, as the shipped stand-in's is (grounded with full attention it did no better
-    closed loop: README, Models)."""
+    attention is causal (this module's default, and the stand-in shipped before 2026-12-03; the shipped
+    one attends to all image tokens, make_default_model's default: README, Models)."""
 
     embed_dim: int = 64
     layers: int = 2
@@ -485,8 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=StandInSize.parse, nargs="+", default=None,
                     help="WIDTHxLAYERSxPATCHxTOKENS; several: each is grounded on the same renders -> OUT/<size>")
     ap.add_argument("--full-resampler", action="store_true",
-                    help="the resampler attends to every image token (Kosmos-2's attention; the shipped stand-in's "
-                         "is causal)")
+                    help="the resampler attends to every image token (Kosmos-2's attention, and the shipped "
+                         "stand-in's; default: causal, the stand-in shipped before 2026-12-03)")
     ap.add_argument("--shape-slots", action="store_true", help="latent labels per colour and shape")
     ap.add_argument("--twin-views", action="store_true", help="hard-task frames between target and twin")
     ap.add_argument("--twin-pairs", choices=TWIN_PAIRS[1:], default="",

@@ -90,7 +90,8 @@ class Kosmos2Extractor:
         # transformers' SDPA path treats an attention module that does not set `is_causal` as causal
         # (huggingface/transformers#39037): the resampler's latent queries would see only the first image
         # tokens (latent i: tokens 0..i). Kosmos-2's resampler attends to all of them, as the eager path does.
-        # A checkpoint trained under that causal attention (the shipped stand-in) says so in its config.
+        # A checkpoint trained under that causal attention (the stand-in shipped before 2026-12-03) says so in
+        # its config.
         model.image_to_text_projection.x_attn.is_causal = resampler_is_causal(model.config)
         self._torch = torch
         self.model = model

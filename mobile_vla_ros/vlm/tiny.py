@@ -53,8 +53,9 @@ def build_tiny_kosmos2(out_dir: str | Path, seed: int = 0, embed_dim: int = 64, 
     """With `full_size`, the layer sizes of microsoft/kosmos-2-patch14-224 (1.66 B parameters,
     saved in FP16): for latency benchmarks, where the weight values do not matter. With `trainable`,
     the initialisation of `trainable_init` (the start of the shipped stand-in's grounding training).
-    `resampler_causal`: the resampler's latent i attends to image tokens 0..i only (the shipped stand-in's
-    architecture, recorded in config.json; Kosmos-2 attends to all)."""
+    `resampler_causal`: the resampler's latent i attends to image tokens 0..i only (the architecture of the
+    stand-in shipped before 2026-12-03, recorded in config.json; Kosmos-2 and the stand-in shipped now
+    attend to all)."""
     from tokenizers import processors
     from transformers import (
         CLIPImageProcessor,
