@@ -149,12 +149,13 @@ def test_sim_expert_labels_train_on_record_sim_bags(sim_bags, tiny_vlm_dir, tmp_
     out = tmp_path / "informed"
     assert train.main(train_args(sim_bags, tiny_vlm_dir, out, tmp_path / "cache", "--epochs", "2",
                                  "--staleness", "0,3.5", "--labels", "sim-expert", "--sensor-dropout", "0.5",
-                                 "--turn-augment", "0.5")) == 0
+                                 "--turn-augment", "0.5", "--loss", "l1")) == 0
     report = json.loads((out / "train_report.json").read_text())
     assert report["labels"] == "sim-expert" and report["best_val_mae_chunk"] < report["val_zero_action_mae"]
+    assert report["loss"] == "l1"
     assert report["turn_augment"] == {"fraction": 0.5, "range_rad": [-1.0, 1.0], "max_age_s": None}
     notes = ModelSpec.load(out).notes
-    assert "sim-expert labels" in notes and "0.5 of them turned by -1 to 1 rad" in notes
+    assert "sim-expert labels, l1 loss" in notes and "0.5 of them turned by -1 to 1 rad" in notes
 
 
 def test_a_geometry_head_model_trains_exports_and_runs_with_three_inputs(sim_bags, tiny_vlm_dir, tmp_path):
@@ -299,7 +300,7 @@ def test_the_default_model_command_runs_end_to_end_at_a_tiny_scale(tmp_path, cap
     grounded one epoch on 4 tasks, two episodes a recording, one epoch a model), otherwise its
     defaults: the stand-in grounded as shipped (full resampler attention) is what both models carry,
     the hard set is recorded by both drivers on their own seeds, the model has the motion input and the
-    ablation has not, and each runs in the action core the node runs."""
+    ablation has not, both are trained with the shipped (MSE) loss, and each runs in the action core the node runs."""
     from mobile_vla_ros.vlm.kosmos2 import RESAMPLER_CAUSAL_KEY
 
     out, ablation, work = tmp_path / "default", tmp_path / "no_motion", tmp_path / "work"
@@ -318,6 +319,7 @@ def test_the_default_model_command_runs_end_to_end_at_a_tiny_scale(tmp_path, cap
     for model_dir, motion in ((out, True), (ablation, False)):
         spec = ModelSpec.load(model_dir)
         assert spec.feature_dim == 32 and (spec.motion_input is not None) == motion
+        assert json.loads((model_dir / "train_report.json").read_text())["loss"] == "mse"  # both, as shipped
         assert chunk_from_the_action_core(model_dir, spec, [0.0, 0.0, 9.81, 0.0, 0.0, 0.0]) is not None
 
 

@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
                          f"driven by the image-informed rule (both drivers; default: {','.join(SHIPPED_BOTH_DRIVERS)}, "
                          "as shipped, less those in --informed-task-sets; '' for none)")
     ap.add_argument("--informed-latency-max", type=float, default=1.5)
+    ap.add_argument("--loss", default="mse", choices=["mse", "l1"],
+                    help="mobile-vla-train --loss for both models (default %(default)s, as shipped; l1: measured, "
+                         "not shipped)")
     ap.add_argument("--labels", default="sim-expert", choices=["recorded", "sim-expert"],
                     help="mobile-vla-train --labels: the expert with the information of each sample's image")
     ap.add_argument("--turn-augment", type=float, default=0.0, metavar="FRACTION",
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 bags[split].append(str(out))
     common = ["--bags", *bags["train"], "--val-bags", *bags["val"], "--vlm-model-path", str(vlm_dir),
               "--epochs", str(args.epochs), "--patience", "6", "--sample-dt", "0.04", "--staleness", args.staleness,
-              "--hidden-dim", "256", "--labels", args.labels,
+              "--hidden-dim", "256", "--labels", args.labels, "--loss", args.loss,
               "--seed", str(args.seed), "--cache-dir", str(args.work / "feature_cache")]
     turned = ["--turn-augment", str(args.turn_augment)] if args.turn_augment else []
     if args.turn_augment and args.turn_augment_range is not None:

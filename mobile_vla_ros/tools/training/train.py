@@ -57,6 +57,8 @@ from ..recordings import (
 
 STATE_FILE = "train_state.pt"
 LABEL_SOURCES = ("recorded", "sim-expert")
+# --loss: its torch.nn.functional name
+ACTION_LOSSES = {"mse": "mse_loss", "l1": "l1_loss"}
 
 
 def vlm_key(extractor_config, model_path: Path) -> str:
@@ -346,7 +348,8 @@ class Trainer:
             else:
                 actions = self.ddp(*inputs)
             pred = (actions - self.action_mean) / self.action_std
-            loss = torch.nn.functional.mse_loss(pred, (y - self.action_mean) / self.action_std)
+            action_loss = getattr(torch.nn.functional, ACTION_LOSSES[args.loss])
+            loss = action_loss(pred, (y - self.action_mean) / self.action_std)
             if self.geometry_head:
                 truth = torch.from_numpy(self.train.geometry(images)).to(self.device)
                 loss = loss + geometry_loss(geometry, truth)
@@ -515,6 +518,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="the features also predict where the target was in their image, supervised by the "
                          "simulator's ground truth, and that estimate moved by the motion since the image "
                          "enters the head (needs --labels sim-expert and the motion input)")
+    ap.add_argument("--loss", choices=sorted(ACTION_LOSSES), default="mse",
+                    help="on the normalised actions: mse (the mean label) or l1 (the median: where the labels of "
+                         "similar inputs disagree, e.g. steer or search at the image's edge, it picks the likelier "
+                         "one instead of averaging them)")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -699,7 +706,8 @@ def _write_outputs(args, spec, trainer, train, val, vlm_path: Path, write_model_
     younger = "" if args.turn_augment_max_age is None else f" (features younger than {args.turn_augment_max_age:g} s)"
     turned = f", {args.turn_augment:g} of them{younger} turned by {lo:g} to {hi:g} rad" if args.turn_augment else ""
     head = ", with the geometry head" if args.geometry_head else ""
-    spec.notes = (f"trained by mobile-vla-train ({args.labels} labels{head}) on {len(train)} samples{turned}; "
+    spec.notes = (f"trained by mobile-vla-train ({args.labels} labels{head}, {args.loss} loss) on {len(train)} "
+                  f"samples{turned}; "
                   f"best val MAE (chunk) {trainer.best:.4f} (zero action {baseline:.4f}, mean action "
                   f"{np.abs(labels - mean_action).mean():.4f})")
     error = write_model_dir(model, spec, args.out, extra={"history": trainer.history})
@@ -707,7 +715,7 @@ def _write_outputs(args, spec, trainer, train, val, vlm_path: Path, write_model_
         shutil.copytree(vlm_path, args.out / "vlm", dirs_exist_ok=True)
     report = {"best_val_mae_chunk": trainer.best, "val_zero_action_mae": float(baseline),
               "val_mean_action_mae": float(np.abs(labels - mean_action).mean()), "labels": args.labels,
-              "staleness_range": list(spec.staleness_range),
+              "loss": args.loss, "staleness_range": list(spec.staleness_range),
               "turn_augment": {"fraction": args.turn_augment, "range_rad": list(args.turn_augment_range),
                                "max_age_s": args.turn_augment_max_age},
               "geometry_head": args.geometry_head, "epochs": trainer.epoch, "history": trainer.history,
