@@ -38,6 +38,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ...vlm.grounding import TWIN_PAIRS, GroundingRecipe, StandInSize
+from .train import ACTION_LOSSES
 
 VAL_SEED = 900
 # Training episodes driven by the image-informed rule use their own seeds (a work directory of its own).
@@ -87,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
                          f"driven by the image-informed rule (both drivers; default: {','.join(SHIPPED_BOTH_DRIVERS)}, "
                          "as shipped, less those in --informed-task-sets; '' for none)")
     ap.add_argument("--informed-latency-max", type=float, default=1.5)
-    ap.add_argument("--loss", default="mse", choices=["mse", "l1"],
+    ap.add_argument("--loss", default="mse", choices=sorted(ACTION_LOSSES),
                     help="mobile-vla-train --loss for both models (default %(default)s, as shipped; l1: measured, "
                          "not shipped)")
     ap.add_argument("--labels", default="sim-expert", choices=["recorded", "sim-expert"],
