@@ -299,6 +299,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if dist.cuda else None)
+        self.action_loss = getattr(torch.nn.functional, ACTION_LOSSES[args.loss])
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
         self.steps_per_epoch = max(1, len(train) // args.batch_size)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: 0.5 * (1 + math.cos(
@@ -348,8 +349,7 @@ class Trainer:
             else:
                 actions = self.ddp(*inputs)
             pred = (actions - self.action_mean) / self.action_std
-            action_loss = getattr(torch.nn.functional, ACTION_LOSSES[args.loss])
-            loss = action_loss(pred, (y - self.action_mean) / self.action_std)
+            loss = self.action_loss(pred, (y - self.action_mean) / self.action_std)
             if self.geometry_head:
                 truth = torch.from_numpy(self.train.geometry(images)).to(self.device)
                 loss = loss + geometry_loss(geometry, truth)
