@@ -157,6 +157,36 @@ def test_twin_views_look_between_the_target_and_its_twin():
     assert twin_frames(grounding.GroundingRecipe(twin_views=True)) >= twin_frames(grounding.GroundingRecipe()) + 3
 
 
+def _another_object_on_the_axis(frame, max_bearing: float = 0.1) -> bool:
+    """Whether a kind's label (shape slots) shows an object within `max_bearing` rad of the camera axis at
+    another bearing than the target's."""
+    label = frame[2]
+    for visible, sin_bearing, _ in label[3:].reshape(-1, 3):
+        if visible and abs(sin_bearing) < math.sin(max_bearing) and abs(sin_bearing - label[0]) > 1e-4:
+            return True
+    return False
+
+
+def test_axis_views_look_at_another_object_in_the_standard_tasks_only():
+    """With `axis_views`, every standard task's second frame of each three has another object on the
+    camera axis; hard tasks' frames and the validation frames stay as they were."""
+    per_task = 3
+    recipe = grounding.GroundingRecipe(shape_slots=True, axis_views=True)
+    axis = grounding.render_frames(8, per_task, seed=0, recipe=recipe)
+    plain_recipe = grounding.GroundingRecipe(shape_slots=True)
+    plain = grounding.render_frames(8, per_task, seed=0, recipe=plain_recipe)
+    tasks = [range(i * per_task, (i + 1) * per_task) for i in range(8)]
+    standard = [t for i, t in enumerate(tasks) if not grounding.is_hard_task(i)]
+    assert all(_another_object_on_the_axis(axis[t[1]]) for t in standard)
+    assert sum(_another_object_on_the_axis(plain[t[1]]) for t in standard) < len(standard)
+    for i, t in enumerate(tasks):
+        if grounding.is_hard_task(i):
+            assert all(np.array_equal(axis[k][0], plain[k][0]) for k in t)
+    val_axis = grounding.render_grounding_frames(8, per_task, seed=0, recipe=recipe)[1]
+    val_plain = grounding.render_grounding_frames(8, per_task, seed=0, recipe=plain_recipe)[1]
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(val_axis, val_plain, strict=True))
+
+
 def test_twin_pairs_ask_the_same_image_for_the_twin_by_its_shape():
     """With `twin_pairs`, each hard frame is followed by the same image instructed with the other shape
     of the target's colour and labelled for that object; standard frames get no pair."""

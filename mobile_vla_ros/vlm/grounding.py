@@ -52,12 +52,16 @@ class GroundingRecipe:
     predicts which kind of object (colour and shape) covers its pixels, from the renderer's segmentation:
     the causal stand-in's patch tokens carry no shape (vlm/shape_probe.py: chance), and this asks the
     tower for it; its head stayed at chance too and the twin confusion rose (measured, not shipped:
-    docs/closed_loop_experiments.md)."""
+    docs/closed_loop_experiments.md). `axis_views`: a third of each standard task's frames look straight at
+    another object (within 0.1 rad) instead of at the target: the closed loop's wrong-object failures at
+    1.5 s start from views with the target 20-30 degrees aside and another object on the camera axis, which
+    the stand-in reads as the target; random views show that arrangement rarely."""
 
     shape_slots: bool = False
     twin_views: bool = False
     twin_pairs: str = ""
     patch_kinds: bool = False
+    axis_views: bool = False
 
     def __post_init__(self) -> None:
         if self.twin_pairs not in TWIN_PAIRS:
@@ -153,18 +157,22 @@ def _render_tasks(seed: int, per_task: int, indices: range,
         with SimRobot(task) as robot:
             target = task.target_object
             twin = next(iter(task.twins), None)
+            others = [o for o in task.objects if o is not target]
             paired = twin_instructed(task) if recipe.twin_pairs and hard else None
             for k in range(per_task):
                 a = rng.uniform(0.0, 0.85)
                 x = task.start[0] + a * (target.x - task.start[0]) + rng.normal(0, 0.15)
                 y = task.start[1] + a * (target.y - task.start[1]) + rng.normal(0, 0.15)
                 to_target = math.atan2(target.y - y, target.x - x)
-                view = k % 3 if hard else 0
-                if view == 2:
+                view = k % 3 if hard or recipe.axis_views else 0
+                if view == 2 and hard:
                     yaw = to_target + rng.uniform(-math.pi, math.pi)
                 elif view == 1 and recipe.twin_views and twin is not None:
                     to_twin = math.atan2(twin.y - y, twin.x - x)
                     yaw = to_twin + rng.uniform(0.0, 1.0) * wrap_angle(to_target - to_twin) + rng.uniform(-0.2, 0.2)
+                elif view == 1 and recipe.axis_views and not hard:
+                    other = others[rng.integers(len(others))]
+                    yaw = math.atan2(other.y - y, other.x - x) + rng.uniform(-0.1, 0.1)
                 else:
                     yaw = to_target + rng.uniform(-0.7, 0.7)
                 robot.place(x, y, yaw)
@@ -435,9 +443,11 @@ def build_grounded_vlm(out: Path, tasks: int, epochs: int, seed: int = 0, device
 def render_grounding_frames(tasks: int, per_task: int, seed: int, workers: int = 1,
                             recipe: GroundingRecipe = GroundingRecipe()) -> tuple[list, list]:
     """Training frames of `tasks` seeded tasks and validation frames of a tenth as many others (never
-    paired: the twin confusion is measured on the tasks' own instructions, as the robot gets them)."""
+    paired: the twin confusion is measured on the tasks' own instructions, as the robot gets them; no
+    axis views: recipes that differ in them are compared on the same frames)."""
+    val_recipe = replace(recipe, twin_pairs="", axis_views=False)
     return (render_frames(tasks, per_task, seed, workers, recipe),
-            render_frames(max(50, tasks // 10), 2, seed + 1, workers, replace(recipe, twin_pairs="")))
+            render_frames(max(50, tasks // 10), 2, seed + 1, workers, val_recipe))
 
 
 def _build_in_child(out: Path, size: StandInSize, frames: tuple[list, list], kwargs: dict, queue) -> None:
@@ -490,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
                          "stand-in's; default: causal, the stand-in shipped before 2026-12-03)")
     ap.add_argument("--shape-slots", action="store_true", help="latent labels per colour and shape")
     ap.add_argument("--twin-views", action="store_true", help="hard-task frames between target and twin")
+    ap.add_argument("--axis-views", action="store_true",
+                    help="a third of the standard tasks' frames look straight at another object")
     ap.add_argument("--twin-pairs", choices=TWIN_PAIRS[1:], default="",
                     help="hard-task frames (all, or those with the twin in view) also instructed with the twin")
     ap.add_argument("--patch-kinds", action="store_true",
@@ -509,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.full_resampler:
         args.sizes = [replace(size, resampler_causal=False) for size in args.sizes]
     common = {"epochs": args.epochs, "device": args.device, "batch": args.batch, "lr": args.lr,
-              "recipe": GroundingRecipe(args.shape_slots, args.twin_views, args.twin_pairs, args.patch_kinds),
+              "recipe": GroundingRecipe(args.shape_slots, args.twin_views, args.twin_pairs, args.patch_kinds,
+                                        args.axis_views),
               "shape_steps": args.shape_steps, "shape_scenes": args.shape_scenes, "shape_views": args.shape_views}
     if len(args.sizes) > 1:
         results = build_sizes(args.out, args.sizes, args.tasks, args.frames_per_task, args.seed, args.workers,

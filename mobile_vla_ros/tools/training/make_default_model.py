@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--vlm-twin-pairs", choices=("none", *TWIN_PAIRS[1:]), default="in-view",
                     help="grounding: hard frames (all, or those with the twin in view, as shipped) also instructed "
                          "with the twin (vlm/grounding.py --twin-pairs)")
+    ap.add_argument("--vlm-axis-views", action=argparse.BooleanOptionalAction, default=False,
+                    help="grounding: a third of the standard tasks' frames look straight at another object "
+                         "(vlm/grounding.py --axis-views; measured, not shipped)")
     ap.add_argument("--vlm-shape-steps", type=int, default=0,
                     help="steps of the stand-in tower's shape stage before its grounding (vlm/shape_stage.py); "
                          "0: none")
@@ -124,7 +127,8 @@ def _stand_in(args) -> dict:
     """The stand-in VLM's size and grounding recipe, as build_grounded_vlm takes them."""
     return {"size": replace(args.vlm_size, resampler_causal=not args.vlm_full_resampler),
             "recipe": GroundingRecipe(shape_slots=args.vlm_shape_slots,
-                                      twin_pairs="" if args.vlm_twin_pairs == "none" else args.vlm_twin_pairs)}
+                                      twin_pairs="" if args.vlm_twin_pairs == "none" else args.vlm_twin_pairs,
+                                      axis_views=args.vlm_axis_views)}
 
 
 def _training_drivers(task_set: str, args) -> tuple[str, ...]:
