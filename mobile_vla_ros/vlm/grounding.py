@@ -53,9 +53,10 @@ class GroundingRecipe:
     the causal stand-in's patch tokens carry no shape (vlm/shape_probe.py: chance), and this asks the
     tower for it; its head stayed at chance too and the twin confusion rose (measured, not shipped:
     docs/closed_loop_experiments.md). `axis_views`: a third of each standard task's frames look straight at
-    another object (within 0.1 rad) instead of at the target: the closed loop's wrong-object failures at
-    1.5 s start from views with the target 20-30 degrees aside and another object on the camera axis, which
-    the stand-in reads as the target; random views show that arrangement rarely."""
+    another object (within 0.1 rad) instead of near the target: the closed loop's failures at 1.5 s start
+    from views with the target 20-40 degrees aside and another object on the camera axis, where the robot
+    drives at that object; it met the hard set's goals and lost the standard set at 1.5 s (measured, not
+    shipped: docs/closed_loop_experiments.md)."""
 
     shape_slots: bool = False
     twin_views: bool = False

@@ -11,7 +11,7 @@
    CPU cores), grounding seed 2 (`--vlm-seed`: of seeds 0, 1 and 2 the one that also keeps the standard
    set; renders follow --seed), saved to OUT/vlm; `--vlm DIR` uses an already grounded one instead;
    `--no-vlm-full-resampler --no-vlm-shape-slots --vlm-twin-pairs none` grounds the stand-in shipped
-   before it;
+   before it, `--vlm-axis-views` adds views straight at another object (measured, not shipped);
 2. mobile-vla-record-sim: expert episodes of both task sets, seeds 0..N-1 for training and 900.. for
    validation (`mobile-vla-bringup --sim` evaluates on seeds from 1000, renders use 2000+: never trained
    on), in parallel processes, phrased with the training paraphrases too; the base executes the expert's
