@@ -165,13 +165,13 @@ def _render_tasks(seed: int, per_task: int, indices: range,
                 x = task.start[0] + a * (target.x - task.start[0]) + rng.normal(0, 0.15)
                 y = task.start[1] + a * (target.y - task.start[1]) + rng.normal(0, 0.15)
                 to_target = math.atan2(target.y - y, target.x - x)
-                view = k % 3 if hard or recipe.axis_views else 0
-                if view == 2 and hard:
+                view = k % 3
+                if hard and view == 2:
                     yaw = to_target + rng.uniform(-math.pi, math.pi)
-                elif view == 1 and recipe.twin_views and twin is not None:
+                elif hard and view == 1 and recipe.twin_views and twin is not None:
                     to_twin = math.atan2(twin.y - y, twin.x - x)
                     yaw = to_twin + rng.uniform(0.0, 1.0) * wrap_angle(to_target - to_twin) + rng.uniform(-0.2, 0.2)
-                elif view == 1 and recipe.axis_views and not hard:
+                elif not hard and view == 1 and recipe.axis_views:
                     other = others[rng.integers(len(others))]
                     yaw = math.atan2(other.y - y, other.x - x) + rng.uniform(-0.1, 0.1)
                 else:
