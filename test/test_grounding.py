@@ -62,6 +62,27 @@ def test_labels_follow_the_robot_pose():
         assert grounding.grounding_label(robot)[3::3].sum() == 0
 
 
+def test_the_vlm_is_taught_visible_where_the_action_labels_count_the_target_in_view():
+    """The action expert's labels steer to a target in the image and search otherwise; the VLM's
+    "visible" reading must switch at the same bearing, or images near the edge carry both labels."""
+    from mobile_vla_ros.sim.episode import IN_VIEW
+    from mobile_vla_ros.sim.expert_labels import target_in_view
+
+    task = sample_task(4)
+    target = task.target_object
+    slot = 3 + 3 * grounding.KINDS.index((target.color, target.shape))
+    with SimRobot(task, render=False) as robot:
+        x, y, _ = task.start
+        towards = math.atan2(target.y - y, target.x - x)
+        for aside in (IN_VIEW - 0.01, IN_VIEW + 0.01, -IN_VIEW + 0.01, -IN_VIEW - 0.01):
+            robot.data.qpos[:] = (x, y, towards - aside)  # the target `aside` rad to the left
+            robot._mj.mj_forward(robot.model, robot.data)
+            assert robot.target_bearing() == pytest.approx(aside, abs=1e-6)
+            in_view = bool(target_in_view(*robot.pose(), (target.x, target.y, target.radius)))
+            assert in_view == (abs(aside) < IN_VIEW)
+            assert grounding.grounding_label(robot, shape_slots=True)[slot] == float(in_view)
+
+
 def test_grounding_pretraining_runs_and_saves_a_loadable_kosmos2(tmp_path):
     from mobile_vla_ros.vlm.base import ExtractorConfig
     from mobile_vla_ros.vlm.factory import create_extractor

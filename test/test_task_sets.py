@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from mobile_vla_ros.sim.episode import IN_VIEW, SEARCH_RATE, Expert, SimEpisode, expert_command_at, run_baseline
+from mobile_vla_ros.sim.episode import DRIVER_IN_VIEW, SEARCH_RATE, Expert, SimEpisode, expert_command_at, run_baseline
 from mobile_vla_ros.sim.world import HELD_OUT_PHRASINGS, PARAPHRASES, PHRASINGS, SimConfig, sample_task, wrap_angle
 
 HARD = SimConfig.for_evaluation("hard")
@@ -69,7 +69,7 @@ def test_the_expert_searches_one_way_until_it_has_seen_the_target_then_steers_ba
         assert expert_command_at(math.radians(bearing), 2.0, expert.observe(math.radians(bearing))) == \
             (0.0, SEARCH_RATE)
     assert not expert.target_seen
-    assert expert.observe(IN_VIEW) and expert.observe(math.radians(-120))  # seen once: remembered
+    assert expert.observe(DRIVER_IN_VIEW) and expert.observe(math.radians(-120))  # seen once: remembered
     v, w = expert_command_at(math.radians(-20), 2.0, True)
     assert w < 0 and v > 0
     v, w = expert_command_at(math.radians(-60), 2.0, True)  # turned past it on the right: back, not round

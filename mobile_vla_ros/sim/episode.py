@@ -106,10 +106,16 @@ class SimEpisode:
 
 
 SEARCH_RATE = 0.6  # rad/s, counter-clockwise, until the target has been in view
-# |bearing| within which the camera shows the target: half the 75 deg field of view less a margin, so
-# the target is inside the image, not cut by its edge.
-IN_VIEW = math.radians(30)
-# The most a search turns past the image it acts on (rad), less than the 60 deg band of IN_VIEW: a
+# |bearing| within which an image shows the target: half the camera's field of view, where the grounded
+# VLM's "visible" switches (vlm/grounding.py). The action labels steer to a target shown and search
+# counter-clockwise otherwise; a narrower band (30 deg until 2026-12-04) had them search left for a
+# target the image shows at its right edge, where similar images ask to turn right.
+IN_VIEW = math.radians(SimConfig.camera_fovy / 2)
+# The recording drivers' band for a sighting (`Expert`, record_sim's `ImageInformedDriver`): kept at
+# 30 deg so that make_default_model records the episodes the shipped models were trained on. The
+# labels do not depend on it: the trainer recomputes them from the recorded poses with IN_VIEW.
+DRIVER_IN_VIEW = math.radians(30)
+# The most a search turns past the image it acts on (rad), less than the 75 deg band of IN_VIEW: a
 # policy that reuses an image for 1.7 s turns one step, waits for the next image and cannot turn
 # past a target between two images; at a 0.3 s VLM the step is never reached.
 SEARCH_STEP = 0.9
@@ -128,7 +134,7 @@ class Expert:
 
     def observe(self, bearing: float) -> bool:
         """Update the memory with the target's current bearing; returns whether it has been seen."""
-        self.target_seen = self.target_seen or abs(bearing) <= IN_VIEW
+        self.target_seen = self.target_seen or abs(bearing) <= DRIVER_IN_VIEW
         return self.target_seen
 
     def command(self, robot: SimRobot) -> tuple[float, float]:

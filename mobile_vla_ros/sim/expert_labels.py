@@ -25,16 +25,16 @@ from .world import bearing_and_distance
 EXPERT_FIELDS = ("linear.x", "angular.z")
 
 
-def target_in_view(x, y, yaw, target) -> np.ndarray:
-    """Whether an image taken at this pose shows the target (within IN_VIEW of the camera axis)."""
-    return np.abs(bearing_and_distance(x, y, yaw, target)[0]) <= IN_VIEW
+def target_in_view(x, y, yaw, target, band: float = IN_VIEW) -> np.ndarray:
+    """Whether an image taken at this pose shows the target (within `band` of the camera axis)."""
+    return np.abs(bearing_and_distance(x, y, yaw, target)[0]) < band
 
 
-def perceived_target(robot) -> np.ndarray:
-    """Ground-truth perception of the image taken now: [it shows the target (the labels' rule), the
-    robot's unwrapped yaw]."""
+def perceived_target(robot, band: float = IN_VIEW) -> np.ndarray:
+    """Ground-truth perception of the image taken now: [it shows the target (within `band`; the
+    labels' IN_VIEW by default), the robot's unwrapped yaw]."""
     target = robot.task.target_object
-    shows = target_in_view(*robot.pose(), (target.x, target.y, target.radius))
+    shows = target_in_view(*robot.pose(), (target.x, target.y, target.radius), band)
     return np.array([float(shows), robot.unwrapped_yaw])
 
 

@@ -83,7 +83,7 @@ def probe(model_dir: Path, task_set: str, seeds: list[int], bearings=BEARINGS, m
                 for age, dyaw in motions:
                     motion = np.array([[age, 0.0, 0.0, dyaw]], dtype=np.float32)
                     chunk = backend.run(features, window, motion)[0]
-                    label = image_informed_command(target_bearing - dyaw, surface, abs(target_bearing) <= IN_VIEW, dyaw)
+                    label = image_informed_command(target_bearing - dyaw, surface, abs(target_bearing) < IN_VIEW, dyaw)
                     rows.append(ProbeRow(seed, task.instruction, looking_at, math.hypot(obj.x - x, obj.y - y),
                                          bearing, age, dyaw, float(chunk[:, forward].mean()),
                                          float(chunk[:, turn].mean()), float(label[0]), float(label[1])))

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ...sim import cannot_simulate
-from ...sim.episode import ACTION_LIMITS, Expert, SimEpisode, expert_command_at, steer_command
+from ...sim.episode import ACTION_LIMITS, DRIVER_IN_VIEW, Expert, SimEpisode, expert_command_at, steer_command
 from ...sim.expert_labels import informed_command, perceived_target
 from ...sim.messages import FRAMES, ORIENTATION_UNKNOWN, SIM_EPOCH, TOPICS, split_stamp, task_json, yaw_quaternion
 from ...sim.world import TASK_SETS, TIME_LIMITS, SimConfig, bearing_and_distance, sample_task
@@ -107,9 +107,9 @@ TWIN_DETOUR_MAX = 10.0  # s
 
 class ImageInformedDriver:
     """The rule the action expert is trained on (`image_informed_command`) as the driver of a recording,
-    with the perception of images taken every `period` s and known `latency` s later: the states a
-    policy at a slow VLM reaches (a search step, then standing still until the next image), which the
-    continuously searching memory expert never shows."""
+    with the perception (sightings within DRIVER_IN_VIEW) of images taken every `period` s and known
+    `latency` s later: the states a policy at a slow VLM reaches (a search step, then standing still
+    until the next image), which the continuously searching memory expert never shows."""
 
     def __init__(self, latency: float, period: float, phase: float) -> None:
         self.latency, self.period, self.next_capture = latency, period, phase
@@ -118,7 +118,7 @@ class ImageInformedDriver:
 
     def command(self, t: float, robot) -> tuple[float, float]:
         if t >= self.next_capture:
-            self.pending.append((t + self.latency, perceived_target(robot)))
+            self.pending.append((t + self.latency, perceived_target(robot, DRIVER_IN_VIEW)))
             self.next_capture += self.period
         while self.pending and self.pending[0][0] <= t:
             self.perceived = self.pending.pop(0)[1]
