@@ -57,9 +57,15 @@ def test_normalisation_travels_inside_the_graph(tmp_path):
 
 def test_torch_and_onnxruntime_backends_agree_and_auto_picks_onnxruntime():
     spec = ModelSpec.load(default_model_dir())
+    norm = spec.normalization
+
+    def around(mean, std, shape, seed):  # inputs in the model's range: raw IMU noise of unit variance would be
+        noise = np.random.default_rng(seed).standard_normal(shape)  # 200 sigma off, outputs in the hundreds
+        return (np.asarray(mean) + np.asarray(std) * noise).astype(np.float32)
+
     f = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
-    w = np.random.default_rng(1).standard_normal((3, 65, 6)).astype(np.float32)
-    m = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32) if spec.motion_input else None
+    w = around(norm.sensor_mean, norm.sensor_std, (3, 65, 6), 1)
+    m = around(norm.motion_mean, norm.motion_std, (3, 4), 2) if spec.motion_input else None
     ort_out = OnnxRuntimeBackend(default_model_dir(), spec).run(f, w, m)
     torch_out = TorchBackend(default_model_dir(), spec, device="cpu").run(f, w, m)
     assert np.max(np.abs(ort_out - torch_out)) <= 1e-4

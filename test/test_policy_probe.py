@@ -8,6 +8,7 @@ import json
 import pytest
 
 from mobile_vla_ros.paths import default_model_dir
+from mobile_vla_ros.sim.episode import steer_command
 from mobile_vla_ros.tools.simulation import policy_probe
 
 
@@ -21,9 +22,12 @@ def test_the_shipped_policy_drives_to_a_target_ahead_and_searches_when_it_sees_n
     ahead = [r for r in rows if r.looking_at == "target"]
     away = [r for r in rows if r.looking_at == "away"]
     assert len(ahead) == len(away) == 3
+    # Less turn than the rule gives a target 0.25 rad (14 deg) aside: the stand-in reads bearings to about
+    # 6 deg, so a policy can turn a little, but not as if the target were off to one side.
+    aside_turn = float(steer_command(0.25, 2.0)[1])
     for r in ahead:  # the rule: drive at up to 0.45 m/s, no turn
         assert r.label_forward_mps > 0.3 and r.label_yaw_rate_radps == pytest.approx(0.0, abs=1e-9)
-        assert r.forward_mps > 0.25 and abs(r.yaw_rate_radps) < 0.3, r
+        assert r.forward_mps > 0.25 and abs(r.yaw_rate_radps) < aside_turn, r
     for r in away:  # the rule: turn counter-clockwise in place at 0.6 rad/s
         assert (r.label_forward_mps, r.label_yaw_rate_radps) == (0.0, pytest.approx(0.6))
         assert abs(r.forward_mps) < 0.05 and r.yaw_rate_radps > 0.4, r
