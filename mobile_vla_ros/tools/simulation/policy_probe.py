@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ...core.model_spec import ModelSpec
-from ...sim.episode import IN_VIEW, image_informed_command
+from ...sim.episode import image_informed_command
+from ...sim.expert_labels import perceived_target
 from ...sim.world import TASK_SETS, SimConfig, SimRobot, sample_task
 
 GRAVITY = 9.81
@@ -80,10 +81,11 @@ def probe(model_dir: Path, task_set: str, seeds: list[int], bearings=BEARINGS, m
                 robot.place(x, y, math.atan2(obj.y - y, obj.x - x) - bearing)
                 features = extractor.extract([robot.render()], task.instruction).astype(np.float32)
                 target_bearing, surface = robot.target_bearing(), robot.target_distance()
+                shows_target = bool(perceived_target(robot)[0])  # the labels' "in view"
                 for age, dyaw in motions:
                     motion = np.array([[age, 0.0, 0.0, dyaw]], dtype=np.float32)
                     chunk = backend.run(features, window, motion)[0]
-                    label = image_informed_command(target_bearing - dyaw, surface, abs(target_bearing) < IN_VIEW, dyaw)
+                    label = image_informed_command(target_bearing - dyaw, surface, shows_target, dyaw)
                     rows.append(ProbeRow(seed, task.instruction, looking_at, math.hypot(obj.x - x, obj.y - y),
                                          bearing, age, dyaw, float(chunk[:, forward].mean()),
                                          float(chunk[:, turn].mean()), float(label[0]), float(label[1])))
