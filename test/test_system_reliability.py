@@ -179,20 +179,29 @@ def test_malformed_message_flood_is_dropped_and_counted_while_chunks_keep_flowin
     assert action["safe_stop_reason"] == "running"
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_a_crashing_node_leaves_its_python_stacks_in_its_log(probe, processes):
     """A segfault (a C extension's, at shutdown once in CI) kills the node; its log then says where each
-    thread was, so the crash can be diagnosed from one occurrence."""
+    thread was, so the crash can be diagnosed from one occurrence. faulthandler reads the other threads'
+    frames while they run (best effort, as its documentation says): a frame that changes under it can cut
+    the dump short (once in CI, inside the 650 Hz worker's message constructor), so up to three crashes are
+    tried; every one must say what killed the node, and one must show both threads."""
     diags = probe.diagnostics()
-    sources = NodeProcess("tools.bringup.synthetic_sources", {})
-    processes.append(sources)
-    wait_for(lambda: any("synthetic_sources" in diagnostics_of(m) for _, m in diags.since(0.0)), 30,
-             "synthetic_sources running")
-    sources.proc.send_signal(signal.SIGSEGV)
-    assert sources.wait(10) == -signal.SIGSEGV
-    log = sources.output()
-    assert "Fatal Python error: Segmentation fault" in log, log[-2000:]
-    assert "in run_node" in log and "in _sensor_loop" in log, log[-2000:]  # the spin loop and the worker
+    logs = []
+    for _ in range(3):
+        started = time.monotonic()
+        sources = NodeProcess("tools.bringup.synthetic_sources", {})
+        processes.append(sources)
+        wait_for(lambda t=started: any("synthetic_sources" in diagnostics_of(m) for _, m in diags.since(t)), 30,
+                 "synthetic_sources running")
+        sources.proc.send_signal(signal.SIGSEGV)
+        assert sources.wait(10) == -signal.SIGSEGV
+        logs.append(sources.output())
+        assert "Fatal Python error: Segmentation fault" in logs[-1], logs[-1][-2000:]
+        if "in run_node" in logs[-1] and "in _sensor_loop" in logs[-1]:  # the spin loop and the worker
+            return
+    pytest.fail("no dump showed both the spin loop and the sensor worker:\n" + "\n---\n".join(
+        log[-1500:] for log in logs))
 
 
 @pytest.mark.timeout(120)
