@@ -67,6 +67,8 @@ def test_soak_with_faults_stops_in_time_and_recovers_from_each(tmp_path, capsys)
             late = fault.get("late_chunks_after_due_s")
             assert (all(t <= bound for t in late) if late is not None else fault["wrong_chunks"] == 0), detail
             assert fault["time_to_recovery_s"] is not None, detail
+            # The record shows the node at work before the fault: chunks and commands up to the stop.
+            assert min(fault["around_due"]["chunks"]) < 0 and fault["around_due"]["zero_commands"], detail
         else:  # the malformed messages were dropped and counted. (No stop is due; on a loaded 2-core CI
             # machine the burst can still delay the 650 Hz stream past max_sensor_gap, a correct stop:
             # the 30-min soak in docs/ shows 0 stops in 6 bursts.)

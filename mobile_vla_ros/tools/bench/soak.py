@@ -322,11 +322,36 @@ class FaultInjector:
                          default=due - DELIVERY)
         zero = self.obs.first_zero_after(last_chunk)
         time_to_zero = None if zero is None else max(0.0, zero - due)
+        in_time = time_to_zero is not None and time_to_zero <= self.action_period
         return {"stop_expected": True, "time_to_zero_s": time_to_zero, "wrong_chunks": wrong_chunks,
                 "time_to_recovery_s": None if recovered is None else recovered - fault_end,
                 "ok": time_to_zero is not None and time_to_zero <= self.action_period and wrong_chunks == 0
                 and recovered is not None, "_window_end": (recovered or time.monotonic()) + 1.0,
-                **({} if late is None else {"late_chunks_after_due_s": [round(a - due, 4) for a in late]})}
+                **({} if late is None else {"late_chunks_after_due_s": [round(a - due, 4) for a in late]}),
+                "around_due": self._timeline(due, node_state=not in_time)}
+
+    def _timeline(self, due: float, node_state: bool, before: float = 3.0, after: float = 3.0) -> dict:
+        """What the observer saw from `before` s before `due` to `after` s after it, in s from due: for a
+        stop that came late, whether the node went quiet (no chunks, no commands, no diagnostics), the
+        clock stood still or jumped, or the node kept deciding. `node_state`: with the action node's
+        newest diagnostics and the end of its log."""
+        def rel(arrivals) -> list[float]:
+            return [round(a - due, 3) for a in arrivals if due - before <= a <= due + after]
+
+        with self.obs.clock.lock:
+            clock_changes = [(round(a - due, 3), round(o, 3)) for a, o in self.obs.clock.changes]
+        timeline = {
+            "chunks": rel(a for a, _ in self.obs.chunks.since(due - before)),
+            "zero_commands": rel(a for a, zero in self.obs.commands.since(due - before) if zero)[:20],
+            "moving_commands": rel(a for a, zero in self.obs.commands.since(due - before) if not zero)[-20:],
+            "features": rel(a for a, _ in self.obs.features.since(due - before)),
+            "action_node_diagnostics": rel(a for a, m in self.obs.recorders["/diagnostics"].since(due - before)
+                                           if "action_expert_node" in diagnostics_of(m)),
+            "clock_offset_changes": clock_changes[-6:]}
+        if node_state:
+            timeline |= {"action_node_latest_diagnostics": self.obs.latest_diagnostics("action_expert_node"),
+                         "action_node_log_tail": self.procs["action_expert_node"].output()[-1500:]}
+        return timeline
 
     def _set(self, node: str, name: str, value) -> None:
         result = self.obs.set_param(f"/{node}", name, value)
