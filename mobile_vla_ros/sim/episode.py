@@ -110,7 +110,7 @@ SEARCH_RATE = 0.6  # rad/s, counter-clockwise, until the target has been in view
 # VLM's "visible" switches (vlm/grounding.py). The action labels steer to a target shown and search
 # counter-clockwise otherwise; a narrower band (30 deg until 2026-12-04) had them search left for a
 # target the image shows at its right edge, where similar images ask to turn right.
-IN_VIEW = math.radians(SimConfig.camera_fovy / 2)
+IN_VIEW = SimConfig().half_fov
 # The recording drivers' band for a sighting (`Expert`, record_sim's `ImageInformedDriver`): kept at
 # 30 deg so that make_default_model records the episodes the shipped models were trained on. The
 # labels do not depend on it: the trainer recomputes them from the recorded poses with IN_VIEW.

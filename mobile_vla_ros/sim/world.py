@@ -85,6 +85,11 @@ class SimConfig:
         if self.held_out_phrasings and self.paraphrases:
             raise ValueError("held_out_phrasings (evaluation) and paraphrases (training) exclude each other")
 
+    @property
+    def half_fov(self) -> float:
+        """Half the camera's field of view (rad): the bearing out to which an image shows an object."""
+        return math.radians(self.camera_fovy / 2)
+
     @classmethod
     def for_evaluation(cls, task_set: str = "standard", time_limit: float | None = None, **fields) -> SimConfig:
         """How episodes are evaluated: the set's time limit (unless given) and, for the hard set, the
@@ -147,7 +152,7 @@ def _sample_standard_task(seed: int, cfg: SimConfig) -> Task:
     rng = np.random.default_rng(seed)
     yaw0 = rng.uniform(-math.pi, math.pi)
     start = (rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5), yaw0)
-    half_fov = math.radians(cfg.camera_fovy / 2) * 0.75
+    half_fov = cfg.half_fov * 0.75
     while True:
         bearings = np.sort(rng.uniform(-half_fov, half_fov, cfg.objects))
         if np.all(np.diff(bearings) > math.radians(22)):

@@ -94,7 +94,7 @@ def grounding_label(robot: SimRobot, shape_slots: bool = False, task: Task | Non
     the same scene asks for another target)."""
     x, y, yaw = robot.pose()
     task = task or robot.task
-    half_fov = math.radians(robot.cfg.camera_fovy) / 2
+    half_fov = robot.cfg.half_fov
     b = _bearing(task.target_object, x, y, yaw)
     target = task.target_object
     label = [math.sin(b), math.cos(b), math.hypot(target.x - x, target.y - y) - target.radius]
@@ -121,7 +121,7 @@ def twin_bearing(robot: SimRobot, task: Task | None = None) -> float:
     """Bearing of the target's same-colour twin (the other shape) when it is in view, else NaN: the
     frames on which a colour-only guess points at the twin, wherever the target is."""
     x, y, yaw = robot.pose()
-    half_fov = math.radians(robot.cfg.camera_fovy) / 2
+    half_fov = robot.cfg.half_fov
     bearings = [_bearing(o, x, y, yaw) for o in (task or robot.task).twins]
     in_view = [b for b in bearings if abs(b) < half_fov]
     return min(in_view, key=abs) if in_view else math.nan

@@ -38,7 +38,7 @@ def render_probe_frames(tasks: int, workers: int = 1) -> tuple[list, dict[str, l
     that show the target and no twin)."""
     from ..sim.world import SimConfig
 
-    half_fov = math.radians(SimConfig().camera_fovy) / 2
+    half_fov = SimConfig().half_fov
 
     def target_in_view(frame):
         return abs(target_bearing(frame)) < half_fov
