@@ -21,6 +21,7 @@ the recovered system. A malformed burst must not stop anything: its messages are
 
 from __future__ import annotations
 
+import collections
 import math
 import signal
 import threading
@@ -49,6 +50,7 @@ CLOCK_JUMP = 10.0
 SENSOR_STALL = 2.0
 DELIVERY = 0.02  # s: the observer and the node get the same message a few ms apart
 RECOVERY_TIMEOUT = 60.0
+CLOCK_READINGS = 20_000  # /clock readings kept: 80 s at synthetic_sources' 250 Hz, longer than any fault
 # The restart is a supervisor's with a health check: on Fast DDS's shared-memory transport a node started
 # after a SIGKILLed one can match its publishers and never receive their best-effort samples (images,
 # /clock; eProsima/Fast-DDS#5053, #2811; 1 of 8 restarts here). A restart that has published no features
@@ -77,6 +79,7 @@ class ClockTracker:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.changes: list[tuple[float, float]] = []  # (arrival, new offset)
+        self.readings: collections.deque[tuple[float, float]] = collections.deque(maxlen=CLOCK_READINGS)
 
     def __call__(self, msg) -> None:
         self.add(time.monotonic(), stamp_to_sec(msg.clock))
@@ -87,6 +90,7 @@ class ClockTracker:
         the clock's (on a loaded machine the first reading after a jump can be tens of ms late)."""
         offset = sim - arrival
         with self.lock:
+            self.readings.append((arrival, sim))
             # Delivery jitter moves the offset by ms; a jump moves it by seconds.
             if not self.changes or abs(offset - self.changes[-1][1]) > 0.5:
                 self.changes.append((arrival, offset))
@@ -102,6 +106,14 @@ class ClockTracker:
     def monotonic_at(self, sim: float) -> float:
         with self.lock:
             return sim - self.changes[-1][1]
+
+    def reached(self, sim: float) -> float | None:
+        """Arrival of the first reading at or past `sim` on the present timeline (since the last jump): when
+        the nodes' clocks got there. Later than `monotonic_at(sim)` when /clock stood still (its publisher
+        stalled) across `sim`: time on the nodes' clocks did not pass meanwhile."""
+        with self.lock:
+            since = self.changes[-1][0] if self.changes else -math.inf
+            return next((arrival for arrival, s in self.readings if arrival >= since and s >= sim), None)
 
     def jump_after(self, t: float) -> float | None:
         with self.lock:
@@ -198,14 +210,14 @@ class FaultInjector:
         # published just before the kill may still be in flight: the newest is read once they arrived.
         time.sleep(0.5)
         features = self.obs.features.since(0.0)
-        newest_stamp = features[-1][1] if features else math.nan
-        due = self.obs.clock.monotonic_at(newest_stamp + max_feature_age(self.cfg))
-        time.sleep(max(0.0, due - time.monotonic()) + 1.0)
+        deadline = (features[-1][1] if features else math.nan) + max_feature_age(self.cfg)
+        time.sleep(max(0.0, self.obs.clock.monotonic_at(deadline) - time.monotonic()) + 1.0)
+        due, stood_still = self._due(deadline)
         late = [a for a, _ in self.obs.chunks.since(due + self.action_period + DELIVERY)]
         t_restart = time.monotonic()
         attempts = self._restart_vlm_node()
         recovered = self.obs.first_chunk_after(t_restart, RECOVERY_TIMEOUT)
-        extra = {"killed_to_due_s": due - t_kill, "restart_attempts": attempts,
+        extra = {"killed_to_due_s": due - t_kill, "clock_stood_still_s": stood_still, "restart_attempts": attempts,
                  "features_since_restart": len(self.obs.features.since(t_restart))}
         return self._measure(due, t_restart, recovered, wrong_chunks=len(late), late=late) | extra
 
@@ -266,12 +278,13 @@ class FaultInjector:
             time.sleep(SENSOR_STALL)
             t_end = time.monotonic()
             sent = samples.since(t_request - 1.0)
-        due = (self.obs.clock.monotonic_at(sent[-1][1] + self.max_sensor_gap) if sent
-               else t_request + self.max_sensor_gap)
+        due, stood_still = self._due(sent[-1][1] + self.max_sensor_gap) if sent else (
+            t_request + self.max_sensor_gap, 0.0)
         late = [a for a, _ in self.obs.chunks.since(due + self.action_period + DELIVERY) if a < t_end]
         self._set("synthetic_sources", "sensor_enabled", True)
         recovered = self.obs.first_chunk_after(t_end, RECOVERY_TIMEOUT)
-        return self._measure(due, t_end, recovered, wrong_chunks=len(late), late=late)
+        return self._measure(due, t_end, recovered, wrong_chunks=len(late), late=late) | {
+            "clock_stood_still_s": stood_still}
 
     def malformed_burst(self, n_sensor: int = 200) -> dict:
         from sensor_msgs.msg import Image, Imu
@@ -311,6 +324,18 @@ class FaultInjector:
                 "ok": stops == 0 and not zeros, "_window_end": t1 + 1.0}
 
     # -- helpers ---------------------------------------------------------------------------------
+    def _due(self, deadline: float) -> tuple[float, float]:
+        """When a stop at sim time `deadline` was due (monotonic), and how long /clock stood still across
+        it: the nodes run on /clock, so the stop is due when their clock reached the deadline, which is
+        later than the steady clock's estimate when the clock's publisher stalled (a starved process; a
+        transport that blocks on a SIGKILLed peer is suspected for CI's one vlm_kill stop 1.5 s late)."""
+        estimate = self.obs.clock.monotonic_at(deadline)
+        if math.isnan(deadline):
+            return estimate, 0.0
+        wait_for(lambda: self.obs.clock.reached(deadline) is not None, 10, "/clock at the deadline")
+        stood_still = max(0.0, self.obs.clock.reached(deadline) - DELIVERY - estimate)
+        return estimate + stood_still, round(stood_still, 4)
+
     def _measure(self, due: float, fault_end: float, recovered: float | None, wrong_chunks: int,
                  late: list[float] | None = None) -> dict:
         """The stop is the first zero command after the last chunk of the fault's span: at or before
@@ -451,8 +476,10 @@ def fault_line(r: dict) -> str:
     zero = "never" if r["time_to_zero_s"] is None else f"{r['time_to_zero_s'] * 1e3:.0f} ms"
     rec = "never" if r["time_to_recovery_s"] is None else f"{r['time_to_recovery_s']:.2f} s"
     restarts = f" ({r['restart_attempts']} restarts)" if r.get("restart_attempts", 1) > 1 else ""
-    return f"{r['fault']}: {'ok' if r['ok'] else 'FAILED'}, zero after {zero}, recovered after {rec}{restarts}, " \
-           f"{r['wrong_chunks']} chunks when none may come"
+    still = r.get("clock_stood_still_s", 0.0)
+    clock = f" (/clock stood still {still:.2f} s across the deadline)" if still > 0.05 else ""
+    return f"{r['fault']}: {'ok' if r['ok'] else 'FAILED'}, zero after {zero}{clock}, recovered after {rec}" \
+           f"{restarts}, {r['wrong_chunks']} chunks when none may come"
 
 
 def fault_summary(results: list[dict]) -> dict:
@@ -467,7 +494,8 @@ def fault_summary(results: list[dict]) -> dict:
                       "time_to_zero_max_s": max(zeros) if zeros else None,
                       "time_to_recovery_max_s": max(recoveries) if recoveries else None,
                       "wrong_chunks": sum(r.get("wrong_chunks", 0) for r in rs),
-                      "repeated_restarts": sum(r.get("restart_attempts", 1) - 1 for r in rs)}
+                      "repeated_restarts": sum(r.get("restart_attempts", 1) - 1 for r in rs),
+                      "clock_stood_still_max_s": max((r.get("clock_stood_still_s", 0.0) for r in rs), default=0.0)}
     return out
 
 
