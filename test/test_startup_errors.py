@@ -66,6 +66,16 @@ def test_out_of_range_yaml_value_stops_start_up(processes):
     fails_with(node, "action_hz")
 
 
+@pytest.mark.timeout(60)
+def test_a_value_of_the_wrong_type_stops_every_node_with_one_line(processes):
+    """An integer where a float is declared (`sensor_hz: 650` in a YAML): each node, the test tools
+    included, ends with one line naming the parameter and both types, not a traceback."""
+    nodes = [NodeProcess("vlm_node", {"vlm_hz": 3}), NodeProcess("tools.bringup.synthetic_sources", {"sensor_hz": 650})]
+    processes.extend(nodes)
+    for node, name in zip(nodes, ("vlm_hz", "sensor_hz")):
+        fails_with(node, name, "INTEGER", "DOUBLE")
+
+
 @pytest.mark.timeout(120)
 def test_vlm_node_refuses_features_the_action_model_was_not_trained_on(processes, tiny_qwen_dir):
     # The shipped action model was trained on kosmos2 / last_token / 64-dim features.

@@ -20,6 +20,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import WrenchStamped
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -143,12 +144,14 @@ class SyntheticSources(Node):
 
     def destroy_node(self) -> None:
         self._running = False
-        self._thread.join(timeout=1.0)
+        thread = getattr(self, "_thread", None)  # absent when __init__ failed (a parameter of the wrong type)
+        if thread is not None:
+            thread.join(timeout=1.0)
         super().destroy_node()
 
 
 def main(args=None) -> int:
-    return run_node(SyntheticSources, args)
+    return run_node(SyntheticSources, args, startup_errors=(InvalidParameterTypeException,))
 
 
 if __name__ == "__main__":
