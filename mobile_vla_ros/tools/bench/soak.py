@@ -365,6 +365,9 @@ class FaultInjector:
 
         with self.obs.clock.lock:
             clock_changes = [(round(a - due, 3), round(o, 3)) for a, o in self.obs.clock.changes]
+            clock_arrivals = rel(a for a, _ in self.obs.clock.readings)
+        # The longest wait between two /clock readings: the observer or the clock's publisher stalled there.
+        clock_gap = max(zip(clock_arrivals, clock_arrivals[1:]), key=lambda ab: ab[1] - ab[0], default=None)
         timeline = {
             "chunks": rel(a for a, _ in self.obs.chunks.since(due - before)),
             "zero_commands": rel(a for a, zero in self.obs.commands.since(due - before) if zero)[:20],
@@ -372,7 +375,9 @@ class FaultInjector:
             "features": rel(a for a, _ in self.obs.features.since(due - before)),
             "action_node_diagnostics": rel(a for a, m in self.obs.recorders["/diagnostics"].since(due - before)
                                            if "action_expert_node" in diagnostics_of(m)),
-            "clock_offset_changes": clock_changes[-6:]}
+            "clock_offset_changes": clock_changes[-6:],
+            "longest_clock_gap": None if clock_gap is None else {"from": clock_gap[0],
+                                                                  "seconds": round(clock_gap[1] - clock_gap[0], 3)}}
         if node_state:
             timeline |= {"action_node_latest_diagnostics": self.obs.latest_diagnostics("action_expert_node"),
                          "action_node_log_tail": self.procs["action_expert_node"].output()[-1500:]}
