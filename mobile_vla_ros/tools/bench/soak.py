@@ -350,8 +350,8 @@ class FaultInjector:
         in_time = time_to_zero is not None and time_to_zero <= self.action_period
         return {"stop_expected": True, "time_to_zero_s": time_to_zero, "wrong_chunks": wrong_chunks,
                 "time_to_recovery_s": None if recovered is None else recovered - fault_end,
-                "ok": time_to_zero is not None and time_to_zero <= self.action_period and wrong_chunks == 0
-                and recovered is not None, "_window_end": (recovered or time.monotonic()) + 1.0,
+                "ok": in_time and wrong_chunks == 0 and recovered is not None,
+                "_window_end": (recovered or time.monotonic()) + 1.0,
                 **({} if late is None else {"late_chunks_after_due_s": [round(a - due, 4) for a in late]}),
                 "around_due": self._timeline(due, node_state=not in_time)}
 
