@@ -57,8 +57,7 @@ def test_labels_follow_the_robot_pose():
         for obj in task.objects:  # each one in its colour-and-shape slot
             assert by_kind[3 + 3 * grounding.KINDS.index((obj.color, obj.shape))] == 1
         x, y, yaw = task.start
-        robot.data.qpos[:] = (x, y, yaw + math.pi)  # facing away: nothing visible
-        robot._mj.mj_forward(robot.model, robot.data)
+        robot.place(x, y, yaw + math.pi)  # facing away: nothing visible
         assert grounding.grounding_label(robot)[3::3].sum() == 0
 
 
@@ -75,8 +74,7 @@ def test_the_vlm_is_taught_visible_where_the_action_labels_count_the_target_in_v
         x, y, _ = task.start
         towards = math.atan2(target.y - y, target.x - x)
         for aside in (IN_VIEW - 0.01, IN_VIEW + 0.01, -IN_VIEW + 0.01, -IN_VIEW - 0.01):
-            robot.data.qpos[:] = (x, y, towards - aside)  # the target `aside` rad to the left
-            robot._mj.mj_forward(robot.model, robot.data)
+            robot.place(x, y, towards - aside)  # the target `aside` rad to the left
             assert robot.target_bearing() == pytest.approx(aside, abs=1e-6)
             in_view = bool(target_in_view(*robot.pose(), (target.x, target.y, target.radius)))
             assert in_view == (abs(aside) < IN_VIEW)
@@ -161,11 +159,9 @@ def test_twin_in_view_is_the_same_colour_other_shape():
     twin = next(o for o in task.objects if o.color == target.color and o is not target)
     with SimRobot(task, render=False) as robot:
         x, y, _ = task.start
-        robot.data.qpos[:] = (x, y, math.atan2(twin.y - y, twin.x - x))  # looking straight at the twin
-        robot._mj.mj_forward(robot.model, robot.data)
+        robot.place(x, y, math.atan2(twin.y - y, twin.x - x))  # looking straight at the twin
         assert grounding.twin_bearing(robot) == pytest.approx(0.0, abs=1e-6)
-        robot.data.qpos[:] = (x, y, math.atan2(twin.y - y, twin.x - x) + math.pi)  # turned away from it
-        robot._mj.mj_forward(robot.model, robot.data)
+        robot.place(x, y, math.atan2(twin.y - y, twin.x - x) + math.pi)  # turned away from it
         assert math.isnan(grounding.twin_bearing(robot))
 
 

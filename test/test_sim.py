@@ -58,8 +58,7 @@ def test_camera_sees_the_objects_where_their_bearing_says():
         x, y, yaw = task.start
         columns = {}
         for dyaw in (-0.3, 0.0, 0.3):  # turning right moves the target to the left of the image
-            robot.data.qpos[:] = (x, y, yaw + dyaw)
-            robot._mj.mj_forward(robot.model, robot.data)
+            robot.place(x, y, yaw + dyaw)
             rgb = robot.render()
             assert rgb.shape == (224, 224, 3) and rgb.dtype == np.uint8
             columns[dyaw] = red_column(rgb)
