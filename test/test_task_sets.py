@@ -8,7 +8,15 @@ import math
 import pytest
 
 from mobile_vla_ros.sim.episode import DRIVER_IN_VIEW, SEARCH_RATE, Expert, SimEpisode, expert_command_at, run_baseline
-from mobile_vla_ros.sim.world import HELD_OUT_PHRASINGS, PARAPHRASES, PHRASINGS, SimConfig, sample_task, wrap_angle
+from mobile_vla_ros.sim.world import (
+    HELD_OUT_PHRASINGS,
+    PARAPHRASES,
+    PHRASINGS,
+    SimConfig,
+    in_view,
+    sample_task,
+    wrap_angle,
+)
 
 HARD = SimConfig.for_evaluation("hard")
 
@@ -58,8 +66,7 @@ def test_the_standard_set_is_unchanged_by_the_hard_one():
     task = sample_task(1000)
     assert task.instruction in {p.format(color=task.target_object.color, shape=task.target_object.shape)
                                 for p in PHRASINGS}
-    half_fov = math.radians(SimConfig().camera_fovy) / 2
-    assert all(abs(bearing_and_distance(task, o)[0]) < half_fov for o in task.objects)
+    assert all(in_view(bearing_and_distance(task, o)[0], SimConfig().half_fov) for o in task.objects)
 
 
 def test_the_expert_searches_one_way_until_it_has_seen_the_target_then_steers_back_the_short_way():
@@ -69,7 +76,8 @@ def test_the_expert_searches_one_way_until_it_has_seen_the_target_then_steers_ba
         assert expert_command_at(math.radians(bearing), 2.0, expert.observe(math.radians(bearing))) == \
             (0.0, SEARCH_RATE)
     assert not expert.target_seen
-    assert expert.observe(DRIVER_IN_VIEW) and expert.observe(math.radians(-120))  # seen once: remembered
+    assert not expert.observe(DRIVER_IN_VIEW)  # the band's edge is outside, as for the labels' in_view
+    assert expert.observe(DRIVER_IN_VIEW - 1e-6) and expert.observe(math.radians(-120))  # seen once: remembered
     v, w = expert_command_at(math.radians(-20), 2.0, True)
     assert w < 0 and v > 0
     v, w = expert_command_at(math.radians(-60), 2.0, True)  # turned past it on the right: back, not round

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .world import SimConfig, SimRobot, Task
+from .world import SimConfig, SimRobot, Task, in_view
 
 ACTION_LIMITS = (0.5, 1.0)  # |linear.x| m/s, |angular.z| rad/s: config/robot.yaml's action_limits
 
@@ -134,7 +134,7 @@ class Expert:
 
     def observe(self, bearing: float) -> bool:
         """Update the memory with the target's current bearing; returns whether it has been seen."""
-        self.target_seen = self.target_seen or abs(bearing) <= DRIVER_IN_VIEW
+        self.target_seen = self.target_seen or bool(in_view(bearing, DRIVER_IN_VIEW))
         return self.target_seen
 
     def command(self, robot: SimRobot) -> tuple[float, float]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..core.motion import arc_step
 from .episode import IN_VIEW, image_informed_command
-from .world import bearing_and_distance
+from .world import bearing_and_distance, in_view
 
 # The Twist fields the sim expert commands, in the order of its (v, w) labels.
 EXPERT_FIELDS = ("linear.x", "angular.z")
@@ -27,7 +27,7 @@ EXPERT_FIELDS = ("linear.x", "angular.z")
 
 def target_in_view(x, y, yaw, target, band: float = IN_VIEW) -> np.ndarray:
     """Whether an image taken at this pose shows the target (within `band` of the camera axis)."""
-    return np.abs(bearing_and_distance(x, y, yaw, target)[0]) < band
+    return in_view(bearing_and_distance(x, y, yaw, target)[0], band)
 
 
 def perceived_target(robot, band: float = IN_VIEW) -> np.ndarray:

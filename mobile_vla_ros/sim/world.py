@@ -218,6 +218,14 @@ def wrap_angle(angle):
     return (angle + math.pi) % (2 * math.pi) - math.pi
 
 
+def in_view(bearing, band: float):
+    """Whether an image shows an object at `bearing` (rad from the camera axis): strictly within `band`,
+    half the field of view (`SimConfig.half_fov`) for what the camera shows, narrower for the recording
+    drivers' sighting. Elementwise. The grounding's "visible", the action labels' "the image showed the
+    target" and the probes all use this one rule."""
+    return np.abs(bearing) < band
+
+
 def bearing_and_distance(x, y, yaw, target):
     """Bearing of the target's centre from the base (rad, wrapped) and distance to its surface (m), the
     success measure; `target` [..., 3] is (x, y, radius). Elementwise: the robot and the training

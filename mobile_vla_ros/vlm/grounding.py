@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..sim import render_in_processes
-from ..sim.world import COLORS, SHAPES, SimConfig, SimRobot, Task, sample_task, wrap_angle
+from ..sim.world import COLORS, SHAPES, SimConfig, SimRobot, Task, in_view, sample_task, wrap_angle
 from .patch_labels import COVERED_SHARE, patch_shares
 from .preprocess import ClipPixels
 
@@ -94,7 +94,6 @@ def grounding_label(robot: SimRobot, shape_slots: bool = False, task: Task | Non
     the same scene asks for another target)."""
     x, y, yaw = robot.pose()
     task = task or robot.task
-    half_fov = robot.cfg.half_fov
     b = _bearing(task.target_object, x, y, yaw)
     target = task.target_object
     label = [math.sin(b), math.cos(b), math.hypot(target.x - x, target.y - y) - target.radius]
@@ -105,7 +104,7 @@ def grounding_label(robot: SimRobot, shape_slots: bool = False, task: Task | Non
             continue
         obj = min(objs, key=lambda o: abs(_bearing(o, x, y, yaw)))  # of two, the one nearer the image centre
         bo = _bearing(obj, x, y, yaw)
-        visible = float(abs(bo) < half_fov)
+        visible = float(in_view(bo, robot.cfg.half_fov))
         label += [visible, math.sin(bo) * visible, (math.hypot(obj.x - x, obj.y - y) - obj.radius) * visible]
     return np.array(label, dtype=np.float32)
 
@@ -121,10 +120,9 @@ def twin_bearing(robot: SimRobot, task: Task | None = None) -> float:
     """Bearing of the target's same-colour twin (the other shape) when it is in view, else NaN: the
     frames on which a colour-only guess points at the twin, wherever the target is."""
     x, y, yaw = robot.pose()
-    half_fov = robot.cfg.half_fov
     bearings = [_bearing(o, x, y, yaw) for o in (task or robot.task).twins]
-    in_view = [b for b in bearings if abs(b) < half_fov]
-    return min(in_view, key=abs) if in_view else math.nan
+    shown = [b for b in bearings if in_view(b, robot.cfg.half_fov)]
+    return min(shown, key=abs) if shown else math.nan
 
 
 def is_hard_task(index: int) -> bool:

@@ -36,12 +36,12 @@ def render_probe_frames(tasks: int, workers: int = 1) -> tuple[list, dict[str, l
     "twin", those of 9 per task that show both the target and its twin, most of them from the hard tasks'
     3 between the two; "standard" and "hard, no twin", those of 4 per task of another half as many tasks
     that show the target and no twin)."""
-    from ..sim.world import SimConfig
+    from ..sim.world import SimConfig, in_view
 
     half_fov = SimConfig().half_fov
 
     def target_in_view(frame):
-        return abs(target_bearing(frame)) < half_fov
+        return in_view(target_bearing(frame), half_fov)
 
     fit = render_frames(tasks, 4, PROBE_SEED, workers)
     twin = render_frames(tasks, 9, PROBE_SEED + 1, workers, GroundingRecipe(twin_views=True))
