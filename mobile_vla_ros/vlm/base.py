@@ -170,6 +170,18 @@ def check_transformers_below(architecture: str, below: tuple[int, int], version:
                            f"pinned in requirements/); found {version}")
 
 
+def checked_vlm_dir(config: ExtractorConfig, architecture: str, model_type: str,
+                    transformers_below: tuple[int, int]) -> tuple[Path, object]:
+    """The start-up checks of an extractor that loads one transformers VLM from `config.model_path`:
+    the installed transformers (below `transformers_below`), the pooling, the directory's files and its
+    architecture; returns (the directory, the compute dtype)."""
+    check_transformers_below(architecture, transformers_below)
+    check_pooling(config.pooling)
+    path = check_model_dir(config.model_path)
+    check_model_type(path, model_type)
+    return path, torch_dtype(config.dtype, config.device)
+
+
 def dtype_kwarg(dtype) -> dict:
     """`from_pretrained` takes `dtype` since transformers 4.56 and `torch_dtype` before."""
     return {"dtype": dtype} if major_minor(transformers_version()) >= (4, 56) else {"torch_dtype": dtype}

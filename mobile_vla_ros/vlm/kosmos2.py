@@ -17,13 +17,9 @@ import numpy as np
 
 from .base import (
     ExtractorConfig,
-    check_model_dir,
-    check_model_type,
-    check_pooling,
-    check_transformers_below,
+    checked_vlm_dir,
     from_local_dir,
     load_model,
-    torch_dtype,
 )
 from .preprocess import ClipPixels, InstructionCache, tensor_preprocessor
 from .static_forward import StaticForward
@@ -79,11 +75,7 @@ class Kosmos2Extractor:
 
         # Our forward follows transformers 4.x's Kosmos-2 code; with 5.17 its first forward fails inside the
         # pooling (docs/bench/kosmos2_transformers_5_17_failure_h200.log).
-        check_transformers_below("Kosmos-2", (5, 0))
-        check_pooling(config.pooling)
-        path = check_model_dir(config.model_path)
-        check_model_type(path, "kosmos-2")
-        dtype = torch_dtype(config.dtype, config.device)
+        path, dtype = checked_vlm_dir(config, "Kosmos-2", "kosmos-2", transformers_below=(5, 0))
         self.processor = from_local_dir(AutoProcessor, path, "model_path", "Kosmos-2")
         model = load_model(Kosmos2ForConditionalGeneration, path, "model_path", "Kosmos-2", dtype, config.device,
                            int8_weights=config.dtype == "int8w")

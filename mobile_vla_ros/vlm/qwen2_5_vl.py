@@ -24,13 +24,9 @@ import numpy as np
 from .base import (
     ExtractorConfig,
     VlmLoadError,
-    check_model_dir,
-    check_model_type,
-    check_pooling,
-    check_transformers_below,
+    checked_vlm_dir,
     from_local_dir,
     load_model,
-    torch_dtype,
 )
 from .kosmos2 import pad_to_bucket, pool_hidden, pooling_indices
 from .preprocess import InstructionCache, QwenPatches, tensor_preprocessor
@@ -47,11 +43,7 @@ class Qwen25VLExtractor:
         from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
         # transformers 5 changed get_rope_index, which the prompt's positions come from (5.17 fails there).
-        check_transformers_below("Qwen2.5-VL", (5, 0))
-        check_pooling(config.pooling)
-        path = check_model_dir(config.model_path)
-        check_model_type(path, "qwen2_5_vl")
-        dtype = torch_dtype(config.dtype, config.device)
+        path, dtype = checked_vlm_dir(config, "Qwen2.5-VL", "qwen2_5_vl", transformers_below=(5, 0))
         self.prompt = config.prompt or DEFAULT_PROMPT
         if self.prompt.count(IMAGE_TOKEN) != 1 or "{instruction}" not in self.prompt:
             raise VlmLoadError(f"prompt: must contain {IMAGE_TOKEN} once and {{instruction}}")
