@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sim.world import SimConfig, SimRobot, Task, sample_task
+from ..sim.world import SimConfig, SimRobot, Task, sample_task, wrap_angle
 from .grounding import KINDS, GroundingRecipe, grounding_label, load_stand_in, render_frames
 from .twin_probe import PROBE_SEED, ridge_readout
 
@@ -68,7 +68,7 @@ def feature_pairs(vlm_dir: Path, frames: list) -> tuple[np.ndarray, np.ndarray]:
 def _scores(read: np.ndarray, true: np.ndarray) -> dict:
     """Bearing errors (a reading of NaN, "not in view", counts as 180 deg) on all frames and on those with
     the target aside."""
-    error = np.where(np.isnan(read), math.pi, np.abs((read - true + math.pi) % (2 * math.pi) - math.pi))
+    error = np.where(np.isnan(read), math.pi, np.abs(wrap_angle(read - true)))
     aside = np.abs(true) > ASIDE
     return {"bearing_mae_deg": math.degrees(float(error.mean())), "over_15_deg": float((error > ASIDE).mean()),
             "aside": {"frames": int(aside.sum()), "bearing_mae_deg": math.degrees(float(error[aside].mean())),
