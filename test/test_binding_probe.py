@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from mobile_vla_ros.paths import default_model_dir
-from mobile_vla_ros.sim.world import bearing_and_distance
+from mobile_vla_ros.sim.world import SimConfig, bearing_and_distance, sample_task
 from mobile_vla_ros.vlm import binding_probe
 from mobile_vla_ros.vlm.grounding import KINDS
 
@@ -35,7 +35,8 @@ def test_the_probe_scores_both_readings_on_every_start_image(tmp_path, capsys):
                                "--out", str(out)]) == 0
     result = json.loads(out.read_text())["results"][0]
     assert result["frames"] == 8 and [row["seed"] for row in result["per_seed"]] == list(range(1000, 1008))
-    for row, (_, _, _, task) in zip(result["per_seed"], binding_probe.start_frames(range(1000, 1008))):
+    for row in result["per_seed"]:
+        task = sample_task(row["seed"], SimConfig.for_evaluation("standard"))
         target = task.target_object
         truth = bearing_and_distance(*task.start, np.array([target.x, target.y, target.radius]))[0]
         assert math.isclose(row["target_deg"], math.degrees(truth), abs_tol=1e-3)
