@@ -237,6 +237,59 @@ def test_twin_pairs_ask_the_same_image_for_the_twin_by_its_shape():
         grounding.GroundingRecipe(twin_pairs="yes")
 
 
+def test_other_pairs_ask_each_standard_image_for_every_other_object_in_view():
+    """With `other_pairs`, each standard frame is followed by the same image instructed, in the task's own
+    phrasing, with each other object in view and labelled for it; hard frames and validation frames are as
+    before."""
+    per_task = 6
+    plain_recipe = grounding.GroundingRecipe(shape_slots=True)
+    plain = grounding.render_frames(4, per_task, seed=0, recipe=plain_recipe)
+    recipe = grounding.GroundingRecipe(shape_slots=True, other_pairs=True)
+    paired = grounding.render_frames(4, per_task, seed=0, recipe=recipe)
+    by_image: dict[int, list] = {}
+    for frame in paired:
+        by_image.setdefault(id(frame[0]), []).append(frame)
+    groups = list(by_image.values())
+    assert len(groups) == len(plain) and len(paired) > len(plain) + per_task  # most standard views show others
+    for k, (group, alone) in enumerate(zip(groups, plain, strict=True)):
+        index = k // per_task
+        assert np.array_equal(group[0][0], alone[0]) and group[0][1] == alone[1]
+        np.testing.assert_array_equal(group[0][2], alone[2])
+        if grounding.is_hard_task(index):
+            assert len(group) == 1
+            continue
+        task = sample_task(grounding.FIRST_TASK_SEED + index, SimConfig(paraphrases=True))
+        kinds = alone[2][3:].reshape(-1, 3)
+        in_view = [o for o in task.objects if o is not task.target_object
+                   and kinds[grounding.KINDS.index((o.color, o.shape)), 0] == 1.0]
+        assert [f[1] for f in group[1:]] == [grounding.instructed_for(task, o).instruction for o in in_view]
+        for frame, obj in zip(group[1:], in_view):
+            np.testing.assert_array_equal(frame[2][3:], alone[2][3:])  # one image: the same per-kind labels
+            slot = kinds[grounding.KINDS.index((obj.color, obj.shape))]
+            assert frame[2][0] == pytest.approx(slot[1], abs=1e-5)  # its target is that object
+            assert frame[1] != alone[1] and obj.color in frame[1]
+    assert sum(len(g) > 1 for g in groups) >= per_task
+    val = grounding.render_grounding_frames(4, 2, seed=0, recipe=recipe)[1]
+    assert len({id(f[0]) for f in val}) == len(val)  # validation asks each image once, as the robot does
+
+
+def test_instructed_for_keeps_the_phrasing_and_names_the_other_object():
+    """A task's instruction re-aimed at another of its objects keeps the template, including the colour-only
+    one; an instruction in no known phrasing is refused."""
+    from dataclasses import replace
+
+    task = sample_task(1003, SimConfig(paraphrases=True))
+    other = next(o for o in task.objects if o is not task.target_object)
+    target = task.target_object
+    for phrasing in ("approach the {color} object", "target: {color} {shape}", "your goal is the {color} {shape}"):
+        asked = replace(task, instruction=phrasing.format(color=target.color, shape=target.shape))
+        moved = grounding.instructed_for(asked, other)
+        assert moved.instruction == phrasing.format(color=other.color, shape=other.shape)
+        assert moved.target_object is other and moved.objects == task.objects
+    with pytest.raises(ValueError, match="none of the phrasings"):
+        grounding.instructed_for(replace(task, instruction="go somewhere"), other)
+
+
 def test_twin_confusion_counts_predictions_nearer_the_twin():
     import torch
 

@@ -338,5 +338,7 @@ def test_the_default_model_recipe_grounds_the_stand_in_it_is_asked_for():
     assert before == {"size": StandInSize(), "recipe": GroundingRecipe()}
     assert recipe._stand_in(recipe._parse(["--vlm-axis-views"]))["recipe"] == GroundingRecipe(
         shape_slots=True, twin_pairs="in-view", axis_views=True)
+    assert recipe._stand_in(recipe._parse(["--vlm-other-pairs"]))["recipe"] == GroundingRecipe(
+        shape_slots=True, twin_pairs="in-view", other_pairs=True)
     with pytest.raises(SystemExit):
         recipe._parse(["--vlm-twin-pairs", "some"])

@@ -28,6 +28,8 @@ PARAPHRASES = ("the {color} {shape} is where you should go", "get close to the {
 # Never used in training data: the hard set's evaluation phrasings.
 HELD_OUT_PHRASINGS = ("head over to the {color} {shape}", "please drive up to the {color} {shape}",
                       "find the {color} {shape} and stop next to it", "your goal is the {color} {shape}")
+# Every phrasing an instruction can have (vlm/grounding.py re-aims a task's instruction at another object).
+ALL_PHRASINGS = PHRASINGS + PARAPHRASES + HELD_OUT_PHRASINGS
 TASK_SETS = ("standard", "hard")
 GRAVITY = 9.81
 

@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--vlm-axis-views", action=argparse.BooleanOptionalAction, default=False,
                     help="grounding: a third of the standard tasks' frames look straight at another object "
                          "(vlm/grounding.py --axis-views; measured, not shipped)")
+    ap.add_argument("--vlm-other-pairs", action=argparse.BooleanOptionalAction, default=False,
+                    help="grounding: standard frames also instructed with each other object in view "
+                         "(vlm/grounding.py --other-pairs)")
     ap.add_argument("--vlm-shape-steps", type=int, default=0,
                     help="steps of the stand-in tower's shape stage before its grounding (vlm/shape_stage.py); "
                          "0: none")
@@ -128,7 +131,7 @@ def _stand_in(args) -> dict:
     return {"size": replace(args.vlm_size, resampler_causal=not args.vlm_full_resampler),
             "recipe": GroundingRecipe(shape_slots=args.vlm_shape_slots,
                                       twin_pairs="" if args.vlm_twin_pairs == "none" else args.vlm_twin_pairs,
-                                      axis_views=args.vlm_axis_views)}
+                                      axis_views=args.vlm_axis_views, other_pairs=args.vlm_other_pairs)}
 
 
 def _training_drivers(task_set: str, args) -> tuple[str, ...]:
