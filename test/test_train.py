@@ -325,20 +325,20 @@ def test_the_default_model_command_runs_end_to_end_at_a_tiny_scale(tmp_path, cap
 
 def test_the_default_model_recipe_grounds_the_stand_in_it_is_asked_for():
     """make_default_model: by default the shipped stand-in (full resampler attention, labels per colour and
-    shape, twin pairs in view, grounding seed 2); the flags give the recipe shipped before (causal
-    resampler, labels per colour, no twin pairs)."""
+    shape, twin pairs in view, other pairs, grounding seed 2); the flags give the recipes shipped before."""
     from mobile_vla_ros.vlm.grounding import GroundingRecipe, StandInSize
 
     shipped = recipe._parse([])
     assert recipe._stand_in(shipped) == {"size": StandInSize(resampler_causal=False),
-                                         "recipe": GroundingRecipe(shape_slots=True, twin_pairs="in-view")}
+                                         "recipe": GroundingRecipe(shape_slots=True, twin_pairs="in-view",
+                                                                   other_pairs=True)}
     assert shipped.vlm_seed == 2 and shipped.seed == 0
+    assert recipe._stand_in(recipe._parse(["--no-vlm-other-pairs"]))["recipe"] == GroundingRecipe(
+        shape_slots=True, twin_pairs="in-view")
     before = recipe._stand_in(recipe._parse(["--no-vlm-full-resampler", "--no-vlm-shape-slots",
-                                             "--vlm-twin-pairs", "none"]))
+                                             "--vlm-twin-pairs", "none", "--no-vlm-other-pairs"]))
     assert before == {"size": StandInSize(), "recipe": GroundingRecipe()}
     assert recipe._stand_in(recipe._parse(["--vlm-axis-views"]))["recipe"] == GroundingRecipe(
-        shape_slots=True, twin_pairs="in-view", axis_views=True)
-    assert recipe._stand_in(recipe._parse(["--vlm-other-pairs"]))["recipe"] == GroundingRecipe(
-        shape_slots=True, twin_pairs="in-view", other_pairs=True)
+        shape_slots=True, twin_pairs="in-view", axis_views=True, other_pairs=True)
     with pytest.raises(SystemExit):
         recipe._parse(["--vlm-twin-pairs", "some"])
