@@ -51,8 +51,8 @@ TWIN_PAIRS = ("", "all", "in-view")
 @dataclass(frozen=True)
 class GroundingRecipe:
     """What the renders teach. The defaults are the stand-in shipped before 2026-12-03; the shipped one
-    has `shape_slots` and `twin_pairs="in-view"` (with full resampler attention: make_default_model's
-    defaults). `shape_slots`: the latents' labels per colour and shape instead of per colour;
+    has `shape_slots`, `twin_pairs="in-view"` and `other_pairs` (with full resampler attention:
+    make_default_model's defaults). `shape_slots`: the latents' labels per colour and shape instead of per colour;
     `twin_views`: a third of each hard task's frames look between the target and its same-colour twin
     (the twin alone or both in view) instead of at the target (with the causal resampler it lowered the
     twin confusion of the grounding but not the closed loop: docs/closed_loop_experiments.md).
