@@ -3,6 +3,7 @@ mobile-vla-record-sim bags, and sim_node on real topics."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -12,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from mobile_vla_ros.sim import parse_seeds
 from mobile_vla_ros.sim.episode import Expert, SimEpisode, run_baseline
 from mobile_vla_ros.sim.messages import SIM_EPOCH
 from mobile_vla_ros.sim.world import SimConfig, SimRobot, sample_task
@@ -77,6 +79,15 @@ def test_tasks_are_seeded_and_varied():
     for t in tasks:
         assert t.target_object.color in t.instruction
         assert len({o.color for o in t.objects}) == len(t.objects)
+
+
+def test_seeds_are_read_as_a_range_or_a_list_and_nonsense_is_refused():
+    assert parse_seeds("1000-1003") == [1000, 1001, 1002, 1003]
+    assert parse_seeds("1004") == [1004]
+    assert parse_seeds("7,3,1010") == [7, 3, 1010]
+    for bad in ("1005-1000", "a-b", "1,,2", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="FIRST-LAST or A,B,C"):
+            parse_seeds(bad)
 
 
 def test_expert_succeeds_and_baselines_do_not():

@@ -1,10 +1,23 @@
 """The MuJoCo simulated robot (ROS-free core): world, tasks, episodes, expert and baselines."""
 
+import argparse
 import os
 
 # Headless rendering: OSMesa on the CPU unless the user chose (e.g. MUJOCO_GL=egl on a GPU machine).
 # Set before anything imports mujoco, which reads it once.
 os.environ.setdefault("MUJOCO_GL", "osmesa")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Episode seeds from the command line: "FIRST-LAST" (inclusive) or "A,B,C" (a single seed too)."""
+    first, dash, last = text.partition("-")
+    try:
+        seeds = list(range(int(first), int(last) + 1)) if dash else [int(s) for s in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"expected seeds FIRST-LAST or A,B,C, got {text!r}")
+    return seeds
 
 
 def mujoco_missing() -> str | None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..sim import parse_seeds
 from ..sim.world import SimConfig, SimRobot, Task, sample_task, wrap_angle
 from .grounding import KINDS, GroundingRecipe, grounding_label, load_stand_in, render_frames
 from .twin_probe import PROBE_SEED, ridge_readout
@@ -30,7 +31,7 @@ from .twin_probe import PROBE_SEED, ridge_readout
 ASIDE = math.radians(15)  # "the target aside": where the failing first readings start
 
 
-def start_frames(seeds: range) -> list[tuple]:
+def start_frames(seeds: list[int]) -> list[tuple]:
     """(rgb, instruction, shape-slot label, task) of each evaluation seed's start image, standard set (whose
     starts show every object; the hard set's targets start out of view)."""
     frames = []
@@ -93,11 +94,6 @@ def probe(vlm_dir: Path, fit: list, starts: list) -> dict:
                          for frame, t, p, s in zip(starts, true, pooled_read, slot_read)]}
 
 
-def _seed_range(text: str) -> range:
-    first, _, last = text.partition("-")
-    return range(int(first), int(last or first) + 1)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mobile_vla_ros.vlm.binding_probe", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="stand-in VLM directories (Kosmos-2 architecture)")
     ap.add_argument("--tasks", type=int, default=400,
                     help="seeded grounding tasks to fit the readouts on (4 frames each)")
-    ap.add_argument("--seeds", type=_seed_range, default="1000-1159", help="evaluation seeds FIRST-LAST")
+    ap.add_argument("--seeds", type=parse_seeds, default=parse_seeds("1000-1159"),
+                    help="evaluation seeds FIRST-LAST or A,B,C")
     ap.add_argument("--workers", type=int, default=1, help="rendering processes")
     ap.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     args = ap.parse_args(argv)
@@ -113,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     starts = start_frames(args.seeds)
     results = [probe(vlm_dir, fit, starts) for vlm_dir in args.vlm]
     print(f"{len(fit)} frames to fit the readouts on; {len(starts)} start images of the standard set "
-          f"(seeds {args.seeds.start}-{args.seeds.stop - 1}), the target more than 15° aside on "
+          f"(seeds {args.seeds[0]}-{args.seeds[-1]}), the target more than 15° aside on "
           f"{results[0]['pooled']['aside']['frames']}\n")
     print("| stand-in | reading | bearing MAE | share over 15° | target aside: MAE | share over 15° | side right |\n"
           "|---|---|---|---|---|---|---|")

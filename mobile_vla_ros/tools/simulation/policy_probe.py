@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ...core.model_spec import ModelSpec
+from ...sim import parse_seeds
 from ...sim.episode import image_informed_command
 from ...sim.expert_labels import perceived_target
 from ...sim.world import TASK_SETS, SimConfig, SimRobot, sample_task
@@ -120,11 +121,6 @@ def summary(rows: list[ProbeRow]) -> dict:
     return out
 
 
-def _seeds(text: str) -> list[int]:
-    first, _, last = text.partition("-")
-    return list(range(int(first), int(last) + 1)) if last else [int(s) for s in text.split(",")]
-
-
 def main(argv: list[str] | None = None) -> int:
     from ...paths import default_model_dir
 
@@ -132,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", type=Path, default=None, help="default: models/default")
     ap.add_argument("--task-set", default="hard", choices=TASK_SETS)
-    ap.add_argument("--seeds", type=_seeds, default=_seeds("1000-1019"), help="A-B or A,B,C")
+    ap.add_argument("--seeds", type=parse_seeds, default=parse_seeds("1000-1019"), help="A-B or A,B,C")
     ap.add_argument("--out", type=Path, default=None, help="the rows as JSON")
     args = ap.parse_args(argv)
     rows = probe(args.model_dir or default_model_dir(), args.task_set, args.seeds)
