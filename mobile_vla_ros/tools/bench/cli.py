@@ -237,8 +237,9 @@ def _parser() -> argparse.ArgumentParser:
     closed.add_argument("--seed", type=int, default=1000, help="first held-out seed")
     closed.add_argument("--task-sets", type=comma_list(), default="standard,hard")
     closed.add_argument("--modes", type=comma_list(), default="sync,async-no-motion,async-motion,expert",
-                        help="sync | async-no-motion | async-motion | expert (the trained-on rule with "
-                             "ground-truth perception: an upper bound)")
+                        help="sync | sync-at-vlm-hz (sync with the row's VLM rate: the split's VLM compute) | "
+                             "async-no-motion | async-motion | expert (the trained-on rule with ground-truth "
+                             "perception: an upper bound)")
     closed.add_argument("--settings", type=comma_list(), default="cpu@3.33,0.3@3.33,0.3@1.0,1.5@0.59",
                         help="LATENCY@VLM_HZ, comma-separated; LATENCY 'cpu' = the stand-in VLM's measured forward")
     closed.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")

@@ -1,14 +1,16 @@
 """`mobile-vla-bench closed-loop`: how well the robot is controlled as the VLM gets slower.
 
 For each (VLM latency, vlm_hz) setting, mode and task set, the same held-out seeds are driven
-closed loop in sim time by the robot's code (tools/simulation/closed_loop.py): `sync` (every decision waits
-for a forward), `async-no-motion` (the two nodes, a model without the motion input) and
-`async-motion` (the two nodes, the shipped model with it), and `expert`: the rule the model is
-trained on, with ground-truth perception, on the images that VLM delivers (an upper bound: what is
-left between it and `async-motion` is perception and imitation error, not latency). Reports success,
-mean time to target, path length / straight-line distance, command smoothness (mean |change| of
-the executed command per cmd_vel step) and how the failed episodes ended (at another object, in
-place, elsewhere); Markdown + JSON + one PNG. Runs are spread over processes.
+closed loop in sim time by the robot's code (tools/simulation/closed_loop.py): `sync` (every decision
+waits for a forward; the VLM runs back to back, up to SYNC_LOOP_VLM_HZ), `sync-at-vlm-hz` (the same
+loop given the split's VLM compute: its VLM ticks at the row's vlm_hz; run only when asked),
+`async-no-motion` (the two nodes, a model without the motion input) and `async-motion` (the two
+nodes, the shipped model with it), and `expert`: the rule the model is trained on, with ground-truth
+perception, on the images that VLM delivers (an upper bound: what is left between it and
+`async-motion` is perception and imitation error, not latency). Reports success, mean time to
+target, path length / straight-line distance, command smoothness (mean |change| of the executed
+command per cmd_vel step) and how the failed episodes ended (at another object, in place,
+elsewhere); Markdown + JSON + one PNG. Runs are spread over processes.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import numpy as np
 CPU_STAND_IN = "cpu"  # the latency of the shipped stand-in VLM's real forward on this machine
 DEFAULT_SETTINGS = ((CPU_STAND_IN, 3.33), (0.3, 3.33), (0.3, 1.0), (1.5, 0.59))
 EXPERT = "expert"
-MODES = ("sync", "async-no-motion", "async-motion", EXPERT)
+SYNC_AT_VLM_HZ = "sync-at-vlm-hz"
+MODES = ("sync", SYNC_AT_VLM_HZ, "async-no-motion", "async-motion", EXPERT)
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,8 @@ def _run_one(job: tuple[Run, float, list[int], dict[str, str]], on_episode=None)
         model = "none (ground truth)"
         episodes = informed_expert_episodes(seeds, sim_cfg, latency, run.vlm_hz, on_episode)
     else:
-        cfg = LoopConfig(mode="sync" if run.mode == "sync" else "async", vlm_hz=run.vlm_hz, vlm_latency=latency)
+        cfg = LoopConfig(mode="sync" if run.mode.startswith("sync") else "async", vlm_hz=run.vlm_hz,
+                         vlm_latency=latency, sync_at_vlm_hz=run.mode == SYNC_AT_VLM_HZ)
         episodes = run_episodes(seeds, sim_cfg, cfg, Path(model), on_episode)
     return {**asdict(run), "latency_s": latency, "model_dir": model, "episodes": episodes,
             **summarize(episodes), "wall_seconds": time.monotonic() - began}

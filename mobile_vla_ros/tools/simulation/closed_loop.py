@@ -12,7 +12,9 @@ not depend on this machine's speed: the same seed gives the same episode, faster
 Modes: `async` (the two nodes: chunks at action_hz on the newest features) and `sync` (the
 synchronous loop of sync_baseline_node: the VLM ticks at SYNC_LOOP_VLM_HZ, every decision waits for
 a forward on the newest image, then runs the action core once; the robot executes that one chunk
-and waits for the next decision).
+and waits for the next decision). `sync_at_vlm_hz` ticks the synchronous loop's VLM at `vlm_hz`
+instead: the split's VLM compute (forwards per second), where the default gives sync as many
+forwards as it can use.
 
 `mobile-vla-bench closed-loop` runs the matrix of modes and VLM latencies on this; the main job
 (`mobile-vla-bringup --sim`) and `--mode sync` run the same episodes through the real nodes.
@@ -57,6 +59,7 @@ class LoopConfig:
     max_action_step: tuple[float, ...] = tuple(_ACTION["max_action_step"].default)
     twist_mapping: tuple[str, ...] = tuple(_ACTION["twist_mapping"].default)
     episode_pause: float = 1.0         # s the scene is shown with the base still (sim_node's episode_pause)
+    sync_at_vlm_hz: bool = False       # sync: VLM ticks at vlm_hz, not SYNC_LOOP_VLM_HZ
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -137,7 +140,7 @@ class ClosedLoopEpisode:
         instruction_at = episode.time
         self.schedule.set_instruction(episode.task.instruction, self.clock(instruction_at))
         self._on_instruction(episode.task.instruction, self.clock(instruction_at))
-        vlm_hz = SYNC_LOOP_VLM_HZ if cfg.mode == "sync" else cfg.vlm_hz
+        vlm_hz = SYNC_LOOP_VLM_HZ if cfg.mode == "sync" and not cfg.sync_at_vlm_hz else cfg.vlm_hz
         periods = {"execute": 1.0 / cfg.execute_hz, "action": 1.0 / cfg.action_hz, "vlm": 1.0 / vlm_hz}
         next_at = {"execute": 0.0, "action": periods["action"], "vlm": self.vlm_phase}
         if cfg.mode == "sync":
