@@ -56,6 +56,8 @@ def test_sync_at_vlm_hz_gets_the_splits_forwards_and_plain_sync_as_many_as_it_ca
         assert run["chunks"] <= run["forwards"]
     # The robot moves one 0.1 s chunk per decision: a third as often, so it covers less ground in the time.
     assert budget["path_length"] / budget["duration"] < 0.6 * fast["path_length"] / fast["duration"]
+    with pytest.raises(ValueError, match="for mode 'sync' only"):
+        LoopConfig(mode="async", sync_at_vlm_hz=True)
 
 
 def test_max_feature_age_covers_one_late_forward():

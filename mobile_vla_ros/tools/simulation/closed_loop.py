@@ -64,6 +64,8 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.sync_at_vlm_hz and self.mode != "sync":
+            raise ValueError(f"sync_at_vlm_hz: for mode 'sync' only, got mode {self.mode!r}")
         if self.max_feature_age is None:
             self.max_feature_age = feature_age_limit(self.vlm_latency, self.vlm_hz)
 
