@@ -74,6 +74,23 @@ def test_launch_and_bringup_order_parameter_files_by_one_rule(tmp_path):
     assert action["autostart"] is False  # on the robot the operator arms the action expert
 
 
+def test_the_sync_baselines_get_both_nodes_parameters_and_their_own_vlm_rate():
+    """sync_baseline_node from the same files as the two nodes: a decision per forward (no action_hz), its
+    VLM back to back up to SYNC_LOOP_VLM_HZ (sync) or at the files' vlm_hz, the split's (sync-at-vlm-hz)."""
+    from mobile_vla_ros.core.params import SYNC_LOOP_VLM_HZ
+    from mobile_vla_ros.tools.bringup.sim_job import policy_processes, sync_node_params
+
+    config = REPO / "config"
+    files = [config / "robot.yaml", config / "sim.yaml", config / "sim_slow_vlm.yaml"]
+    plain, budget = sync_node_params("sync", files), sync_node_params("sync-at-vlm-hz", files)
+    assert plain["vlm_hz"] == SYNC_LOOP_VLM_HZ and budget["vlm_hz"] == 0.59
+    for params in (plain, budget):
+        assert "action_hz" not in params
+        assert params["simulated_latency"] == 1.5 and params["max_feature_age"] == 4.7
+    with pytest.raises(ValueError, match="expected one of async, sync, sync-at-vlm-hz"):
+        policy_processes("synchronous", files, "", "info", REPO)
+
+
 @pytest.mark.timeout(90)
 def test_stop_all_shuts_nodes_down_cleanly_and_kills_what_outlives_the_timeout(tmp_path):
     from mobile_vla_ros.tools.bringup.processes import NodeProcess, stop_all

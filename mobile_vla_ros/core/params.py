@@ -170,3 +170,7 @@ def spec_by_name(specs: tuple[ParamSpec, ...]) -> dict[str, ParamSpec]:
 # The synchronous loop (sync_baseline_node, closed-loop sync mode) ticks its VLM at the highest vlm_hz: a
 # forward slower than the period starts again as soon as the previous decision is out (back to back).
 SYNC_LOOP_VLM_HZ = spec_by_name(VLM_NODE_PARAMS)["vlm_hz"].high
+# The same loop given the asynchronous split's VLM compute: its VLM ticks at vlm_hz (a comparison baseline).
+SYNC_AT_VLM_HZ = "sync-at-vlm-hz"
+# How the simulated robot can be driven: the two nodes, or one of the two synchronous baselines.
+SIM_POLICY_MODES = ("async", "sync", SYNC_AT_VLM_HZ)

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ...core.params import SYNC_AT_VLM_HZ
+
 CPU_STAND_IN = "cpu"  # the latency of the shipped stand-in VLM's real forward on this machine
 DEFAULT_SETTINGS = ((CPU_STAND_IN, 3.33), (0.3, 3.33), (0.3, 1.0), (1.5, 0.59))
 EXPERT = "expert"
-SYNC_AT_VLM_HZ = "sync-at-vlm-hz"
 MODES = ("sync", SYNC_AT_VLM_HZ, "async-no-motion", "async-motion", EXPERT)
 
 

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from ...core.params import SIM_POLICY_MODES
 from ...params_files import first_params_file_error, params_file_order
 from ...paths import share_dir
 from ...sim.world import TASK_SETS
@@ -42,9 +43,11 @@ def _parser() -> argparse.ArgumentParser:
                                                            "training seeds 0-999)")
     ap.add_argument("--time-limit", type=float, default=None, help="--sim: s per episode (default: config/sim.yaml)")
     ap.add_argument("--out", type=Path, default=Path("sim_results"), help="--sim: report directory")
-    ap.add_argument("--mode", choices=["async", "sync"], default="async",
+    ap.add_argument("--mode", choices=SIM_POLICY_MODES, default="async",
                     help="--sim: async = vlm_node + action_expert_node; sync = the synchronous baseline loop "
-                         "(sync_baseline_node: every decision waits for a VLM forward), same parameter files")
+                         "(sync_baseline_node: every decision waits for a VLM forward, its VLM back to back); "
+                         "sync-at-vlm-hz = that loop with the files' vlm_hz (the split's VLM compute); same "
+                         "parameter files")
     ap.add_argument("--task-set", choices=TASK_SETS, default="standard",
                     help="--sim: hard = targets beside/behind the robot, same-colour distractors, up to 4 m, "
                          "instruction phrasings never trained on (time limit 30 s)")

@@ -11,7 +11,7 @@ import math
 import time
 from pathlib import Path
 
-from ...core.params import SYNC_LOOP_VLM_HZ
+from ...core.params import SIM_POLICY_MODES, SYNC_LOOP_VLM_HZ
 from ...sim.world import SimConfig
 from ..cli import progress_bar
 from ..ros_observer import SUMMARY_KEYS
@@ -21,18 +21,28 @@ POLICY_NODES = ("vlm_node", "action_expert_node")
 SYNC_NODE = "sync_baseline_node"
 
 
+def sync_node_params(mode: str, params_files: list[Path]) -> dict:
+    """sync_baseline_node's parameters: both nodes' from the same files, a decision per forward (no
+    action_hz), and its VLM back to back up to SYNC_LOOP_VLM_HZ (sync) or at the files' vlm_hz, the split's
+    VLM compute (sync-at-vlm-hz)."""
+    params = yaml_params(params_files, POLICY_NODES)
+    params.pop("action_hz", None)
+    if mode == "sync":
+        params["vlm_hz"] = SYNC_LOOP_VLM_HZ
+    return params
+
+
 def policy_processes(mode: str, params_files: list[Path], namespace: str, log_level: str,
                      out: Path) -> dict[str, NodeProcess]:
-    """async: vlm_node + action_expert_node; sync: one sync_baseline_node with both nodes' parameters
-    from the same files (its decisions wait for each forward)."""
+    """async: vlm_node + action_expert_node; sync, sync-at-vlm-hz: one sync_baseline_node
+    (`sync_node_params`: its decisions wait for each forward)."""
+    if mode not in SIM_POLICY_MODES:
+        raise ValueError(f"mode: expected one of {', '.join(SIM_POLICY_MODES)}, got {mode!r}")
     if mode == "async":
         return {name: NodeProcess(name, params_files=params_files, namespace=namespace, log_level=log_level,
                                   log_dir=out) for name in POLICY_NODES}
-    params = yaml_params(params_files, POLICY_NODES)
-    params.pop("action_hz", None)  # a decision per forward, not per tick
-    params["vlm_hz"] = SYNC_LOOP_VLM_HZ
-    return {SYNC_NODE: NodeProcess("tools.bringup.sync_baseline", params, node_name=SYNC_NODE, namespace=namespace,
-                                   log_level=log_level, log_dir=out)}
+    return {SYNC_NODE: NodeProcess("tools.bringup.sync_baseline", sync_node_params(mode, params_files),
+                                   node_name=SYNC_NODE, namespace=namespace, log_level=log_level, log_dir=out)}
 
 
 def run_closed_loop(params_files: list[Path], episodes: int, seed: int, out: Path, namespace: str = "",
