@@ -44,20 +44,20 @@ def test_sync_decides_once_per_forward_and_async_at_action_hz():
 
 def test_sync_at_vlm_hz_gets_the_splits_forwards_and_plain_sync_as_many_as_it_can_use():
     """With a 10 ms forward plain sync ticks its VLM at SYNC_LOOP_VLM_HZ (10 Hz: a decision every 0.1 s);
-    `sync_at_vlm_hz` at the row's 3.33 Hz, like the async split's VLM."""
-    from mobile_vla_ros.core.params import SYNC_LOOP_VLM_HZ
+    sync-at-vlm-hz at the row's 3.33 Hz, like the async split's VLM."""
+    from mobile_vla_ros.core.params import SYNC_AT_VLM_HZ, SYNC_LOOP_VLM_HZ
 
     cfg = dict(vlm_hz=3.33, vlm_latency=0.01)
     fast = run_episodes([1001], SIM, LoopConfig(mode="sync", **cfg), default_model_dir())[0]
-    budget = run_episodes([1001], SIM, LoopConfig(mode="sync", sync_at_vlm_hz=True, **cfg), default_model_dir())[0]
+    budget = run_episodes([1001], SIM, LoopConfig(mode=SYNC_AT_VLM_HZ, **cfg), default_model_dir())[0]
     for run, hz in ((fast, SYNC_LOOP_VLM_HZ), (budget, 3.33)):
         seconds = run["duration"] + 1.0  # + the pause showing the scene
         assert hz * seconds - 2 <= run["forwards"] <= hz * seconds + 2, (run["forwards"], seconds)
         assert run["chunks"] <= run["forwards"]
     # The robot moves one 0.1 s chunk per decision: a third as often, so it covers less ground in the time.
     assert budget["path_length"] / budget["duration"] < 0.6 * fast["path_length"] / fast["duration"]
-    with pytest.raises(ValueError, match="for mode 'sync' only"):
-        LoopConfig(mode="async", sync_at_vlm_hz=True)
+    with pytest.raises(ValueError, match="expected one of async, sync, sync-at-vlm-hz, got 'sync-at-hz'"):
+        LoopConfig(mode="sync-at-hz")
 
 
 def test_max_feature_age_covers_one_late_forward():

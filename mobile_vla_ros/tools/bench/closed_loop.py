@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...core.params import SYNC_AT_VLM_HZ
+from ...core.params import SIM_POLICY_MODES, SYNC_AT_VLM_HZ
 
 CPU_STAND_IN = "cpu"  # the latency of the shipped stand-in VLM's real forward on this machine
 DEFAULT_SETTINGS = ((CPU_STAND_IN, 3.33), (0.3, 3.33), (0.3, 1.0), (1.5, 0.59))
@@ -76,8 +76,9 @@ def _run_one(job: tuple[Run, float, list[int], dict[str, str]], on_episode=None)
         model = "none (ground truth)"
         episodes = informed_expert_episodes(seeds, sim_cfg, latency, run.vlm_hz, on_episode)
     else:
-        cfg = LoopConfig(mode="sync" if run.mode.startswith("sync") else "async", vlm_hz=run.vlm_hz,
-                         vlm_latency=latency, sync_at_vlm_hz=run.mode == SYNC_AT_VLM_HZ)
+        # async-no-motion and async-motion differ by model only
+        cfg = LoopConfig(mode=run.mode if run.mode in SIM_POLICY_MODES else "async", vlm_hz=run.vlm_hz,
+                         vlm_latency=latency)
         episodes = run_episodes(seeds, sim_cfg, cfg, Path(model), on_episode)
     return {**asdict(run), "latency_s": latency, "model_dir": model, "episodes": episodes,
             **summarize(episodes), "wall_seconds": time.monotonic() - began}

@@ -12,9 +12,8 @@ not depend on this machine's speed: the same seed gives the same episode, faster
 Modes: `async` (the two nodes: chunks at action_hz on the newest features) and `sync` (the
 synchronous loop of sync_baseline_node: the VLM ticks at SYNC_LOOP_VLM_HZ, every decision waits for
 a forward on the newest image, then runs the action core once; the robot executes that one chunk
-and waits for the next decision). `sync_at_vlm_hz` ticks the synchronous loop's VLM at `vlm_hz`
-instead: the split's VLM compute (forwards per second), where the default gives sync as many
-forwards as it can use.
+and waits for the next decision); `sync-at-vlm-hz` (the same loop with its VLM at `vlm_hz`: the
+split's VLM compute, where `sync` gets as many forwards as it can use).
 
 `mobile-vla-bench closed-loop` runs the matrix of modes and VLM latencies on this; the main job
 (`mobile-vla-bringup --sim`) and `--mode sync` run the same episodes through the real nodes.
@@ -32,7 +31,7 @@ from ...core.action_pipeline import ActionExpertCore
 from ...core.chunk_executor import ChunkExecutor
 from ...core.model_spec import ModelSpec
 from ...core.motion import twist_components
-from ...core.params import ACTION_NODE_PARAMS, SYNC_LOOP_VLM_HZ, VLM_NODE_PARAMS, spec_by_name
+from ...core.params import ACTION_NODE_PARAMS, SIM_POLICY_MODES, SYNC_LOOP_VLM_HZ, VLM_NODE_PARAMS, spec_by_name
 from ...core.safety import feature_age_limit
 from ...core.vlm_schedule import CameraFrame, VirtualTimeVlm, VlmScheduler
 from ...sim.episode import SimEpisode
@@ -40,7 +39,6 @@ from ...sim.expert_labels import informed_command, perceived_target
 from ...sim.messages import SIM_EPOCH
 from ...sim.world import SimConfig, sample_task
 
-MODES = ("async", "sync")
 _ACTION = spec_by_name(ACTION_NODE_PARAMS)
 _VLM = spec_by_name(VLM_NODE_PARAMS)
 
@@ -59,13 +57,10 @@ class LoopConfig:
     max_action_step: tuple[float, ...] = tuple(_ACTION["max_action_step"].default)
     twist_mapping: tuple[str, ...] = tuple(_ACTION["twist_mapping"].default)
     episode_pause: float = 1.0         # s the scene is shown with the base still (sim_node's episode_pause)
-    sync_at_vlm_hz: bool = False       # sync: VLM ticks at vlm_hz, not SYNC_LOOP_VLM_HZ
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.sync_at_vlm_hz and self.mode != "sync":
-            raise ValueError(f"sync_at_vlm_hz: for mode 'sync' only, got mode {self.mode!r}")
+        if self.mode not in SIM_POLICY_MODES:
+            raise ValueError(f"mode: expected one of {', '.join(SIM_POLICY_MODES)}, got {self.mode!r}")
         if self.max_feature_age is None:
             self.max_feature_age = feature_age_limit(self.vlm_latency, self.vlm_hz)
 
@@ -100,7 +95,7 @@ class ClosedLoopEpisode:
         done = self.vlm.finish()
         if done.current:
             self.core.on_features(done.features, done.inputs.newest.stamp, done.ready)
-            if self.cfg.mode == "sync":
+            if self.cfg.mode != "async":
                 self._decide(done.ready - SIM_EPOCH)
 
     # -- action ---------------------------------------------------------------------------------
@@ -142,10 +137,10 @@ class ClosedLoopEpisode:
         instruction_at = episode.time
         self.schedule.set_instruction(episode.task.instruction, self.clock(instruction_at))
         self._on_instruction(episode.task.instruction, self.clock(instruction_at))
-        vlm_hz = SYNC_LOOP_VLM_HZ if cfg.mode == "sync" and not cfg.sync_at_vlm_hz else cfg.vlm_hz
+        vlm_hz = SYNC_LOOP_VLM_HZ if cfg.mode == "sync" else cfg.vlm_hz
         periods = {"execute": 1.0 / cfg.execute_hz, "action": 1.0 / cfg.action_hz, "vlm": 1.0 / vlm_hz}
         next_at = {"execute": 0.0, "action": periods["action"], "vlm": self.vlm_phase}
-        if cfg.mode == "sync":
+        if cfg.mode != "async":
             next_at.pop("action")
         while not episode.done:
             due = dict(next_at)

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", type=Path, default=None, help="default: models/default")
     ap.add_argument("--task-set", default="hard", choices=TASK_SETS)
-    ap.add_argument("--seeds", type=parse_seeds, default=parse_seeds("1000-1019"), help="A-B or A,B,C")
+    ap.add_argument("--seeds", type=parse_seeds, default=parse_seeds("1000-1019"), help="FIRST-LAST or A,B,C")
     ap.add_argument("--out", type=Path, default=None, help="the rows as JSON")
     args = ap.parse_args(argv)
     rows = probe(args.model_dir or default_model_dir(), args.task_set, args.seeds)
