@@ -149,13 +149,25 @@ def test_sim_expert_labels_train_on_record_sim_bags(sim_bags, tiny_vlm_dir, tmp_
     out = tmp_path / "informed"
     assert train.main(train_args(sim_bags, tiny_vlm_dir, out, tmp_path / "cache", "--epochs", "2",
                                  "--staleness", "0,3.5", "--labels", "sim-expert", "--sensor-dropout", "0.5",
-                                 "--turn-augment", "0.5", "--loss", "l1")) == 0
+                                 "--turn-augment", "0.5", "--loss", "l1", "--sensor-noise", "1")) == 0
     report = json.loads((out / "train_report.json").read_text())
     assert report["labels"] == "sim-expert" and report["best_val_mae_chunk"] < report["val_zero_action_mae"]
     assert report["loss"] == "l1"
     assert report["turn_augment"] == {"fraction": 0.5, "range_rad": [-1.0, 1.0], "max_age_s": None}
+    # the sim IMU's noise (SimConfig: gyro 0.004 rad/s, accel 0.04 m/s^2), read back from the bags' streams:
+    # on the channels a flat-ground base leaves at rest (roll and pitch rates, lateral and vertical
+    # acceleration) the noise alone; yaw rate and forward acceleration also step with the commands
+    from mobile_vla_ros.sim.world import SimConfig
+
+    noise = report["sensor_noise"]
+    assert noise["scale"] == 1.0
+    expected = np.repeat([SimConfig().gyro_noise, SimConfig().accel_noise], 3)
+    got = np.asarray(noise["channel_noise_std"])
+    assert np.allclose(got[[0, 1, 4, 5]], expected[[0, 1, 4, 5]], rtol=0.1), noise
+    assert np.all(got >= 0.9 * expected) and np.all(got < 2 * expected), noise
     notes = ModelSpec.load(out).notes
     assert "sim-expert labels, l1 loss" in notes and "0.5 of them turned by -1 to 1 rad" in notes
+    assert "fresh sensor noise x1" in notes
 
 
 def test_a_geometry_head_model_trains_exports_and_runs_with_three_inputs(sim_bags, tiny_vlm_dir, tmp_path):
@@ -197,6 +209,25 @@ def test_sensor_dropout_replaces_whole_windows_by_the_mean():
     assert torch.equal(out[1], mean.expand(4, 2))
     with pytest.raises(ValueError, match=r"--sensor-dropout: expected a fraction in \[0, 1\], got 1.5"):
         train._check_args(train._parser().parse_args(["--bags", "b", "--out", "o", "--sensor-dropout", "1.5"]),
+                          train.init_distributed())
+
+
+def test_sensor_noise_is_estimated_from_the_stream_and_drawn_anew_per_batch():
+    import torch
+
+    rng = np.random.default_rng(0)
+    t = np.arange(20000) / 650.0
+    sigma = np.array([0.004, 0.04])
+    # a slow signal (a turn, an acceleration) with white noise on top: the estimate sees the noise only
+    stream = np.stack([0.5 * np.sin(t), 2.0 * np.cos(0.3 * t)], axis=1) + rng.standard_normal((len(t), 2)) * sigma
+    assert np.allclose(train.sensor_noise_level(stream), sigma, rtol=0.05)
+    windows = torch.zeros(512, 65, 2)
+    first = train.add_sensor_noise(windows, np.random.default_rng(1), sigma.astype(np.float32))
+    second = train.add_sensor_noise(windows, np.random.default_rng(2), sigma.astype(np.float32))
+    assert np.allclose(first.std(dim=(0, 1)).numpy(), sigma, rtol=0.05)
+    assert not torch.equal(first, second) and torch.equal(windows, torch.zeros(512, 65, 2))
+    with pytest.raises(ValueError, match=r"--sensor-noise: expected a scale >= 0, got -1"):
+        train._check_args(train._parser().parse_args(["--bags", "b", "--out", "o", "--sensor-noise", "-1"]),
                           train.init_distributed())
 
 

@@ -262,6 +262,25 @@ def drop_windows(windows, dropped: np.ndarray, sensor_mean):
     return torch.where(keep, windows, sensor_mean.to(windows.dtype))
 
 
+def sensor_noise_level(sensor: np.ndarray) -> np.ndarray:
+    """Each channel's white-noise standard deviation [C] in a recorded stream [N, C]: from the median
+    absolute difference of successive samples, which a signal that changes slowly at the sensor's rate
+    leaves to the noise (and the median ignores the steps at bag boundaries)."""
+    steps = np.abs(np.diff(np.asarray(sensor, dtype=np.float64), axis=0))
+    return (np.median(steps, axis=0) / (0.6745 * math.sqrt(2.0))).astype(np.float32)
+
+
+def add_sensor_noise(windows, rng: np.random.Generator, noise_std: np.ndarray):
+    """Sensor windows [B, W, C] with fresh white noise of `noise_std` [C] added: a recorded window
+    keeps the same noise in every epoch, so a model can fit it, and a channel that carries nothing but
+    noise (the roll and pitch rates of a base on flat ground) is normalised to the spread of the
+    channels that do. Drawn anew each batch, the noise is worth nothing to the fit."""
+    import torch
+
+    noise = rng.standard_normal(tuple(windows.shape)).astype(np.float32) * noise_std
+    return windows + torch.from_numpy(noise).to(windows.device)
+
+
 def geometry_metrics(predicted: np.ndarray, truth: np.ndarray) -> dict:
     """How well the geometry head read the validation images: "in view" right, and the median error
     of the target's position (m) over the images that show it."""
@@ -311,6 +330,7 @@ class Trainer:
         self.sensor_std = torch.tensor(spec.normalization.sensor_std, device=self.device)
         self.action_mean = torch.tensor(spec.normalization.action_mean, device=self.device)
         self.action_std = torch.tensor(spec.normalization.action_std, device=self.device)
+        self.sensor_noise = (args.sensor_noise * sensor_noise_level(train.sensor)).astype(np.float32)
 
     def _batch(self, data: Dataset, samples: np.ndarray, staleness: np.ndarray, turn: np.ndarray | None = None):
         """(inputs in graph order, targets, image indices) of `samples` with features `staleness` s older than each
@@ -340,6 +360,8 @@ class Trainer:
             turn = turn_augmentation(rng, len(mine), args.turn_augment, args.turn_augment_range, staleness[mine],
                                      args.turn_augment_max_age)
             inputs, y, images = self._batch(self.train, mine, staleness[mine], turn)
+            if args.sensor_noise > 0:
+                inputs[1] = add_sensor_noise(inputs[1], rng, self.sensor_noise)
             if args.sensor_dropout > 0:
                 inputs[1] = drop_windows(inputs[1], rng.random(len(mine)) < args.sensor_dropout, self.sensor_mean)
             # Through the (DDP) module's forward, so DDP's gradient hooks fire; the loss is on
@@ -528,6 +550,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--weight-decay", type=float, default=1e-4)
     ap.add_argument("--sensor-dropout", type=float, default=0.0,
                     help="fraction of training samples whose sensor window is replaced by its mean (0-1)")
+    ap.add_argument("--sensor-noise", type=float, default=0.0, metavar="SCALE",
+                    help="add fresh white noise to each training window, SCALE times each channel's noise as "
+                         "estimated from the training streams (sensor_noise_level); 0: none")
     ap.add_argument("--turn-augment", type=float, default=0.0, metavar="FRACTION",
                     help="fraction of training samples turned in place by a random angle, their motion input "
                          "and sim-expert labels recomputed (needs --labels sim-expert and the motion input)")
@@ -595,6 +620,8 @@ def _check_args(args, dist) -> None:
                          f"got {len(args.twist_mapping)}")
     if not 0.0 <= args.sensor_dropout <= 1.0:
         raise ValueError(f"--sensor-dropout: expected a fraction in [0, 1], got {args.sensor_dropout}")
+    if args.sensor_noise < 0:
+        raise ValueError(f"--sensor-noise: expected a scale >= 0, got {args.sensor_noise}")
     if not 0.0 <= args.turn_augment <= 1.0:
         raise ValueError(f"--turn-augment: expected a fraction in [0, 1], got {args.turn_augment}")
     if args.turn_augment_max_age is not None and args.turn_augment_max_age <= 0:
@@ -706,8 +733,9 @@ def _write_outputs(args, spec, trainer, train, val, vlm_path: Path, write_model_
     younger = "" if args.turn_augment_max_age is None else f" (features younger than {args.turn_augment_max_age:g} s)"
     turned = f", {args.turn_augment:g} of them{younger} turned by {lo:g} to {hi:g} rad" if args.turn_augment else ""
     head = ", with the geometry head" if args.geometry_head else ""
+    noisy = f", fresh sensor noise x{args.sensor_noise:g}" if args.sensor_noise else ""
     spec.notes = (f"trained by mobile-vla-train ({args.labels} labels{head}, {args.loss} loss) on {len(train)} "
-                  f"samples{turned}; "
+                  f"samples{turned}{noisy}; "
                   f"best val MAE (chunk) {trainer.best:.4f} (zero action {baseline:.4f}, mean action "
                   f"{np.abs(labels - mean_action).mean():.4f})")
     error = write_model_dir(model, spec, args.out, extra={"history": trainer.history})
@@ -718,6 +746,8 @@ def _write_outputs(args, spec, trainer, train, val, vlm_path: Path, write_model_
               "loss": args.loss, "staleness_range": list(spec.staleness_range),
               "turn_augment": {"fraction": args.turn_augment, "range_rad": list(args.turn_augment_range),
                                "max_age_s": args.turn_augment_max_age},
+              "sensor_noise": {"scale": args.sensor_noise,
+                               "channel_noise_std": sensor_noise_level(train.sensor).tolist()},
               "geometry_head": args.geometry_head, "epochs": trainer.epoch, "history": trainer.history,
               "onnx_max_abs_error": error}
     (args.out / "train_report.json").write_text(json.dumps(report, indent=1))
