@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from mobile_vla_ros.paths import default_model_dir
@@ -33,6 +34,19 @@ def test_the_shipped_policy_drives_to_a_target_ahead_and_searches_when_it_sees_n
         assert abs(r.forward_mps) < 0.05 and r.yaw_rate_radps > 0.4, r
 
 
+def test_noisy_rest_windows_carry_the_sim_imus_noise_around_a_base_at_rest():
+    from mobile_vla_ros.core.model_spec import ModelSpec
+    from mobile_vla_ros.sim.world import SimConfig
+
+    spec = ModelSpec.load(default_model_dir())
+    cfg = SimConfig.for_evaluation("standard")
+    windows = policy_probe.noisy_rest_windows(spec, cfg, 64)
+    assert windows.shape == (64, 1, spec.sensor_window, spec.sensor_channels)
+    spread = windows.reshape(-1, spec.sensor_channels).std(axis=0)
+    assert np.allclose(spread, np.repeat([cfg.gyro_noise, cfg.accel_noise], 3), rtol=0.05)
+    assert np.allclose(windows.mean(axis=(0, 1, 2)), policy_probe.rest_window(spec)[0].mean(axis=0), atol=0.01)
+
+
 def test_the_probe_command_writes_its_table_and_summary(tmp_path, capsys):
     out = tmp_path / "probe.json"
     assert policy_probe.main(["--task-set", "hard", "--seeds", "1000", "--out", str(out)]) == 0
@@ -44,3 +58,6 @@ def test_the_probe_command_writes_its_table_and_summary(tmp_path, capsys):
     assert set(report["summary"]) <= kinds
     away = "away " + ("near" if report["rows"][-1]["distance_m"] < 2.5 else "far")
     assert report["summary"][away]["turn_sign_agrees"] is not None  # searching: the rule turns, every time
+    # 16 noisy windows per row by default: the noise's spread and how far it moves the mean turn
+    assert all(r["yaw_rate_noise_std"] >= 0.0 and r["noisy_yaw_rate_radps"] is not None for r in report["rows"])
+    assert {"yaw_rate_noise_shift", "yaw_rate_noise_std"} <= set(report["summary"][away])

@@ -5,7 +5,9 @@ the robot at a task's start, turns it so that the target (or its same-colour twi
 at a chosen bearing, renders that one image, and runs the shipped pipeline (VLM features, action
 model through ONNX Runtime) with the robot at rest and a chosen feature age and yaw since the image.
 The mean forward speed and yaw rate of the chunk answer: does it drive to what it sees, does it
-turn back after turning past it, does it take the twin for the target?
+turn back after turning past it, does it take the twin for the target? The sensor window is that of
+a base at rest, once noise-free and `noise_draws` times with the sim IMU's white noise: the spread of
+the yaw rate over those draws is how much of a command the sensor noise alone decides.
 
   python -m mobile_vla_ros.tools.simulation.policy_probe --task-set hard --seeds 1000-1019 [--out FILE.json]
 """
@@ -46,6 +48,8 @@ class ProbeRow:
     yaw_rate_radps: float
     label_forward_mps: float   # what the model is trained to imitate (sim/episode.py image_informed_command)
     label_yaw_rate_radps: float
+    noisy_yaw_rate_radps: float | None = None  # mean over the noisy windows
+    yaw_rate_noise_std: float | None = None    # spread over the noisy windows
 
 
 def rest_window(spec: ModelSpec) -> np.ndarray:
@@ -56,7 +60,18 @@ def rest_window(spec: ModelSpec) -> np.ndarray:
     return window
 
 
-def probe(model_dir: Path, task_set: str, seeds: list[int], bearings=BEARINGS, motions=MOTIONS) -> list[ProbeRow]:
+def noisy_rest_windows(spec: ModelSpec, cfg: SimConfig, draws: int, seed: int = 0) -> np.ndarray:
+    """`draws` rest windows [draws, 1, W, C] with the sim IMU's white noise (SimConfig gyro_noise,
+    accel_noise), as a robot standing still reads them."""
+    if spec.sensor_type != "imu":
+        raise ValueError(f"noisy rest windows model the sim's IMU; this model's sensor is {spec.sensor_type}")
+    noise = np.repeat([cfg.gyro_noise, cfg.accel_noise], 3).astype(np.float32)
+    draw = np.random.default_rng(seed).standard_normal((draws, 1, spec.sensor_window, spec.sensor_channels))
+    return rest_window(spec)[None] + draw.astype(np.float32) * noise
+
+
+def probe(model_dir: Path, task_set: str, seeds: list[int], bearings=BEARINGS, motions=MOTIONS,
+          noise_draws: int = 0) -> list[ProbeRow]:
     from ...core.backend_factory import create_backend
     from ...vlm.base import ExtractorConfig
     from ...vlm.factory import create_extractor
@@ -68,8 +83,9 @@ def probe(model_dir: Path, task_set: str, seeds: list[int], bearings=BEARINGS, m
     extractor = create_extractor(ExtractorConfig(backend=spec.vlm_backend, pooling=spec.vlm_pooling,
                                                  model_path=str(model_dir / "vlm"), device="cpu", dtype="fp32"))
     window = rest_window(spec)
-    forward, turn = (spec.action_names.index(n) for n in ("linear_x", "angular_z"))
     cfg = SimConfig.for_evaluation(task_set)
+    noisy = noisy_rest_windows(spec, cfg, noise_draws) if noise_draws else []
+    forward, turn = (spec.action_names.index(n) for n in ("linear_x", "angular_z"))
     rows = []
     for seed in seeds:
         task = sample_task(seed, cfg)
@@ -87,24 +103,32 @@ def probe(model_dir: Path, task_set: str, seeds: list[int], bearings=BEARINGS, m
                     motion = np.array([[age, 0.0, 0.0, dyaw]], dtype=np.float32)
                     chunk = backend.run(features, window, motion)[0]
                     label = image_informed_command(target_bearing - dyaw, surface, shows_target, dyaw)
+                    turns = [float(backend.run(features, w, motion)[0][:, turn].mean()) for w in noisy]
                     rows.append(ProbeRow(seed, task.instruction, looking_at, math.hypot(obj.x - x, obj.y - y),
                                          bearing, age, dyaw, float(chunk[:, forward].mean()),
-                                         float(chunk[:, turn].mean()), float(label[0]), float(label[1])))
+                                         float(chunk[:, turn].mean()), float(label[0]), float(label[1]),
+                                         float(np.mean(turns)) if turns else None,
+                                         float(np.std(turns)) if turns else None))
     return rows
 
 
 def table(rows: list[ProbeRow]) -> str:
+    def noisy(r: ProbeRow) -> str:
+        return "–" if r.noisy_yaw_rate_radps is None else f"{r.noisy_yaw_rate_radps:+.2f} ± {r.yaw_rate_noise_std:.2f}"
+
     lines = ["| seed | looking at | distance m | bearing rad | age s | yaw since image rad | forward m/s (label) "
-             "| yaw rate rad/s (label) |", "|" + "---|" * 8]
+             "| yaw rate rad/s (label) | with sensor noise |", "|" + "---|" * 9]
     lines += [f"| {r.seed} | {r.looking_at} | {r.distance_m:.1f} | {r.bearing_rad:+.1f} | {r.feature_age_s:.1f} | "
               f"{r.yaw_since_image_rad:+.1f} | {r.forward_mps:.2f} ({r.label_forward_mps:.2f}) | "
-              f"{r.yaw_rate_radps:+.2f} ({r.label_yaw_rate_radps:+.2f}) |" for r in rows]
+              f"{r.yaw_rate_radps:+.2f} ({r.label_yaw_rate_radps:+.2f}) | {noisy(r)} |" for r in rows]
     return "\n".join(lines)
 
 
 def summary(rows: list[ProbeRow]) -> dict:
     """Per kind of view: mean |yaw rate - label| and how often the turn has the label's sign (where the
-    label turns by more than 0.1 rad/s) and the speed error, near (< 2.5 m) and far."""
+    label turns by more than 0.1 rad/s) and the speed error, near (< 2.5 m) and far; with noise draws
+    also the sign agreement of the noisy mean, how far the noise moves the mean turn, and the spread
+    it causes."""
     out = {}
     for looking_at in ("target", "twin", "away"):
         for band, near in (("near", True), ("far", False)):
@@ -118,6 +142,14 @@ def summary(rows: list[ProbeRow]) -> dict:
                 "turn_sign_agrees": float(np.mean([np.sign(r.yaw_rate_radps) == np.sign(r.label_yaw_rate_radps)
                                                    for r in turning])) if turning else None,
                 "forward_error": float(np.mean([abs(r.forward_mps - r.label_forward_mps) for r in sel]))}
+            if sel[0].yaw_rate_noise_std is not None:
+                out[f"{looking_at} {band}"].update({
+                    "turn_sign_agrees_with_noise": float(np.mean([
+                        np.sign(r.noisy_yaw_rate_radps) == np.sign(r.label_yaw_rate_radps) for r in turning]))
+                    if turning else None,
+                    "yaw_rate_noise_shift": float(np.mean([abs(r.noisy_yaw_rate_radps - r.yaw_rate_radps)
+                                                           for r in sel])),
+                    "yaw_rate_noise_std": float(np.mean([r.yaw_rate_noise_std for r in sel]))})
     return out
 
 
@@ -129,9 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-dir", type=Path, default=None, help="default: models/default")
     ap.add_argument("--task-set", default="hard", choices=TASK_SETS)
     ap.add_argument("--seeds", type=parse_seeds, default=parse_seeds("1000-1019"), help="FIRST-LAST or A,B,C")
+    ap.add_argument("--noise-draws", type=int, default=16,
+                    help="rest windows with the sim IMU's noise per view and motion (0: noise-free only)")
     ap.add_argument("--out", type=Path, default=None, help="the rows as JSON")
     args = ap.parse_args(argv)
-    rows = probe(args.model_dir or default_model_dir(), args.task_set, args.seeds)
+    if args.noise_draws < 0:
+        ap.error(f"--noise-draws: expected >= 0, got {args.noise_draws}")
+    rows = probe(args.model_dir or default_model_dir(), args.task_set, args.seeds, noise_draws=args.noise_draws)
     print(table(rows))
     totals = summary(rows)
     for kind, values in totals.items():
