@@ -102,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
                          "not shipped)")
     ap.add_argument("--labels", default="sim-expert", choices=["recorded", "sim-expert"],
                     help="mobile-vla-train --labels: the expert with the information of each sample's image")
+    ap.add_argument("--sensor-noise", type=float, default=0.0, metavar="SCALE",
+                    help="mobile-vla-train --sensor-noise for both models: fresh sensor noise on every training "
+                         "window, SCALE times the streams' own; default 0: the shipped models (1: measured, not "
+                         "shipped)")
     ap.add_argument("--turn-augment", type=float, default=0.0, metavar="FRACTION",
                     help="mobile-vla-train --turn-augment for the model with the motion input (the ablation "
                          "without it cannot carry a turn); default 0: the shipped model")
@@ -204,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--bags", *bags["train"], "--val-bags", *bags["val"], "--vlm-model-path", str(vlm_dir),
               "--epochs", str(args.epochs), "--patience", "6", "--sample-dt", "0.04", "--staleness", args.staleness,
               "--hidden-dim", "256", "--labels", args.labels, "--loss", args.loss,
-              "--seed", str(args.seed), "--cache-dir", str(args.work / "feature_cache")]
+              "--seed", str(args.seed), "--cache-dir", str(args.work / "feature_cache"),
+              "--sensor-noise", str(args.sensor_noise)]
     turned = ["--turn-augment", str(args.turn_augment)] if args.turn_augment else []
     if args.turn_augment and args.turn_augment_range is not None:
         turned += ["--turn-augment-range", args.turn_augment_range]
