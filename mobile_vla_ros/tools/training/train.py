@@ -270,15 +270,12 @@ def sensor_noise_level(sensor: np.ndarray) -> np.ndarray:
     return (np.median(steps, axis=0) / (0.6745 * math.sqrt(2.0))).astype(np.float32)
 
 
-def add_sensor_noise(windows, rng: np.random.Generator, noise_std: np.ndarray):
-    """Sensor windows [B, W, C] with fresh white noise of `noise_std` [C] added: a recorded window
-    keeps the same noise in every epoch, so a model can fit it, and a channel that carries nothing but
-    noise (the roll and pitch rates of a base on flat ground) is normalised to the spread of the
-    channels that do. Drawn anew each batch, the noise is worth nothing to the fit."""
-    import torch
-
-    noise = rng.standard_normal(tuple(windows.shape)).astype(np.float32) * noise_std
-    return windows + torch.from_numpy(noise).to(windows.device)
+def sensor_noise(rng: np.random.Generator, n: int, width: int, noise_std: np.ndarray) -> np.ndarray:
+    """Fresh white noise [n, width, C] of `noise_std` [C] for a batch's sensor windows: a recorded
+    window keeps the same noise in every epoch, so a model can fit it, and a channel that carries
+    nothing but noise (the roll and pitch rates of a base on flat ground) is normalised to the spread
+    of the channels that do. Drawn anew each batch, the noise is worth nothing to the fit."""
+    return rng.standard_normal((n, width, len(noise_std))).astype(np.float32) * noise_std
 
 
 def geometry_metrics(predicted: np.ndarray, truth: np.ndarray) -> dict:
@@ -356,14 +353,18 @@ class Trainer:
         per_rank = args.batch_size // dist.world
         for step in range(self.steps_per_epoch):
             batch = order[step * args.batch_size:(step + 1) * args.batch_size]
-            mine = batch[dist.rank * per_rank:(dist.rank + 1) * per_rank]
-            turn = turn_augmentation(rng, len(mine), args.turn_augment, args.turn_augment_range, staleness[mine],
+            share = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
+            mine = batch[share]
+            # Every random draw is made for the whole batch and sliced, so N ranks take one process's steps.
+            turn = turn_augmentation(rng, len(batch), args.turn_augment, args.turn_augment_range, staleness[batch],
                                      args.turn_augment_max_age)
-            inputs, y, images = self._batch(self.train, mine, staleness[mine], turn)
+            inputs, y, images = self._batch(self.train, mine, staleness[mine], None if turn is None else turn[share])
             if args.sensor_noise > 0:
-                inputs[1] = add_sensor_noise(inputs[1], rng, self.sensor_noise)
+                noise = sensor_noise(rng, len(batch), self.spec.sensor_window, self.sensor_noise)[share]
+                inputs[1] = inputs[1] + torch.from_numpy(noise).to(self.device)
             if args.sensor_dropout > 0:
-                inputs[1] = drop_windows(inputs[1], rng.random(len(mine)) < args.sensor_dropout, self.sensor_mean)
+                dropped = rng.random(len(batch))[share] < args.sensor_dropout
+                inputs[1] = drop_windows(inputs[1], dropped, self.sensor_mean)
             # Through the (DDP) module's forward, so DDP's gradient hooks fire; the loss is on
             # normalised actions so both dimensions weigh alike.
             if self.geometry_head:
