@@ -48,3 +48,16 @@ def test_the_probe_scores_both_readings_on_every_start_image(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"| {vlm} | pooled | {result['pooled']['bearing_mae_deg']:.1f}° |" in printed
     assert f"| {vlm} | instructed slot | {result['instructed_slot']['bearing_mae_deg']:.1f}° |" in printed
+
+
+def test_the_pooled_reading_is_the_feature_the_vlm_node_publishes():
+    """feature_pairs prepares each frame once for both readouts; its pooled feature is extract()'s."""
+    from mobile_vla_ros.vlm.grounding import load_stand_in
+
+    vlm = default_model_dir() / "vlm"
+    frames = binding_probe.start_frames([1000, 1001])
+    pooled, latents = binding_probe.feature_pairs(vlm, frames)
+    extractor = load_stand_in(vlm)
+    published = np.concatenate([extractor.extract([rgb], instruction) for rgb, instruction, *_ in frames])
+    assert pooled.shape == published.shape and np.allclose(pooled, published, atol=1e-6)
+    assert latents.shape[0] == len(frames) and np.all(np.isfinite(latents))

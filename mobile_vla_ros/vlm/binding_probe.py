@@ -60,9 +60,9 @@ def feature_pairs(vlm_dir: Path, frames: list) -> tuple[np.ndarray, np.ndarray]:
     pooled, latents = [], []
     with torch.no_grad():
         for rgb, instruction, *_ in frames:
-            pooled.append(extractor.extract([rgb], instruction)[0])
-            pixels = extractor.prepare([rgb], instruction)["pixel_values"]
-            latents.append(extractor.image_latents(pixels).mean(dim=1).float()[0].numpy())
+            inputs = extractor.prepare([rgb], instruction)  # once for both readouts
+            pooled.append(extractor.forward(**inputs)[0].cpu().numpy())  # what extract() publishes for one view
+            latents.append(extractor.image_latents(inputs["pixel_values"]).mean(dim=1).float()[0].numpy())
     return np.stack(pooled), np.stack(latents)
 
 
