@@ -43,7 +43,7 @@ def test_noisy_rest_windows_carry_the_sim_imus_noise_around_a_base_at_rest():
     windows = policy_probe.noisy_rest_windows(spec, cfg, 64)
     assert windows.shape == (64, 1, spec.sensor_window, spec.sensor_channels)
     spread = windows.reshape(-1, spec.sensor_channels).std(axis=0)
-    assert np.allclose(spread, np.repeat([cfg.gyro_noise, cfg.accel_noise], 3), rtol=0.05)
+    assert np.allclose(spread, cfg.imu_noise, rtol=0.05)
     assert np.allclose(windows.mean(axis=(0, 1, 2)), policy_probe.rest_window(spec)[0].mean(axis=0), atol=0.01)
 
 

@@ -161,7 +161,7 @@ def test_sim_expert_labels_train_on_record_sim_bags(sim_bags, tiny_vlm_dir, tmp_
 
     noise = report["sensor_noise"]
     assert noise["scale"] == 1.0
-    expected = np.repeat([SimConfig().gyro_noise, SimConfig().accel_noise], 3)
+    expected = SimConfig().imu_noise
     got = np.asarray(noise["channel_noise_std"])
     assert np.allclose(got[[0, 1, 4, 5]], expected[[0, 1, 4, 5]], rtol=0.1), noise
     assert np.all(got >= 0.9 * expected) and np.all(got < 2 * expected), noise

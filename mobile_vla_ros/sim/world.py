@@ -88,6 +88,11 @@ class SimConfig:
             raise ValueError("held_out_phrasings (evaluation) and paraphrases (training) exclude each other")
 
     @property
+    def imu_noise(self) -> np.ndarray:
+        """White-noise standard deviation of each IMU channel [6]: angular velocity xyz, acceleration xyz."""
+        return np.repeat([self.gyro_noise, self.accel_noise], 3)
+
+    @property
     def half_fov(self) -> float:
         """Half the camera's field of view (rad): the bearing out to which an image shows an object."""
         return math.radians(self.camera_fovy / 2)
@@ -272,7 +277,7 @@ class SimRobot:
         self._mj.mj_step(self.model, self.data)
         self.steps += 1
         gyro, accel = self.data.sensordata[0:3], self.data.sensordata[3:6]
-        noise = self._rng.standard_normal(6) * np.repeat([self.cfg.gyro_noise, self.cfg.accel_noise], 3)
+        noise = self._rng.standard_normal(6) * self.cfg.imu_noise
         return (np.concatenate([gyro, accel]) + noise).astype(np.float32)
 
     def render(self) -> np.ndarray:

@@ -61,11 +61,11 @@ def rest_window(spec: ModelSpec) -> np.ndarray:
 
 
 def noisy_rest_windows(spec: ModelSpec, cfg: SimConfig, draws: int, seed: int = 0) -> np.ndarray:
-    """`draws` rest windows [draws, 1, W, C] with the sim IMU's white noise (SimConfig gyro_noise,
-    accel_noise), as a robot standing still reads them."""
+    """`draws` rest windows [draws, 1, W, C] with the sim IMU's white noise (SimConfig.imu_noise), as a
+    robot standing still reads them."""
     if spec.sensor_type != "imu":
         raise ValueError(f"noisy rest windows model the sim's IMU; this model's sensor is {spec.sensor_type}")
-    noise = np.repeat([cfg.gyro_noise, cfg.accel_noise], 3).astype(np.float32)
+    noise = cfg.imu_noise.astype(np.float32)
     draw = np.random.default_rng(seed).standard_normal((draws, 1, spec.sensor_window, spec.sensor_channels))
     return rest_window(spec)[None] + draw.astype(np.float32) * noise
 

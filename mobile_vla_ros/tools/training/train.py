@@ -327,7 +327,7 @@ class Trainer:
         self.sensor_std = torch.tensor(spec.normalization.sensor_std, device=self.device)
         self.action_mean = torch.tensor(spec.normalization.action_mean, device=self.device)
         self.action_std = torch.tensor(spec.normalization.action_std, device=self.device)
-        self.sensor_noise = (args.sensor_noise * sensor_noise_level(train.sensor)).astype(np.float32)
+        self.channel_noise = sensor_noise_level(train.sensor)  # also reported in train_report.json
 
     def _batch(self, data: Dataset, samples: np.ndarray, staleness: np.ndarray, turn: np.ndarray | None = None):
         """(inputs in graph order, targets, image indices) of `samples` with features `staleness` s older than each
@@ -360,7 +360,8 @@ class Trainer:
                                      args.turn_augment_max_age)
             inputs, y, images = self._batch(self.train, mine, staleness[mine], None if turn is None else turn[share])
             if args.sensor_noise > 0:
-                noise = sensor_noise(rng, len(batch), self.spec.sensor_window, self.sensor_noise)[share]
+                noise_std = args.sensor_noise * self.channel_noise
+                noise = sensor_noise(rng, len(batch), self.spec.sensor_window, noise_std)[share]
                 inputs[1] = inputs[1] + torch.from_numpy(noise).to(self.device)
             if args.sensor_dropout > 0:
                 dropped = rng.random(len(batch))[share] < args.sensor_dropout
@@ -747,8 +748,7 @@ def _write_outputs(args, spec, trainer, train, val, vlm_path: Path, write_model_
               "loss": args.loss, "staleness_range": list(spec.staleness_range),
               "turn_augment": {"fraction": args.turn_augment, "range_rad": list(args.turn_augment_range),
                                "max_age_s": args.turn_augment_max_age},
-              "sensor_noise": {"scale": args.sensor_noise,
-                               "channel_noise_std": sensor_noise_level(train.sensor).tolist()},
+              "sensor_noise": {"scale": args.sensor_noise, "channel_noise_std": trainer.channel_noise.tolist()},
               "geometry_head": args.geometry_head, "epochs": trainer.epoch, "history": trainer.history,
               "onnx_max_abs_error": error}
     (args.out / "train_report.json").write_text(json.dumps(report, indent=1))
