@@ -11,6 +11,7 @@ from bag_fixtures import write_imu_bag
 
 from mobile_vla_ros.core.engine_cache import EngineKey, find_engine, write_sidecar
 from mobile_vla_ros.core.model_spec import INPUT_FEATURES, INPUT_SENSOR, ModelSpec, ModelSpecError
+from mobile_vla_ros.core.motion import MotionHistory, extend_from_streams
 from mobile_vla_ros.paths import default_model_dir
 from mobile_vla_ros.tools.deploy.recorded_inputs import recorded_inputs
 
@@ -61,6 +62,23 @@ def test_int8_calibration_windows_come_from_a_bag(tmp_path, storage):
     assert np.allclose(data[INPUT_SENSOR][1, :, 2], 0.1 * np.arange(65, 130), atol=1e-5)
     assert np.allclose(data[INPUT_SENSOR][:, :, 5], 9.81)
     assert data[INPUT_FEATURES].shape == (3, 64) and np.allclose(data[INPUT_FEATURES], 0.25)
+
+
+def test_int8_calibration_motion_is_the_nodes_motion_since_the_features_image(tmp_path):
+    """The shipped model's third input in the calibration data: the motion since the features' image as
+    the node's core and training integrate it (gyro z here: 0.1 * index rad/s, no commands)."""
+    spec = ModelSpec.load(default_model_dir())
+    bag = write_imu_bag(tmp_path / "bag", "mcap", samples=200, feature_value=0.25)
+    motion = recorded_inputs(bag, spec, "/sensor", "/vl_features")[spec.motion_input]
+    stamps = (1_000_000 + np.arange(200) * 1_538_461) * 1e-9
+    samples = np.zeros((200, 6))
+    samples[:, 2], samples[:, 5] = 0.1 * np.arange(200), 9.81
+    history = extend_from_streams(MotionHistory(30.0, spec.sensor_hz), spec.sensor_type, stamps, samples,
+                                  np.zeros(1), np.zeros((1, 2)))
+    window_ends = stamps[[64, 129, 194]]
+    expected = history.motion_since(np.zeros(3), window_ends)  # the feature image is stamped 0
+    np.testing.assert_allclose(motion, expected, atol=1e-5)
+    assert motion[2, 3] > 1.0  # the base turned: a comparison of zeros would prove nothing
 
 
 def test_missing_topic_in_bag_is_named(tmp_path):

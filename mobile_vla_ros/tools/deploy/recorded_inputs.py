@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ...core.model_spec import INPUT_FEATURES, INPUT_SENSOR, ModelSpec, ModelSpecError
-from ...core.motion import MotionHistory
+from ...core.motion import MotionHistory, sample_yaw_rate
 from ...core.names import CMD_VEL_TOPIC, bag_topic
 from ...core.sensor_window import SAMPLE_FROM_MESSAGE, PushResult, SensorWindow
 
@@ -45,7 +45,7 @@ def recorded_inputs(bag: Path, spec: ModelSpec, sensor_topic: str, features_topi
             sample = SAMPLE_FROM_MESSAGE[spec.sensor_type](msg)
             if window.push(stamp * 1e-9, sample) is not PushResult.ACCEPTED:
                 continue
-            history.extend([stamp * 1e-9], [sample[2] if spec.sensor_type == "imu" else command[1]], [command[0]])
+            history.add(stamp * 1e-9, sample_yaw_rate(spec.sensor_type, sample, command[1]), command[0])
             accepted += 1
             if accepted % spec.sensor_window:
                 continue  # one calibration sample per full, non-overlapping window
