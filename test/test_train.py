@@ -199,6 +199,70 @@ def test_a_geometry_head_needs_ground_truth_and_the_motion_input(sim_bags, tiny_
     assert "--geometry-head" in capsys.readouterr().err
 
 
+def test_a_mode_gate_model_takes_the_chunk_of_the_head_its_gate_picks():
+    """`mode_gate`: the chunk is the steer head's where the gate says the image shows the target, the
+    search head's elsewhere -- never a mixture of the two -- and the exported graph picks the same."""
+    import torch
+
+    from mobile_vla_ros.models.action_expert import ActionExpertConfig, build_action_expert
+
+    torch.manual_seed(0)
+    model = build_action_expert(ActionExpertConfig(hidden_dim=32, motion_dim=4, mode_gate=True)).eval()
+    features, window, motion = torch.randn(64, 64), torch.randn(64, 65, 6), torch.randn(64, 4)
+    with torch.no_grad():
+        steer, search, gate, _ = model(features, window, motion, return_modes=True)
+        chunk = model(features, window, motion)
+    assert (gate > 0).any() and (gate <= 0).any()  # both branches occur: the check below sees both
+    picked = torch.where((gate > 0)[:, None, None], steer, search)
+    assert torch.equal(chunk, picked) and not torch.allclose(steer, search)
+    with pytest.raises(ValueError, match="no mode_gate"):
+        build_action_expert(ActionExpertConfig(hidden_dim=32, motion_dim=4))(features, window, motion,
+                                                                               return_modes=True)
+
+
+def test_the_mode_gate_loss_trains_each_head_on_its_branch_only():
+    """A steer head's error on a search sample (and the reverse) costs nothing: each head learns its
+    branch's labels, not their mean; the gate learns the branch."""
+    import torch
+
+    from mobile_vla_ros.models.action_expert import mode_gate_loss
+
+    target = torch.tensor([[[1.0]], [[-1.0]]])  # sample 0 steers (in view), sample 1 searches
+    in_view = torch.tensor([1.0, 0.0])
+    sure = torch.tensor([20.0, -20.0])  # the gate's logits: right and confident
+    right_heads = mode_gate_loss(torch.tensor([[[1.0]], [[5.0]]]), torch.tensor([[[7.0]], [[-1.0]]]), sure,
+                                 in_view, target, torch.nn.functional.mse_loss)
+    assert float(right_heads) < 1e-6
+    wrong_steer = mode_gate_loss(torch.tensor([[[0.0]], [[5.0]]]), torch.tensor([[[7.0]], [[-1.0]]]), sure,
+                                 in_view, target, torch.nn.functional.mse_loss)
+    assert float(wrong_steer) == pytest.approx(0.5)  # (1 - 0)^2 on one of two samples
+    unsure = mode_gate_loss(torch.tensor([[[1.0]], [[5.0]]]), torch.tensor([[[7.0]], [[-1.0]]]), -sure,
+                            in_view, target, torch.nn.functional.mse_loss)
+    assert float(unsure) > 10  # a gate that picks the wrong branch is what is penalised
+
+
+def test_a_mode_gate_model_trains_exports_and_needs_ground_truth(sim_bags, tiny_vlm_dir, tmp_path, capsys):
+    """`--mode-gate`: model.yaml records it, validation reports how often the gate picks the branch of
+    the labels, the exported graph keeps the inputs and one output and matches PyTorch (checked by the
+    export), and without the simulator's ground truth it is refused by name."""
+    out = tmp_path / "gated"
+    assert train.main(train_args(sim_bags, tiny_vlm_dir, out, tmp_path / "cache", "--epochs", "2",
+                                 "--staleness", "0,3.5", "--labels", "sim-expert", "--mode-gate")) == 0
+    spec = ModelSpec.load(out)
+    assert spec.architecture.get("mode_gate") is True and spec.motion_input
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["mode_gate"] is True and report["best_val_mae_chunk"] < report["val_zero_action_mae"]
+    assert 0.5 < report["history"][-1]["gate_in_view_accuracy"] <= 1.0
+    assert "mode gate" in spec.notes
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out / "action_expert.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [INPUT_FEATURES, INPUT_SENSOR, spec.motion_input]
+    assert len(session.get_outputs()) == 1 and report["onnx_max_abs_error"] < 1e-4
+    assert train.main(train_args(sim_bags, tiny_vlm_dir, tmp_path / "m", tmp_path / "cache", "--mode-gate")) != 0
+    assert "--mode-gate" in capsys.readouterr().err
+
+
 def test_sensor_dropout_replaces_whole_windows_by_the_mean():
     import torch
 

@@ -37,10 +37,16 @@ class ActionExpertConfig:
     # training with the simulator's ground truth); moved by the motion since the image, that estimate
     # enters the fusion head. Needs the motion input.
     geometry_head: bool = False
+    # Two chunk heads, one for each branch of the labels' rule (steer to the target the image shows, or
+    # search), and a gate on the features that picks one by "the image shows the target" (supervised in
+    # training with the simulator's ground truth). One head trained on both branches averages them where
+    # the features leave it unsure: near the image's right edge "steer right" and "search
+    # counter-clockwise" cancel into "straight on".
+    mode_gate: bool = False
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> ActionExpertConfig:
-        known = {"hidden_dim", "head", "recurrent_hidden", "recurrent_steps", "geometry_head"}
+        known = {"hidden_dim", "head", "recurrent_hidden", "recurrent_steps", "geometry_head", "mode_gate"}
         arch = {k: v for k, v in spec.architecture.items() if k in known}
         return cls(feature_dim=spec.feature_dim, sensor_channels=spec.sensor_channels,
                    sensor_window=spec.sensor_window, chunk_size=spec.chunk_size,
@@ -78,11 +84,22 @@ class _Normalized(nn.Module):
         """-> (normalised actions [B, K, D], the geometry head's prediction [B, 3] or None)."""
         raise NotImplementedError
 
+    def predict_modes(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor,
+                      motion_norm: torch.Tensor | None = None):
+        """-> (normalised steer chunk, normalised search chunk [B, K, D], gate logit [B], geometry or None):
+        both heads of a `mode_gate` model before the gate picks one."""
+        raise ValueError("this model has one chunk head (no mode_gate)")
+
     def forward(self, vl_features: torch.Tensor, sensor_window: torch.Tensor,
-                motion: torch.Tensor | None = None, return_geometry: bool = False):
-        """Raw units in and out; `return_geometry` (training) also returns the geometry head's output."""
+                motion: torch.Tensor | None = None, return_geometry: bool = False, return_modes: bool = False):
+        """Raw units in and out; `return_geometry` (training) also returns the geometry head's output;
+        `return_modes` (training a mode_gate model) returns (steer chunk, search chunk, gate logit, geometry)."""
         sensor_norm = (sensor_window - self.sensor_mean) / self.sensor_std
         motion_norm = None if motion is None else (motion - self.motion_mean) / self.motion_std
+        if return_modes:
+            steer, search, gate, geometry = self.predict_modes(vl_features, sensor_norm, motion_norm)
+            return (steer * self.action_std + self.action_mean, search * self.action_std + self.action_mean,
+                    gate, geometry)
         actions, geometry = self.predict_normalized(vl_features, sensor_norm, motion_norm)
         actions = actions * self.action_std + self.action_mean
         return (actions, geometry) if return_geometry else actions
@@ -113,12 +130,30 @@ class ActionExpert(_Normalized):
             self.geometry = nn.Linear(h, len(GEOMETRY_LAYOUT))
             self.geometry_proj = nn.Sequential(nn.Linear(3, h), nn.GELU())
             fused += h
-        self.head = nn.Sequential(nn.Linear(fused, h), nn.GELU(), nn.Linear(h, c.chunk_size * c.action_dim))
+        heads = 2 if c.mode_gate else 1
+        self.head = nn.Sequential(nn.Linear(fused, h), nn.GELU(), nn.Linear(h, heads * c.chunk_size * c.action_dim))
+        self.gate = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, 1)) if c.mode_gate else None
         self._register_normalization(c.sensor_channels, c.action_dim, c.motion_dim)
 
     def predict_normalized(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor,
                            motion_norm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Normalised sensor window [B, W, C] (and motion [B, M]) -> normalised actions [B, K, D]."""
+        if self.gate is None:
+            out, _, geometry = self._heads(vl_features, sensor_norm, motion_norm)
+            return out.view(-1, self.config.chunk_size, self.config.action_dim), geometry
+        steer, search, gate, geometry = self.predict_modes(vl_features, sensor_norm, motion_norm)
+        return torch.where((gate > 0)[:, None, None], steer, search), geometry
+
+    def predict_modes(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor,
+                      motion_norm: torch.Tensor | None = None):
+        if self.gate is None:
+            return super().predict_modes(vl_features, sensor_norm, motion_norm)
+        out, f, geometry = self._heads(vl_features, sensor_norm, motion_norm)
+        steer, search = out.view(-1, 2, self.config.chunk_size, self.config.action_dim).unbind(1)
+        return steer, search, self.gate(f)[:, 0], geometry
+
+    def _heads(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor, motion_norm: torch.Tensor | None):
+        """-> (the chunk heads' output [B, heads * K * D], the projected features, geometry or None)."""
         f = self.feature_proj(vl_features)
         s = self.sensor_encoder(sensor_norm.transpose(1, 2)).mean(dim=2)
         s = self.sensor_proj(s)
@@ -133,8 +168,7 @@ class ActionExpert(_Normalized):
             geometry = self.geometry(f)
             motion = motion_norm * self.motion_std + self.motion_mean
             parts.append(self.geometry_proj(self._target_now(geometry, motion)))
-        out = self.head(torch.cat(parts, dim=1))
-        return out.view(-1, self.config.chunk_size, self.config.action_dim), geometry
+        return self.head(torch.cat(parts, dim=1)), f, geometry
 
     @staticmethod
     def _target_now(geometry: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
@@ -162,8 +196,9 @@ class RecurrentActionExpert(_Normalized):
         self.lstm = nn.LSTM(c.feature_dim, c.recurrent_hidden, batch_first=True)
         self.head = nn.Sequential(nn.Linear(c.recurrent_hidden, 1024), nn.GELU(),
                                   nn.Linear(1024, c.chunk_size * c.action_dim))
-        if c.motion_dim or c.geometry_head:
-            raise ValueError("the recurrent head takes no motion input (motion_dim must be 0, no geometry_head)")
+        if c.motion_dim or c.geometry_head or c.mode_gate:
+            raise ValueError("the recurrent head takes no motion input (motion_dim must be 0, no geometry_head, "
+                             "no mode_gate)")
         self._register_normalization(c.sensor_channels, c.action_dim)
 
     def predict_normalized(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor,
@@ -183,6 +218,17 @@ def geometry_loss(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     position = ((predicted[:, 1:] - truth[:, 1:] / GEOMETRY_SCALE) ** 2).sum(dim=1)
     return seen + (position * in_view).sum() / in_view.sum().clamp(min=1.0)
 
+
+
+def mode_gate_loss(steer: torch.Tensor, search: torch.Tensor, gate: torch.Tensor, in_view: torch.Tensor,
+                   target: torch.Tensor, action_loss) -> torch.Tensor:
+    """A mode_gate model's loss on normalised chunks [B, K, D]: each head against the labels of the
+    samples of its branch (`in_view` [B], 0/1: the sample's image shows the target), plus the gate's
+    binary cross-entropy of that branch. `action_loss`: torch.nn.functional's mse_loss or l1_loss."""
+    steer_error = action_loss(steer, target, reduction="none").mean(dim=(1, 2))
+    search_error = action_loss(search, target, reduction="none").mean(dim=(1, 2))
+    branch = in_view * steer_error + (1 - in_view) * search_error
+    return branch.mean() + nn.functional.binary_cross_entropy_with_logits(gate, in_view)
 
 def build_action_expert(config: ActionExpertConfig) -> nn.Module:
     heads = {"conv_mlp": ActionExpert, "recurrent": RecurrentActionExpert}

@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--geometry-head", action="store_true",
                     help="mobile-vla-train --geometry-head for the model with the motion input (the ablation "
                          "without it cannot move the estimate)")
+    ap.add_argument("--mode-gate", action="store_true",
+                    help="mobile-vla-train --mode-gate for the model with the motion input: steer and search heads "
+                         "picked by a gate on whether the image shows the target")
     ap.add_argument("--no-motion-out", default="models/no_motion",
                     help="the same model without the motion input ('' to skip)")
     ap.add_argument("--seed", type=int, default=0)
@@ -213,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     turned = ["--turn-augment", str(args.turn_augment)] if args.turn_augment else []
     if args.turn_augment and args.turn_augment_range is not None:
         turned += ["--turn-augment-range", args.turn_augment_range]
-    geometry = ["--geometry-head"] if args.geometry_head else []
-    code = train.main([*common, *turned, *geometry, "--out", str(args.out), "--name", args.out.name])
+    heads = (["--geometry-head"] if args.geometry_head else []) + (["--mode-gate"] if args.mode_gate else [])
+    code = train.main([*common, *turned, *heads, "--out", str(args.out), "--name", args.out.name])
     if code == 0 and args.no_motion_out:  # a string: Path("") would be "."
         code = train.main([*common, "--out", args.no_motion_out, "--name", Path(args.no_motion_out).name,
                            "--no-motion-input"])

@@ -290,10 +290,11 @@ def geometry_metrics(predicted: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def _geometry_text(val: dict) -> str:
+    gate = f"  gate: in view {val['gate_in_view_accuracy']:.1%}" if "gate_in_view_accuracy" in val else ""
     if "geometry_in_view_accuracy" not in val:
-        return ""
+        return gate
     return (f"  in view {val['geometry_in_view_accuracy']:.1%}, position error "
-            f"{val['geometry_position_error_m_p50']:.2f} m")
+            f"{val['geometry_position_error_m_p50']:.2f} m{gate}")
 
 
 class Trainer:
@@ -306,7 +307,7 @@ class Trainer:
         torch.manual_seed(args.seed)
         self.device = torch.device(dist.device)
         config = ActionExpertConfig.from_spec(spec)
-        self.geometry_head = config.geometry_head
+        self.geometry_head, self.mode_gate = config.geometry_head, config.mode_gate
         model = build_action_expert(config)
         model.set_normalization(spec.normalization)
         self.model = model.to(self.device)
@@ -340,9 +341,13 @@ class Trainer:
         return ([t.from_numpy(np.ascontiguousarray(x)).to(self.device) for x in inputs],
                 t.from_numpy(data.labels(samples, image, turn)).to(self.device), image)
 
+    def _normalized(self, actions):
+        """Actions in the units the loss is taken in, so that both dimensions weigh alike."""
+        return (actions - self.action_mean) / self.action_std
+
     def run_epoch(self) -> float:
         """One epoch; every rank draws the same permutation and staleness and takes its share."""
-        from ...models.action_expert import geometry_loss
+        from ...models.action_expert import geometry_loss, mode_gate_loss
 
         torch, args, dist = self.torch, self.args, self.dist
         rng = np.random.default_rng([args.seed, self.epoch])
@@ -366,16 +371,18 @@ class Trainer:
             if args.sensor_dropout > 0:
                 dropped = rng.random(len(batch))[share] < args.sensor_dropout
                 inputs[1] = drop_windows(inputs[1], dropped, self.sensor_mean)
-            # Through the (DDP) module's forward, so DDP's gradient hooks fire; the loss is on
-            # normalised actions so both dimensions weigh alike.
-            if self.geometry_head:
-                actions, geometry = self.ddp(*inputs, return_geometry=True)
+            # Through the (DDP) module's forward, so DDP's gradient hooks fire.
+            truth = (torch.from_numpy(self.train.geometry(images)).float().to(self.device)
+                     if self.geometry_head or self.mode_gate else None)
+            if self.mode_gate:
+                steer, search, gate, geometry = self.ddp(*inputs, return_modes=True)
+                loss = mode_gate_loss(self._normalized(steer), self._normalized(search), gate, truth[:, 0],
+                                      self._normalized(y), self.action_loss)
             else:
-                actions = self.ddp(*inputs)
-            pred = (actions - self.action_mean) / self.action_std
-            loss = self.action_loss(pred, (y - self.action_mean) / self.action_std)
-            if self.geometry_head:
-                truth = torch.from_numpy(self.train.geometry(images)).to(self.device)
+                actions, geometry = self.ddp(*inputs, return_geometry=True) if self.geometry_head else \
+                    (self.ddp(*inputs), None)
+                loss = self.action_loss(self._normalized(actions), self._normalized(y))
+            if geometry is not None:
                 loss = loss + geometry_loss(geometry, truth)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -390,7 +397,7 @@ class Trainer:
     def validate(self) -> dict:
         torch = self.torch
         self.model.eval()
-        errs, geometry, truth = [], [], []
+        errs, geometry, gates, truth = [], [], [], []
         with torch.no_grad():
             for start in range(0, len(self.val), 4096):
                 idx = np.arange(start, min(start + 4096, len(self.val)))
@@ -400,12 +407,18 @@ class Trainer:
                 errs.append((actions - y).abs().cpu().numpy())
                 if predicted is not None:
                     geometry.append(predicted.cpu().numpy())
+                if self.mode_gate:
+                    gates.append(self.model(*inputs, return_modes=True)[2].cpu().numpy())
+                if self.geometry_head or self.mode_gate:
                     truth.append(self.val.geometry(images))
         err = np.concatenate(errs)
         metrics = {"mae_chunk": float(err.mean()), "mae_first_step": float(err[:, 0].mean()),
                    "mae_per_dim": [float(v) for v in err.mean(axis=(0, 1))]}
         if geometry:
             metrics |= geometry_metrics(np.concatenate(geometry), np.concatenate(truth))
+        if gates:
+            shown = np.concatenate(truth)[:, 0] > 0.5
+            metrics["gate_in_view_accuracy"] = float(((np.concatenate(gates) > 0) == shown).mean())
         return metrics
 
     def state(self) -> dict:
@@ -542,6 +555,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="the features also predict where the target was in their image, supervised by the "
                          "simulator's ground truth, and that estimate moved by the motion since the image "
                          "enters the head (needs --labels sim-expert and the motion input)")
+    ap.add_argument("--mode-gate", action="store_true",
+                    help="two chunk heads, steer and search (the two branches of the labels' rule), and a gate on "
+                         "the features that picks one by whether the image shows the target, supervised by the "
+                         "simulator's ground truth (needs --labels sim-expert)")
     ap.add_argument("--loss", choices=sorted(ACTION_LOSSES), default="mse",
                     help="on the normalised actions: mse (the mean label) or l1 (the median: where the labels of "
                          "similar inputs disagree, e.g. steer or search at the image's edge, it picks the likelier "
@@ -631,6 +648,9 @@ def _check_args(args, dist) -> None:
     if args.geometry_head and (args.labels != "sim-expert" or not args.motion_input):
         raise ValueError("--geometry-head: its targets come from the simulator's ground truth and it moves them "
                          "by the motion since the image (needs --labels sim-expert and the motion input)")
+    if args.mode_gate and args.labels != "sim-expert":
+        raise ValueError("--mode-gate: which branch a sample's label takes comes from the simulator's ground truth "
+                         f"(needs --labels sim-expert, got --labels {args.labels})")
     if args.turn_augment > 0 and (args.labels != "sim-expert" or not args.motion_input):
         raise ValueError("--turn-augment: turned samples need --labels sim-expert (labels recomputed from the "
                          "pose) and the motion input (which carries the turn); got "
@@ -664,7 +684,8 @@ def _initial_spec(args, feature_dim: int, sensor_type: str, lo_hi: tuple[float, 
                      vlm_backend=args.vlm_backend, vlm_pooling=args.pooling, staleness_range=lo_hi,
                      motion_input=MOTION_INPUT if args.motion_input else None,
                      architecture={"hidden_dim": args.hidden_dim, **({"geometry_head": True} if args.geometry_head
-                                                                      else {})})
+                                                                      else {}),
+                                   **({"mode_gate": True} if args.mode_gate else {})})
 
 
 def _split(args, bags: list[Path]) -> tuple[list[Path], list[Path]]:
@@ -734,7 +755,7 @@ def _write_outputs(args, spec, trainer, train, val, vlm_path: Path, write_model_
     lo, hi = args.turn_augment_range
     younger = "" if args.turn_augment_max_age is None else f" (features younger than {args.turn_augment_max_age:g} s)"
     turned = f", {args.turn_augment:g} of them{younger} turned by {lo:g} to {hi:g} rad" if args.turn_augment else ""
-    head = ", with the geometry head" if args.geometry_head else ""
+    head = (", with the geometry head" if args.geometry_head else "") + (", mode gate" if args.mode_gate else "")
     noisy = f", fresh sensor noise x{args.sensor_noise:g}" if args.sensor_noise else ""
     spec.notes = (f"trained by mobile-vla-train ({args.labels} labels{head}, {args.loss} loss) on {len(train)} "
                   f"samples{turned}{noisy}; "
@@ -749,8 +770,8 @@ def _write_outputs(args, spec, trainer, train, val, vlm_path: Path, write_model_
               "turn_augment": {"fraction": args.turn_augment, "range_rad": list(args.turn_augment_range),
                                "max_age_s": args.turn_augment_max_age},
               "sensor_noise": {"scale": args.sensor_noise, "channel_noise_std": trainer.channel_noise.tolist()},
-              "geometry_head": args.geometry_head, "epochs": trainer.epoch, "history": trainer.history,
-              "onnx_max_abs_error": error}
+              "geometry_head": args.geometry_head, "mode_gate": args.mode_gate, "epochs": trainer.epoch,
+              "history": trainer.history, "onnx_max_abs_error": error}
     (args.out / "train_report.json").write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}: action_expert.pt, action_expert.onnx (max |ONNX - PyTorch| {error:.1e}), model.yaml, "
           f"vlm/, train_report.json; best val MAE {trainer.best:.4f} (zero action {baseline:.4f})")
