@@ -219,7 +219,6 @@ def geometry_loss(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return seen + (position * in_view).sum() / in_view.sum().clamp(min=1.0)
 
 
-
 def mode_gate_loss(steer: torch.Tensor, search: torch.Tensor, gate: torch.Tensor, in_view: torch.Tensor,
                    target: torch.Tensor, action_loss) -> torch.Tensor:
     """A mode_gate model's loss on normalised chunks [B, K, D]: each head against the labels of the
@@ -229,6 +228,7 @@ def mode_gate_loss(steer: torch.Tensor, search: torch.Tensor, gate: torch.Tensor
     search_error = action_loss(search, target, reduction="none").mean(dim=(1, 2))
     branch = in_view * steer_error + (1 - in_view) * search_error
     return branch.mean() + nn.functional.binary_cross_entropy_with_logits(gate, in_view)
+
 
 def build_action_expert(config: ActionExpertConfig) -> nn.Module:
     heads = {"conv_mlp": ActionExpert, "recurrent": RecurrentActionExpert}
