@@ -173,20 +173,28 @@ def test_sim_expert_labels_train_on_record_sim_bags(sim_bags, tiny_vlm_dir, tmp_
 def test_a_geometry_head_model_trains_exports_and_runs_with_three_inputs(sim_bags, tiny_vlm_dir, tmp_path):
     """`--geometry-head`: model.yaml records it, the exported graph keeps the three named inputs and
     one output and matches PyTorch (checked by the export), and the core runs it like any model."""
-    out = tmp_path / "geometry"
-    assert train.main(train_args(sim_bags, tiny_vlm_dir, out, tmp_path / "cache", "--epochs", "2",
-                                 "--staleness", "0,3.5", "--labels", "sim-expert", "--geometry-head")) == 0
-    spec = ModelSpec.load(out)
-    assert spec.architecture.get("geometry_head") is True and spec.motion_input
-    report = json.loads((out / "train_report.json").read_text())
-    assert report["best_val_mae_chunk"] < report["val_zero_action_mae"] and report["geometry_head"] is True
+    spec, report = _train_head_variant(sim_bags, tiny_vlm_dir, tmp_path, "--geometry-head")
+    assert spec.architecture.get("geometry_head") is True and report["geometry_head"] is True
     last = report["history"][-1]
     assert 0.5 < last["geometry_in_view_accuracy"] <= 1.0 and last["geometry_position_error_m_p50"] < 4.0
+
+
+def _train_head_variant(sim_bags, tiny_vlm_dir, tmp_path, flag: str) -> tuple[ModelSpec, dict]:
+    """Train 2 epochs with sim-expert labels and `flag`; check what every head variant must keep: better
+    than the zero action, the three named inputs and one output of the exported graph, which matches
+    PyTorch. -> (model.yaml, train_report.json)."""
     import onnxruntime as ort
 
+    out = tmp_path / flag.strip("-")
+    assert train.main(train_args(sim_bags, tiny_vlm_dir, out, tmp_path / "cache", "--epochs", "2",
+                                 "--staleness", "0,3.5", "--labels", "sim-expert", flag)) == 0
+    spec = ModelSpec.load(out)
+    report = json.loads((out / "train_report.json").read_text())
+    assert spec.motion_input and report["best_val_mae_chunk"] < report["val_zero_action_mae"]
     session = ort.InferenceSession(str(out / "action_expert.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == [INPUT_FEATURES, INPUT_SENSOR, spec.motion_input]
-    assert len(session.get_outputs()) == 1
+    assert len(session.get_outputs()) == 1 and report["onnx_max_abs_error"] < 1e-4
+    return spec, report
 
 
 def test_a_geometry_head_needs_ground_truth_and_the_motion_input(sim_bags, tiny_vlm_dir, tmp_path, capsys):
@@ -245,20 +253,10 @@ def test_a_mode_gate_model_trains_exports_and_needs_ground_truth(sim_bags, tiny_
     """`--mode-gate`: model.yaml records it, validation reports how often the gate picks the branch of
     the labels, the exported graph keeps the inputs and one output and matches PyTorch (checked by the
     export), and without the simulator's ground truth it is refused by name."""
-    out = tmp_path / "gated"
-    assert train.main(train_args(sim_bags, tiny_vlm_dir, out, tmp_path / "cache", "--epochs", "2",
-                                 "--staleness", "0,3.5", "--labels", "sim-expert", "--mode-gate")) == 0
-    spec = ModelSpec.load(out)
-    assert spec.architecture.get("mode_gate") is True and spec.motion_input
-    report = json.loads((out / "train_report.json").read_text())
-    assert report["mode_gate"] is True and report["best_val_mae_chunk"] < report["val_zero_action_mae"]
+    spec, report = _train_head_variant(sim_bags, tiny_vlm_dir, tmp_path, "--mode-gate")
+    assert spec.architecture.get("mode_gate") is True and report["mode_gate"] is True
     assert 0.5 < report["history"][-1]["gate_in_view_accuracy"] <= 1.0
     assert "mode gate" in spec.notes
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(out / "action_expert.onnx"), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == [INPUT_FEATURES, INPUT_SENSOR, spec.motion_input]
-    assert len(session.get_outputs()) == 1 and report["onnx_max_abs_error"] < 1e-4
     assert train.main(train_args(sim_bags, tiny_vlm_dir, tmp_path / "m", tmp_path / "cache", "--mode-gate")) != 0
     assert "--mode-gate" in capsys.readouterr().err
 
