@@ -289,7 +289,8 @@ def geometry_metrics(predicted: np.ndarray, truth: np.ndarray) -> dict:
             "geometry_position_error_m_p50": float(np.median(error)) if shown.any() else float("nan")}
 
 
-def _geometry_text(val: dict) -> str:
+def _heads_text(val: dict) -> str:
+    """The epoch line's report of the geometry head and the mode gate, when the model has them."""
     gate = f"  gate: in view {val['gate_in_view_accuracy']:.1%}" if "gate_in_view_accuracy" in val else ""
     if "geometry_in_view_accuracy" not in val:
         return gate
@@ -451,7 +452,7 @@ class Trainer:
                                  "seconds": time.monotonic() - began})
             if self.dist.rank == 0:
                 print(f"\repoch {self.epoch:3d}  train loss {train_loss:.4f}  val MAE chunk {val['mae_chunk']:.4f} "
-                      f"first step {val['mae_first_step']:.4f}{'  *' if improved else ''}{_geometry_text(val)}"
+                      f"first step {val['mae_first_step']:.4f}{'  *' if improved else ''}{_heads_text(val)}"
                       f"  ({time.monotonic() - began:.1f} s)", flush=True)
                 tmp = state_path.with_suffix(".tmp")
                 torch.save(self.state(), tmp)
@@ -683,9 +684,8 @@ def _initial_spec(args, feature_dim: int, sensor_type: str, lo_hi: tuple[float, 
                                                  [1.0] * actions),
                      vlm_backend=args.vlm_backend, vlm_pooling=args.pooling, staleness_range=lo_hi,
                      motion_input=MOTION_INPUT if args.motion_input else None,
-                     architecture={"hidden_dim": args.hidden_dim, **({"geometry_head": True} if args.geometry_head
-                                                                      else {}),
-                                   **({"mode_gate": True} if args.mode_gate else {})})
+                     architecture={"hidden_dim": args.hidden_dim,
+                                   **{name: True for name in ("geometry_head", "mode_gate") if getattr(args, name)}})
 
 
 def _split(args, bags: list[Path]) -> tuple[list[Path], list[Path]]:
