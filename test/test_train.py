@@ -209,7 +209,7 @@ def test_a_geometry_head_needs_ground_truth_and_the_motion_input(sim_bags, tiny_
 
 def test_a_mode_gate_model_takes_the_chunk_of_the_head_its_gate_picks():
     """`mode_gate`: the chunk is the steer head's where the gate says the image shows the target, the
-    search head's elsewhere -- never a mixture of the two -- and the exported graph picks the same."""
+    search head's elsewhere -- never a mixture of the two."""
     import torch
 
     from mobile_vla_ros.models.action_expert import ActionExpertConfig, build_action_expert

@@ -142,7 +142,13 @@ class ActionExpert(_Normalized):
             out, _, geometry = self._heads(vl_features, sensor_norm, motion_norm)
             return out.view(-1, self.config.chunk_size, self.config.action_dim), geometry
         steer, search, gate, geometry = self.predict_modes(vl_features, sensor_norm, motion_norm)
-        return torch.where((gate > 0)[:, None, None], steer, search), geometry
+        return self.pick_mode(steer, search, gate), geometry
+
+    @staticmethod
+    def pick_mode(steer: torch.Tensor, search: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """The chunk a mode_gate model outputs: the steer head's where the gate's logit says the image
+        shows the target, else the search head's (never a mixture)."""
+        return torch.where((gate > 0)[:, None, None], steer, search)
 
     def predict_modes(self, vl_features: torch.Tensor, sensor_norm: torch.Tensor,
                       motion_norm: torch.Tensor | None = None):

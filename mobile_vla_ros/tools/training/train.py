@@ -403,13 +403,16 @@ class Trainer:
             for start in range(0, len(self.val), 4096):
                 idx = np.arange(start, min(start + 4096, len(self.val)))
                 inputs, y, images = self._batch(self.val, idx, self.val_staleness[idx])
-                actions, predicted = self.model(*inputs, return_geometry=True) if self.geometry_head else \
-                    (self.model(*inputs), None)
+                if self.mode_gate:  # one forward for the chunk and the gate's reading
+                    steer, search, gate, predicted = self.model(*inputs, return_modes=True)
+                    actions = self.model.pick_mode(steer, search, gate)
+                    gates.append(gate.cpu().numpy())
+                else:
+                    actions, predicted = self.model(*inputs, return_geometry=True) if self.geometry_head else \
+                        (self.model(*inputs), None)
                 errs.append((actions - y).abs().cpu().numpy())
                 if predicted is not None:
                     geometry.append(predicted.cpu().numpy())
-                if self.mode_gate:
-                    gates.append(self.model(*inputs, return_modes=True)[2].cpu().numpy())
                 if self.geometry_head or self.mode_gate:
                     truth.append(self.val.geometry(images))
         err = np.concatenate(errs)
