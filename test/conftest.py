@@ -129,6 +129,16 @@ def tiny_vlm_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sim_bags(tmp_path_factory) -> Path:
+    """Four short expert episodes of mobile-vla-record-sim (with the simulator's ground truth): training input."""
+    from mobile_vla_ros.tools.simulation import record_sim
+
+    root = tmp_path_factory.mktemp("sim_bags")
+    assert record_sim.main(["--episodes", "4", "--seed", "20", "--out", str(root)]) == 0
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
     from mobile_vla_ros.vlm.tiny import build_tiny_clip_vision
 

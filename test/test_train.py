@@ -15,16 +15,8 @@ from bag_fixtures import write_episode_bag
 from mobile_vla_ros.core.backend_factory import create_backend
 from mobile_vla_ros.core.model_spec import INPUT_FEATURES, INPUT_SENSOR, ModelSpec
 from mobile_vla_ros.tools.recordings import Recording
-from mobile_vla_ros.tools.simulation import record_sim
 from mobile_vla_ros.tools.training import make_default_model as recipe
 from mobile_vla_ros.tools.training import train
-
-
-@pytest.fixture(scope="module")
-def sim_bags(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sim_bags")
-    assert record_sim.main(["--episodes", "4", "--seed", "20", "--out", str(root)]) == 0
-    return root
 
 
 def train_args(sim_bags, tiny_vlm_dir, out, cache, *extra) -> list[str]:

@@ -150,14 +150,14 @@ def is_hard_task(index: int) -> bool:
 
 
 def render_frames(tasks: int, per_task: int, seed: int, workers: int = 1,
-                  recipe: GroundingRecipe = GroundingRecipe()) -> list[tuple]:
-    """(rgb, instruction, label, twin bearing, kind map or None) at random poses of `tasks` seeded tasks;
-    `workers` processes render task ranges in parallel (each task's poses come from its own seed, so the
-    result is the same)."""
-    ranges = [(seed, per_task, range(k, tasks, workers), recipe) for k in range(max(1, workers))]
+                  recipe: GroundingRecipe = GroundingRecipe(), first_task: int = 0) -> list[tuple]:
+    """(rgb, instruction, label, twin bearing, kind map or None) at random poses of seeded tasks
+    `first_task`..`tasks` - 1; `workers` processes render task ranges in parallel (each task's poses come
+    from its own seed, so the result is the same, and so is a range rendered in parts)."""
+    ranges = [(seed, per_task, range(first_task + k, tasks, workers), recipe) for k in range(max(1, workers))]
     parts = render_in_processes(_render_tasks, ranges, workers)
     by_task = {i: frames for part in parts for i, frames in part}
-    return [frame for i in range(tasks) for frame in by_task[i]]
+    return [frame for i in range(first_task, tasks) for frame in by_task[i]]
 
 
 def _render_tasks(seed: int, per_task: int, indices: range,

@@ -54,6 +54,7 @@ from ..recordings import (
     read_recording,
     sensor_type_of,
 )
+from .scene_samples import SCENE_SEED, VIEWS_PER_TASK, SceneSamples, scene_samples
 
 STATE_FILE = "train_state.pt"
 LABEL_SOURCES = ("recorded", "sim-expert")
@@ -299,12 +300,14 @@ def _heads_text(val: dict) -> str:
 
 
 class Trainer:
-    def __init__(self, args, spec: ModelSpec, train: Dataset, val: Dataset, dist) -> None:
+    def __init__(self, args, spec: ModelSpec, train: Dataset, val: Dataset, dist,
+                 scenes: SceneSamples | None = None) -> None:
         import torch
 
         from ...models.action_expert import ActionExpertConfig, build_action_expert
 
         self.torch, self.args, self.spec, self.train, self.val, self.dist = torch, args, spec, train, val, dist
+        self.scenes = scenes  # --scene-tasks: rendered views whose features replace some training samples'
         torch.manual_seed(args.seed)
         self.device = torch.device(dist.device)
         config = ActionExpertConfig.from_spec(spec)
@@ -342,6 +345,17 @@ class Trainer:
         return ([t.from_numpy(np.ascontiguousarray(x)).to(self.device) for x in inputs],
                 t.from_numpy(data.labels(samples, image, turn)).to(self.device), image)
 
+    def _scene_rows(self, inputs, y, truth, rows: np.ndarray, views: np.ndarray) -> None:
+        """Give the batch's `rows` the features of the rendered `views` and the labels (and geometry
+        targets) of the robot that took them and has since moved by the rows' motion input (scene_samples)."""
+        to = self.torch.from_numpy
+        motion = inputs[2][to(rows)].cpu().numpy()
+        inputs[0][to(rows)] = to(self.scenes.features[views]).to(self.device)
+        y[to(rows)] = to(self.scenes.labels(views, motion, self.spec.chunk_size, self.spec.action_dt,
+                                            list(self.args.twist_mapping))).to(self.device)
+        if truth is not None:
+            truth[to(rows)] = to(self.scenes.geometry(views)).to(self.device)
+
     def _normalized(self, actions):
         """Actions in the units the loss is taken in, so that both dimensions weigh alike."""
         return (actions - self.action_mean) / self.action_std
@@ -372,9 +386,13 @@ class Trainer:
             if args.sensor_dropout > 0:
                 dropped = rng.random(len(batch))[share] < args.sensor_dropout
                 inputs[1] = drop_windows(inputs[1], dropped, self.sensor_mean)
-            # Through the (DDP) module's forward, so DDP's gradient hooks fire.
             truth = (torch.from_numpy(self.train.geometry(images)).float().to(self.device)
                      if self.geometry_head or self.mode_gate else None)
+            if self.scenes is not None:
+                rows = np.flatnonzero((rng.random(len(batch)) < args.scene_fraction)[share])
+                views = rng.integers(len(self.scenes), size=len(batch))[share][rows]
+                self._scene_rows(inputs, y, truth, rows, views)
+            # Through the (DDP) module's forward, so DDP's gradient hooks fire.
             if self.mode_gate:
                 steer, search, gate, geometry = self.ddp(*inputs, return_modes=True)
                 loss = mode_gate_loss(self._normalized(steer), self._normalized(search), gate, truth[:, 0],
@@ -584,6 +602,13 @@ def _parser() -> argparse.ArgumentParser:
                          "the expert searches; default %(default)s)")
     ap.add_argument("--turn-augment-max-age", type=float, default=None, metavar="SECONDS",
                     help="turn only samples whose features are drawn younger than this (default: at every age)")
+    ap.add_argument("--scene-tasks", type=int, default=0, metavar="N",
+                    help="render N seeded tasks' views (8 each, as the stand-in's grounding) and train on their "
+                         "features too: --scene-fraction of each batch takes a view's features in place of the "
+                         "sample's and the label of the robot that took that view and moved as the sample did "
+                         "(needs --labels sim-expert and the motion input); 0: none")
+    ap.add_argument("--scene-fraction", type=float, default=0.25,
+                    help="share of each training batch given --scene-tasks views (0-1)")
     ap.add_argument("--patience", type=int, default=8, help="epochs without validation improvement before stopping")
     ap.add_argument("--sample-dt", type=float, default=0.02, help="s between training samples in a bag")
     ap.add_argument("--seed", type=int, default=0)
@@ -620,7 +645,8 @@ def _run(args) -> int:
         print(f"\n{len(bags)} training bags ({len(train)} samples), {len(val_bags)} validation bags "
               f"({len(val)} samples); staleness {lo_hi[0]:.3f}-{lo_hi[1]:.3f} s; {dist.world} process(es)")
     spec.normalization = _normalization(train, spec, lo_hi, args.seed)
-    trainer = Trainer(args, spec, train, val, dist)
+    scenes = _scenes(args, extractor, key, dist)
+    trainer = Trainer(args, spec, train, val, dist, scenes)
     args.out.mkdir(parents=True, exist_ok=True)
     state_path = args.out / STATE_FILE
     if args.resume:
@@ -658,6 +684,14 @@ def _check_args(args, dist) -> None:
     if args.turn_augment > 0 and (args.labels != "sim-expert" or not args.motion_input):
         raise ValueError("--turn-augment: turned samples need --labels sim-expert (labels recomputed from the "
                          "pose) and the motion input (which carries the turn); got "
+                         f"--labels {args.labels}{'' if args.motion_input else ' --no-motion-input'}")
+    if not 0.0 <= args.scene_fraction <= 1.0:
+        raise ValueError(f"--scene-fraction: expected a fraction in [0, 1], got {args.scene_fraction}")
+    if args.scene_tasks < 0:
+        raise ValueError(f"--scene-tasks: expected a number of tasks >= 0, got {args.scene_tasks}")
+    if args.scene_tasks and (args.labels != "sim-expert" or not args.motion_input):
+        raise ValueError("--scene-tasks: a view's label is the sim expert's from where the robot has moved since it "
+                         "(needs --labels sim-expert and the motion input); got "
                          f"--labels {args.labels}{'' if args.motion_input else ' --no-motion-input'}")
     if args.batch_size % dist.world:
         raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {dist.world} processes")
@@ -727,6 +761,23 @@ def _dataset(args, group: list[Path], label: str, spec: ModelSpec, extractor, ke
     return build_dataset(recs, feats, spec, args.sample_dt, list(args.twist_mapping), args.labels)
 
 
+def _scenes(args, extractor, key: str, dist) -> SceneSamples | None:
+    """--scene-tasks' views and features (rank 0 renders and fills the cache, the others read it)."""
+    if not args.scene_tasks:
+        return None
+    if dist.rank == 0:
+        scenes = scene_samples(extractor, key, args.scene_tasks, args.cache_dir, os.cpu_count() or 1,
+                               lambda fraction: progress_bar("scene views", fraction))
+    dist.barrier()
+    if dist.rank != 0:
+        scenes = scene_samples(extractor, key, args.scene_tasks, args.cache_dir)
+    if dist.rank == 0:
+        shown = scenes.shows_target(np.arange(len(scenes))).mean()
+        print(f"\n{len(scenes)} scene views of {args.scene_tasks} tasks ({shown:.0%} show the target), "
+              f"{args.scene_fraction:g} of each batch")
+    return scenes
+
+
 def _normalization(train: Dataset, spec: ModelSpec, lo_hi: tuple[float, float], seed: int) -> Normalization:
     """Input and output statistics of the training set; the motion input's under the training
     staleness distribution."""
@@ -760,6 +811,8 @@ def _write_outputs(args, spec, trainer, train, val, vlm_path: Path, write_model_
     turned = f", {args.turn_augment:g} of them{younger} turned by {lo:g} to {hi:g} rad" if args.turn_augment else ""
     head = (", with the geometry head" if args.geometry_head else "") + (", mode gate" if args.mode_gate else "")
     noisy = f", fresh sensor noise x{args.sensor_noise:g}" if args.sensor_noise else ""
+    noisy += (f", {args.scene_fraction:g} of each batch with views of {args.scene_tasks} rendered tasks"
+              if args.scene_tasks else "")
     spec.notes = (f"trained by mobile-vla-train ({args.labels} labels{head}, {args.loss} loss) on {len(train)} "
                   f"samples{turned}{noisy}; "
                   f"best val MAE (chunk) {trainer.best:.4f} (zero action {baseline:.4f}, mean action "
@@ -773,6 +826,8 @@ def _write_outputs(args, spec, trainer, train, val, vlm_path: Path, write_model_
               "turn_augment": {"fraction": args.turn_augment, "range_rad": list(args.turn_augment_range),
                                "max_age_s": args.turn_augment_max_age},
               "sensor_noise": {"scale": args.sensor_noise, "channel_noise_std": trainer.channel_noise.tolist()},
+              "scene_samples": {"tasks": args.scene_tasks, "views_per_task": VIEWS_PER_TASK, "render_seed": SCENE_SEED,
+                                "fraction": args.scene_fraction if args.scene_tasks else 0.0},
               "geometry_head": args.geometry_head, "mode_gate": args.mode_gate, "epochs": trainer.epoch,
               "history": trainer.history, "onnx_max_abs_error": error}
     (args.out / "train_report.json").write_text(json.dumps(report, indent=1))
