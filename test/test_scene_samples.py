@@ -78,28 +78,33 @@ def test_training_with_scene_views_records_them_and_needs_ground_truth(sim_bags,
     assert report["best_val_mae_chunk"] < report["val_zero_action_mae"]
     assert "0.5 of each batch with views of 2 rendered tasks" in ModelSpec.load(out).notes
     assert "16 scene views of 2 tasks" in capsys.readouterr().out
-    for refused in (["--labels", "recorded"], ["--labels", "sim-expert", "--no-motion-input"]):
-        assert train.main(train_args(sim_bags, tiny_vlm_dir, tmp_path / "m", tmp_path / "cache",
-                                     "--scene-tasks", "2", *refused)) != 0
-        assert "--scene-tasks" in capsys.readouterr().err
+    # the ablation without the motion input trains on them too: their labels follow the motion it is not given
+    assert train.main(train_args(sim_bags, tiny_vlm_dir, tmp_path / "nm", tmp_path / "cache", "--epochs", "1",
+                                 "--labels", "sim-expert", "--no-motion-input", "--scene-tasks", "2")) == 0
+    assert json.loads((tmp_path / "nm" / "train_report.json").read_text())["scene_samples"]["tasks"] == 2
+    assert train.main(train_args(sim_bags, tiny_vlm_dir, tmp_path / "m", tmp_path / "cache",
+                                 "--scene-tasks", "2")) != 0  # recorded labels
+    assert "--scene-tasks" in capsys.readouterr().err
 
 
 def test_scene_rows_take_the_views_features_and_labels_and_keep_the_rest(sim_bags, tiny_vlm_dir, tmp_path):
-    """Trainer._scene_rows: the chosen rows get the view's features and the label from their own motion
-    input; the other rows and the sensor windows and motion inputs stay as drawn."""
+    """Trainer._scene_rows: the chosen rows get the view's features and the label from their motion since
+    the image; the other rows and the sensor windows and motion inputs stay as drawn."""
     import torch
 
     trainer = _trainer(sim_bags, tiny_vlm_dir, tmp_path)
     samples = np.arange(0, 40, 5)
-    inputs, y, _ = trainer._batch(trainer.train, samples, np.full(len(samples), 1.0))
+    inputs, y, images = trainer._batch(trainer.train, samples, np.full(len(samples), 1.0))
     before = [x.clone() for x in inputs], y.clone()
     rows, views = np.array([1, 4]), np.array([3, 0])
-    trainer._scene_rows(inputs, y, None, rows, views)
+    motion = trainer.train.motion(samples[rows], images[rows])
+    np.testing.assert_array_equal(motion, inputs[2][rows].numpy())  # what the model is given for these rows
+    trainer._scene_rows(inputs, y, None, rows, views, motion)
     kept = np.setdiff1d(np.arange(len(samples)), rows)
     assert torch.equal(inputs[0][kept], before[0][0][kept]) and torch.equal(y[kept], before[1][kept])
     assert torch.equal(inputs[1], before[0][1]) and torch.equal(inputs[2], before[0][2])
     np.testing.assert_array_equal(inputs[0][rows].numpy(), trainer.scenes.features[views])
-    expected = trainer.scenes.labels(views, before[0][2][rows].numpy(), trainer.spec.chunk_size,
+    expected = trainer.scenes.labels(views, motion, trainer.spec.chunk_size,
                                      trainer.spec.action_dt, ["linear.x", "angular.z"])
     np.testing.assert_array_equal(y[rows].numpy(), expected)
 

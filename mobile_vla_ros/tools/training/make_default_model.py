@@ -117,6 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--mode-gate", action="store_true",
                     help="mobile-vla-train --mode-gate for the model with the motion input: steer and search heads "
                          "picked by a gate on whether the image shows the target")
+    ap.add_argument("--scene-tasks", type=int, default=0, metavar="N",
+                    help="mobile-vla-train --scene-tasks for both models: a share of each batch reads the features "
+                         "of rendered views of N more seeded tasks; default 0")
+    ap.add_argument("--scene-fraction", type=float, default=0.25, help="mobile-vla-train --scene-fraction")
     ap.add_argument("--no-motion-out", default="models/no_motion",
                     help="the same model without the motion input ('' to skip)")
     ap.add_argument("--seed", type=int, default=0)
@@ -212,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
               "--epochs", str(args.epochs), "--patience", "6", "--sample-dt", "0.04", "--staleness", args.staleness,
               "--hidden-dim", "256", "--labels", args.labels, "--loss", args.loss,
               "--seed", str(args.seed), "--cache-dir", str(args.work / "feature_cache"),
-              "--sensor-noise", str(args.sensor_noise)]
+              "--sensor-noise", str(args.sensor_noise),
+              "--scene-tasks", str(args.scene_tasks), "--scene-fraction", str(args.scene_fraction)]
     turned = ["--turn-augment", str(args.turn_augment)] if args.turn_augment else []
     if args.turn_augment and args.turn_augment_range is not None:
         turned += ["--turn-augment-range", args.turn_augment_range]

@@ -117,7 +117,9 @@ class Dataset:
     window_end: np.ndarray     # [S] index one past the window's newest sample
     times: np.ndarray          # [S] shifted sample times
     targets: np.ndarray        # [S, K, D] the recorded commands over each sample's chunk
-    motion_history: MotionHistory | None = None  # all bags end to end, shifted times (motion-input models)
+    # all bags end to end, shifted times (motion-input models, and sim-expert labels: a scene view's label
+    # follows the motion since the image whether or not the model is given it)
+    motion_history: MotionHistory | None = None
     # --labels sim-expert: (samples, image indices, turns or None) -> [S, K, D] labels from the expert
     # with the information of each sample's image, replacing `targets`.
     relabel: Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray] | None = None
@@ -164,7 +166,7 @@ def build_dataset(recordings: list[Recording], features: list[np.ndarray], spec:
     n_img = n_sensor = 0
     width, k, dt = spec.sensor_window, spec.chunk_size, spec.action_dt
     history = None
-    if spec.motion_input:
+    if spec.motion_input or labels == "sim-expert":
         history = MotionHistory(math.inf, spec.sensor_hz, capacity=sum(len(r.sensor) for r in recordings) + 16)
     for b, (rec, f) in enumerate(zip(recordings, features)):
         it = np.array([t for t, _ in rec.images])
@@ -345,11 +347,11 @@ class Trainer:
         return ([t.from_numpy(np.ascontiguousarray(x)).to(self.device) for x in inputs],
                 t.from_numpy(data.labels(samples, image, turn)).to(self.device), image)
 
-    def _scene_rows(self, inputs, y, truth, rows: np.ndarray, views: np.ndarray) -> None:
+    def _scene_rows(self, inputs, y, truth, rows: np.ndarray, views: np.ndarray, motion: np.ndarray) -> None:
         """Give the batch's `rows` the features of the rendered `views` and the labels (and geometry
-        targets) of the robot that took them and has since moved by the rows' motion input (scene_samples)."""
+        targets) of the robot that took them and has since moved by `motion` [rows, 4], the rows' motion
+        since their image (scene_samples)."""
         to = self.torch.from_numpy
-        motion = inputs[2][to(rows)].cpu().numpy()
         inputs[0][to(rows)] = to(self.scenes.features[views]).to(self.device)
         y[to(rows)] = to(self.scenes.labels(views, motion, self.spec.chunk_size, self.spec.action_dt,
                                             list(self.args.twist_mapping))).to(self.device)
@@ -391,7 +393,8 @@ class Trainer:
             if self.scenes is not None:
                 rows = np.flatnonzero((rng.random(len(batch)) < args.scene_fraction)[share])
                 views = rng.integers(len(self.scenes), size=len(batch))[share][rows]
-                self._scene_rows(inputs, y, truth, rows, views)
+                motion = self.train.motion(mine[rows], images[rows], None if turn is None else turn[share][rows])
+                self._scene_rows(inputs, y, truth, rows, views, motion)
             # Through the (DDP) module's forward, so DDP's gradient hooks fire.
             if self.mode_gate:
                 steer, search, gate, geometry = self.ddp(*inputs, return_modes=True)
@@ -606,7 +609,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="render N seeded tasks' views (8 each, as the stand-in's grounding) and train on their "
                          "features too: --scene-fraction of each batch takes a view's features in place of the "
                          "sample's and the label of the robot that took that view and moved as the sample did "
-                         "(needs --labels sim-expert and the motion input); 0: none")
+                         "(needs --labels sim-expert); 0: none")
     ap.add_argument("--scene-fraction", type=float, default=0.25,
                     help="share of each training batch given --scene-tasks views (0-1)")
     ap.add_argument("--patience", type=int, default=8, help="epochs without validation improvement before stopping")
@@ -689,10 +692,9 @@ def _check_args(args, dist) -> None:
         raise ValueError(f"--scene-fraction: expected a fraction in [0, 1], got {args.scene_fraction}")
     if args.scene_tasks < 0:
         raise ValueError(f"--scene-tasks: expected a number of tasks >= 0, got {args.scene_tasks}")
-    if args.scene_tasks and (args.labels != "sim-expert" or not args.motion_input):
+    if args.scene_tasks and args.labels != "sim-expert":
         raise ValueError("--scene-tasks: a view's label is the sim expert's from where the robot has moved since it "
-                         "(needs --labels sim-expert and the motion input); got "
-                         f"--labels {args.labels}{'' if args.motion_input else ' --no-motion-input'}")
+                         f"(needs --labels sim-expert, got --labels {args.labels})")
     if args.batch_size % dist.world:
         raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {dist.world} processes")
 
