@@ -405,6 +405,7 @@ def test_the_default_model_command_runs_end_to_end_at_a_tiny_scale(tmp_path, cap
         assert spec.feature_dim == 32 and (spec.motion_input is not None) == motion
         report = json.loads((model_dir / "train_report.json").read_text())
         assert report["loss"] == "mse" and report["sensor_noise"]["scale"] == 0.0  # both, as shipped
+        assert report["scene_samples"]["tasks"] == 0
         assert chunk_from_the_action_core(model_dir, spec, [0.0, 0.0, 9.81, 0.0, 0.0, 0.0]) is not None
 
 

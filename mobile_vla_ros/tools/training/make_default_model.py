@@ -25,8 +25,9 @@
    ages drawn uniformly over 0-3.5 s (every deployment from the CPU stand-in at 3.33 Hz to a 1.5 s VLM at
    0.59 Hz, whose features are up to 3.2 s old), labels from the expert that knows only the sample's
    image and the motion since it (`--labels sim-expert`; `--turn-augment`: samples turned in place,
-   `--geometry-head`: a supervised estimate of where the image showed the target, and `--mode-gate`: steer
-   and search heads picked by a gate, all measured, not shipped) -> OUT; the same without the motion
+   `--geometry-head`: a supervised estimate of where the image showed the target, `--mode-gate`: steer
+   and search heads picked by a gate, and `--scene-tasks`: features of rendered views of more scenes, all
+   measured, not shipped) -> OUT; the same without the motion
    input -> --no-motion-out (the closed-loop benchmark's ablation).
 """
 
