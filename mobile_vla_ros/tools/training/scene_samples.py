@@ -74,10 +74,15 @@ def scene_samples(extractor, key: str, tasks: int, cache_dir: Path, workers: int
                   block: int = 250) -> SceneSamples:
     """Render `tasks` seeded tasks' views (VIEWS_PER_TASK each) and take their features with `extractor`
     (as vlm_node publishes them: one image and its instruction), cached under `cache_dir` by the feature
-    function's `key`; rendered and extracted `block` tasks at a time (28,000 views' pixels are 4 GB)."""
+    function's `key` and the first task's views (a renderer that draws them differently misses the cache);
+    rendered and extracted `block` tasks at a time (28,000 views' pixels are 4 GB)."""
     from ...vlm.grounding import render_frames
 
-    name = hashlib.sha256(f"{key}/{tasks}/{VIEWS_PER_TASK}/{SCENE_SEED}".encode()).hexdigest()[:24]
+    h = hashlib.sha256(f"{key}/{tasks}/{VIEWS_PER_TASK}/{SCENE_SEED}".encode())
+    for rgb, text, *_ in render_frames(1, VIEWS_PER_TASK, SCENE_SEED):
+        h.update(hashlib.sha1(rgb.tobytes()).digest())
+        h.update(text.encode())
+    name = h.hexdigest()[:24]
     path = cache_dir / key / f"scenes_{name}.npz"
     if path.is_file():
         with np.load(path) as cached:

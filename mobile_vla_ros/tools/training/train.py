@@ -770,13 +770,12 @@ def _scenes(args, extractor, key: str, dist) -> SceneSamples | None:
     if dist.rank == 0:
         scenes = scene_samples(extractor, key, args.scene_tasks, args.cache_dir, os.cpu_count() or 1,
                                lambda fraction: progress_bar("scene views", fraction))
-    dist.barrier()
-    if dist.rank != 0:
-        scenes = scene_samples(extractor, key, args.scene_tasks, args.cache_dir)
-    if dist.rank == 0:
         shown = scenes.shows_target(np.arange(len(scenes))).mean()
         print(f"\n{len(scenes)} scene views of {args.scene_tasks} tasks ({shown:.0%} show the target), "
               f"{args.scene_fraction:g} of each batch")
+    dist.barrier()
+    if dist.rank != 0:
+        scenes = scene_samples(extractor, key, args.scene_tasks, args.cache_dir)
     return scenes
 
 
@@ -813,10 +812,10 @@ def _write_outputs(args, spec, trainer, train, val, vlm_path: Path, write_model_
     turned = f", {args.turn_augment:g} of them{younger} turned by {lo:g} to {hi:g} rad" if args.turn_augment else ""
     head = (", with the geometry head" if args.geometry_head else "") + (", mode gate" if args.mode_gate else "")
     noisy = f", fresh sensor noise x{args.sensor_noise:g}" if args.sensor_noise else ""
-    noisy += (f", {args.scene_fraction:g} of each batch with views of {args.scene_tasks} rendered tasks"
+    scenes = (f", {args.scene_fraction:g} of each batch with views of {args.scene_tasks} rendered tasks"
               if args.scene_tasks else "")
     spec.notes = (f"trained by mobile-vla-train ({args.labels} labels{head}, {args.loss} loss) on {len(train)} "
-                  f"samples{turned}{noisy}; "
+                  f"samples{turned}{noisy}{scenes}; "
                   f"best val MAE (chunk) {trainer.best:.4f} (zero action {baseline:.4f}, mean action "
                   f"{np.abs(labels - mean_action).mean():.4f})")
     error = write_model_dir(model, spec, args.out, extra={"history": trainer.history})
