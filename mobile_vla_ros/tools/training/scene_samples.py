@@ -17,7 +17,6 @@ features beside the bags' and replaces F of each training batch with scene sampl
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 from ...sim.episode import IN_VIEW
 from ...sim.expert_labels import EXPERT_FIELDS, informed_chunks
 from ...sim.world import SimObject, in_view
+from .feature_cache import frames_name, write_atomically
 
 SCENE_SEED = 11  # render seed: the shipped stand-in was grounded on seed 0's renders, the probes use 70
 VIEWS_PER_TASK = 8  # as the grounding renders
@@ -78,11 +78,8 @@ def scene_samples(extractor, key: str, tasks: int, cache_dir: Path, workers: int
     rendered and extracted `block` tasks at a time (28,000 views' pixels are 4 GB)."""
     from ...vlm.grounding import render_frames
 
-    h = hashlib.sha256(f"{key}/{tasks}/{VIEWS_PER_TASK}/{SCENE_SEED}".encode())
-    for rgb, text, *_ in render_frames(1, VIEWS_PER_TASK, SCENE_SEED):
-        h.update(hashlib.sha1(rgb.tobytes()).digest())
-        h.update(text.encode())
-    name = h.hexdigest()[:24]
+    first_views = ((rgb, text) for rgb, text, *_ in render_frames(1, VIEWS_PER_TASK, SCENE_SEED))
+    name = frames_name(f"{key}/{tasks}/{VIEWS_PER_TASK}/{SCENE_SEED}", first_views)
     path = cache_dir / key / f"scenes_{name}.npz"
     if path.is_file():
         with np.load(path) as cached:
@@ -97,8 +94,5 @@ def scene_samples(extractor, key: str, tasks: int, cache_dir: Path, workers: int
         if progress is not None:
             progress(min(tasks, first + block) / tasks)
     samples = SceneSamples.from_labels(np.stack(features), np.stack(labels))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, features=samples.features, target=samples.target)
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: np.savez(tmp, features=samples.features, target=samples.target))
     return samples

@@ -54,6 +54,7 @@ from ..recordings import (
     read_recording,
     sensor_type_of,
 )
+from .feature_cache import frames_name, write_atomically
 from .scene_samples import SCENE_SEED, VIEWS_PER_TASK, SceneSamples, scene_samples
 
 STATE_FILE = "train_state.pt"
@@ -77,11 +78,7 @@ def bag_features(rec: Recording, extractor, cache_dir: Path, key: str, progress=
     """[N_images, F] features of the bag's images (each with the instruction active at its stamp);
     `progress(fraction of this bag)` now and then while they are computed."""
     texts = [_instruction_at(rec, t) for t, _ in rec.images]
-    h = hashlib.sha256(key.encode())
-    for (_, rgb), text in zip(rec.images, texts):
-        h.update(hashlib.sha1(rgb.tobytes()).digest())
-        h.update(text.encode())
-    path = cache_dir / key / f"{h.hexdigest()[:24]}.npy"
+    path = cache_dir / key / f"{frames_name(key, ((rgb, text) for (_, rgb), text in zip(rec.images, texts)))}.npy"
     if path.is_file():
         return np.load(path)
     feats = []
@@ -90,10 +87,7 @@ def bag_features(rec: Recording, extractor, cache_dir: Path, key: str, progress=
         if i % 20 == 0 and progress is not None:
             progress(i / len(rec.images))
     out = np.stack(feats).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, out)
-    tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+    write_atomically(path, lambda tmp: np.save(tmp, out))
     return out
 
 
