@@ -25,11 +25,16 @@ from ..ros.node_support import LATCHED_QOS, SENSOR_QOS
 
 
 class Recorder:
-    """Arrival times (monotonic) and messages of one topic; `transform` keeps only what is needed."""
+    """Arrival times (monotonic) and messages of one topic; `transform` keeps only what is needed.
+
+    `with_info` is the subscription callback that also keeps each message's publication time (the
+    publisher's system clock, from the middleware's message info): when the publisher sent it, which the
+    observer's arrival time tells only as well as the observer's one thread keeps up."""
 
     def __init__(self, transform: Callable[[object], object] | None = None) -> None:
         self.lock = threading.Lock()
         self.items: list[tuple[float, object]] = []
+        self.published: list[float] = []  # publication times (s, system clock) of items, with `with_info`
         self._transform = transform
 
     def __call__(self, msg) -> None:
@@ -38,9 +43,23 @@ class Recorder:
         with self.lock:
             self.items.append((now, item))
 
+    def with_info(self, msg, info) -> None:
+        now = time.monotonic()
+        item = msg if self._transform is None else self._transform(msg)
+        with self.lock:
+            self.items.append((now, item))
+            self.published.append(info["source_timestamp"] * 1e-9)
+
     def since(self, t0: float) -> list[tuple[float, object]]:
         with self.lock:
             return [(t, m) for t, m in self.items if t >= t0]
+
+    def published_since(self, t0: float) -> list[tuple[float, object]]:
+        """(publication time, item) of the items that arrived at or after t0 (a `with_info` recorder)."""
+        with self.lock:
+            if len(self.published) != len(self.items):
+                raise RuntimeError("this recorder keeps no publication times: subscribe with publish_times=True")
+            return [(p, m) for (t, m), p in zip(self.items, self.published) if t >= t0]
 
     def count(self) -> int:
         with self.lock:
@@ -84,13 +103,14 @@ class Observer:
         self._diagnostics: dict[str, dict[str, str]] = {}
         self._diag_lock = threading.Lock()
 
-    def _subscribe(self, msg_type, topic: str, qos, transform):
+    def _subscribe(self, msg_type, topic: str, qos, transform, publish_times: bool = False):
         rec = Recorder(transform)
-        return rec, self.node.create_subscription(msg_type, topic, rec, qos)
+        return rec, self.node.create_subscription(msg_type, topic, rec.with_info if publish_times else rec, qos)
 
-    def record(self, msg_type, topic: str, qos=LATCHED_QOS, transform=None) -> Recorder:
-        """Every message on `topic` from now on (`recorders[topic]`)."""
-        self.recorders[topic], _ = self._subscribe(msg_type, topic, qos, transform)
+    def record(self, msg_type, topic: str, qos=LATCHED_QOS, transform=None, publish_times: bool = False) -> Recorder:
+        """Every message on `topic` from now on (`recorders[topic]`); with `publish_times` also when each
+        was published (`Recorder.published_since`)."""
+        self.recorders[topic], _ = self._subscribe(msg_type, topic, qos, transform, publish_times)
         return self.recorders[topic]
 
     def record_sensor(self, msg_type, topic: str, transform=None) -> Recorder:

@@ -104,7 +104,7 @@ class LoopObserver(Observer):
         from trajectory_msgs.msg import JointTrajectory
 
         super().__init__("bench_loop_observer", own_context=True, sim_time=sim_time)
-        self.chunks = self.record(JointTrajectory, CHUNK_TOPIC, 10, self._chunk_item)
+        self.chunks = self.record(JointTrajectory, CHUNK_TOPIC, 10, self._chunk_item, publish_times=True)
         self.features = self.record(Image, FEATURES_TOPIC, transform=lambda m: stamp_to_sec(m.header.stamp))
         self.diagnostics()
 

@@ -49,6 +49,9 @@ FAULTS = ("clock_back", "clock_forward", "vlm_kill", "sensor_stall", "malformed_
 CLOCK_JUMP = 10.0
 SENSOR_STALL = 2.0
 DELIVERY = 0.02  # s: the observer and the node get the same message a few ms apart
+# s: how far a node's clock may trail /clock's publisher when it publishes a chunk (its executor takes /clock
+# among 650 sensor samples a second) before a window it holds counts as older than max_sensor_gap allows.
+NODE_CLOCK_LAG = 0.1
 RECOVERY_TIMEOUT = 60.0
 CLOCK_READINGS = 20_000  # /clock readings kept: 80 s at synthetic_sources' 250 Hz, longer than any fault
 # The restart is a supervisor's with a health check: on Fast DDS's shared-memory transport a node started
@@ -74,7 +77,8 @@ def configured_max_sensor_gap() -> float:
 
 
 class ClockTracker:
-    """Follows /clock at the observer: the offset sim − monotonic, and its changes (the jumps)."""
+    """Follows /clock: the offset sim − the time of each reading (its arrival at the observer, monotonic, or
+    its publication, system clock), and its changes (the jumps)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -120,6 +124,16 @@ class ClockTracker:
             return next((arrival for arrival, _ in self.changes[1:] if arrival >= t), None)
 
 
+def chunks_off_the_clock(clock: ClockTracker, chunks, max_sensor_gap: float) -> list[tuple[float, float]]:
+    """The chunks, (publication time, sensor-window end stamp), whose window ends outside what the clock
+    allowed when they were published: ahead of it, or older than max_sensor_gap (+ NODE_CLOCK_LAG).
+    `clock` holds /clock's readings by their publication times, so the observer's own lag in taking
+    messages (its one thread, a loaded machine) cannot make a fresh chunk look old."""
+    return [(published, stamp) for published, stamp in chunks
+            if not clock.sim_at(published) - max_sensor_gap - NODE_CLOCK_LAG <= stamp
+            <= clock.sim_at(published) + DELIVERY]
+
+
 class SoakObserver(LoopObserver):
     """LoopObserver plus cmd_vel (zero or not), /clock, and publishers for the malformed burst."""
 
@@ -134,12 +148,17 @@ class SoakObserver(LoopObserver):
 
         super().__init__(sim_time=sim_time)
         self.commands = self.record(Twist, CMD_VEL_TOPIC, 100, lambda m: m.linear.x == 0.0 and m.angular.z == 0.0)
-        self.clock = ClockTracker()
-        self.node.create_subscription(Clock, "/clock", self.clock,
+        self.clock = ClockTracker()  # by arrival: when the observer saw the clock (stops, recovery)
+        self.published_clock = ClockTracker()  # by publication: what the clock said when a chunk was sent
+        self.node.create_subscription(Clock, "/clock", self._on_clock,
                                       QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
         self.bad_sensor = self.node.create_publisher(Imu, "sensor", SENSOR_QOS)
         self.bad_features = self.node.create_publisher(Image, FEATURES_TOPIC, LATCHED_QOS)
         self.bad_instruction = self.node.create_publisher(String, "instruction", LATCHED_QOS)
+
+    def _on_clock(self, msg, info) -> None:
+        self.clock(msg)
+        self.published_clock.add(info["source_timestamp"] * 1e-9, stamp_to_sec(msg.clock))
 
     def first_zero_after(self, t: float) -> float | None:
         return next((arrival for arrival, zero in self.commands.since(t) if zero), None)
@@ -194,9 +213,9 @@ class FaultInjector:
         time.sleep(2.0)  # watch the new timeline's chunks for a while
         # Every chunk from one action period after the jump on (the node's own reaction time, as for the
         # zero command) is built on a window of the clock's present: not ahead, not old.
-        wrong = [(arrival, stamp) for arrival, (_, stamp, _) in self.obs.chunks.since(due + self.action_period)
-                 if not (self.obs.clock.sim_at(arrival) - self.max_sensor_gap - 0.1 <= stamp
-                         <= self.obs.clock.sim_at(arrival) + DELIVERY)]
+        sent = [(published, stamp) for published, (_, stamp, _) in
+                self.obs.chunks.published_since(due + self.action_period)]
+        wrong = chunks_off_the_clock(self.obs.published_clock, sent, self.max_sensor_gap)
         return self._measure(due, due, recovered, wrong_chunks=len(wrong)) | {"jump_s": jump}
 
     def vlm_kill(self) -> dict:
