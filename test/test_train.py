@@ -381,16 +381,17 @@ def test_the_default_model_recipe_records_informed_episodes_only_for_the_task_se
 
 def test_the_default_model_command_runs_end_to_end_at_a_tiny_scale(tmp_path, capsys):
     """The one command that produces models/default, every step at a tiny scale (a 32-dim stand-in
-    grounded one epoch on 4 tasks, two episodes a recording, one epoch a model), otherwise its
-    defaults: the stand-in grounded as shipped (full resampler attention) is what both models carry,
-    the hard set is recorded by both drivers on their own seeds, the model has the motion input and the
-    ablation has not, both are trained with the shipped (MSE) loss, and each runs in the action core the node runs."""
+    grounded one epoch on 4 tasks, two episodes a recording, views of 4 more scenes, one epoch a model),
+    otherwise its defaults: the stand-in grounded as shipped (full resampler attention) is what both models
+    carry, the hard set is recorded by both drivers on their own seeds, the model has the motion input and
+    the geometry head and the ablation neither, both are trained with the shipped (MSE) loss and scene views,
+    and each runs in the action core the node runs."""
     from mobile_vla_ros.vlm.kosmos2 import RESAMPLER_CAUSAL_KEY
 
     out, ablation, work = tmp_path / "default", tmp_path / "no_motion", tmp_path / "work"
     assert recipe.main(["--out", str(out), "--no-motion-out", str(ablation), "--work", str(work),
                         "--episodes", "2", "--val-episodes", "1", "--grounding-tasks", "4", "--grounding-epochs", "1",
-                        "--vlm-size", "32x1x32x8", "--epochs", "1"]) == 0
+                        "--vlm-size", "32x1x32x8", "--epochs", "1", "--scene-tasks", "4"]) == 0
     assert "6 training bags" in capsys.readouterr().out  # standard, hard and hard informed: two each
     seeds = {name: sorted(json.loads((work / name / "episodes.json").read_text()))
              for name in ("train_standard", "train_hard", "train_hard_informed", "val_hard")}
@@ -405,16 +406,19 @@ def test_the_default_model_command_runs_end_to_end_at_a_tiny_scale(tmp_path, cap
         assert spec.feature_dim == 32 and (spec.motion_input is not None) == motion
         report = json.loads((model_dir / "train_report.json").read_text())
         assert report["loss"] == "mse" and report["sensor_noise"]["scale"] == 0.0  # both, as shipped
-        assert report["scene_samples"]["tasks"] == 0
+        assert report["scene_samples"]["tasks"] == 4 and report["geometry_head"] is motion
         assert chunk_from_the_action_core(model_dir, spec, [0.0, 0.0, 9.81, 0.0, 0.0, 0.0]) is not None
 
 
 def test_the_default_model_recipe_grounds_the_stand_in_it_is_asked_for():
-    """make_default_model: by default the shipped stand-in (full resampler attention, labels per colour and
+    """make_default_model: by default the shipped action-expert recipe (10 epochs, scene views of 3,500
+    tasks, the geometry head) and the shipped stand-in (full resampler attention, labels per colour and
     shape, twin pairs in view, other pairs, grounding seed 2); the flags give the recipes shipped before."""
     from mobile_vla_ros.vlm.grounding import GroundingRecipe, StandInSize
 
     shipped = recipe._parse([])
+    assert (shipped.epochs, shipped.scene_tasks, shipped.scene_fraction, shipped.geometry_head) == \
+        (10, 3500, 0.25, True)
     assert recipe._stand_in(shipped) == {"size": StandInSize(resampler_causal=False),
                                          "recipe": GroundingRecipe(shape_slots=True, twin_pairs="in-view",
                                                                    other_pairs=True)}

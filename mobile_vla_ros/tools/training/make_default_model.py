@@ -21,14 +21,16 @@
    the label is the expert's command for the current state; the hard set's training episodes are joined
    by as many driven by the image-informed rule (seeds from 300; `--also-informed-task-sets ''`: none;
    `--informed-task-sets hard`: those only);
-3. mobile-vla-train on those bags with that VLM: the motion since the image as a third input, feature
-   ages drawn uniformly over 0-3.5 s (every deployment from the CPU stand-in at 3.33 Hz to a 1.5 s VLM at
-   0.59 Hz, whose features are up to 3.2 s old), labels from the expert that knows only the sample's
-   image and the motion since it (`--labels sim-expert`; `--turn-augment`: samples turned in place,
-   `--geometry-head`: a supervised estimate of where the image showed the target, `--mode-gate`: steer
-   and search heads picked by a gate, and `--scene-tasks`: features of rendered views of more scenes, all
-   measured, not shipped) -> OUT; the same without the motion
-   input -> --no-motion-out (the closed-loop benchmark's ablation).
+3. mobile-vla-train on those bags with that VLM for 10 epochs of a cosine schedule: the motion since the
+   image as a third input, feature ages drawn uniformly over 0-3.5 s (every deployment from the CPU
+   stand-in at 3.33 Hz to a 1.5 s VLM at 0.59 Hz, whose features are up to 3.2 s old), labels from the
+   expert that knows only the sample's image and the motion since it (`--labels sim-expert`), a quarter
+   of each batch from rendered views of 3,500 more scenes (`--scene-tasks`), and the geometry head, a
+   supervised estimate of where the image showed the target (`--no-geometry-head`: the model shipped
+   until 2026-12-05, with `--scene-tasks 0 --epochs 30`; `--turn-augment`: samples turned in place, and
+   `--mode-gate`: steer and search heads picked by a gate, measured, not shipped) -> OUT; the same
+   without the motion input and the geometry head, which needs it -> --no-motion-out (the closed-loop
+   benchmark's ablation).
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
                          "0: none")
     ap.add_argument("--vlm-shape-scenes", type=int, default=1000, help="hard scenes of the shape stage")
     ap.add_argument("--vlm-shape-views", type=int, default=8, help="far views per scene of the shape stage")
-    ap.add_argument("--epochs", type=int, default=30, help="action-expert epochs")
+    ap.add_argument("--epochs", type=int, default=10,
+                    help="action-expert epochs (the cosine schedule's length; 10 as shipped, 30 before 2026-12-05)")
     ap.add_argument("--staleness", default="0.0,3.5", help="feature ages trained on (s): the whole deployment range")
     ap.add_argument("--expert-delay-max", type=float, default=1.5)
     ap.add_argument("--informed-task-sets", type=_task_sets, default="",
@@ -112,15 +115,15 @@ def _parser() -> argparse.ArgumentParser:
                          "without it cannot carry a turn); default 0: the shipped model")
     ap.add_argument("--turn-augment-range", default=None, metavar="LO,HI",
                     help="mobile-vla-train --turn-augment-range (rad); default: mobile-vla-train's")
-    ap.add_argument("--geometry-head", action="store_true",
-                    help="mobile-vla-train --geometry-head for the model with the motion input (the ablation "
-                         "without it cannot move the estimate)")
+    ap.add_argument("--geometry-head", action=argparse.BooleanOptionalAction, default=True,
+                    help="mobile-vla-train --geometry-head for the model with the motion input, as shipped (the "
+                         "ablation without it cannot move the estimate)")
     ap.add_argument("--mode-gate", action="store_true",
                     help="mobile-vla-train --mode-gate for the model with the motion input: steer and search heads "
                          "picked by a gate on whether the image shows the target")
-    ap.add_argument("--scene-tasks", type=int, default=0, metavar="N",
+    ap.add_argument("--scene-tasks", type=int, default=3500, metavar="N",
                     help="mobile-vla-train --scene-tasks for both models: a share of each batch reads the features "
-                         "of rendered views of N more seeded tasks; default 0")
+                         "of rendered views of N more seeded tasks (default %(default)s, as shipped; 0: none)")
     ap.add_argument("--scene-fraction", type=float, default=0.25, help="mobile-vla-train --scene-fraction")
     ap.add_argument("--no-motion-out", default="models/no_motion",
                     help="the same model without the motion input ('' to skip)")
