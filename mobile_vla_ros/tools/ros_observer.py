@@ -38,17 +38,18 @@ class Recorder:
         self._transform = transform
 
     def __call__(self, msg) -> None:
-        now = time.monotonic()
-        item = msg if self._transform is None else self._transform(msg)
-        with self.lock:
-            self.items.append((now, item))
+        self._keep(msg, None)
 
     def with_info(self, msg, info) -> None:
+        self._keep(msg, info["source_timestamp"] * 1e-9)
+
+    def _keep(self, msg, published: float | None) -> None:
         now = time.monotonic()
         item = msg if self._transform is None else self._transform(msg)
         with self.lock:
             self.items.append((now, item))
-            self.published.append(info["source_timestamp"] * 1e-9)
+            if published is not None:
+                self.published.append(published)
 
     def since(self, t0: float) -> list[tuple[float, object]]:
         with self.lock:

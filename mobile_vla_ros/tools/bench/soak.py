@@ -130,8 +130,8 @@ def chunks_off_the_clock(clock: ClockTracker, chunks, max_sensor_gap: float) -> 
     `clock` holds /clock's readings by their publication times, so the observer's own lag in taking
     messages (its one thread, a loaded machine) cannot make a fresh chunk look old."""
     return [(published, stamp) for published, stamp in chunks
-            if not clock.sim_at(published) - max_sensor_gap - NODE_CLOCK_LAG <= stamp
-            <= clock.sim_at(published) + DELIVERY]
+            for now in (clock.sim_at(published),)
+            if not now - max_sensor_gap - NODE_CLOCK_LAG <= stamp <= now + DELIVERY]
 
 
 class SoakObserver(LoopObserver):
