@@ -1,7 +1,8 @@
 """mobile-vla-bench: reproducible latency benchmarks; prints a table and writes JSON.
 
   mobile-vla-bench inference   action expert: backend x precision x batch, p50/p99 latency, for the
-                               default head and the recurrent LSTM head (reference row)
+                               shipped model's architecture and inputs (`default`), the plain two-input
+                               head (`conv_mlp`) and the recurrent LSTM head (reference row)
   mobile-vla-bench vlm         VLM extractors at full size (random weights) on the GPU, 1 and 5 views:
                                ours (CUDA graph) vs the plain transformers forward, same run;
                                end to end with GPU and with CPU preprocessing; int8 weights
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +40,36 @@ from ...core.model_spec import ModelSpec, Normalization, input_shapes
 from ..cli import comma_list, progress_bar
 from .timing import measure
 
+BENCH_HEADS = ("default", "conv_mlp", "recurrent")
+
 
 def bench_spec(feature_dim: int, head: str) -> ModelSpec:
+    """The benchmarked model at `feature_dim`: `default` is the shipped model's architecture, inputs and
+    normalisation (models/default/model.yaml: the motion input and geometry head included); `conv_mlp`
+    and `recurrent` are two-input heads of 128 hidden units."""
+    if head not in BENCH_HEADS:
+        raise ValueError(f"head: expected one of {', '.join(BENCH_HEADS)}, got {head!r}")
+    if head == "default":
+        from ...paths import default_model_dir
+
+        shipped = ModelSpec.load(default_model_dir())
+        return replace(shipped, name="bench_default", feature_dim=feature_dim)
     return ModelSpec(name=f"bench_{head}", feature_dim=feature_dim, sensor_type="imu", sensor_window=65,
                      sensor_hz=650.0, chunk_size=8, action_names=["linear_x", "angular_z"], action_dt=0.0125,
                      normalization=Normalization([0.0] * 6, [1.0] * 6, [0.0] * 2, [1.0] * 2),
                      architecture={"head": head, "hidden_dim": 128})
+
+
+def bench_inputs(spec: ModelSpec, batch: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """(features, sensor window[, motion]) of one call: standard normal, the motion around the spec's
+    statistics (the geometry head turns it back into metres and radians)."""
+    f = rng.standard_normal((batch, spec.feature_dim)).astype(np.float32)
+    w = rng.standard_normal((batch, spec.sensor_window, spec.sensor_channels)).astype(np.float32)
+    if not spec.motion_input:
+        return f, w
+    norm = spec.normalization
+    m = rng.standard_normal((batch, spec.motion_dim)) * norm.motion_std + norm.motion_mean
+    return f, w, m.astype(np.float32)
 
 
 class TorchCudaRunner:
@@ -130,24 +156,28 @@ def inference_rows(heads: list[str], batches: list[int], feature_dim: int, iters
         spec = bench_spec(feature_dim, head)
         torch.manual_seed(0)
         model = build_action_expert(ActionExpertConfig.from_spec(spec)).eval()
+        model.set_normalization(spec.normalization)
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp)
             error = write_model_dir(model, spec, model_dir)
             log(f"{head}: exported, max |PyTorch - ONNX Runtime| = {error:.1e}")
             runners = make_runners(model, spec, model_dir)
             for batch in batches:
-                f = rng.standard_normal((batch, feature_dim)).astype(np.float32)
-                w = rng.standard_normal((batch, spec.sensor_window, spec.sensor_channels)).astype(np.float32)
+                inputs = bench_inputs(spec, batch, rng)
                 reference = None
                 for backend, precision, make in runners:
                     run = make(batch)
-                    out = run(f, w)
+                    out = run(*inputs)
                     if reference is None:
                         reference = out
-                    timing = measure(lambda run=run, f=f, w=w: run(f, w), iters, warmup=20, max_seconds=max_seconds)
-                    row = {"head": head, "backend": backend, "precision": precision, "batch": batch, **timing,
-                           # action_std is 1 here, so raw differences are in normalised action units
-                           "max_abs_diff_vs_first_row": float(np.max(np.abs(out - reference)))}
+                    timing = measure(lambda run=run, inputs=inputs: run(*inputs), iters, warmup=20,
+                                     max_seconds=max_seconds)
+                    row = {"head": head, "backend": backend, "precision": precision, "batch": batch,
+                           "inputs": len(inputs), "hidden_dim": spec.architecture.get("hidden_dim", 128),
+                           "geometry_head": bool(spec.architecture.get("geometry_head")), **timing,
+                           # in normalised action units, the scale of the 1e-2 FP16 budget
+                           "max_abs_diff_vs_first_row": float(np.max(np.abs(out - reference) /
+                                                                     np.asarray(spec.normalization.action_std)))}
                     rows.append(row)
                     log(f"  {head:<9} {backend:<17} {precision:<5} b={batch:<2} p50 {timing['p50_ms']:8.3f} ms  "
                         f"p99 {timing['p99_ms']:8.3f} ms  |diff| {row['max_abs_diff_vs_first_row']:.1e}")
@@ -181,11 +211,11 @@ def _cpu_name() -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = "| head | backend | precision | batch | p50 ms | p99 ms | max abs diff vs ORT-CPU |"
-    lines = [header, "|" + "---|" * 7]
+    header = "| head | inputs | backend | precision | batch | p50 ms | p99 ms | max abs diff vs ORT-CPU |"
+    lines = [header, "|" + "---|" * 8]
     for r in rows:
-        lines.append(f"| {r['head']} | {r['backend']} | {r['precision']} | {r['batch']} | {r['p50_ms']:.3f} | "
-                     f"{r['p99_ms']:.3f} | {r['max_abs_diff_vs_first_row']:.1e} |")
+        lines.append(f"| {r['head']} | {r['inputs']} | {r['backend']} | {r['precision']} | {r['batch']} | "
+                     f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['max_abs_diff_vs_first_row']:.1e} |")
     return "\n".join(lines)
 
 
@@ -194,7 +224,8 @@ def _parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
     inf = sub.add_parser("inference", help="action-expert latency per backend/precision/batch")
-    inf.add_argument("--heads", type=comma_list(), default="conv_mlp,recurrent")
+    inf.add_argument("--heads", type=comma_list(), default="default,recurrent",
+                     help=f"{', '.join(BENCH_HEADS)}: default = the shipped model's architecture and inputs")
     inf.add_argument("--batches", type=comma_list(int), default="1,8")
     inf.add_argument("--feature-dim", type=int, default=2048, help="2048 = Kosmos-2 hidden size")
     inf.add_argument("--iters", type=int, default=2000)
