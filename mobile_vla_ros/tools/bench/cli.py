@@ -154,9 +154,11 @@ def inference_rows(heads: list[str], batches: list[int], feature_dim: int, iters
     rng = np.random.default_rng(0)
     for head in heads:
         spec = bench_spec(feature_dim, head)
+        config = ActionExpertConfig.from_spec(spec)
         torch.manual_seed(0)
-        model = build_action_expert(ActionExpertConfig.from_spec(spec)).eval()
+        model = build_action_expert(config).eval()
         model.set_normalization(spec.normalization)
+        action_std = np.asarray(spec.normalization.action_std)
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp)
             error = write_model_dir(model, spec, model_dir)
@@ -173,11 +175,10 @@ def inference_rows(heads: list[str], batches: list[int], feature_dim: int, iters
                     timing = measure(lambda run=run, inputs=inputs: run(*inputs), iters, warmup=20,
                                      max_seconds=max_seconds)
                     row = {"head": head, "backend": backend, "precision": precision, "batch": batch,
-                           "inputs": len(inputs), "hidden_dim": spec.architecture.get("hidden_dim", 128),
-                           "geometry_head": bool(spec.architecture.get("geometry_head")), **timing,
+                           "inputs": len(inputs), "hidden_dim": config.hidden_dim,
+                           "geometry_head": config.geometry_head, **timing,
                            # in normalised action units, the scale of the 1e-2 FP16 budget
-                           "max_abs_diff_vs_first_row": float(np.max(np.abs(out - reference) /
-                                                                     np.asarray(spec.normalization.action_std)))}
+                           "max_abs_diff_vs_first_row": float(np.max(np.abs(out - reference) / action_std))}
                     rows.append(row)
                     log(f"  {head:<9} {backend:<17} {precision:<5} b={batch:<2} p50 {timing['p50_ms']:8.3f} ms  "
                         f"p99 {timing['p99_ms']:8.3f} ms  |diff| {row['max_abs_diff_vs_first_row']:.1e}")
