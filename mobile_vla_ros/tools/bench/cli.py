@@ -276,6 +276,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="LATENCY@VLM_HZ, comma-separated; LATENCY 'cpu' = the stand-in VLM's measured forward")
     closed.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
     closed.add_argument("--out", type=Path, default=Path("bench_results/closed_loop.json"))
+    closed.add_argument("--report", type=Path, default=None, metavar="JSON",
+                        help="run nothing: report an earlier run's JSON again (tables, the comparison with sync "
+                             "episode by episode, PNG) into --out")
     doctor = sub.add_parser("doctor", help="what this machine has for the nodes and what the configured backends "
                                            "still need, with install lines")
     doctor.add_argument("--params-file", type=Path, action="append", default=None,
@@ -342,6 +345,8 @@ def vlm_bench(args) -> int:
 def closed_loop_bench(args) -> int:
     import os
 
+    if args.report is not None:
+        return _closed_loop_report(json.loads(args.report.read_text()), args.out)
     from ...paths import default_model_dir
     from ...sim import cannot_simulate
     from . import closed_loop as C
@@ -376,13 +381,27 @@ def closed_loop_bench(args) -> int:
 
     rows = C.run_matrix(models, seeds, args.task_sets, args.modes, settings, workers, progress)
     print()
-    print(C.table(rows))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    C.plot(rows, args.out.with_suffix(".png"))
-    args.out.with_suffix(".md").write_text(f"# mobile-vla-bench closed-loop\n\nseeds {seeds[0]}-{seeds[-1]}, "
-                                           f"{env.get('processor', '')}\n\n{C.table(rows)}\n")
-    _write(args.out, {"benchmark": "closed-loop", "environment": env, "seeds": seeds, "models": models,
-                      "wall_seconds": time.monotonic() - began, "rows": rows}, compact=True)
+    return _closed_loop_report({"benchmark": "closed-loop", "environment": env, "seeds": seeds, "models": models,
+                                "wall_seconds": time.monotonic() - began, "rows": rows}, args.out)
+
+
+def _closed_loop_report(run: dict, out: Path) -> int:
+    """Print and write (JSON, Markdown, PNG at `out`) a closed-loop run: its table and each mode beside
+    sync on the same seeds."""
+    from . import closed_loop as C
+
+    rows = run["rows"]
+    paired = C.paired_with(rows)
+    seeds = sorted({e["seed"] for r in rows for e in r["episodes"]})
+    about = run.get("note") or f"seeds {seeds[0]}-{seeds[-1]}, {run.get('environment', {}).get('processor', '')}"
+    tables = C.table(rows)
+    if paired:  # only where the run has a sync row
+        tables += f"\n\nEach mode beside sync on the same seeds:\n\n{C.paired_table(paired)}"
+    print(tables)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    C.plot(rows, out.with_suffix(".png"))
+    out.with_suffix(".md").write_text(f"# mobile-vla-bench closed-loop\n\n{about}\n\n{tables}\n")
+    _write(out, {**run, "paired_with_sync": paired}, compact=True)
     return 0
 
 

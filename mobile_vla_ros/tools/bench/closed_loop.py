@@ -10,7 +10,10 @@ perception, on the images that VLM delivers (an upper bound: what is left betwee
 `async-motion` is perception and imitation error, not latency). Reports success, mean time to
 target, path length / straight-line distance, command smoothness (mean |change| of the executed
 command per cmd_vel step) and how the failed episodes ended (at another object, in place,
-elsewhere); Markdown + JSON + one PNG. Runs are spread over processes.
+elsewhere); Markdown + JSON + one PNG. Runs are spread over processes. Each mode is also compared
+with `sync` episode by episode on the same seeds (`paired_with`): who reached the target, and the
+difference in time to target with a bootstrap confidence interval, so that "faster" means measurably
+faster and a tie reads as one.
 """
 
 from __future__ import annotations
@@ -197,6 +200,73 @@ def _joined(parts: list[dict]) -> dict:
             "wall_seconds": sum(p["wall_seconds"] for p in parts)}
 
 
+PAIRED_BASELINE = "sync"
+BOOTSTRAP_RESAMPLES = 10_000
+MIN_PAIRS = 5  # episodes both reached, below which no time difference is reported
+
+
+def paired_with(rows: list[dict], baseline: str = PAIRED_BASELINE, resamples: int = BOOTSTRAP_RESAMPLES,
+                seed: int = 0) -> list[dict]:
+    """Each row beside the `baseline` row of its task set and setting, over the seeds both ran: how
+    many episodes each alone reached the target, and on those both reached, the time difference
+    (row - baseline: below zero is faster) as mean, 95 % bootstrap interval of the mean and median,
+    the share the row reached sooner, and the baseline's mean time over the row's (`speedup`), all None
+    below MIN_PAIRS such episodes. `verdict` reads the interval: "sooner" / "later" when it excludes
+    zero, "tie" when it holds it."""
+    baselines = {(r["task_set"], r["latency"], r["vlm_hz"]): r for r in rows if r["mode"] == baseline}
+    rng = np.random.default_rng(seed)
+    compared = []
+    for row in rows:
+        base = baselines.get((row["task_set"], row["latency"], row["vlm_hz"]))
+        if row["mode"] == baseline or base is None:
+            continue
+        ours = {e["seed"]: e for e in row["episodes"]}
+        theirs = {e["seed"]: e for e in base["episodes"]}
+        seeds = sorted(ours.keys() & theirs.keys())
+        both = [s for s in seeds if ours[s]["success"] and theirs[s]["success"]]
+        entry = {key: row[key] for key in ("task_set", "latency", "latency_s", "vlm_hz", "mode")}
+        entry.update(baseline=baseline, episodes=len(seeds), both_reached=len(both),
+                     only_mode_reached=sum(ours[s]["success"] and not theirs[s]["success"] for s in seeds),
+                     only_baseline_reached=sum(theirs[s]["success"] and not ours[s]["success"] for s in seeds))
+        entry.update(_time_difference(np.array([ours[s]["duration"] for s in both]),
+                                      np.array([theirs[s]["duration"] for s in both]), rng, resamples))
+        compared.append(entry)
+    return compared
+
+
+def _time_difference(ours: np.ndarray, theirs: np.ndarray, rng: np.random.Generator, resamples: int) -> dict:
+    if len(ours) < MIN_PAIRS:  # unknown, not zero: too few episodes to compare
+        return {"time_diff_mean_s": None, "time_diff_ci95_s": None, "time_diff_median_s": None,
+                "faster_share": None, "speedup": None, "verdict": None}
+    diff = ours - theirs
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    low, high = (float(x) for x in np.percentile(means, [2.5, 97.5]))
+    verdict = "sooner" if high < 0 else "later" if low > 0 else "tie"
+    return {"time_diff_mean_s": float(diff.mean()), "time_diff_ci95_s": [low, high],
+            "time_diff_median_s": float(np.median(diff)), "faster_share": float(np.mean(diff < 0)),
+            "speedup": float(theirs.mean() / ours.mean()), "verdict": verdict}
+
+
+def _latency_label(row: dict) -> str:
+    return f"CPU stand-in ({row['latency_s'] * 1e3:.0f} ms)" if row["latency"] == CPU_STAND_IN \
+        else f"{row['latency_s']:.1f} s"
+
+
+def paired_table(compared: list[dict]) -> str:
+    lines = ["| task set | VLM latency | vlm_hz | mode vs sync | reached: both / only mode / only sync | "
+             "time to target, mode - sync: mean [95 % CI] s | median s | mode sooner | sync time / mode time | "
+             "time verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in compared:
+        interval = "–" if c["time_diff_ci95_s"] is None else \
+            f"{c['time_diff_mean_s']:+.3f} [{c['time_diff_ci95_s'][0]:+.3f}, {c['time_diff_ci95_s'][1]:+.3f}]"
+        sooner = "–" if c["faster_share"] is None else f"{100 * c['faster_share']:.0f} %"
+        lines.append(f"| {c['task_set']} | {_latency_label(c)} | {c['vlm_hz']} | {c['mode']} | "
+                     f"{c['both_reached']} / {c['only_mode_reached']} / {c['only_baseline_reached']} | {interval} | "
+                     f"{_fmt(c['time_diff_median_s'], '+.3f')} | {sooner} | {_fmt(c['speedup'], '.2f')} | "
+                     f"{c['verdict'] or '–'} |")
+    return "\n".join(lines)
+
+
 def _fmt(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
@@ -206,9 +276,7 @@ def table(rows: list[dict]) -> str:
              "mean \\|Δcmd\\| per step | failed: wrong object / in place / elsewhere |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        latency = f"CPU stand-in ({r['latency_s'] * 1e3:.0f} ms)" if r["latency"] == CPU_STAND_IN \
-            else f"{r['latency_s']:.1f} s"
-        lines.append(f"| {r['task_set']} | {latency} | {r['vlm_hz']} | {r['mode']} | "
+        lines.append(f"| {r['task_set']} | {_latency_label(r)} | {r['vlm_hz']} | {r['mode']} | "
                      f"{r['successes']}/{r['episodes_run']} ({100 * r['success_rate']:.0f} %) | "
                      f"{_fmt(r['mean_time_to_target_s'], '.1f')} | {_fmt(r['path_ratio'], '.2f')} | "
                      f"{_fmt(r['smoothness'], '.4f')} | {' / '.join(str(n) for n in r['failures'].values())} |")
