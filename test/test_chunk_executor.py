@@ -24,10 +24,16 @@ def test_step_follows_time_and_newer_chunk_skips_past_steps():
     assert np.isclose(ex.command(100.05)[0], 0.52)
 
 
-def test_used_up_chunk_gives_zero():
+def test_a_used_up_chunk_holds_its_last_action_one_step_for_its_successor_then_gives_zero():
     ex = ChunkExecutor(2, limits=[10, 10], max_step=[10, 10])
     ex.set_chunk(chunk(0.0, 0.3))
-    assert np.all(ex.command(8 * DT + 1e-6) == 0) and ex.exhausted_steps == 1
+    # the successor is due now (stamped with its sensor sample, it arrives a few ms late): no brake
+    assert np.isclose(ex.command(8 * DT + 1e-6)[0], 0.37) and ex.exhausted_steps == 0
+    assert np.isclose(ex.command(9 * DT - 1e-6)[0], 0.37)
+    # more than a step late: no chunk covers now, the command is zero and the step counted
+    assert np.all(ex.command(9 * DT + 1e-6) == 0) and ex.exhausted_steps == 1
+    ex.set_chunk(chunk(9 * DT, 0.5))  # the successor, late: from its own first step on
+    assert np.isclose(ex.command(9 * DT + 1e-6)[0], 0.5)
 
 
 def test_limits_clamp_then_rate_limit():

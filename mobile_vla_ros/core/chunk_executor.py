@@ -4,6 +4,13 @@ then applies the limits last (absolute bound, then per-step change limit).
 A chunk stamped t0 holds actions a_0..a_{K-1}; action k is the command for [t0 + k·dt, t0 + (k+1)·dt)
 (so `time_from_start` of point k, (k+1)·dt, is when it ends). A newer chunk replaces the current one
 at once and its steps that already lie in the past are skipped, never replayed.
+
+A chunk is stamped with its newest sensor sample, so it begins before it exists and ends one action
+period later: its successor, stamped the same way, arrives after it ran out, by the sensor sample's
+lag plus inference and scheduling (a few ms). A command due in that gap keeps the last action for up
+to one step (LATE_SUCCESSOR_STEPS), as a chunk up to one step early gives its first; later than that
+the command is zero. Without the grace, the action node braked at nearly every chunk boundary (366
+used-up steps in 368 chunks, `mobile-vla-bench loop`).
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+LATE_SUCCESSOR_STEPS = 1  # steps past its end a chunk's last action still holds (see the module doc)
 
 
 @dataclass(frozen=True)
@@ -67,8 +76,9 @@ class ChunkExecutor:
         target = np.zeros(self.action_dim, dtype=np.float32)
         if self._chunk is not None:
             k = self._chunk.step_index(now)
-            if 0 <= k < len(self._chunk.actions):
-                target = self._chunk.actions[k]
+            last = len(self._chunk.actions) - 1
+            if 0 <= k <= last + LATE_SUCCESSOR_STEPS:
+                target = self._chunk.actions[min(k, last)]
             else:
                 self.exhausted_steps += 1
         target, n = clamp_to_limits(target, self._limits)
