@@ -84,3 +84,28 @@ def test_report_of_a_stored_run_adds_the_comparison_and_keeps_the_rows(tmp_path,
             low, high = c["time_diff_ci95_s"]
             assert low <= c["time_diff_mean_s"] <= high
             assert c["verdict"] == ("sooner" if high < 0 else "later" if low > 0 else "tie")
+
+
+def test_runs_reported_as_one_keep_the_bench_order_and_refuse_a_row_measured_twice(tmp_path, capsys):
+    stored = json.loads(STORED_RUN.read_text())
+    parts = []
+    for task_set in ("hard", "standard"):  # written in the other order, and a mode split off
+        rows = [r for r in stored["rows"] if r["task_set"] == task_set]
+        parts += [{**stored, "rows": [r for r in rows if r["mode"] != "expert"]},
+                  {**stored, "rows": [r for r in rows if r["mode"] == "expert"]}]
+    paths = []
+    for i, part in enumerate(parts):
+        paths.append(tmp_path / f"part{i}.json")
+        paths[-1].write_text(json.dumps(part))
+    out = tmp_path / "merged.json"
+    assert bench.main(["closed-loop", "--report", *map(str, paths), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"] == stored["rows"]
+
+    capsys.readouterr()
+    assert bench.main(["closed-loop", "--report", str(paths[0]), str(paths[0]), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "rows in more than one run" in error and "('hard', 'cpu', 3.33, 'sync')" in error
+    not_a_run = tmp_path / "loop.json"
+    not_a_run.write_text(json.dumps({"benchmark": "loop", "rows": []}))
+    assert bench.main(["closed-loop", "--report", str(not_a_run), "--out", str(out)]) == 2
+    assert "expected the JSON of a mobile-vla-bench closed-loop run, got 'loop'" in capsys.readouterr().err

@@ -276,9 +276,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="LATENCY@VLM_HZ, comma-separated; LATENCY 'cpu' = the stand-in VLM's measured forward")
     closed.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
     closed.add_argument("--out", type=Path, default=Path("bench_results/closed_loop.json"))
-    closed.add_argument("--report", type=Path, default=None, metavar="JSON",
-                        help="run nothing: report an earlier run's JSON again (tables, the comparison with sync "
-                             "episode by episode, PNG) into --out")
+    closed.add_argument("--report", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="run nothing: report earlier runs' JSON again, several as one (tables, the comparison "
+                             "with sync episode by episode, PNG) into --out")
     doctor = sub.add_parser("doctor", help="what this machine has for the nodes and what the configured backends "
                                            "still need, with install lines")
     doctor.add_argument("--params-file", type=Path, action="append", default=None,
@@ -345,11 +345,17 @@ def vlm_bench(args) -> int:
 def closed_loop_bench(args) -> int:
     import os
 
+    from . import closed_loop as C
+
     if args.report is not None:
-        return _closed_loop_report(json.loads(args.report.read_text()), args.out)
+        try:
+            run = C.merged_runs([_closed_loop_run(path) for path in args.report])
+        except (OSError, ValueError) as exc:
+            print(f"mobile-vla-bench: error: --report: {exc}", file=sys.stderr)
+            return 2
+        return _closed_loop_report(run, args.out)
     from ...paths import default_model_dir
     from ...sim import cannot_simulate
-    from . import closed_loop as C
 
     reason = cannot_simulate(args.episodes)
     bad_modes = [m for m in args.modes if m not in C.MODES]
@@ -383,6 +389,14 @@ def closed_loop_bench(args) -> int:
     print()
     return _closed_loop_report({"benchmark": "closed-loop", "environment": env, "seeds": seeds, "models": models,
                                 "wall_seconds": time.monotonic() - began, "rows": rows}, args.out)
+
+
+def _closed_loop_run(path: Path) -> dict:
+    run = json.loads(path.read_text())
+    if not isinstance(run, dict) or run.get("benchmark") != "closed-loop" or "rows" not in run:
+        raise ValueError(f"{path}: expected the JSON of a mobile-vla-bench closed-loop run, got "
+                         f"{run.get('benchmark') if isinstance(run, dict) else type(run).__name__!r}")
+    return run
 
 
 def _closed_loop_report(run: dict, out: Path) -> int:

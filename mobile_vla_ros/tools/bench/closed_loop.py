@@ -30,6 +30,7 @@ from ...core.params import SIM_POLICY_MODES, SYNC_AT_VLM_HZ
 CPU_STAND_IN = "cpu"  # the latency of the shipped stand-in VLM's real forward on this machine
 DEFAULT_SETTINGS = ((CPU_STAND_IN, 3.33), (0.3, 3.33), (0.3, 1.0), (1.5, 0.59))
 EXPERT = "expert"
+TASK_SET_ORDER = ("standard", "hard")
 MODES = ("sync", SYNC_AT_VLM_HZ, "async-no-motion", "async-motion", EXPERT)
 
 
@@ -200,6 +201,29 @@ def _joined(parts: list[dict]) -> dict:
             "wall_seconds": sum(p["wall_seconds"] for p in parts)}
 
 
+def merged_runs(runs: list[dict]) -> dict:
+    """Runs of `mobile-vla-bench closed-loop` as one: their rows in the bench's order (task set, setting
+    as first seen, mode), the first run's environment and models, every run's seeds and notes. A row
+    (task set, setting, mode) in two runs is an error: which one counts would be a guess."""
+    if any(run["rows"] and run.get("models", {}) != runs[0].get("models", {}) for run in runs):
+        raise ValueError(f"runs of other models: {[run.get('models') for run in runs]}")
+    rows = [row for run in runs for row in run["rows"]]
+    keys = [(r["task_set"], r["latency"], r["vlm_hz"], r["mode"]) for r in rows]
+    twice = sorted({k for k in keys if keys.count(k) > 1}, key=str)
+    if twice:
+        raise ValueError(f"rows in more than one run: {twice}")
+    settings = list(dict.fromkeys((r["latency"], r["vlm_hz"]) for r in rows))
+    rows.sort(key=lambda r: (TASK_SET_ORDER.index(r["task_set"]), settings.index((r["latency"], r["vlm_hz"])),
+                             MODES.index(r["mode"])))
+    notes = [run["note"] for run in runs if run.get("note")]
+    merged = {**runs[0], "rows": rows, "seeds": sorted({s for run in runs for s in run.get("seeds", [])}),
+              "wall_seconds": sum(run.get("wall_seconds", 0.0) for run in runs)}
+    merged.pop("paired_with_sync", None)
+    if notes:
+        merged["note"] = "; ".join(notes)
+    return merged
+
+
 PAIRED_BASELINE = "sync"
 BOOTSTRAP_RESAMPLES = 10_000
 MIN_PAIRS = 5  # episodes both reached, below which no time difference is reported
@@ -289,7 +313,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    task_sets = sorted({r["task_set"] for r in rows}, key=["standard", "hard"].index)
+    task_sets = sorted({r["task_set"] for r in rows}, key=TASK_SET_ORDER.index)
     fig, axes = plt.subplots(2, len(task_sets), figsize=(5.5 * len(task_sets), 7), squeeze=False)
     for col, task_set in enumerate(task_sets):
         for mode in MODES:
