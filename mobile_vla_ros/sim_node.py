@@ -11,7 +11,10 @@ The simulation owns time: physics advances at real_time_factor x wall time in it
 with publish_clock (default) it publishes /clock and stamps everything in sim time, so the policy
 nodes run with use_sim_time: true (bringup --sim and `robot.launch.py use_sim:=true` set it).
 Episodes run back to back from `seed`; before each, the new scene is shown for episode_pause
-seconds with the base held still, so the VLM sees it before the clock of the episode starts. The
+seconds with the base held still, so the VLM sees it before the clock of the episode starts. Before
+the first, it is shown until the policy publishes its first `action_chunk` as well (up to
+policy_wait s): the policy nodes load their models meanwhile, and the first episode's time to target
+would otherwise count their start-up (seconds, not control). The
 clock runs on across episodes, or, with reset_clock, starts again at every episode (a world reset:
 the policy nodes see a clock jump back each time).
 """
@@ -28,7 +31,9 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, Imu
 from std_msgs.msg import String
+from trajectory_msgs.msg import JointTrajectory
 
+from .core.names import CHUNK_TOPIC
 from .ros.conversions import rgb_to_image, sample_to_imu, sec_to_stamp
 from .ros.node_support import LATCHED_QOS, SENSOR_QOS, diagnostics, diagnostics_timer, run_node
 from .sim.episode import SimEpisode
@@ -46,7 +51,7 @@ class SimNode(Node):
             ("seed", 0), ("episodes", 0), ("time_limit", SimConfig.time_limit), ("camera_hz", SimConfig.camera_hz),
             ("image_size", SimConfig.image_size), ("real_time_factor", 1.0), ("episode_pause", 1.0),
             ("command_timeout", 0.5), ("publish_clock", True), ("twist_stamped", False), ("task_set", "standard"),
-            ("reset_clock", False))}
+            ("reset_clock", False), ("policy_wait", 60.0))}
         if not 0.05 <= float(p["real_time_factor"]) <= 20.0:
             raise ValueError(f"real_time_factor: expected 0.05-20, got {p['real_time_factor']}")
         # sim_node evaluates: the hard set is phrased with the instructions never used in training.
@@ -58,6 +63,9 @@ class SimNode(Node):
         # reset_clock: every episode starts the clock again at SIM_EPOCH, as a simulator's world reset
         # does -- the policy nodes see a clock jump back at each episode (their clock-jump path).
         self.reset_clock = bool(p["reset_clock"])
+        self.policy_wait = float(p["policy_wait"])
+        self._policy_answered = threading.Event()
+        self.policy_waited: float | None = None  # wall s the first scene waited for the policy's first chunk
         self.image_pub = self.create_publisher(Image, TOPICS["image"], SENSOR_QOS)
         self.imu_pub = self.create_publisher(Imu, TOPICS["sensor"], SENSOR_QOS)
         self.instruction_pub = self.create_publisher(String, TOPICS["instruction"], LATCHED_QOS)
@@ -69,6 +77,7 @@ class SimNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         twist_type = TwistStamped if bool(p["twist_stamped"]) else Twist
         self.create_subscription(twist_type, TOPICS["cmd_vel"], self._on_cmd_vel, 10)
+        self.create_subscription(JointTrajectory, CHUNK_TOPIC, lambda _: self._policy_answered.set(), 10)
         diagnostics_timer(self, self._publish_diagnostics)
         self._command = (0.0, 0.0, float("-inf"))  # v, w, wall time received
         self._lock = threading.Lock()
@@ -104,6 +113,8 @@ class SimNode(Node):
                 self.task_pub.publish(String(data=task_json(task)))
                 self.instruction_pub.publish(String(data=task.instruction))
                 self._drive(episode, active=False, until=self.pause)
+                if index == 0:
+                    self._wait_for_policy(episode)
                 episode.start()
                 self._drive(episode, active=True, until=float("inf"))
             finally:
@@ -123,11 +134,27 @@ class SimNode(Node):
             index += 1
         self.get_logger().info(f"all {index} episodes done")
 
+    def _wait_for_policy(self, episode: SimEpisode) -> None:
+        """Keep showing the scene, the base still and the clock running (the nodes' timers run on it),
+        until the policy's first chunk or policy_wait wall seconds."""
+        began = time.monotonic()
+        while (self._running and not self._policy_answered.is_set()
+               and time.monotonic() - began < self.policy_wait):
+            self._drive(episode, active=False, until=episode.time + 0.1)
+        self.policy_waited = time.monotonic() - began
+        if self._policy_answered.is_set():
+            self.get_logger().info(f"the policy's first {CHUNK_TOPIC} came after {self.policy_waited:.1f} s more: "
+                                   "the first episode starts")
+        elif self._running:
+            self.get_logger().warn(f"no {CHUNK_TOPIC} within policy_wait ({self.policy_wait:.0f} s): "
+                                   "the first episode starts without the policy")
+
     def _drive(self, episode: SimEpisode, active: bool, until: float) -> None:
         """Advance `episode` at real_time_factor x wall time until it ends (active) or `until` s (pause)."""
         wall0, sim0 = time.monotonic(), episode.time
         next_pose = sim0
-        while self._running and not episode.done and episode.time < until:
+        half_step = 0.5 / self.cfg.physics_hz  # `advance` stops within half a physics step of `until`
+        while self._running and not episode.done and episode.time + half_step < until:
             target = sim0 + (time.monotonic() - wall0) * self.rtf
             v, w = self._current_command() if active else (0.0, 0.0)
             for event in episode.advance(v, w, min(target, until), active=active):
@@ -148,7 +175,8 @@ class SimNode(Node):
     def _publish_diagnostics(self) -> None:
         done = self.counts["episodes_done"]
         values = {**self.counts, "success_rate": self.counts["successes"] / done if done else 0.0,
-                  "sim_time_s": self._sim_offset, "real_time_factor": self.rtf}
+                  "sim_time_s": self._sim_offset, "real_time_factor": self.rtf,
+                  "policy_waited_s": float("nan") if self.policy_waited is None else self.policy_waited}
         self.diag_pub.publish(diagnostics(self, DiagnosticStatus.OK, "simulating", values))
 
     def destroy_node(self) -> None:

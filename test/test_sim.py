@@ -236,8 +236,9 @@ def test_sim_node_publishes_sensors_clock_and_results_and_obeys_cmd_vel(probe, p
     results = probe.record(String, "sim/episode_result", 100, lambda m: json.loads(m.data))
     instructions = probe.record(String, "instruction")
     cmd = probe.node.create_publisher(Twist, "cmd_vel", 10)
+    # No policy runs here: the first scene waits policy_wait s for a first action_chunk, then starts.
     processes.append(NodeProcess("sim_node", params={"episodes": 2, "time_limit": 4.0, "episode_pause": 0.5,
-                                                     "seed": 3}))
+                                                     "seed": 3, "policy_wait": 1.5}))
     wait_for(lambda: imu.count() > 0, 30, "sim_node IMU")
     t0 = time.monotonic()
     twist = Twist()
@@ -260,3 +261,6 @@ def test_sim_node_publishes_sensors_clock_and_results_and_obeys_cmd_vel(probe, p
     # sim time runs on across both episodes and their pauses; measured from SIM_EPOCH, not from the
     # first message received, which a loaded machine's late DDS match can delay by seconds
     assert clocks == sorted(clocks) and clocks[-1] - SIM_EPOCH >= 2 * 4.0
+    # the first episode began after its pause and the wait for the policy (sim time runs at wall time)
+    first_at = results.since(0.0)[0][0]
+    assert max(c for t, c in clock.since(0.0) if t <= first_at) - SIM_EPOCH >= 0.5 + 1.5 * 0.8 + 4.0
