@@ -253,7 +253,8 @@ SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
                  "skipped_busy", "images_rejected", "clock_jumps"),
     "action_expert_node": ("chunk_rate_hz", "action_hz", "sensor_rate_hz", "feature_age_s",
                            "inference_latency_p50_ms", "inference_latency_p99_ms", "backend",
-                           "safe_stop_events", "safe_stop_reason", "clock_jumps"),
+                           "safe_stop_events", "safe_stop_reason", "clock_jumps", "chunks_published",
+                           "exhausted_chunk_steps"),
     "sync_baseline_node": ("chunk_rate_hz", "feature_rate_hz", "forward_latency_p50_ms", "sensor_accepted",
                            "safe_stop_reason"),
 }
