@@ -153,8 +153,7 @@ class SimNode(Node):
         """Advance `episode` at real_time_factor x wall time until it ends (active) or `until` s (pause)."""
         wall0, sim0 = time.monotonic(), episode.time
         next_pose = sim0
-        half_step = 0.5 / self.cfg.physics_hz  # `advance` stops within half a physics step of `until`
-        while self._running and not episode.done and episode.time + half_step < until:
+        while self._running and not episode.done and episode.before(until):
             target = sim0 + (time.monotonic() - wall0) * self.rtf
             v, w = self._current_command() if active else (0.0, 0.0)
             for event in episode.advance(v, w, min(target, until), active=active):

@@ -69,13 +69,17 @@ class SimEpisode:
         """Start the episode's clock now (after a pause in which the base was held still)."""
         self.started_at = self.robot.time
 
+    def before(self, until: float) -> bool:
+        """Whether a physics step still lies before sim time `until` (the step nearest it is the last:
+        `advance` ends within half a step of `until`, never exactly on it)."""
+        return self.robot.time + 0.5 / self.cfg.physics_hz < until
+
     def advance(self, v: float, w: float, until: float, active: bool = True) -> list[SensorEvent]:
         """Step physics with the command (v, w) held until sim time `until`; with active=False
         (a pause) the command is ignored and success and the time limit are not evaluated."""
         events = []
-        dt = 1.0 / self.cfg.physics_hz
         path_every = max(1, round(self.cfg.physics_hz / 10))
-        while not self.done and self.robot.time + 0.5 * dt < until:
+        while not self.done and self.before(until):
             if self._frame is not None and self.robot.time + 1e-9 >= self._frames / self.cfg.camera_hz:
                 events.append(SensorEvent("image", self.robot.time, self._frame(self.robot)))
                 self._frames += 1
